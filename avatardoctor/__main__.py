@@ -1,0 +1,3 @@
+from avatardoctor.cli import main
+
+main()

@@ -1,0 +1,66 @@
+"""Every check, in the order the doctor prints them, and the report they make together.
+
+One module per area; each exposes CHECKS, an ordered tuple. The order here is the order of the
+output and of the JSON `checks` list.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from avatardoctor import __version__
+from avatardoctor.checks import gpu, host, liveavatar, nccl, ports, software, topology
+from avatardoctor.checks.base import Check, CheckContext, CheckResult, Status
+from avatardoctor.config import LaunchConfig
+from avatardoctor.machine.model import Machine
+
+CHECK_SCHEMA = "avatardoctor.check/1"
+
+ALL_CHECKS: tuple[Check, ...] = (
+    *gpu.CHECKS,
+    *topology.CHECKS,
+    *nccl.CHECKS,
+    *ports.CHECKS,
+    *host.CHECKS,
+    *software.CHECKS,
+    *liveavatar.CHECKS,
+)
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """Run once, render many: the human and JSON renderers read this and compute nothing."""
+
+    results: tuple[CheckResult, ...]
+    machine: Machine
+    config: LaunchConfig
+
+    @property
+    def ready(self) -> bool:
+        return not any(r.status is Status.FAIL for r in self.results)
+
+    @property
+    def verdict(self) -> str:
+        return "ready" if self.ready else "not-ready"
+
+    def count(self, status: Status) -> int:
+        return sum(1 for r in self.results if r.status is status)
+
+    def to_dict(self) -> dict[str, Any]:
+        config = asdict(self.config)
+        config["nproc"] = self.config.nproc
+        config["liveavatar"] = str(self.config.liveavatar) if self.config.liveavatar else None
+        return {
+            "schema": CHECK_SCHEMA,
+            "avatardoctor_version": __version__,
+            "verdict": self.verdict,
+            "counts": {s.value: self.count(s) for s in Status},
+            "config": config,
+            "machine": self.machine.to_dict(),
+            "checks": [r.to_dict() for r in self.results],
+        }
+
+
+def run_checks(ctx: CheckContext, checks: tuple[Check, ...] = ALL_CHECKS) -> CheckReport:
+    return CheckReport(tuple(c.run(ctx) for c in checks), ctx.machine, ctx.config)

@@ -1,0 +1,140 @@
+"""The vocabulary every check speaks: a stable id, a status, a one-line summary, details, a remedy.
+
+A check is a small function decorated with @check(id, group). It reads only the CheckContext (the
+facts) and returns an Outcome; the runner stamps the id on it, and turns an exception into a failed
+result naming the bug instead of killing the report. Renderers read results and compute nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from avatardoctor.config import LaunchConfig
+from avatardoctor.machine.model import Gpu, Machine
+from avatardoctor.visible import Visible
+
+
+class Status(str, Enum):
+    PASS = "pass"
+    SKIP = "skip"
+    WARN = "warn"
+    FAIL = "fail"
+
+    @property
+    def rank(self) -> int:
+        return ("pass", "skip", "warn", "fail").index(self.value)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: Status
+    summary: str
+    details: tuple[str, ...] = ()
+    remedy: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+def passed(summary: str, details=(), data=None) -> Outcome:
+    return Outcome(Status.PASS, summary, tuple(details), None, data or {})
+
+
+def warned(summary: str, details=(), remedy: str | None = None, data=None) -> Outcome:
+    return Outcome(Status.WARN, summary, tuple(details), remedy, data or {})
+
+
+def failed(summary: str, details=(), remedy: str | None = None, data=None) -> Outcome:
+    return Outcome(Status.FAIL, summary, tuple(details), remedy, data or {})
+
+
+def skipped(summary: str, details=(), data=None) -> Outcome:
+    return Outcome(Status.SKIP, summary, tuple(details), None, data or {})
+
+
+def worst(statuses) -> Status:
+    return max(statuses, key=lambda s: s.rank, default=Status.PASS)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    id: str
+    group: str
+    status: Status
+    summary: str
+    details: tuple[str, ...] = ()
+    remedy: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "group": self.group,
+            "status": self.status.value,
+            "summary": self.summary,
+            "details": list(self.details),
+            "remedy": self.remedy,
+            "data": dict(self.data),
+        }
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    """Everything a check may read. Built once per command; checks never reach around it."""
+
+    machine: Machine
+    visible: Visible
+    config: LaunchConfig
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    cwd: Path = field(default_factory=Path.cwd)
+
+    @property
+    def rank_gpus(self) -> tuple[Gpu, ...]:
+        """The GPUs that ranks 0..nproc-1 will use (fewer than nproc when too few are visible)."""
+        return self.visible.gpus[: self.config.nproc]
+
+    @property
+    def has_gpu_facts(self) -> bool:
+        return self.machine.nvml_error is None and bool(self.machine.gpus)
+
+
+@dataclass(frozen=True)
+class Check:
+    id: str
+    group: str
+    fn: Callable[[CheckContext], Outcome]
+
+    def run(self, ctx: CheckContext) -> CheckResult:
+        try:
+            out = self.fn(ctx)
+        except Exception as err:  # a bug in a check must not hide the other checks' answers
+            where = traceback.extract_tb(err.__traceback__)[-1]
+            out = failed(
+                f"this check crashed: {type(err).__name__}: {err}",
+                details=[f"at {Path(where.filename).name}:{where.lineno} in {where.name}"],
+                remedy="this is an avatardoctor bug; please report it with `avatardoctor check --json` output",
+                data={"crashed": True},
+            )
+        return CheckResult(self.id, self.group, out.status, out.summary, out.details, out.remedy, out.data)
+
+
+def check(check_id: str, group: str) -> Callable[[Callable[[CheckContext], Outcome]], Check]:
+    def wrap(fn: Callable[[CheckContext], Outcome]) -> Check:
+        return Check(check_id, group, fn)
+
+    return wrap
+
+
+def needs_gpu_facts(ctx: CheckContext) -> Outcome | None:
+    """The skip that GPU checks return when there are no GPU facts (gpu.driver says why)."""
+    if ctx.machine.nvml_error is not None:
+        return skipped("no GPU facts: NVML is not available (see gpu.driver)")
+    if not ctx.machine.gpus:
+        return skipped("no GPUs found (see gpu.inventory)")
+    if not ctx.visible.gpus:
+        return skipped("no GPUs are visible to CUDA (see gpu.visible)")
+    return None

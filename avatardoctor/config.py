@@ -1,0 +1,65 @@
+"""The Live Avatar configuration being checked, in Live Avatar's own terms.
+
+Defaults are the upstream launch scripts' values (see docs/liveavatar-facts in the checks' docs):
+infinite_inference_multi_gpu.sh for `tpp`, infinite_inference_single_gpu.sh for `single`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+MODES = ("tpp", "single")
+ENTRY = "minimal_inference/s2v_streaming_interact.py"
+LORA_HUB_ID = "Quark-Vision/Live-Avatar"
+# argparse choices of --size in s2v_streaming_interact.py
+SIZES = (
+    "720*1280", "1280*720", "480*832", "832*480", "704*1280", "1280*704",
+    "1024*704", "704*1024", "720*400", "704*384", "688*368", "384*256",
+)  # fmt: skip
+
+# What each upstream script passes that differs by mode.
+_MODE_DEFAULTS = {
+    "tpp": dict(num_gpus_dit=4, size="720*400", offload_model=False, master_port=29102, enable_vae_parallel=True),
+    "single": dict(num_gpus_dit=1, size="704*384", offload_model=True, master_port=29101, enable_vae_parallel=False),
+}
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    mode: str
+    mode_reason: str  # why this mode: "--mode" or "default for N visible GPUs"
+    num_gpus_dit: int
+    size: str
+    offload_model: bool
+    master_port: int
+    enable_vae_parallel: bool
+    infer_frames: int = 48
+    sample_steps: int = 4
+    sample_solver: str = "euler"
+    ulysses_size: int = 1
+    fp8: bool = True
+    lora_path: str | None = LORA_HUB_ID
+    save_file: str | None = None
+    liveavatar: Path | None = None
+
+    @property
+    def nproc(self) -> int:
+        """torchrun --nproc_per_node: the DiT ranks plus the VAE rank in TPP, one process otherwise."""
+        return self.num_gpus_dit + 1 if self.mode == "tpp" else 1
+
+    @property
+    def dit_ranks(self) -> range:
+        return range(self.num_gpus_dit) if self.mode == "tpp" else range(1)
+
+
+def default_mode(visible_gpus: int) -> str:
+    return "tpp" if visible_gpus >= 5 else "single"
+
+
+def resolve_config(visible_gpus: int, mode: str | None = None, **overrides) -> LaunchConfig:
+    """Upstream defaults for the mode (chosen by GPU count when not given), then the user's flags."""
+    reason = "--mode" if mode else f"default for {visible_gpus} visible GPU{'s' if visible_gpus != 1 else ''}"
+    mode = mode or default_mode(visible_gpus)
+    config = LaunchConfig(mode=mode, mode_reason=reason, **_MODE_DEFAULTS[mode])
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,5 @@
+"""Exit codes every command keeps, so a script or a Slurm prolog can act on them."""
+
+READY = 0  # ready (warnings allowed), or the command did what was asked
+NOT_READY = 1  # at least one check failed, or the command could not do its job
+USAGE = 2  # bad usage or unreadable input (the message names the flag or file)

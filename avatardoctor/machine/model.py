@@ -1,0 +1,277 @@
+"""The facts about a machine that the checks read: GPUs, their links, the driver, the host.
+
+One snapshot type for every source (live NVML, a recorded JSON file, the catalogue), and one JSON
+form (`avatardoctor.machine/1`) that `machine record` writes and `--machine FILE` replays.
+Sizes are bytes, as NVML gives them; text conversion happens only when rendering.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SCHEMA = "avatardoctor.machine/1"
+
+# nvidia-smi topo -m legend, nearest first. NVML's nvmlDeviceGetTopologyCommonAncestor levels map
+# onto these (INTERNAL->X, SINGLE->PIX, MULTIPLE->PXB, HOSTBRIDGE->PHB, NODE->NODE, SYSTEM->SYS).
+TOPOLOGY_LEVELS = ("X", "PIX", "PXB", "PHB", "NODE", "SYS")
+
+# nvmlDeviceGetP2PStatus results, by name.
+P2P_STATUSES = (
+    "ok",
+    "chipset_not_supported",
+    "gpu_not_supported",
+    "topology_not_supported",
+    "disabled_by_regkey",
+    "not_supported",
+    "unknown",
+)
+
+
+class MachineFormatError(ValueError):
+    """A machine description that does not follow the schema; the message names the field."""
+
+
+@dataclass(frozen=True)
+class GpuProcess:
+    pid: int
+    kind: str  # "compute" or "graphics"
+    used_bytes: int | None  # None where NVML cannot tell (e.g. Windows WDDM, some containers)
+    name: str | None = None  # None where the PID is not visible from here (host PID in a container)
+
+
+@dataclass(frozen=True)
+class Pcie:
+    gen_current: int | None = None
+    gen_max: int | None = None
+    width_current: int | None = None
+    width_max: int | None = None
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int  # NVML index (PCI bus order), not a CUDA ordinal
+    name: str
+    uuid: str
+    pci_bus_id: str
+    compute_capability: tuple[int, int]
+    total_bytes: int
+    used_bytes: int
+    free_bytes: int
+    reserved_bytes: int | None = None  # driver-reserved; known only with NVML memory info v2
+    persistence_mode: bool | None = None
+    pcie: Pcie = field(default_factory=Pcie)
+    processes: tuple[GpuProcess, ...] = ()
+    nvlink_remote_bus_ids: tuple[str, ...] = ()  # one entry per active NVLink
+
+    @property
+    def cc(self) -> str:
+        return f"{self.compute_capability[0]}.{self.compute_capability[1]}"
+
+
+@dataclass(frozen=True)
+class GpuPair:
+    a: int
+    b: int
+    level: str  # one of TOPOLOGY_LEVELS (never "X": a pair is two GPUs)
+    p2p_read: str  # one of P2P_STATUSES
+    p2p_write: str
+    nvlinks: int = 0
+
+
+@dataclass(frozen=True)
+class Host:
+    cpu_count: int | None = None
+    ram_total_bytes: int | None = None
+    ram_available_bytes: int | None = None
+    swap_total_bytes: int | None = None
+    shm_total_bytes: int | None = None
+    shm_free_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Machine:
+    source: str  # "nvml", "recorded:<file>" or "catalogue:<spec>"
+    gpus: tuple[Gpu, ...] = ()
+    pairs: tuple[GpuPair, ...] = ()
+    host: Host = field(default_factory=Host)
+    host_source: str = "machine"  # "machine": its own; "local": borrowed from this host (catalogue boxes)
+    driver_version: str | None = None
+    cuda_driver_version: str | None = None  # the CUDA version the driver supports, e.g. "12.4"
+    nvml_version: str | None = None
+    memory_info_version: int | None = None  # 2 where reserved memory is reported apart, else 1
+    hostname: str | None = None
+    recorded_at: str | None = None
+    nvml_error: str | None = None  # why there are no GPU facts (no driver, no device, ...)
+
+    def pair(self, a: int, b: int) -> GpuPair | None:
+        lo, hi = min(a, b), max(a, b)
+        for p in self.pairs:
+            if (p.a, p.b) == (lo, hi):
+                return p
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for g in d["gpus"]:
+            g["compute_capability"] = list(g["compute_capability"])
+            g["processes"] = list(g["processes"])
+            g["nvlink_remote_bus_ids"] = list(g["nvlink_remote_bus_ids"])
+        d["gpus"] = list(d["gpus"])
+        d["pairs"] = list(d["pairs"])
+        return {"schema": SCHEMA, **d}
+
+
+# ---- reading the JSON form, with every field checked ------------------------------------------
+
+
+class _Fields:
+    """Typed access to one JSON object; errors name the field's path ("gpus[2].total_bytes")."""
+
+    def __init__(self, obj: Any, where: str):
+        if not isinstance(obj, dict):
+            raise MachineFormatError(f"{where or 'top level'} must be an object")
+        self.obj, self.where = obj, where
+
+    def _path(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def _get(self, key: str, optional: bool) -> Any:
+        if key not in self.obj or self.obj[key] is None:
+            if optional:
+                return None
+            raise MachineFormatError(f"{self._path(key)} is missing")
+        return self.obj[key]
+
+    def int(self, key: str, optional: bool = False, minimum: int = 0) -> int | None:
+        v = self._get(key, optional)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise MachineFormatError(f"{self._path(key)} must be an integer >= {minimum}, not {v!r:.40}")
+        return v
+
+    def str(self, key: str, optional: bool = False, choices: tuple[str, ...] = ()) -> str | None:
+        v = self._get(key, optional)
+        if v is None:
+            return None
+        if not isinstance(v, str) or len(v) > 4096:
+            raise MachineFormatError(f"{self._path(key)} must be a string")
+        if choices and v not in choices:
+            raise MachineFormatError(f"{self._path(key)} must be one of {', '.join(choices)}, not {v!r:.40}")
+        return v
+
+    def bool(self, key: str, optional: bool = False) -> bool | None:
+        v = self._get(key, optional)
+        if v is None:
+            return None
+        if not isinstance(v, bool):
+            raise MachineFormatError(f"{self._path(key)} must be true or false")
+        return v
+
+    def list(self, key: str) -> list[Any]:
+        v = self._get(key, optional=True)
+        if v is None:
+            return []
+        if not isinstance(v, list):
+            raise MachineFormatError(f"{self._path(key)} must be a list")
+        return v
+
+    def object(self, key: str) -> _Fields:
+        v = self._get(key, optional=True)
+        return _Fields({} if v is None else v, self._path(key))
+
+
+def _gpu_from(obj: Any, where: str) -> Gpu:
+    f = _Fields(obj, where)
+    cc = f.list("compute_capability")
+    if len(cc) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 100 for x in cc):
+        raise MachineFormatError(f"{where}.compute_capability must be [major, minor]")
+    processes = []
+    for i, p in enumerate(f.list("processes")):
+        pf = _Fields(p, f"{where}.processes[{i}]")
+        processes.append(
+            GpuProcess(
+                pid=pf.int("pid"),
+                kind=pf.str("kind", choices=("compute", "graphics")),
+                used_bytes=pf.int("used_bytes", optional=True),
+                name=pf.str("name", optional=True),
+            )
+        )
+    remotes = f.list("nvlink_remote_bus_ids")
+    if not all(isinstance(r, str) for r in remotes):
+        raise MachineFormatError(f"{where}.nvlink_remote_bus_ids must be a list of PCI bus ids")
+    pcie = f.object("pcie")
+    gpu = Gpu(
+        index=f.int("index"),
+        name=f.str("name"),
+        uuid=f.str("uuid"),
+        pci_bus_id=f.str("pci_bus_id"),
+        compute_capability=(cc[0], cc[1]),
+        total_bytes=f.int("total_bytes", minimum=1),
+        used_bytes=f.int("used_bytes"),
+        free_bytes=f.int("free_bytes"),
+        reserved_bytes=f.int("reserved_bytes", optional=True),
+        persistence_mode=f.bool("persistence_mode", optional=True),
+        pcie=Pcie(
+            gen_current=pcie.int("gen_current", optional=True),
+            gen_max=pcie.int("gen_max", optional=True),
+            width_current=pcie.int("width_current", optional=True),
+            width_max=pcie.int("width_max", optional=True),
+        ),
+        processes=tuple(processes),
+        nvlink_remote_bus_ids=tuple(remotes),
+    )
+    if gpu.free_bytes > gpu.total_bytes or gpu.used_bytes > gpu.total_bytes:
+        raise MachineFormatError(f"{where}: used and free memory cannot exceed total_bytes")
+    return gpu
+
+
+def machine_from_dict(obj: Any, source: str) -> Machine:
+    """Build a Machine from its JSON form; raises MachineFormatError naming the first bad field."""
+    top = _Fields(obj, "")
+    schema = top.str("schema")
+    if schema != SCHEMA:
+        raise MachineFormatError(f"schema is {schema!r:.60}, expected {SCHEMA!r}")
+    gpus = tuple(_gpu_from(g, f"gpus[{i}]") for i, g in enumerate(top.list("gpus")))
+    if len({g.index for g in gpus}) != len(gpus):
+        raise MachineFormatError("gpus: two GPUs share one index")
+    indices = {g.index for g in gpus}
+    pairs = []
+    for i, p in enumerate(top.list("pairs")):
+        pf = _Fields(p, f"pairs[{i}]")
+        a, b = pf.int("a"), pf.int("b")
+        if a == b or a not in indices or b not in indices:
+            raise MachineFormatError(f"pairs[{i}] must name two different GPU indices of this machine")
+        pairs.append(
+            GpuPair(
+                a=min(a, b),
+                b=max(a, b),
+                level=pf.str("level", choices=TOPOLOGY_LEVELS[1:]),
+                p2p_read=pf.str("p2p_read", choices=P2P_STATUSES),
+                p2p_write=pf.str("p2p_write", choices=P2P_STATUSES),
+                nvlinks=pf.int("nvlinks", optional=True) or 0,
+            )
+        )
+    h = top.object("host")
+    return Machine(
+        source=source,
+        gpus=gpus,
+        pairs=tuple(pairs),
+        host=Host(
+            cpu_count=h.int("cpu_count", optional=True),
+            ram_total_bytes=h.int("ram_total_bytes", optional=True),
+            ram_available_bytes=h.int("ram_available_bytes", optional=True),
+            swap_total_bytes=h.int("swap_total_bytes", optional=True),
+            shm_total_bytes=h.int("shm_total_bytes", optional=True),
+            shm_free_bytes=h.int("shm_free_bytes", optional=True),
+        ),
+        host_source=top.str("host_source", optional=True, choices=("machine", "local")) or "machine",
+        driver_version=top.str("driver_version", optional=True),
+        cuda_driver_version=top.str("cuda_driver_version", optional=True),
+        nvml_version=top.str("nvml_version", optional=True),
+        memory_info_version=top.int("memory_info_version", optional=True),
+        hostname=top.str("hostname", optional=True),
+        recorded_at=top.str("recorded_at", optional=True),
+        nvml_error=top.str("nvml_error", optional=True),
+    )

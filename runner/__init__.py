@@ -1,0 +1,1 @@
+"""Executes a plan: launches Live Avatar with torchrun and records the run (installed as avatardoctor.runner)."""

@@ -1,0 +1,42 @@
+"""Shared test helpers: recorded machines (the only fake: it replays what NVML would say) and contexts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from avatardoctor.checks.base import CheckContext
+from avatardoctor.config import resolve_config
+from avatardoctor.machine import backend_for
+from avatardoctor.machine.model import Machine
+from avatardoctor.visible import visible_gpus
+
+FIXTURES = Path(__file__).parent / "fixtures"
+MACHINES = FIXTURES / "machines"
+
+
+def machine(name: str) -> Machine:
+    """A recorded fixture by name ("5xH800-healthy") or a catalogue spec ("5x4090")."""
+    path = MACHINES / f"{name}.json"
+    return backend_for(str(path) if path.exists() else name).snapshot()
+
+
+def make_ctx(machine_name: str | Machine, env: dict | None = None, cwd: Path | None = None, **config) -> CheckContext:
+    """A context as the CLI builds it; env defaults to an empty environment (not the test runner's)."""
+    m = machine(machine_name) if isinstance(machine_name, str) else machine_name
+    env = {} if env is None else env
+    vis = visible_gpus(env.get("CUDA_VISIBLE_DEVICES"), m.gpus)
+    mode = config.pop("mode", None)
+    cfg = resolve_config(len(vis.gpus), mode, **config)
+    return CheckContext(machine=m, visible=vis, config=cfg, env=env, cwd=cwd or Path.cwd())
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """The test process's environment without variables that would change a check's answer."""
+    for key in list(os.environ):
+        if key.startswith(("NCCL_", "TORCH_NCCL_", "CUDA_", "HF_")) or key in ("NO_COLOR", "FORCE_COLOR"):
+            monkeypatch.delenv(key, raising=False)
+    return dict(os.environ)
