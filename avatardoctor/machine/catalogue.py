@@ -4,7 +4,8 @@ Each card is described as NVML reports it: its name, total memory in MiB, comput
 how such boxes are really built: GeForce and workstation cards on PCIe in a dual-socket server
 (NVIDIA disables GeForce peer-to-peer, so P2P is reported unsupported), SXM cards on an HGX board
 where every pair is joined by NVSwitch (nvidia-smi shows NV12 / NV18 / NV8). Catalogue GPUs are idle
-and headless; driver-reserved memory is not modelled (record the real box with `machine record`).
+and headless; driver-reserved memory and the host (RAM, /dev/shm) are not modelled: record the
+real box with `machine record` for those.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import uuid
 from dataclasses import dataclass
 
 from avatardoctor.errors import InputError
-from avatardoctor.machine.host import local_host
 from avatardoctor.machine.model import Gpu, GpuPair, Machine, Pcie
 from avatardoctor.units import MIB
 
@@ -119,6 +119,4 @@ def catalogue_machine(spec: str) -> Machine:
         source=f"catalogue:{canonical}",
         gpus=tuple(gpus),
         pairs=tuple(pairs),
-        host=local_host(),
-        host_source="local",
     )

@@ -94,8 +94,7 @@ class Machine:
     source: str  # "nvml", "recorded:<file>" or "catalogue:<spec>"
     gpus: tuple[Gpu, ...] = ()
     pairs: tuple[GpuPair, ...] = ()
-    host: Host = field(default_factory=Host)
-    host_source: str = "machine"  # "machine": its own; "local": borrowed from this host (catalogue boxes)
+    host: Host = field(default_factory=Host)  # all None for catalogue boxes: no host to describe
     driver_version: str | None = None
     cuda_driver_version: str | None = None  # the CUDA version the driver supports, e.g. "12.4"
     nvml_version: str | None = None
@@ -266,7 +265,6 @@ def machine_from_dict(obj: Any, source: str) -> Machine:
             shm_total_bytes=h.int("shm_total_bytes", optional=True),
             shm_free_bytes=h.int("shm_free_bytes", optional=True),
         ),
-        host_source=top.str("host_source", optional=True, choices=("machine", "local")) or "machine",
         driver_version=top.str("driver_version", optional=True),
         cuda_driver_version=top.str("cuda_driver_version", optional=True),
         nvml_version=top.str("nvml_version", optional=True),

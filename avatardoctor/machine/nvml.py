@@ -66,7 +66,7 @@ def describe_nvml_error(err: Exception) -> str:
 class NvmlBackend:
     def snapshot(self) -> Machine:
         host = local_host()
-        base = dict(source="nvml", host=host, host_source="machine", hostname=socket.gethostname())
+        base = dict(source="nvml", host=host, hostname=socket.gethostname())
         base["recorded_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         try:
             pynvml.nvmlInit()

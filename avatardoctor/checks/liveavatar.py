@@ -1,0 +1,318 @@
+"""Live Avatar itself: the checkout, the launch's hard start-up asserts, and the LoRA file.
+
+Each upstream assert fires only after torchrun has started every rank, and some only after minutes of
+weight loading; all of them can be decided here from the configuration in a millisecond. The facts
+(texts, paths, rules) are upstream's, as docs/liveavatar.md records them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from avatardoctor.checks.base import CheckContext, Outcome, check, failed, passed, skipped, warned
+from avatardoctor.config import LORA_HUB_ID, SIZES, LaunchConfig, resolve_config
+
+GROUP = "Live Avatar"
+UPSTREAM_REPO = "https://github.com/Alibaba-Quark/LiveAvatar"
+
+# ---------------------------------------------------------------------------------------- la.checkout
+
+# Opened by the launch: without them torchrun starts and every rank dies at once.
+REQUIRED_FILES = (
+    "minimal_inference/s2v_streaming_interact.py",
+    "minimal_inference/gradio_app.py",
+    "liveavatar/configs/s2v_causal_sft.yaml",
+)
+# The upstream launch scripts: avatardoctor launches torchrun itself, users read these for the flags.
+REFERENCE_SCRIPTS = ("infinite_inference_multi_gpu.sh", "infinite_inference_single_gpu.sh")
+SEED_SCRIPT = "run_4gpu_tpp.sh"  # named by the seed articles, absent upstream
+
+
+@check("la.checkout", GROUP)
+def checkout(ctx: CheckContext) -> Outcome:
+    given = ctx.config.liveavatar
+    if given is None:
+        return skipped("pass --liveavatar DIR to check the Live Avatar checkout")
+    given = Path(given)
+    root = Path(os.path.normpath(ctx.cwd / given))  # an absolute `given` replaces cwd
+    where = [f"checkout: {root}" + ("" if given.is_absolute() else f" (--liveavatar {given} relative to {ctx.cwd})")]
+    data = {"path": str(root)}
+    clone = f"pass --liveavatar the root of a clone of {UPSTREAM_REPO} (the directory holding minimal_inference/)"
+    # os.path here and below: unlike Path's methods it answers False, not PermissionError, behind an unreadable dir
+    if not os.path.exists(root):
+        return failed(f"Live Avatar checkout not found: {root}", where, clone, data)
+    if not os.path.isdir(root):
+        return failed(f"--liveavatar {root} is a file, not the Live Avatar checkout directory", where, clone, data)
+    if not os.access(root, os.R_OK | os.X_OK):
+        return failed(
+            f"cannot read the Live Avatar checkout {root} (permission denied)",
+            where,
+            f"chmod -R u+rX {root}, or run avatardoctor as the user who will launch Live Avatar",
+            data,
+        )
+    missing = [p for p in REQUIRED_FILES if not os.path.isfile(root / p)]
+    missing_scripts = [p for p in REFERENCE_SCRIPTS if not os.path.isfile(root / p)]
+    data |= {"missing": missing, "missing_scripts": missing_scripts}
+    details = where + [f"missing: {p}" for p in missing + missing_scripts]
+    if os.path.exists(root / SEED_SCRIPT):
+        details.append(
+            f"{SEED_SCRIPT} is not an upstream script (the seed articles' 4-GPU TPP); upstream refuses "
+            "fewer than 5 GPUs in TPP (see la.asserts)"
+        )
+    if missing:
+        return failed(
+            f"the Live Avatar checkout {root} lacks {len(missing)} file(s) the launch opens: {', '.join(missing)}",
+            details,
+            clone,
+            data,
+        )
+    if missing_scripts:
+        return warned(
+            f"the Live Avatar checkout {root} lacks the upstream launch script(s) {', '.join(missing_scripts)}",
+            details + ["avatardoctor launches torchrun itself; the scripts are only the reference for the flags"],
+            f"restore them from {UPSTREAM_REPO} (in a clone: git -C {root} checkout -- {' '.join(missing_scripts)})",
+            data,
+        )
+    return passed(f"Live Avatar checkout at {root} has the entry scripts and training config", details, data)
+
+
+# ----------------------------------------------------------------------------------------- la.asserts
+
+
+@dataclass(frozen=True)
+class AssertRule:
+    """One upstream start-up assert. The callables get the config and the visible GPU count (None: unknown)."""
+
+    id: str
+    modes: tuple[str, ...]
+    broken: Callable[[LaunchConfig, int | None], bool]
+    problem: Callable[[LaunchConfig, int | None], str]  # the offending setting, in the user's terms
+    prevents: str  # the upstream text (or behaviour) that would stop the run
+    remedy: Callable[[LaunchConfig], str]
+    gpu_layout: bool = False  # about the TPP GPU count: the seed 4-GPU advice replaces its remedy
+
+
+def _upstream_size(cfg: LaunchConfig) -> str:
+    return resolve_config(0, cfg.mode).size  # the upstream script's --size for this mode
+
+
+BOTH = ("tpp", "single")
+ASSERT_RULES = (
+    AssertRule(
+        "tpp.world_size", ("tpp",),
+        lambda c, n: c.nproc < 5,
+        lambda c, n: f"{c.nproc} processes ({c.num_gpus_dit} DiT + 1 VAE)",
+        'AssertionError: "At least 5 GPUs are supported for distributed inference."',
+        lambda c: "--num-gpus-dit 4 (five GPUs)", gpu_layout=True,
+    ),
+    AssertRule(
+        "tpp.num_gpus_dit", ("tpp",),
+        lambda c, n: c.num_gpus_dit != 4,
+        lambda c, n: f"--num-gpus-dit {c.num_gpus_dit}",
+        'AssertionError: "Only 4 GPUs are supported..."',
+        lambda c: "--num-gpus-dit 4", gpu_layout=True,
+    ),
+    AssertRule(
+        "tpp.vae_parallel", ("tpp",),
+        lambda c, n: not c.enable_vae_parallel,
+        lambda c, n: "VAE parallel off",
+        'AssertionError: "VAE parallel is required..."',
+        lambda c: "--enable-vae-parallel",
+    ),
+    AssertRule(
+        "tpp.sample_steps", ("tpp",),
+        lambda c, n: c.sample_steps != c.num_gpus_dit,
+        lambda c, n: f"--sample-steps {c.sample_steps} with {c.num_gpus_dit} DiT GPUs",
+        "each DiT rank runs exactly one denoising step, so TPP needs sample_steps == num_gpus_dit",
+        lambda c: "--sample-steps 4" if c.num_gpus_dit == 4 else "--num-gpus-dit 4 --sample-steps 4",
+        gpu_layout=True,
+    ),
+    AssertRule(
+        # torchrun gives rank r the r-th visible GPU, whether or not it exists
+        "tpp.visible_gpus", ("tpp",),
+        lambda c, n: n is not None and n < c.nproc,
+        lambda c, n: f"{c.nproc} processes but {n} GPU(s) visible to CUDA",
+        "ranks without a GPU die with 'CUDA error: invalid device ordinal'",
+        lambda c: (
+            f"export CUDA_VISIBLE_DEVICES={','.join(map(str, range(c.nproc)))} (needs {c.nproc} GPUs), or --mode single"
+        ),
+        gpu_layout=True,
+    ),
+    AssertRule(
+        "single.sample_steps", ("single",),
+        lambda c, n: c.sample_steps > 4,
+        lambda c, n: f"--sample-steps {c.sample_steps} on one GPU",
+        "KeyError: '5' (the single-GPU KV caches are keyed \"1\"..\"4\")",
+        lambda c: "--sample-steps 4",
+    ),
+    AssertRule(
+        "ulysses_size", BOTH,
+        lambda c, n: c.ulysses_size != 1,
+        lambda c, n: f"--ulysses-size {c.ulysses_size} (the seed articles' 'equal to num_gpus_dit' is not upstream)",
+        'AssertionError: "Sequence parallel is not supported."',
+        lambda c: "--ulysses-size 1",
+    ),
+    AssertRule(
+        "sample_solver", BOTH,
+        lambda c, n: c.sample_solver != "euler",
+        lambda c, n: f"--sample-solver {c.sample_solver}",
+        'NotImplementedError("Unsupported solver.")',
+        lambda c: "--sample-solver euler",
+    ),
+    AssertRule(
+        "size.choice", BOTH,
+        lambda c, n: c.size not in SIZES,
+        lambda c, n: f"--size {c.size}",
+        f"argparse: argument --size: invalid choice (accepted: {', '.join(SIZES)})",
+        lambda c: f"--size {_upstream_size(c)}",
+    ),
+    AssertRule(
+        "size.720x1280", BOTH,
+        lambda c, n: c.size == "720*1280",
+        lambda c, n: "--size 720*1280",
+        "fails upstream (issue #14): the conditioning KV cache is hard-coded for 720*400",
+        lambda c: f"--size {_upstream_size(c)}",
+    ),
+    AssertRule(
+        "infer_frames", BOTH,
+        lambda c, n: c.infer_frames % 4 != 0,
+        lambda c, n: f"--infer-frames {c.infer_frames}",
+        "infer_frames must be a multiple of 4",
+        lambda c: f"--infer-frames {max(4, c.infer_frames // 4 * 4)}",
+    ),
+    AssertRule(
+        "save_path", BOTH,
+        lambda c, n: not c.save_file and not c.lora_path,
+        lambda c, n: "no --save_file and no LoRA",
+        "the script crashes at save time, after the whole generation",
+        lambda c: f"--lora-path {LORA_HUB_ID}",
+    ),
+)  # fmt: skip
+
+
+def _seed_layout(ctx: CheckContext) -> bool:
+    """The seed articles' 4-GPU TPP: 3 DiT GPUs + 1 VAE GPU, or TPP chosen on a 4-GPU box."""
+    return ctx.config.mode == "tpp" and (ctx.config.num_gpus_dit == 3 or len(ctx.visible.gpus) == 4)
+
+
+SEED_NOTE = (
+    "the seed articles' 4-GPU TPP (run_4gpu_tpp.sh, 3 DiT GPUs + 1 VAE GPU) is not in upstream Live Avatar, "
+    "and upstream refuses it"
+)
+SEED_REMEDY = "--mode single on one 80 GB-class GPU, or five GPUs for tpp (--num-gpus-dit 4 --sample-steps 4)"
+
+
+@check("la.asserts", GROUP)
+def asserts(ctx: CheckContext) -> Outcome:
+    cfg = ctx.config
+    gpu_count = len(ctx.visible.gpus) if ctx.has_gpu_facts else None
+    broken = [r for r in ASSERT_RULES if cfg.mode in r.modes and r.broken(cfg, gpu_count)]
+    data = {"violations": [r.id for r in broken], "mode": cfg.mode, "nproc": cfg.nproc}
+    if not broken:
+        return passed(
+            f"the {cfg.mode} launch passes upstream's start-up asserts "
+            f"({cfg.nproc} process(es), {cfg.sample_steps} steps, size {cfg.size})",
+            data=data,
+        )
+    details = [f"{r.id}: {r.problem(cfg, gpu_count)} -> {r.prevents}" for r in broken]
+    remedies = [r.remedy(cfg) for r in broken]
+    if _seed_layout(ctx):
+        details.append(SEED_NOTE)
+        remedies = [SEED_REMEDY] + [r.remedy(cfg) for r in broken if not r.gpu_layout]
+    return failed(
+        f"{len(broken)} upstream start-up check(s) would stop this launch: {', '.join(data['violations'])}",
+        details,
+        "; ".join(dict.fromkeys(remedies)),  # each once, in rule order
+        data,
+    )
+
+
+# -------------------------------------------------------------------------------------------- la.lora
+
+LORA_FILE = "liveavatar.safetensors"
+LORA_LOCAL = "ckpt/LiveAvatar/liveavatar.safetensors"  # where upstream's README puts it
+LORA_DOWNLOAD = f"huggingface-cli download {LORA_HUB_ID} --local-dir ckpt/LiveAvatar"
+TRUE_VALUES = ("1", "true", "yes", "on")
+
+
+def is_hub_id(value: str) -> bool:
+    """Upstream tries a value with a "/" (not a /, ./ or ../ path) as a Hub repo id first, and falls back
+    to a local path when that fails; only a namespace/name value can be a repo id."""
+    return value.count("/") == 1 and not value.startswith(("/", "."))
+
+
+def hub_cache_dir(env: Mapping[str, str]) -> Path:
+    """Where huggingface_hub keeps downloads, by the same variables it reads."""
+    cache = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
+    if cache:
+        return Path(cache)
+    home = env.get("HF_HOME")
+    if not home:
+        xdg = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
+        home = str(Path(xdg) / "huggingface")
+    return Path(home) / "hub"
+
+
+def cached_hub_file(cache: Path, repo_id: str, filename: str) -> Path | None:
+    """The file of the revision refs/main names: what an offline hf_hub_download would return."""
+    repo_dir = cache / f"models--{repo_id.replace('/', '--')}"
+    try:
+        revision = (repo_dir / "refs" / "main").read_text().strip()
+    except OSError:
+        return None
+    path = repo_dir / "snapshots" / revision / filename
+    return path if os.path.isfile(path) else None  # follows the blob symlink: a dangling one is no file
+
+
+@check("la.lora", GROUP)
+def lora(ctx: CheckContext) -> Outcome:
+    value = ctx.config.lora_path
+    if not value:
+        return skipped("no LoRA: the output will be the base model's; also see la.asserts for the save-path crash")
+    start = Path(os.path.normpath(ctx.cwd / (ctx.config.liveavatar or "")))  # the runner starts in the checkout
+    path = Path(os.path.normpath(start / value))
+    if is_hub_id(value) and not os.path.isfile(path):
+        return _hub_lora(ctx, value)
+    data = {"source": "local", "path": str(path)}
+    if os.path.isfile(path) and os.access(path, os.R_OK):
+        return passed(f"LoRA file found: {path}", data=data)
+    if not os.path.exists(path):
+        summary = f"LoRA file not found: {path}"
+    elif os.path.isdir(path):
+        summary = f"LoRA path {path} is a directory, not the {LORA_FILE} file"
+    else:
+        summary = f"cannot read the LoRA file {path} (permission denied)"
+    return failed(
+        summary,
+        [] if Path(value).is_absolute() else [f"--lora-path {value} is relative to {start}"],
+        f"upstream keeps it at {LORA_LOCAL}: {LORA_DOWNLOAD}",
+        data,
+    )
+
+
+def _hub_lora(ctx: CheckContext, repo_id: str) -> Outcome:
+    cache = hub_cache_dir(ctx.env)
+    cached = cached_hub_file(cache, repo_id, LORA_FILE)
+    offline = any(ctx.env.get(k, "").strip().lower() in TRUE_VALUES for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    data = {"source": "hub", "repo_id": repo_id, "cache": str(cache), "cached": str(cached) if cached else None}
+    if cached:
+        return passed(f"LoRA {repo_id} is in the Hugging Face cache: {cached}", data=data)
+    if offline:
+        return failed(
+            "offline and the LoRA hub id is not cached: the launch will print "
+            "'Failed to download from HF Hub ... treating as local path' and fail",
+            [f"looked for {cache}/models--{repo_id.replace('/', '--')}/snapshots/<refs/main>/{LORA_FILE}"],
+            f"--lora-path {LORA_LOCAL} (download it first where there is network: {LORA_DOWNLOAD})",
+            data,
+        )
+    return passed(
+        f"LoRA {repo_id} is a Hugging Face Hub id",
+        [f"downloaded from the Hugging Face Hub at launch (network needed); not yet in {cache}"],
+        data,
+    )
+
+
+CHECKS = (checkout, asserts, lora)

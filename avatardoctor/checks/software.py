@@ -1,0 +1,341 @@
+"""Software checks: the Python environment that Live Avatar will run in, and FP8 on the DiT GPUs.
+
+Nothing here imports torch, flash_attn or transformers: importing torch takes seconds (and may touch
+CUDA), and the doctor must answer in well under a second. Facts come from distribution metadata
+(importlib.metadata) and from files read as text. The environment inspected is this interpreter's
+(sys.executable, sys.path); lookups are cached per sys.path, so a changed path is read afresh.
+Upstream pins are the requirements of Live Avatar (see docs/liveavatar.md, "Pinned software").
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib.metadata
+import importlib.util
+import os
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+from avatardoctor.checks.base import (
+    CheckContext,
+    Outcome,
+    Status,
+    check,
+    failed,
+    needs_gpu_facts,
+    passed,
+    skipped,
+    warned,
+)
+
+PYTHON_PIN = (3, 10)
+TORCH_PIN = "2.8.0"
+TORCH_INSTALL = "pip install torch==2.8.0 --index-url https://download.pytorch.org/whl/cu128"
+FLASH_ATTN_PIN = "2.8.3"
+FLASH_ATTN_INSTALL = "pip install flash-attn==2.8.3 --no-build-isolation"
+NCCL_DISTS = ("nvidia-nccl-cu12", "nvidia-nccl-cu13")  # what torch's pip wheels depend on
+CUDNN_DISTS = ("nvidia-cudnn-cu12", "nvidia-cudnn-cu13")
+FA3_DISTS = ("flash-attn-3", "flashattn-hopper")  # names normalise, so flash_attn_3 matches too
+# (distribution, specifier, fails when off): transformers and peft break the model code and the
+# LoRA loading; a newer diffusers or numpy usually still runs, so those only warn.
+PINS = (
+    ("transformers", ">=4.49.0,<=4.51.3", True),
+    ("peft", "==0.17.1", True),
+    ("diffusers", ">=0.31.0", False),
+    ("numpy", "<2", False),
+)
+# Linux driver branch that a CUDA toolkit needs (CUDA release notes, "minimum required driver").
+DRIVER_BRANCH_FOR_CUDA = {
+    "11.8": "520", "12.0": "525", "12.1": "530", "12.2": "535", "12.3": "545", "12.4": "550",
+    "12.5": "555", "12.6": "560", "12.8": "570", "12.9": "575", "13.0": "580",
+}  # fmt: skip
+FP8_MIN_CC = (8, 9)  # torch._scaled_mm with float8 e4m3: Ada, Hopper, Blackwell
+MAX_VERSION_PY_BYTES = 64 * 1024
+
+
+# ---- probes: metadata and text only, cached per sys.path ---------------------------------------
+
+
+def dist_version(*names: str) -> str | None:
+    """The version of the first of these distributions installed on sys.path, or None."""
+    return _dist_version(names, tuple(sys.path))
+
+
+@functools.lru_cache(maxsize=64)
+def _dist_version(names: tuple[str, ...], path: tuple[str, ...]) -> str | None:
+    for name in names:
+        for dist in importlib.metadata.distributions(name=name, path=list(path)):
+            return dist.version
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _torch_nccl_requirement(path: tuple[str, ...]) -> Requirement | None:
+    """The NCCL wheel torch declares: pip wheels of torch do, conda and source builds link their own."""
+    for dist in importlib.metadata.distributions(name="torch", path=list(path)):
+        for text in dist.requires or ():
+            try:
+                req = Requirement(text)
+            except InvalidRequirement:
+                continue
+            if req.name in NCCL_DISTS and (req.marker is None or req.marker.evaluate({"extra": ""})):
+                return req
+        return None
+    return None
+
+
+def module_dir(module: str) -> Path | None:
+    """Where a top-level module would be imported from, found without importing it."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent
+
+
+@dataclass(frozen=True)
+class TorchBuild:
+    version: str
+    cuda: str | None  # None: a CPU (or ROCm) build
+    cuda_known: bool  # False when torch/version.py could not be read
+
+
+def torch_build() -> TorchBuild | None:
+    """torch's version and CUDA build, from its metadata and torch/version.py; None when absent."""
+    return _torch_build(tuple(sys.path))
+
+
+@functools.lru_cache(maxsize=8)
+def _torch_build(path: tuple[str, ...]) -> TorchBuild | None:
+    version = _dist_version(("torch",), path)
+    package = module_dir("torch")
+    fields = _string_assignments(package / "version.py") if package else None
+    version = version or (fields or {}).get("__version__")
+    if version is None:
+        return None
+    return TorchBuild(version, (fields or {}).get("cuda"), fields is not None)
+
+
+def _string_assignments(path: Path) -> dict[str, str | None] | None:
+    """Top-level `name = 'text'` / `name: T = None` assignments of a small file, or None if unreadable."""
+    try:
+        if path.stat().st_size > MAX_VERSION_PY_BYTES:
+            return None
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    found: dict[str, str | None] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+        elif isinstance(node, ast.AnnAssign):
+            target = node.target
+        else:
+            continue
+        value = node.value.value if isinstance(node.value, ast.Constant) else ...  # ... : not a literal
+        if isinstance(target, ast.Name) and (value is None or isinstance(value, str)):
+            found[target.id] = value
+    return found
+
+
+def _major_minor(text: str | None) -> tuple[int, int] | None:
+    try:
+        release = Version(text).release if text else ()
+    except InvalidVersion:
+        return None
+    return (release + (0,))[:2] if release else None
+
+
+def _matches(version: str | None, spec: str) -> bool:
+    try:
+        return version is not None and SpecifierSet(spec).contains(Version(version), prereleases=True)
+    except InvalidVersion:
+        return False
+
+
+def _interpreter() -> str:
+    return f"inspected the Python environment of {sys.executable}"
+
+
+# ---- checks --------------------------------------------------------------------------------------
+
+
+@check("sw.python", "Software")
+def check_python(ctx: CheckContext) -> Outcome:
+    version = ".".join(str(n) for n in sys.version_info[:3])
+    data = {"version": version, "executable": sys.executable}
+    if tuple(sys.version_info[:2]) == PYTHON_PIN:
+        return passed(f"Python {version}", details=[_interpreter()], data=data)
+    return warned(
+        f"Python {version}: upstream Live Avatar pins and tests Python 3.10",
+        details=[_interpreter(), "other 3.x versions often work, but wheels such as flash-attn may not exist for them"],
+        remedy="conda create -n liveavatar python=3.10",
+        data=data,
+    )
+
+
+@check("sw.torch", "Software")
+def check_torch(ctx: CheckContext) -> Outcome:
+    build = torch_build()
+    details = [_interpreter()]
+    if build is None:
+        return failed("torch is not installed", details=details, remedy=TORCH_INSTALL, data={"installed": False})
+    driver = ctx.machine.cuda_driver_version  # the newest CUDA the driver supports
+    data = {"installed": True, "version": build.version, "cuda": build.cuda, "driver_cuda": driver}
+    if not build.cuda_known:
+        details.append("torch/version.py could not be read, so its CUDA build is unknown")
+        return warned(f"torch {build.version}: CUDA build unknown", details=details, data=data)
+    if build.cuda is None:
+        details.append("Live Avatar always initialises NCCL on CUDA, even for one GPU")
+        return failed(f"torch {build.version} is not a CUDA build", details=details, remedy=TORCH_INSTALL, data=data)
+
+    details.append(f"torch {build.version} is built for CUDA {build.cuda}")
+    status, summary, remedy = Status.PASS, f"torch {build.version} (CUDA {build.cuda})", None
+    torch_cuda, driver_cuda = _major_minor(build.cuda), _major_minor(driver)
+    if driver_cuda is None:
+        details.append("the driver's CUDA version is unknown here, so it was not compared with torch's")
+    elif torch_cuda is not None and torch_cuda > driver_cuda:
+        branch = DRIVER_BRANCH_FOR_CUDA.get(build.cuda)
+        update = f"update the driver to a {branch}+ release" if branch else "update the driver"
+        remedy = f"{update}, or install a torch build for CUDA <= {driver}"
+        details.append(f"the driver {ctx.machine.driver_version} supports CUDA up to {driver}")
+        if torch_cuda[0] > driver_cuda[0]:
+            status, summary = Status.FAIL, f"driver too old for torch's CUDA {build.cuda}"
+        else:
+            status, summary = Status.WARN, f"torch's CUDA {build.cuda} is newer than the driver's CUDA {driver}"
+            details.append("minor-version compatibility usually works, but some kernels need a newer driver")
+    if not _matches(build.version, f"=={TORCH_PIN}"):
+        details.append(f"upstream pins torch {TORCH_PIN} (cu128); other versions are untested")
+        if status is Status.PASS:
+            status, summary, remedy = Status.WARN, f"torch {build.version}: upstream pins {TORCH_PIN}", TORCH_INSTALL
+    return Outcome(status, summary, tuple(details), remedy, data)
+
+
+@check("sw.nccl", "Software")
+def check_nccl(ctx: CheckContext) -> Outcome:
+    build = torch_build()
+    if build is None or build.cuda is None:
+        return skipped("torch is missing or not a CUDA build (see sw.torch)")
+    wanted = _torch_nccl_requirement(tuple(sys.path))
+    version = dist_version(wanted.name) if wanted else dist_version(*NCCL_DISTS)
+    data = {"version": version, "torch_requires": str(wanted) if wanted else None}
+    details = [_interpreter()]
+    fix = f"pip install {shlex.quote(str(wanted.name) + str(wanted.specifier))}" if wanted else None
+    if version is None and wanted:
+        details.append(f"torch {build.version} requires {wanted}; without it `import torch` fails")
+        return failed(f"{wanted.name} is not installed", details=details, remedy=fix, data=data)
+    if version is None:
+        details.append("no nvidia-nccl-cu12/cu13 distribution: conda and source builds of torch link NCCL themselves")
+        check_cmd = "python -c 'import torch; print(torch.cuda.nccl.version())'"
+        return warned("could not determine the NCCL version", details=details, remedy=check_cmd, data=data)
+    if wanted and not _matches(version, str(wanted.specifier)):
+        details.append(f"torch {build.version} was built against {wanted}; a mismatched NCCL can fail to load")
+        return warned(f"NCCL {version} does not match torch's {wanted}", details=details, remedy=fix, data=data)
+    return passed(f"NCCL {version}", details=details, data=data)
+
+
+@check("sw.attention", "Software")
+def check_attention(ctx: CheckContext) -> Outcome:
+    fa2 = dist_version("flash-attn")
+    fa3 = dist_version(*FA3_DISTS) or ("unknown version" if module_dir("flash_attn_interface") else None)
+    cudnn = dist_version(*CUDNN_DISTS)
+    gpus = ctx.rank_gpus
+    hopper = bool(gpus) and all(g.compute_capability[0] == 9 for g in gpus)
+    data = {"flash_attn": fa2, "flash_attn_3": fa3, "cudnn": cudnn, "hopper": hopper}
+    details = [_interpreter()]
+    if fa2:
+        details.append(f"flash-attn {fa2}" + ("" if fa2 == FLASH_ATTN_PIN else f" (upstream pins {FLASH_ATTN_PIN})"))
+    if fa3:
+        details.append(f"FlashAttention 3 ({fa3}): Hopper (compute capability 9.0) only")
+    details.append(f"cuDNN {cudnn}" if cudnn else "no nvidia-cudnn wheel found")
+    if fa3 and gpus and not hopper:
+        # Wan's attention uses flash_attn_interface (FA3) whenever it imports, on any GPU.
+        ccs = ", ".join(sorted({g.cc for g in gpus}))
+        return warned(
+            f"FlashAttention 3 is installed but the GPUs are not Hopper (cc {ccs})",
+            details=details + ["Wan's attention prefers FA3 whenever it can import it"],
+            remedy="pip uninstall flash_attn_3",
+            data=data,
+        )
+    if fa2 or fa3:
+        name = f"flash-attn {fa2}" if fa2 else f"FlashAttention 3 ({fa3})"
+        if hopper and not fa3:
+            details.append("these GPUs are Hopper: FlashAttention 3 (flash-attention/hopper) is faster")
+        return passed(name, details=details, data=data)
+    details.append("Wan's attention calls flash_attn: the run may fail or fall back to slower attention")
+    if (_major_minor(cudnn) or (0,))[0] >= 9:
+        details.append("cuDNN 9 lets PyTorch's scaled_dot_product_attention use cuDNN attention")
+    if hopper:
+        details.append("these GPUs are Hopper: FlashAttention 3 (flash-attention/hopper) is the fastest choice")
+    return warned("flash-attn is not installed", details=details, remedy=FLASH_ATTN_INSTALL, data=data)
+
+
+@check("sw.pins", "Software")
+def check_pins(ctx: CheckContext) -> Outcome:
+    details, off, fatal = [_interpreter()], [], False
+    data = {}
+    for name, spec, fails in PINS:
+        version = dist_version(name)
+        data[name] = {"version": version, "pin": spec}
+        details.append(f"{name} {version or 'missing'} (upstream pin {spec})")
+        if not _matches(version, spec):
+            off.append((name, version, spec))
+            fatal = fatal or fails
+    if not off:
+        return passed("transformers, peft, diffusers and numpy match the upstream pins", details, data)
+    summary = "; ".join(f"{name} {version or 'missing'}, needs {spec}" for name, version, spec in off)
+    remedy = "pip install " + " ".join(shlex.quote(name + spec) for name, _, spec in off)
+    return (failed if fatal else warned)(summary, details=details, remedy=remedy, data=data)
+
+
+@check("sw.ffmpeg", "Software")
+def check_ffmpeg(ctx: CheckContext) -> Outcome:
+    # Only looked up, never run: start-up time matters more than its version.
+    found = shutil.which("ffmpeg", path=ctx.env.get("PATH", os.environ.get("PATH")))
+    if found:
+        return passed(f"ffmpeg at {found}", data={"path": found})
+    return failed(
+        "no ffmpeg on PATH",
+        details=[
+            "Live Avatar merges the audio into the MP4 with ffmpeg",
+            "without it the run ends in 'FFmpeg execute failed', after all the compute",
+        ],
+        remedy="apt-get install ffmpeg  (or: conda install -c conda-forge ffmpeg)",
+        data={"path": None},
+    )
+
+
+@check("gpu.fp8", "GPUs")
+def check_fp8(ctx: CheckContext) -> Outcome:
+    if not ctx.config.fp8:
+        return skipped("--fp8 is off: the DiT runs in bf16")
+    no_facts = needs_gpu_facts(ctx)
+    if no_facts:
+        return no_facts
+    ranks = [(r, ctx.rank_gpus[r]) for r in ctx.config.dit_ranks if r < len(ctx.rank_gpus)]
+    lines = [f"rank {r}: GPU {g.index} {g.name}, compute capability {g.cc}" for r, g in ranks]
+    too_old = [(r, g) for r, g in ranks if g.compute_capability < FP8_MIN_CC]
+    data = {"ranks": [{"rank": r, "gpu": g.index, "cc": g.cc} for r, g in ranks], "min_cc": "8.9"}
+    if not too_old:
+        ccs = ", ".join(sorted({g.cc for _, g in ranks}))
+        return passed(f"the DiT GPUs support FP8 (compute capability {ccs})", details=lines, data=data)
+    names = ", ".join(sorted({f"{g.name} (cc {g.cc})" for _, g in too_old}))
+    return failed(
+        f"--fp8 needs compute capability 8.9+ on every DiT GPU: {names}",
+        details=[*lines, "--fp8 uses torch._scaled_mm with float8 e4m3 (Ada, Hopper, Blackwell)"],
+        remedy="drop --fp8 from the launch script (avatardoctor: --no-fp8); the bf16 weights then need more GPU memory",
+        data=data,
+    )
+
+
+CHECKS = (check_python, check_torch, check_nccl, check_attention, check_pins, check_ffmpeg, check_fp8)

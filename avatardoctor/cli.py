@@ -1,0 +1,154 @@
+"""The command line. It parses flags, calls the doctor, and renders; it judges nothing itself.
+
+Heavy modules are imported inside the commands so `--help` and `check` start fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from avatardoctor import __version__, exitcodes
+from avatardoctor.config import MODES
+from avatardoctor.errors import InputError
+
+
+class _InputFailure(click.ClickException):
+    """An InputError shown as click shows errors: one line on stderr, exit code 2."""
+
+    exit_code = exitcodes.USAGE
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except InputError as err:
+            raise _InputFailure(str(err)) from None
+
+
+def _str2bool(value: str) -> bool:
+    """Live Avatar's own str2bool for --offload_model."""
+    v = value.strip().lower()
+    if v in ("true", "t", "yes", "y", "1"):
+        return True
+    if v in ("false", "f", "no", "n", "0"):
+        return False
+    raise click.BadParameter(f"{value!r} is not a boolean (True/False)")
+
+
+def machine_options(fn):
+    """--machine / --demo: which machine's facts to use (default: this one, through NVML)."""
+
+    @click.option(
+        "--machine",
+        metavar="FILE|SPEC",
+        help="A recorded machine (from `avatardoctor machine record`) or a catalogue box such as 5x4090, 8xH100.",
+    )
+    @click.option("--demo", is_flag=True, help="The seed articles' box: 5x RTX 4090 on PCIe.")
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def config_options(fn):
+    """The Live Avatar configuration, in upstream's terms; unset flags take the upstream scripts' values."""
+    options = [
+        click.option("--mode", type=click.Choice(MODES), help="Upstream tpp (5 GPUs) or single; default by visible GPU count (5+ -> tpp)."),
+        click.option("--liveavatar", type=click.Path(path_type=Path), help="The Live Avatar checkout the launch runs in."),
+        click.option("--master-port", type=int, help="torchrun --master_port (default: the upstream script's, 29102 tpp / 29101 single)."),
+        click.option("--size", help="--size as upstream spells it, e.g. 704*384."),
+        click.option("--infer-frames", type=int, help="Frames per clip (multiple of 4; scripts use 48)."),
+        click.option("--sample-steps", type=click.IntRange(min=1), help="Denoising steps (scripts use 4)."),
+        click.option("--sample-solver", help="Sampler (upstream runs euler only)."),
+        click.option("--num-gpus-dit", type=click.IntRange(min=1), help="GPUs running the DiT (tpp: 4)."),
+        click.option("--ulysses-size", type=click.IntRange(min=1), help="Sequence parallel size (upstream: 1)."),
+        click.option("--fp8/--no-fp8", default=None, help="Convert the DiT's Linear layers to FP8 (scripts pass --fp8)."),
+        click.option("--offload-model", type=_str2bool, metavar="BOOL", help="Swap models between CPU and GPU (True/False)."),
+        click.option("--lora-path", help="--lora_path_dmd: a local file or a Hugging Face repo id."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="avatardoctor")
+def cli():
+    """Will this machine run this Live Avatar configuration? Ask before the ten-minute load."""
+
+
+@cli.command()
+@machine_options
+@config_options
+@click.option("--json", "as_json", is_flag=True, help="Print the versioned JSON report (avatardoctor.check/1).")
+@click.option("-v", "--verbose", is_flag=True, help="Show the details of passing checks too.")
+def check(machine, demo, as_json, verbose, **config_flags):
+    """Check the machine, the environment and the configuration. Exit 0 ready, 1 not ready, 2 bad input."""
+    from avatardoctor.doctor import build_context, diagnose
+    from avatardoctor.render import render_human, report_json
+
+    report = diagnose(build_context(machine, demo, **config_flags))
+    if as_json:
+        click.echo(report_json(report))
+    else:
+        from rich.console import Console
+
+        render_human(report, Console(highlight=False), verbose=verbose)
+    sys.exit(exitcodes.READY if report.ready else exitcodes.NOT_READY)
+
+
+@cli.group(cls=_Group)
+def machine():
+    """Record this machine's GPU facts, or list the built-in catalogue."""
+
+
+@machine.command()
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write to FILE instead of stdout.")
+@click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
+def record(output, force):
+    """Write this machine's facts (NVML) as JSON that --machine FILE replays."""
+    import json
+
+    from avatardoctor.machine.nvml import NvmlBackend
+
+    facts = NvmlBackend().snapshot()
+    if facts.nvml_error:
+        click.echo(f"Error: cannot record this machine: {facts.nvml_error}", err=True)
+        sys.exit(exitcodes.NOT_READY)
+    text = json.dumps(facts.to_dict(), indent=2) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    if output.exists() and not force:
+        raise InputError(f"-o {output}: the file exists; pass --force to overwrite it or choose another name")
+    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, output)  # never leave a half-written file where the user's was
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"-o {output}: cannot write ({err.strerror})") from None
+    click.echo(f"recorded {len(facts.gpus)} GPU{'s' if len(facts.gpus) != 1 else ''} to {output}", err=True)
+
+
+@machine.command("list")
+def list_machines():
+    """The catalogue: models for --machine COUNTxMODEL."""
+    from avatardoctor.machine.catalogue import CARDS
+
+    click.echo(f"{'MODEL':<11} {'NVML NAME':<26} {'MEMORY':>10}  {'CC':<5} BOX")
+    for c in CARDS:
+        box = f"HGX, NVSwitch NV{c.nvlinks_per_pair}" if c.nvlinks_per_pair else f"PCIe Gen{c.pcie_gen}" + ("" if c.pcie_p2p else ", no P2P")
+        click.echo(f"{c.key:<11} {c.name:<26} {c.total_mib:>6} MiB  {c.cc[0]}.{c.cc[1]:<3} {box}")
+    click.echo("\nuse as --machine COUNTxMODEL, e.g. --machine 5x4090 or --machine 8xH100")
+
+
+def main() -> None:
+    cli(prog_name="avatardoctor")

@@ -1,0 +1,383 @@
+"""la.checkout, la.asserts, la.lora: real directories and fake Hugging Face caches under tmp_path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from avatardoctor.checks import liveavatar
+from avatardoctor.checks.base import Status
+from conftest import make_ctx
+
+AS_ROOT = os.geteuid() == 0  # root ignores permission bits: chmod 000 proves nothing
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+def make_checkout(root: Path, *, without=()) -> Path:
+    for rel in liveavatar.REQUIRED_FILES + liveavatar.REFERENCE_SCRIPTS:
+        if rel not in without:
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text("# upstream\n")
+    return root
+
+
+def make_hub_cache(cache: Path, *, with_blob=True, with_ref=True) -> Path:
+    """The layout huggingface_hub writes: refs/main -> snapshots/<rev>/file -> symlink into blobs/."""
+    repo = cache / "models--Quark-Vision--Live-Avatar"
+    (repo / "blobs").mkdir(parents=True)
+    if with_blob:
+        (repo / "blobs" / "b10b").write_bytes(b"lora")
+    if with_ref:
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(REVISION)
+    snapshot = repo / "snapshots" / REVISION
+    snapshot.mkdir(parents=True)
+    (snapshot / "liveavatar.safetensors").symlink_to("../../blobs/b10b")
+    return snapshot / "liveavatar.safetensors"
+
+
+def test_checks_in_display_order():
+    assert [c.id for c in liveavatar.CHECKS] == ["la.checkout", "la.asserts", "la.lora"]
+
+
+# ---------------------------------------------------------------------------------------- la.checkout
+
+
+def test_checkout_skipped_without_liveavatar():
+    r = liveavatar.checkout.run(make_ctx("5xH800-healthy"))
+    assert r.status is Status.SKIP
+    assert "--liveavatar DIR" in r.summary
+
+
+def test_checkout_complete_passes(tmp_path):
+    root = make_checkout(tmp_path / "LiveAvatar")
+    r = liveavatar.checkout.run(make_ctx("5xH800-healthy", liveavatar=root))
+    assert r.status is Status.PASS
+    assert r.details[0] == f"checkout: {root}"
+    assert r.data == {"path": str(root), "missing": [], "missing_scripts": []}
+    assert not any("run_4gpu_tpp.sh" in d for d in r.details)  # absent upstream, so nothing to say
+
+
+def test_checkout_relative_path_resolves_against_cwd(tmp_path):
+    make_checkout(tmp_path / "LiveAvatar")
+    r = liveavatar.checkout.run(make_ctx("5xH800-healthy", cwd=tmp_path / "sub", liveavatar=Path("../LiveAvatar")))
+    assert r.status is Status.PASS
+    assert r.details[0] == f"checkout: {tmp_path / 'LiveAvatar'} (--liveavatar ../LiveAvatar relative to {tmp_path / 'sub'})"
+
+
+def test_checkout_missing_directory_fails(tmp_path):
+    r = liveavatar.checkout.run(make_ctx("5xH800-healthy", liveavatar=tmp_path / "nope"))
+    assert r.status is Status.FAIL
+    assert r.summary == f"Live Avatar checkout not found: {tmp_path / 'nope'}"
+    assert "github.com/Alibaba-Quark/LiveAvatar" in r.remedy
+
+
+def test_checkout_that_is_a_file_fails(tmp_path):
+    (tmp_path / "LiveAvatar").write_text("not a dir")
+    r = liveavatar.checkout.run(make_ctx("5xH800-healthy", liveavatar=tmp_path / "LiveAvatar"))
+    assert r.status is Status.FAIL
+    assert r.summary == f"--liveavatar {tmp_path / 'LiveAvatar'} is a file, not the Live Avatar checkout directory"
+
+
+@pytest.mark.skipif(AS_ROOT, reason="root reads any directory")
+def test_checkout_unreadable_fails(tmp_path):
+    root = make_checkout(tmp_path / "LiveAvatar")
+    root.chmod(0)
+    try:
+        r = liveavatar.checkout.run(make_ctx("5xH800-healthy", liveavatar=root))
+    finally:
+        root.chmod(0o755)
+    assert r.status is Status.FAIL
+    assert r.summary == f"cannot read the Live Avatar checkout {root} (permission denied)"
+    assert r.remedy.startswith(f"chmod -R u+rX {root}")
+
+
+@pytest.mark.parametrize("missing", liveavatar.REQUIRED_FILES)
+def test_checkout_missing_entry_or_config_fails_naming_it(tmp_path, missing):
+    root = make_checkout(tmp_path / "LiveAvatar", without=[missing])
+    r = liveavatar.checkout.run(make_ctx("5xH800-healthy", liveavatar=root))
+    assert r.status is Status.FAIL
+    assert r.summary.endswith(f"lacks 1 file(s) the launch opens: {missing}")
+    assert f"missing: {missing}" in r.details
+    assert r.data["missing"] == [missing]
+
+
+def test_checkout_missing_everything_names_each_path(tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = liveavatar.checkout.run(make_ctx("5xH800-healthy", liveavatar=tmp_path / "empty"))
+    assert r.status is Status.FAIL
+    assert r.data["missing"] == list(liveavatar.REQUIRED_FILES)
+    assert r.data["missing_scripts"] == list(liveavatar.REFERENCE_SCRIPTS)
+    for rel in liveavatar.REQUIRED_FILES + liveavatar.REFERENCE_SCRIPTS:
+        assert f"missing: {rel}" in r.details
+
+
+def test_checkout_missing_launch_scripts_only_warns(tmp_path):
+    root = make_checkout(tmp_path / "LiveAvatar", without=["infinite_inference_multi_gpu.sh"])
+    r = liveavatar.checkout.run(make_ctx("5xH800-healthy", liveavatar=root))
+    assert r.status is Status.WARN
+    assert "infinite_inference_multi_gpu.sh" in r.summary
+    assert any("avatardoctor launches torchrun itself" in d for d in r.details)
+    assert r.remedy.endswith(f"git -C {root} checkout -- infinite_inference_multi_gpu.sh)")
+
+
+def test_checkout_with_seed_script_says_it_is_not_upstream(tmp_path):
+    root = make_checkout(tmp_path / "LiveAvatar")
+    (root / "run_4gpu_tpp.sh").write_text("#!/bin/sh\n")
+    r = liveavatar.checkout.run(make_ctx("5xH800-healthy", liveavatar=root))
+    assert r.status is Status.PASS
+    assert any(d.startswith("run_4gpu_tpp.sh is not an upstream script") for d in r.details)
+
+
+# ----------------------------------------------------------------------------------------- la.asserts
+
+
+@pytest.mark.parametrize(
+    ("machine", "config", "nproc"),
+    [("5xH800-healthy", {"mode": "tpp"}, 5), ("1xH200", {"mode": "single"}, 1), ("5xH800-healthy", {}, 5)],
+)
+def test_asserts_upstream_defaults_pass(machine, config, nproc):
+    r = liveavatar.asserts.run(make_ctx(machine, **config))
+    assert r.status is Status.PASS, r.details
+    assert r.data["violations"] == []
+    assert r.data["nproc"] == nproc
+    assert r.details == () and r.remedy is None
+
+
+def test_asserts_need_no_gpu_facts():
+    r = liveavatar.asserts.run(make_ctx("no-nvml", mode="tpp"))
+    assert r.status is Status.PASS
+    assert r.data["nproc"] == 5
+
+
+# One rule broken at a time: (machine, config, the violation ids, upstream text named, remedy).
+SINGLE_RULE_CASES = {
+    "tpp.num_gpus_dit": (
+        "8xH100", dict(mode="tpp", num_gpus_dit=5, sample_steps=5),
+        ["tpp.num_gpus_dit"], 'AssertionError: "Only 4 GPUs are supported..."', "--num-gpus-dit 4",
+    ),
+    "tpp.vae_parallel": (
+        "5xH800-healthy", dict(mode="tpp", enable_vae_parallel=False),
+        ["tpp.vae_parallel"], 'AssertionError: "VAE parallel is required..."', "--enable-vae-parallel",
+    ),
+    "tpp.sample_steps": (
+        "5xH800-healthy", dict(mode="tpp", sample_steps=3),
+        ["tpp.sample_steps"], "each DiT rank runs exactly one denoising step", "--sample-steps 4",
+    ),
+    "tpp.visible_gpus": (
+        "8xH100", dict(mode="tpp", env={"CUDA_VISIBLE_DEVICES": "0,1,2"}),
+        ["tpp.visible_gpus"], "invalid device ordinal", "export CUDA_VISIBLE_DEVICES=0,1,2,3,4 (needs 5 GPUs), or --mode single",
+    ),
+    "single.sample_steps": (
+        "1xH200", dict(mode="single", sample_steps=5),
+        ["single.sample_steps"], "KeyError: '5'", "--sample-steps 4",
+    ),
+    "ulysses_size tpp": (
+        "5xH800-healthy", dict(mode="tpp", ulysses_size=4),
+        ["ulysses_size"], 'AssertionError: "Sequence parallel is not supported."', "--ulysses-size 1",
+    ),
+    "ulysses_size single": (
+        "1xH200", dict(mode="single", ulysses_size=2),
+        ["ulysses_size"], 'AssertionError: "Sequence parallel is not supported."', "--ulysses-size 1",
+    ),
+    "sample_solver": (
+        "1xH200", dict(mode="single", sample_solver="unipc"),
+        ["sample_solver"], 'NotImplementedError("Unsupported solver.")', "--sample-solver euler",
+    ),
+    "size.choice single": (
+        "1xH200", dict(mode="single", size="640*480"),
+        ["size.choice"], "invalid choice", "--size 704*384",
+    ),
+    "size.choice tpp": (
+        "5xH800-healthy", dict(mode="tpp", size="1920*1080"),
+        ["size.choice"], "invalid choice", "--size 720*400",
+    ),
+    "size.720x1280": (
+        "5xH800-healthy", dict(mode="tpp", size="720*1280"),
+        ["size.720x1280"], "issue #14", "--size 720*400",
+    ),
+    "infer_frames": (
+        "1xH200", dict(mode="single", infer_frames=50),
+        ["infer_frames"], "multiple of 4", "--infer-frames 48",
+    ),
+    "infer_frames tiny": (
+        "1xH200", dict(mode="single", infer_frames=2),
+        ["infer_frames"], "multiple of 4", "--infer-frames 4",
+    ),
+    "save_path": (
+        "5xH800-healthy", dict(mode="tpp", lora_path=""),
+        ["save_path"], "crashes at save time", "--lora-path Quark-Vision/Live-Avatar",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("machine", "config", "violations", "upstream_text", "remedy"), SINGLE_RULE_CASES.values(), ids=SINGLE_RULE_CASES)
+def test_asserts_each_rule(machine, config, violations, upstream_text, remedy):
+    config = dict(config)
+    r = liveavatar.asserts.run(make_ctx(machine, env=config.pop("env", None), **config))
+    assert r.status is Status.FAIL
+    assert r.data["violations"] == violations
+    assert r.summary == f"1 upstream start-up check(s) would stop this launch: {violations[0]}"
+    assert len(r.details) == 1 and r.details[0].startswith(f"{violations[0]}: ")
+    assert upstream_text in r.details[0]
+    assert r.remedy == remedy
+
+
+def test_asserts_save_path_passes_with_a_save_file():
+    r = liveavatar.asserts.run(make_ctx("1xH200", mode="single", lora_path="", save_file="out.mp4"))
+    assert r.status is Status.PASS
+
+
+def test_asserts_list_every_violation_and_every_remedy_once():
+    r = liveavatar.asserts.run(
+        make_ctx("1xH200", mode="single", ulysses_size=2, sample_solver="dpm++", size="720*1280", infer_frames=30)
+    )
+    assert r.status is Status.FAIL
+    assert r.data["violations"] == ["ulysses_size", "sample_solver", "size.720x1280", "infer_frames"]
+    assert len(r.details) == 4
+    assert r.remedy == "--ulysses-size 1; --sample-solver euler; --size 704*384; --infer-frames 28"
+
+
+def test_asserts_seed_3_dit_layout_is_refused_with_the_seed_note():
+    r = liveavatar.asserts.run(make_ctx("5xH800-healthy", mode="tpp", num_gpus_dit=3, sample_steps=3))
+    assert r.status is Status.FAIL
+    assert r.data["violations"] == ["tpp.world_size", "tpp.num_gpus_dit"]
+    assert r.details[0] == (
+        "tpp.world_size: 4 processes (3 DiT + 1 VAE) -> "
+        'AssertionError: "At least 5 GPUs are supported for distributed inference."'
+    )
+    assert 'AssertionError: "Only 4 GPUs are supported..."' in r.details[1]
+    assert r.details[2] == liveavatar.SEED_NOTE and "run_4gpu_tpp.sh" in r.details[2]
+    assert r.remedy == liveavatar.SEED_REMEDY
+    assert r.remedy.startswith("--mode single on one 80 GB-class GPU, or five GPUs for tpp")
+
+
+def test_asserts_seed_layout_keeps_remedies_unrelated_to_gpu_count():
+    r = liveavatar.asserts.run(make_ctx("5xH800-healthy", mode="tpp", num_gpus_dit=3, ulysses_size=3))
+    assert r.data["violations"] == ["tpp.world_size", "tpp.num_gpus_dit", "tpp.sample_steps", "ulysses_size"]
+    assert r.remedy == f"{liveavatar.SEED_REMEDY}; --ulysses-size 1"
+
+
+def test_asserts_tpp_on_four_gpus_is_the_seed_layout():
+    r = liveavatar.asserts.run(make_ctx("4x4090", mode="tpp"))
+    assert r.status is Status.FAIL
+    assert r.data["violations"] == ["tpp.visible_gpus"]
+    assert "5 processes but 4 GPU(s) visible to CUDA" in r.details[0]
+    assert liveavatar.SEED_NOTE in r.details
+    assert r.remedy == liveavatar.SEED_REMEDY
+
+
+def test_asserts_sample_steps_remedy_fixes_the_dit_count_too():
+    r = liveavatar.asserts.run(make_ctx("8xH100", mode="tpp", num_gpus_dit=5))
+    assert r.data["violations"] == ["tpp.num_gpus_dit", "tpp.sample_steps"]
+    assert r.remedy == "--num-gpus-dit 4; --num-gpus-dit 4 --sample-steps 4"
+
+
+# -------------------------------------------------------------------------------------------- la.lora
+
+
+def test_lora_skipped_without_lora():
+    r = liveavatar.lora.run(make_ctx("1xH200", lora_path=""))
+    assert r.status is Status.SKIP
+    assert "la.asserts" in r.summary
+
+
+def test_lora_local_absolute_file_passes(tmp_path):
+    (tmp_path / "my.safetensors").write_bytes(b"lora")
+    r = liveavatar.lora.run(make_ctx("1xH200", lora_path=str(tmp_path / "my.safetensors")))
+    assert r.status is Status.PASS
+    assert r.data == {"source": "local", "path": str(tmp_path / "my.safetensors")}
+
+
+def test_lora_upstream_relative_path_resolves_in_the_checkout_even_offline(tmp_path):
+    root = make_checkout(tmp_path / "LiveAvatar")
+    (root / "ckpt/LiveAvatar").mkdir(parents=True)
+    (root / liveavatar.LORA_LOCAL).write_bytes(b"lora")
+    ctx = make_ctx("1xH200", env={"HF_HUB_OFFLINE": "1"}, cwd=tmp_path / "elsewhere", liveavatar=root, lora_path=liveavatar.LORA_LOCAL)
+    r = liveavatar.lora.run(ctx)
+    assert r.status is Status.PASS  # the offline remedy below leads here
+    assert r.data["path"] == str(root / liveavatar.LORA_LOCAL)
+
+
+def test_lora_relative_path_without_checkout_resolves_against_cwd(tmp_path):
+    (tmp_path / "lora.safetensors").write_bytes(b"lora")
+    r = liveavatar.lora.run(make_ctx("1xH200", cwd=tmp_path, lora_path="./lora.safetensors"))
+    assert r.status is Status.PASS
+    assert r.data["path"] == str(tmp_path / "lora.safetensors")
+
+
+def test_lora_local_missing_fails_with_the_upstream_location(tmp_path):
+    r = liveavatar.lora.run(make_ctx("1xH200", cwd=tmp_path, lora_path="weights/a/lora.safetensors"))
+    assert r.status is Status.FAIL
+    assert r.summary == f"LoRA file not found: {tmp_path / 'weights/a/lora.safetensors'}"
+    assert r.details == (f"--lora-path weights/a/lora.safetensors is relative to {tmp_path}",)
+    assert r.remedy == (
+        "upstream keeps it at ckpt/LiveAvatar/liveavatar.safetensors: "
+        "huggingface-cli download Quark-Vision/Live-Avatar --local-dir ckpt/LiveAvatar"
+    )
+
+
+def test_lora_local_directory_fails(tmp_path):
+    r = liveavatar.lora.run(make_ctx("1xH200", lora_path=str(tmp_path)))
+    assert r.status is Status.FAIL
+    assert r.summary == f"LoRA path {tmp_path} is a directory, not the liveavatar.safetensors file"
+
+
+@pytest.mark.skipif(AS_ROOT, reason="root reads any file")
+def test_lora_local_unreadable_fails(tmp_path):
+    (tmp_path / "lora.safetensors").write_bytes(b"lora")
+    (tmp_path / "lora.safetensors").chmod(0)
+    r = liveavatar.lora.run(make_ctx("1xH200", lora_path=str(tmp_path / "lora.safetensors")))
+    assert r.status is Status.FAIL
+    assert r.summary == f"cannot read the LoRA file {tmp_path / 'lora.safetensors'} (permission denied)"
+
+
+@pytest.mark.parametrize(
+    ("env_key", "cache_under"),
+    [("HF_HUB_CACHE", ""), ("HF_HOME", "hub"), ("XDG_CACHE_HOME", "huggingface/hub"), ("HOME", ".cache/huggingface/hub")],
+)
+def test_lora_hub_id_found_in_each_cache_location(tmp_path, env_key, cache_under):
+    cached = make_hub_cache(tmp_path / cache_under)
+    r = liveavatar.lora.run(make_ctx("1xH200", env={env_key: str(tmp_path), "HF_HUB_OFFLINE": "1"}))
+    assert r.status is Status.PASS
+    assert r.summary == f"LoRA Quark-Vision/Live-Avatar is in the Hugging Face cache: {cached}"
+    assert r.data["cache"] == str(tmp_path / cache_under).rstrip("/")
+
+
+def test_lora_hub_cache_wins_over_hf_home(tmp_path):
+    cached = make_hub_cache(tmp_path / "cache")
+    r = liveavatar.lora.run(make_ctx("1xH200", env={"HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HOME": str(tmp_path / "home")}))
+    assert r.data["cached"] == str(cached)
+
+
+@pytest.mark.parametrize("offline", [{"HF_HUB_OFFLINE": "1"}, {"HF_HUB_OFFLINE": "TRUE"}, {"HF_HUB_OFFLINE": "yes"}, {"TRANSFORMERS_OFFLINE": "On"}])
+def test_lora_hub_id_offline_and_not_cached_fails(tmp_path, offline):
+    r = liveavatar.lora.run(make_ctx("1xH200", env={"HF_HUB_CACHE": str(tmp_path), **offline}))
+    assert r.status is Status.FAIL
+    assert r.summary == (
+        "offline and the LoRA hub id is not cached: the launch will print "
+        "'Failed to download from HF Hub ... treating as local path' and fail"
+    )
+    assert r.remedy.startswith("--lora-path ckpt/LiveAvatar/liveavatar.safetensors (download it first")
+
+
+def test_lora_hub_file_whose_blob_is_missing_is_not_cached(tmp_path):
+    make_hub_cache(tmp_path, with_blob=False)  # an interrupted download leaves a dangling symlink
+    r = liveavatar.lora.run(make_ctx("1xH200", env={"HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}))
+    assert r.status is Status.FAIL
+
+
+def test_lora_hub_snapshot_without_refs_main_is_not_found_offline(tmp_path):
+    make_hub_cache(tmp_path, with_ref=False)  # offline hf_hub_download resolves "main" through refs/main only
+    r = liveavatar.lora.run(make_ctx("1xH200", env={"HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}))
+    assert r.status is Status.FAIL
+
+
+@pytest.mark.parametrize("env", [{}, {"HF_HUB_OFFLINE": "0"}, {"HF_HUB_OFFLINE": "false"}])
+def test_lora_hub_id_online_and_not_cached_passes_saying_it_downloads(tmp_path, env):
+    r = liveavatar.lora.run(make_ctx("1xH200", env={"HF_HUB_CACHE": str(tmp_path), **env}))
+    assert r.status is Status.PASS
+    assert r.details[0].startswith("downloaded from the Hugging Face Hub at launch (network needed)")
+    assert r.data == {"source": "hub", "repo_id": "Quark-Vision/Live-Avatar", "cache": str(tmp_path), "cached": None}

@@ -1,0 +1,293 @@
+"""Software checks against real fake environments: distributions written to a temporary site dir.
+
+Each test sees only its own site dir plus the standard library on sys.path, so what the developer's
+venv happens to hold (numpy, say) cannot change an answer.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+from conftest import make_ctx
+
+from avatardoctor.checks import software
+from avatardoctor.checks.base import Status
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def add_dist(site: Path, name: str, version: str, requires=(), files: dict[str, str] | None = None) -> None:
+    """Install a fake distribution: a dist-info with METADATA, plus any package files given."""
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    lines = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
+    lines += [f"Requires-Dist: {r}" for r in requires]
+    (info / "METADATA").write_text("\n".join(lines) + "\n")
+    for rel, text in (files or {}).items():
+        (site / rel).parent.mkdir(parents=True, exist_ok=True)
+        (site / rel).write_text(text)
+    importlib.invalidate_caches()
+
+
+def add_torch(site: Path, version: str = "2.8.0+cu128", cuda: str | None = "12.8", requires=()) -> None:
+    version_py = (
+        f"from typing import Optional\n__version__ = '{version}'\ndebug = False\ncuda: Optional[str] = {cuda!r}\n"
+    )
+    add_dist(site, "torch", version, requires, {"torch/__init__.py": "", "torch/version.py": version_py})
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch) -> Path:
+    """An empty site dir, first and only on sys.path next to the standard library."""
+    site = tmp_path / "site"
+    site.mkdir()
+    stdlib = {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]}
+    kept = [p for p in sys.path if p in stdlib or p.endswith((".zip", "lib-dynload"))]
+    monkeypatch.setattr(sys, "path", [str(site), *kept])
+    importlib.invalidate_caches()
+    return site
+
+
+def run(check, machine="5x4090-pcie", env=None, **config):
+    return check.run(make_ctx(machine, env=env, **config))
+
+
+# ---- sw.python ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("version", "status"), [((3, 10, 14), Status.PASS), ((3, 12, 3), Status.WARN)])
+def test_python_pins_3_10(monkeypatch, version, status):
+    monkeypatch.setattr(sys, "version_info", (*version, "final", 0))
+    result = run(software.check_python)
+    assert result.status is status
+    assert result.data["version"] == ".".join(map(str, version))
+    assert any(sys.executable in d for d in result.details)
+    if status is Status.WARN:
+        assert "3.10" in result.summary and "python=3.10" in result.remedy
+
+
+# ---- sw.torch -------------------------------------------------------------------------------------
+
+
+def test_torch_missing_fails_with_the_pinned_install(site):
+    result = run(software.check_torch)
+    assert result.status is Status.FAIL
+    assert result.remedy == "pip install torch==2.8.0 --index-url https://download.pytorch.org/whl/cu128"
+    assert any(sys.executable in d for d in result.details)
+
+
+def test_torch_cpu_build_fails(site):
+    add_torch(site, "2.8.0+cpu", cuda=None)
+    result = run(software.check_torch)
+    assert result.status is Status.FAIL
+    assert "not a CUDA build" in result.summary and "cu128" in result.remedy
+
+
+def test_torch_matching_driver_passes(site):
+    add_torch(site)  # 5x4090-pcie: driver 570, CUDA 12.8
+    result = run(software.check_torch)
+    assert result.status is Status.PASS
+    assert result.summary == "torch 2.8.0+cu128 (CUDA 12.8)"
+    assert result.data["cuda"] == "12.8" and result.data["driver_cuda"] == "12.8"
+
+
+def test_torch_cuda_major_newer_than_driver_fails(site):
+    add_torch(site, "2.9.0+cu130", cuda="13.0")
+    result = run(software.check_torch, "5xH800-healthy")  # driver 550, CUDA 12.4
+    assert result.status is Status.FAIL
+    assert result.summary == "driver too old for torch's CUDA 13.0"
+    assert result.remedy == "update the driver to a 580+ release, or install a torch build for CUDA <= 12.4"
+
+
+def test_torch_cuda_minor_newer_than_driver_warns(site):
+    add_torch(site)
+    result = run(software.check_torch, "5xH800-healthy")
+    assert result.status is Status.WARN
+    assert "12.8" in result.summary and "12.4" in result.summary
+    assert result.remedy.startswith("update the driver to a 570+ release")
+    assert any("minor-version compatibility" in d for d in result.details)
+
+
+def test_torch_driver_unknown_is_not_a_failure(site):
+    add_torch(site)
+    result = run(software.check_torch, "5x4090")  # a catalogue box: no driver facts
+    assert result.status is Status.PASS
+    assert any("driver's CUDA version is unknown" in d for d in result.details)
+
+
+def test_torch_other_version_warns_with_the_pin(site):
+    add_torch(site, "2.7.1+cu128")
+    result = run(software.check_torch)
+    assert result.status is Status.WARN
+    assert "upstream pins 2.8.0" in result.summary
+    assert result.remedy == software.TORCH_INSTALL
+
+
+def test_torch_unreadable_version_file_warns(site):
+    add_dist(site, "torch", "2.8.0", files={"torch/__init__.py": "", "torch/version.py": "x" * (70 * 1024)})
+    result = run(software.check_torch)
+    assert result.status is Status.WARN and "CUDA build unknown" in result.summary
+
+
+def test_torch_probe_imports_nothing_in_a_fresh_interpreter(tmp_path):
+    site = tmp_path / "site"
+    add_torch(site)
+    # A torch that cannot be imported: detection must read files, never import the package.
+    (site / "torch/__init__.py").write_text("raise SystemExit('torch was imported')\n")
+    code = "import sys; from avatardoctor.checks import software as s; b = s.torch_build(); print(b.version, b.cuda, 'torch' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["2.8.0+cu128", "12.8", "False"]
+
+
+# ---- sw.nccl --------------------------------------------------------------------------------------
+
+NCCL_REQ = 'nvidia-nccl-cu12==2.27.3; platform_system == "Linux"'
+
+
+def test_nccl_version_found(site):
+    add_torch(site, requires=[NCCL_REQ])
+    add_dist(site, "nvidia-nccl-cu12", "2.27.3")
+    result = run(software.check_nccl)
+    assert result.status is Status.PASS and result.summary == "NCCL 2.27.3"
+
+
+def test_nccl_required_by_torch_but_missing_fails(site):
+    add_torch(site, requires=[NCCL_REQ])
+    result = run(software.check_nccl)
+    assert result.status is Status.FAIL
+    assert result.remedy == "pip install nvidia-nccl-cu12==2.27.3"
+
+
+def test_nccl_mismatching_torch_warns(site):
+    add_torch(site, requires=[NCCL_REQ])
+    add_dist(site, "nvidia-nccl-cu12", "2.21.5")
+    result = run(software.check_nccl)
+    assert result.status is Status.WARN and "2.21.5" in result.summary
+
+
+def test_nccl_undeclared_and_missing_is_unknown_not_failed(site):
+    add_torch(site)  # a conda/source build declares no NCCL wheel
+    result = run(software.check_nccl)
+    assert result.status is Status.WARN
+    assert "could not determine" in result.summary and "torch.cuda.nccl.version()" in result.remedy
+
+
+def test_nccl_skips_without_torch(site):
+    assert run(software.check_nccl).status is Status.SKIP
+
+
+# ---- sw.attention ---------------------------------------------------------------------------------
+
+
+def test_attention_flash_attn_present_passes(site):
+    add_dist(site, "flash_attn", "2.8.3")
+    add_dist(site, "nvidia-cudnn-cu12", "9.10.2.21")
+    result = run(software.check_attention)
+    assert result.status is Status.PASS and result.summary == "flash-attn 2.8.3"
+    assert result.data["cudnn"] == "9.10.2.21"
+
+
+def test_attention_missing_warns_and_mentions_fa3_on_hopper(site):
+    add_dist(site, "nvidia-cudnn-cu12", "9.10.2.21")
+    result = run(software.check_attention, "5xH800-healthy")
+    assert result.status is Status.WARN
+    assert result.remedy == "pip install flash-attn==2.8.3 --no-build-isolation"
+    assert any("FlashAttention 3" in d for d in result.details)
+    assert any("cuDNN 9" in d for d in result.details)
+
+
+def test_attention_fa3_module_on_hopper_passes(site):
+    (site / "flash_attn_interface.py").write_text("raise SystemExit('imported')\n")
+    importlib.invalidate_caches()
+    result = run(software.check_attention, "5xH800-healthy")
+    assert result.status is Status.PASS and "FlashAttention 3" in result.summary
+
+
+def test_attention_fa3_on_ampere_warns(site):
+    add_dist(site, "flash_attn_3", "3.0.0b1")
+    add_dist(site, "flash-attn", "2.8.3")
+    result = run(software.check_attention, "4xA100-docker", mode="single")
+    assert result.status is Status.WARN and "not Hopper (cc 8.0)" in result.summary
+
+
+# ---- sw.pins --------------------------------------------------------------------------------------
+
+
+def test_pins_all_in_range_pass(site):
+    for name, version in [("transformers", "4.51.3"), ("peft", "0.17.1"), ("diffusers", "0.35.1"), ("numpy", "1.26.4")]:
+        add_dist(site, name, version)
+    result = run(software.check_pins)
+    assert result.status is Status.PASS
+    assert "transformers 4.51.3 (upstream pin >=4.49.0,<=4.51.3)" in result.details
+
+
+def test_pins_out_of_range_fail_with_one_quoted_command(site):
+    for name, version in [("transformers", "4.55.0"), ("diffusers", "0.35.1"), ("numpy", "2.1.0")]:
+        add_dist(site, name, version)
+    result = run(software.check_pins)
+    assert result.status is Status.FAIL
+    assert result.remedy == "pip install 'transformers>=4.49.0,<=4.51.3' peft==0.17.1 'numpy<2'"
+    assert "peft missing" in result.summary and "transformers 4.55.0" in result.summary
+    assert result.data["numpy"] == {"version": "2.1.0", "pin": "<2"}
+
+
+def test_pins_only_soft_ones_off_warn(site):
+    for name, version in [("transformers", "4.49.0"), ("peft", "0.17.1"), ("diffusers", "0.30.0"), ("numpy", "1.26.4")]:
+        add_dist(site, name, version)
+    result = run(software.check_pins)
+    assert result.status is Status.WARN
+    assert result.remedy == "pip install 'diffusers>=0.31.0'"
+
+
+# ---- sw.ffmpeg ------------------------------------------------------------------------------------
+
+
+def test_ffmpeg_found_on_path(tmp_path):
+    ffmpeg = tmp_path / "ffmpeg"
+    ffmpeg.write_text("#!/bin/sh\nexit 0\n")
+    ffmpeg.chmod(0o755)
+    result = run(software.check_ffmpeg, env={"PATH": str(tmp_path)})
+    assert result.status is Status.PASS and result.data["path"] == str(ffmpeg)
+
+
+def test_ffmpeg_missing_fails(tmp_path):
+    result = run(software.check_ffmpeg, env={"PATH": str(tmp_path)})
+    assert result.status is Status.FAIL
+    assert result.remedy.startswith("apt-get install ffmpeg")
+    assert any("FFmpeg execute failed" in d for d in result.details)
+
+
+# ---- gpu.fp8 --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("machine", ["4xA100-80GB", "4xA100-docker"])
+def test_fp8_on_a100_fails(machine):
+    result = run(software.check_fp8, machine, mode="single", fp8=True)
+    assert result.group == "GPUs"
+    assert result.status is Status.FAIL
+    assert "NVIDIA A100-SXM4-80GB (cc 8.0)" in result.summary
+    assert "--no-fp8" in result.remedy and "bf16" in result.remedy
+
+
+def test_fp8_on_h800_passes_for_every_dit_rank():
+    result = run(software.check_fp8, "5xH800-healthy", fp8=True)
+    assert result.status is Status.PASS and "9.0" in result.summary
+    assert [r["rank"] for r in result.data["ranks"]] == [0, 1, 2, 3]  # TPP: the 4 DiT ranks, not the VAE rank
+
+
+def test_fp8_off_or_no_gpu_facts_skips():
+    assert run(software.check_fp8, "4xA100-80GB", fp8=False).status is Status.SKIP
+    assert run(software.check_fp8, "no-nvml", fp8=True).status is Status.SKIP
+
+
+def test_checks_are_exported_in_display_order():
+    ids = [c.id for c in software.CHECKS]
+    assert ids == ["sw.python", "sw.torch", "sw.nccl", "sw.attention", "sw.pins", "sw.ffmpeg", "gpu.fp8"]
