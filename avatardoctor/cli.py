@@ -6,7 +6,6 @@ Heavy modules are imported inside the commands so `--help` and `check` start fas
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from pathlib import Path
 
@@ -116,6 +115,7 @@ def record(output, force):
     """Write this machine's facts (NVML) as JSON that --machine FILE replays."""
     import json
 
+    from avatardoctor.files import write_new_file
     from avatardoctor.machine.nvml import NvmlBackend
 
     facts = NvmlBackend().snapshot()
@@ -126,15 +126,7 @@ def record(output, force):
     if output is None:
         click.echo(text, nl=False)
         return
-    if output.exists() and not force:
-        raise InputError(f"-o {output}: the file exists; pass --force to overwrite it or choose another name")
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, output)  # never leave a half-written file where the user's was
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"-o {output}: cannot write ({err.strerror})") from None
+    write_new_file(output, text, "-o", force)
     click.echo(f"recorded {len(facts.gpus)} GPU{'s' if len(facts.gpus) != 1 else ''} to {output}", err=True)
 
 

@@ -15,31 +15,12 @@ from pathlib import Path
 
 import pytest
 from conftest import make_ctx
+from fakeenv import add_dist, add_torch
 
 from avatardoctor.checks import software
 from avatardoctor.checks.base import Status
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def add_dist(site: Path, name: str, version: str, requires=(), files: dict[str, str] | None = None) -> None:
-    """Install a fake distribution: a dist-info with METADATA, plus any package files given."""
-    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
-    info.mkdir(parents=True)
-    lines = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}"]
-    lines += [f"Requires-Dist: {r}" for r in requires]
-    (info / "METADATA").write_text("\n".join(lines) + "\n")
-    for rel, text in (files or {}).items():
-        (site / rel).parent.mkdir(parents=True, exist_ok=True)
-        (site / rel).write_text(text)
-    importlib.invalidate_caches()
-
-
-def add_torch(site: Path, version: str = "2.8.0+cu128", cuda: str | None = "12.8", requires=()) -> None:
-    version_py = (
-        f"from typing import Optional\n__version__ = '{version}'\ndebug = False\ncuda: Optional[str] = {cuda!r}\n"
-    )
-    add_dist(site, "torch", version, requires, {"torch/__init__.py": "", "torch/version.py": version_py})
 
 
 @pytest.fixture

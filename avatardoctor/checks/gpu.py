@@ -4,6 +4,7 @@ memory, and who else holds memory on them."""
 from __future__ import annotations
 
 from avatardoctor.checks.base import CheckContext, Outcome, check, failed, needs_gpu_facts, passed, skipped, warned
+from avatardoctor.checks.liveavatar import SEED_NOTE, SEED_REMEDY
 from avatardoctor.machine.model import Gpu
 from avatardoctor.reference import reference_sizes
 from avatardoctor.units import GIB, gib, mib
@@ -108,10 +109,16 @@ def check_visible(ctx: CheckContext) -> Outcome:
     remedy = visible_remedy(ctx)
     if len(vis.gpus) < need:
         why = f"CUDA_VISIBLE_DEVICES stops at {vis.problem}" if vis.problem else f"only {len(vis.gpus)} visible"
+        if len(ctx.machine.gpus) >= need:
+            remedy = remedy or f"export CUDA_VISIBLE_DEVICES={','.join(str(g.index) for g in ctx.machine.gpus[:need])}"
+        elif mode == "tpp":  # no CUDA_VISIBLE_DEVICES can fix this box
+            details.append(SEED_NOTE)
+            remedy = SEED_REMEDY
         return failed(
-            f"{mode} needs {need} GPUs but CUDA will show {len(vis.gpus)} ({why})",
+            f"{mode} needs {need} GPUs but CUDA will show {len(vis.gpus)} ({why}): ranks without a GPU "
+            "die with 'invalid device ordinal'",
             details,
-            remedy=remedy or f"{mode} needs {need} GPUs; this machine has {len(ctx.machine.gpus)}: see --mode",
+            remedy=remedy,
             data=data,
         )
     if vis.problem:

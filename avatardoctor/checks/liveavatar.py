@@ -64,7 +64,7 @@ def checkout(ctx: CheckContext) -> Outcome:
         )
     if missing:
         return failed(
-            f"the Live Avatar checkout {root} lacks {len(missing)} file(s) the launch opens: {', '.join(missing)}",
+            f"the Live Avatar checkout {root} lacks {len(missing)} file{'s' if len(missing) > 1 else ''} the launch opens: {', '.join(missing)}",
             details,
             clone,
             data,
@@ -84,15 +84,21 @@ def checkout(ctx: CheckContext) -> Outcome:
 
 @dataclass(frozen=True)
 class AssertRule:
-    """One upstream start-up assert. The callables get the config and the visible GPU count (None: unknown)."""
+    """One upstream start-up assert, decided from the configuration alone."""
 
     id: str
     modes: tuple[str, ...]
-    broken: Callable[[LaunchConfig, int | None], bool]
-    problem: Callable[[LaunchConfig, int | None], str]  # the offending setting, in the user's terms
+    broken: Callable[[LaunchConfig], bool]
+    problem: Callable[[LaunchConfig], str]  # the offending setting, in the user's terms
     prevents: str  # the upstream text (or behaviour) that would stop the run
     remedy: Callable[[LaunchConfig], str]
     gpu_layout: bool = False  # about the TPP GPU count: the seed 4-GPU advice replaces its remedy
+
+
+def _four_dit_ranks(cfg: LaunchConfig) -> str:
+    """The flags that give upstream's only TPP layout: 4 DiT ranks, each running one of the 4 steps."""
+    flags = {"--num-gpus-dit 4": cfg.num_gpus_dit == 4, "--sample-steps 4": cfg.sample_steps == 4}
+    return " ".join(flag for flag, already in flags.items() if not already)
 
 
 def _upstream_size(cfg: LaunchConfig) -> str:
@@ -103,90 +109,78 @@ BOTH = ("tpp", "single")
 ASSERT_RULES = (
     AssertRule(
         "tpp.world_size", ("tpp",),
-        lambda c, n: c.nproc < 5,
-        lambda c, n: f"{c.nproc} processes ({c.num_gpus_dit} DiT + 1 VAE)",
+        lambda c: c.nproc < 5,
+        lambda c: f"{c.nproc} processes ({c.num_gpus_dit} DiT + 1 VAE)",
         'AssertionError: "At least 5 GPUs are supported for distributed inference."',
-        lambda c: "--num-gpus-dit 4 (five GPUs)", gpu_layout=True,
+        _four_dit_ranks, gpu_layout=True,
     ),
     AssertRule(
         "tpp.num_gpus_dit", ("tpp",),
-        lambda c, n: c.num_gpus_dit != 4,
-        lambda c, n: f"--num-gpus-dit {c.num_gpus_dit}",
+        lambda c: c.num_gpus_dit != 4,
+        lambda c: f"--num-gpus-dit {c.num_gpus_dit}",
         'AssertionError: "Only 4 GPUs are supported..."',
-        lambda c: "--num-gpus-dit 4", gpu_layout=True,
+        _four_dit_ranks, gpu_layout=True,
     ),
     AssertRule(
         "tpp.vae_parallel", ("tpp",),
-        lambda c, n: not c.enable_vae_parallel,
-        lambda c, n: "VAE parallel off",
+        lambda c: not c.enable_vae_parallel,
+        lambda c: "VAE parallel off",
         'AssertionError: "VAE parallel is required..."',
-        lambda c: "--enable-vae-parallel",
+        lambda c: "launch the entry with --enable_vae_parallel (avatardoctor's own launches always pass it)",
     ),
     AssertRule(
         "tpp.sample_steps", ("tpp",),
-        lambda c, n: c.sample_steps != c.num_gpus_dit,
-        lambda c, n: f"--sample-steps {c.sample_steps} with {c.num_gpus_dit} DiT GPUs",
+        lambda c: c.sample_steps != c.num_gpus_dit,
+        lambda c: f"--sample-steps {c.sample_steps} with {c.num_gpus_dit} DiT GPUs",
         "each DiT rank runs exactly one denoising step, so TPP needs sample_steps == num_gpus_dit",
-        lambda c: "--sample-steps 4" if c.num_gpus_dit == 4 else "--num-gpus-dit 4 --sample-steps 4",
-        gpu_layout=True,
-    ),
-    AssertRule(
-        # torchrun gives rank r the r-th visible GPU, whether or not it exists
-        "tpp.visible_gpus", ("tpp",),
-        lambda c, n: n is not None and n < c.nproc,
-        lambda c, n: f"{c.nproc} processes but {n} GPU(s) visible to CUDA",
-        "ranks without a GPU die with 'CUDA error: invalid device ordinal'",
-        lambda c: (
-            f"export CUDA_VISIBLE_DEVICES={','.join(map(str, range(c.nproc)))} (needs {c.nproc} GPUs), or --mode single"
-        ),
-        gpu_layout=True,
+        _four_dit_ranks, gpu_layout=True,
     ),
     AssertRule(
         "single.sample_steps", ("single",),
-        lambda c, n: c.sample_steps > 4,
-        lambda c, n: f"--sample-steps {c.sample_steps} on one GPU",
+        lambda c: c.sample_steps > 4,
+        lambda c: f"--sample-steps {c.sample_steps} on one GPU",
         "KeyError: '5' (the single-GPU KV caches are keyed \"1\"..\"4\")",
         lambda c: "--sample-steps 4",
     ),
     AssertRule(
         "ulysses_size", BOTH,
-        lambda c, n: c.ulysses_size != 1,
-        lambda c, n: f"--ulysses-size {c.ulysses_size} (the seed articles' 'equal to num_gpus_dit' is not upstream)",
+        lambda c: c.ulysses_size != 1,
+        lambda c: f"--ulysses-size {c.ulysses_size} (the seed articles' 'equal to num_gpus_dit' is not upstream)",
         'AssertionError: "Sequence parallel is not supported."',
         lambda c: "--ulysses-size 1",
     ),
     AssertRule(
         "sample_solver", BOTH,
-        lambda c, n: c.sample_solver != "euler",
-        lambda c, n: f"--sample-solver {c.sample_solver}",
+        lambda c: c.sample_solver != "euler",
+        lambda c: f"--sample-solver {c.sample_solver}",
         'NotImplementedError("Unsupported solver.")',
         lambda c: "--sample-solver euler",
     ),
     AssertRule(
         "size.choice", BOTH,
-        lambda c, n: c.size not in SIZES,
-        lambda c, n: f"--size {c.size}",
+        lambda c: c.size not in SIZES,
+        lambda c: f"--size {c.size}",
         f"argparse: argument --size: invalid choice (accepted: {', '.join(SIZES)})",
         lambda c: f"--size {_upstream_size(c)}",
     ),
     AssertRule(
         "size.720x1280", BOTH,
-        lambda c, n: c.size == "720*1280",
-        lambda c, n: "--size 720*1280",
+        lambda c: c.size == "720*1280",
+        lambda c: "--size 720*1280",
         "fails upstream (issue #14): the conditioning KV cache is hard-coded for 720*400",
         lambda c: f"--size {_upstream_size(c)}",
     ),
     AssertRule(
         "infer_frames", BOTH,
-        lambda c, n: c.infer_frames % 4 != 0,
-        lambda c, n: f"--infer-frames {c.infer_frames}",
+        lambda c: c.infer_frames % 4 != 0,
+        lambda c: f"--infer-frames {c.infer_frames}",
         "infer_frames must be a multiple of 4",
         lambda c: f"--infer-frames {max(4, c.infer_frames // 4 * 4)}",
     ),
     AssertRule(
         "save_path", BOTH,
-        lambda c, n: not c.save_file and not c.lora_path,
-        lambda c, n: "no --save_file and no LoRA",
+        lambda c: not c.save_file and not c.lora_path,
+        lambda c: "no --save_file and no LoRA",
         "the script crashes at save time, after the whole generation",
         lambda c: f"--lora-path {LORA_HUB_ID}",
     ),
@@ -208,24 +202,23 @@ SEED_REMEDY = "--mode single on one 80 GB-class GPU, or five GPUs for tpp (--num
 @check("la.asserts", GROUP)
 def asserts(ctx: CheckContext) -> Outcome:
     cfg = ctx.config
-    gpu_count = len(ctx.visible.gpus) if ctx.has_gpu_facts else None
-    broken = [r for r in ASSERT_RULES if cfg.mode in r.modes and r.broken(cfg, gpu_count)]
+    broken = [r for r in ASSERT_RULES if cfg.mode in r.modes and r.broken(cfg)]
     data = {"violations": [r.id for r in broken], "mode": cfg.mode, "nproc": cfg.nproc}
     if not broken:
         return passed(
             f"the {cfg.mode} launch passes upstream's start-up asserts "
-            f"({cfg.nproc} process(es), {cfg.sample_steps} steps, size {cfg.size})",
+            f"({cfg.nproc} process{'es' if cfg.nproc > 1 else ''}, {cfg.sample_steps} steps, size {cfg.size})",
             data=data,
         )
-    details = [f"{r.id}: {r.problem(cfg, gpu_count)} -> {r.prevents}" for r in broken]
+    details = [f"{r.id}: {r.problem(cfg)} -> {r.prevents}" for r in broken]
     remedies = [r.remedy(cfg) for r in broken]
     if _seed_layout(ctx):
         details.append(SEED_NOTE)
         remedies = [SEED_REMEDY] + [r.remedy(cfg) for r in broken if not r.gpu_layout]
     return failed(
-        f"{len(broken)} upstream start-up check(s) would stop this launch: {', '.join(data['violations'])}",
+        f"{len(broken)} upstream start-up check{'s' if len(broken) > 1 else ''} would stop this launch: {', '.join(data['violations'])}",
         details,
-        "; ".join(dict.fromkeys(remedies)),  # each once, in rule order
+        "; ".join(dict.fromkeys(remedies)),  # each once (the TPP layout rules share theirs), in rule order
         data,
     )
 

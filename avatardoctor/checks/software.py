@@ -258,6 +258,8 @@ def check_attention(ctx: CheckContext) -> Outcome:
     if fa3:
         details.append(f"FlashAttention 3 ({fa3}): Hopper (compute capability 9.0) only")
     details.append(f"cuDNN {cudnn}" if cudnn else "no nvidia-cudnn wheel found")
+    if hopper and not fa3:
+        details.append("these GPUs are Hopper: FlashAttention 3 (flash-attention/hopper) is the fastest choice")
     if fa3 and gpus and not hopper:
         # Wan's attention uses flash_attn_interface (FA3) whenever it imports, on any GPU.
         ccs = ", ".join(sorted({g.cc for g in gpus}))
@@ -269,14 +271,10 @@ def check_attention(ctx: CheckContext) -> Outcome:
         )
     if fa2 or fa3:
         name = f"flash-attn {fa2}" if fa2 else f"FlashAttention 3 ({fa3})"
-        if hopper and not fa3:
-            details.append("these GPUs are Hopper: FlashAttention 3 (flash-attention/hopper) is faster")
         return passed(name, details=details, data=data)
     details.append("Wan's attention calls flash_attn: the run may fail or fall back to slower attention")
     if (_major_minor(cudnn) or (0,))[0] >= 9:
         details.append("cuDNN 9 lets PyTorch's scaled_dot_product_attention use cuDNN attention")
-    if hopper:
-        details.append("these GPUs are Hopper: FlashAttention 3 (flash-attention/hopper) is the fastest choice")
     return warned("flash-attn is not installed", details=details, remedy=FLASH_ATTN_INSTALL, data=data)
 
 
@@ -293,7 +291,7 @@ def check_pins(ctx: CheckContext) -> Outcome:
             fatal = fatal or fails
     if not off:
         return passed("transformers, peft, diffusers and numpy match the upstream pins", details, data)
-    summary = "; ".join(f"{name} {version or 'missing'}, needs {spec}" for name, version, spec in off)
+    summary = "off the upstream pins: " + ", ".join(f"{name} {version or 'missing'}" for name, version, _ in off)
     remedy = "pip install " + " ".join(shlex.quote(name + spec) for name, _, spec in off)
     return (failed if fatal else warned)(summary, details=details, remedy=remedy, data=data)
 
@@ -329,9 +327,10 @@ def check_fp8(ctx: CheckContext) -> Outcome:
     if not too_old:
         ccs = ", ".join(sorted({g.cc for _, g in ranks}))
         return passed(f"the DiT GPUs support FP8 (compute capability {ccs})", details=lines, data=data)
-    names = ", ".join(sorted({f"{g.name} (cc {g.cc})" for _, g in too_old}))
+    gpu_list = ", ".join(str(g.index) for _, g in too_old)
+    models = ", ".join(sorted({f"{g.name} (cc {g.cc})" for _, g in too_old}))
     return failed(
-        f"--fp8 needs compute capability 8.9+ on every DiT GPU: {names}",
+        f"--fp8 needs compute capability 8.9+ on every DiT GPU; GPU {gpu_list}: {models}",
         details=[*lines, "--fp8 uses torch._scaled_mm with float8 e4m3 (Ada, Hopper, Blackwell)"],
         remedy="drop --fp8 from the launch script (avatardoctor: --no-fp8); the bf16 weights then need more GPU memory",
         data=data,
