@@ -16,20 +16,6 @@ from avatardoctor.config import MODES
 from avatardoctor.errors import InputError
 
 
-class _InputFailure(click.ClickException):
-    """An InputError shown as click shows errors: one line on stderr, exit code 2."""
-
-    exit_code = exitcodes.USAGE
-
-
-class _Group(click.Group):
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except InputError as err:
-            raise _InputFailure(str(err)) from None
-
-
 def _str2bool(value: str) -> bool:
     """Live Avatar's own str2bool for --offload_model."""
     v = value.strip().lower()
@@ -77,7 +63,7 @@ def config_options(fn):
     return fn
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="avatardoctor")
 def cli():
     """Will this machine run this Live Avatar configuration? Ask before the ten-minute load."""
@@ -103,7 +89,7 @@ def check(machine, demo, as_json, verbose, **config_flags):
     sys.exit(exitcodes.READY if report.ready else exitcodes.NOT_READY)
 
 
-@cli.group(cls=_Group)
+@cli.group()
 def machine():
     """Record this machine's GPU facts, or list the built-in catalogue."""
 
@@ -143,4 +129,20 @@ def list_machines():
 
 
 def main() -> None:
-    cli(prog_name="avatardoctor")
+    """Every error is one line on stderr naming the flag or file (exit 2 for bad usage or input)."""
+    try:
+        code = cli.main(prog_name="avatardoctor", standalone_mode=False)
+    except InputError as err:
+        click.echo(f"Error: {err}", err=True)
+        sys.exit(exitcodes.USAGE)
+    except click.UsageError as err:
+        hint = f" (see '{err.ctx.command_path} --help')" if err.ctx else ""
+        click.echo(f"Error: {err.format_message()}{hint}", err=True)
+        sys.exit(exitcodes.USAGE)
+    except click.ClickException as err:
+        click.echo(f"Error: {err.format_message()}", err=True)
+        sys.exit(err.exit_code)
+    except click.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    sys.exit(code or 0)

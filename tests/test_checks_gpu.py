@@ -170,6 +170,26 @@ def test_processes_unlisted_memory_is_reported():
     assert any("processes NVML does not list" in d for d in r.details)
 
 
+@pytest.mark.parametrize("machine", ["4xA100-80GB", "4xA100-docker"])
+def test_fp8_on_a100_fails(machine):
+    result = run(gpu.check_fp8, machine, mode="single", fp8=True)
+    assert result.group == "GPUs"
+    assert result.status is Status.FAIL
+    assert "NVIDIA A100-SXM4-80GB (cc 8.0)" in result.summary
+    assert "--no-fp8" in result.remedy and "bf16" in result.remedy
+
+
+def test_fp8_on_h800_passes_for_every_dit_rank():
+    result = run(gpu.check_fp8, "5xH800-healthy", fp8=True)
+    assert result.status is Status.PASS and "9.0" in result.summary
+    assert [r["rank"] for r in result.data["ranks"]] == [0, 1, 2, 3]  # TPP: the 4 DiT ranks, not the VAE rank
+
+
+def test_fp8_off_or_no_gpu_facts_skips():
+    assert run(gpu.check_fp8, "4xA100-80GB", fp8=False).status is Status.SKIP
+    assert run(gpu.check_fp8, "no-nvml", fp8=True).status is Status.SKIP
+
+
 @pytest.mark.parametrize("name", ["5xH800-healthy", "5x4090-pcie", "4xA100-docker", "no-nvml", "5x4090"])
 def test_no_gpu_check_crashes(name):
     ctx = make_ctx(name)

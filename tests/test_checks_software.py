@@ -246,29 +246,6 @@ def test_ffmpeg_missing_fails(tmp_path):
     assert any("FFmpeg execute failed" in d for d in result.details)
 
 
-# ---- gpu.fp8 --------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("machine", ["4xA100-80GB", "4xA100-docker"])
-def test_fp8_on_a100_fails(machine):
-    result = run(software.check_fp8, machine, mode="single", fp8=True)
-    assert result.group == "GPUs"
-    assert result.status is Status.FAIL
-    assert "NVIDIA A100-SXM4-80GB (cc 8.0)" in result.summary
-    assert "--no-fp8" in result.remedy and "bf16" in result.remedy
-
-
-def test_fp8_on_h800_passes_for_every_dit_rank():
-    result = run(software.check_fp8, "5xH800-healthy", fp8=True)
-    assert result.status is Status.PASS and "9.0" in result.summary
-    assert [r["rank"] for r in result.data["ranks"]] == [0, 1, 2, 3]  # TPP: the 4 DiT ranks, not the VAE rank
-
-
-def test_fp8_off_or_no_gpu_facts_skips():
-    assert run(software.check_fp8, "4xA100-80GB", fp8=False).status is Status.SKIP
-    assert run(software.check_fp8, "no-nvml", fp8=True).status is Status.SKIP
-
-
 def test_checks_are_exported_in_display_order():
     ids = [c.id for c in software.CHECKS]
-    assert ids == ["sw.python", "sw.torch", "sw.nccl", "sw.attention", "sw.pins", "sw.ffmpeg", "gpu.fp8"]
+    assert ids == ["sw.python", "sw.torch", "sw.nccl", "sw.attention", "sw.pins", "sw.ffmpeg"]

@@ -3,7 +3,16 @@ memory, and who else holds memory on them."""
 
 from __future__ import annotations
 
-from avatardoctor.checks.base import CheckContext, Outcome, check, failed, needs_gpu_facts, passed, skipped, warned
+from avatardoctor.checks.base import (
+    CheckContext,
+    Outcome,
+    check,
+    failed,
+    needs_gpu_facts,
+    passed,
+    skipped,
+    warned,
+)
 from avatardoctor.checks.liveavatar import SEED_NOTE, SEED_REMEDY
 from avatardoctor.machine.model import Gpu
 from avatardoctor.reference import reference_sizes
@@ -12,6 +21,7 @@ from avatardoctor.units import GIB, gib, mib
 # Memory NVML counts as used that no listed process owns; below this it is the CUDA/driver
 # bookkeeping every GPU shows (v1 counts driver-reserved memory as used).
 UNATTRIBUTED_SLACK_BYTES = GIB
+FP8_MIN_CC = (8, 9)  # torch._scaled_mm with float8 e4m3: Ada, Hopper, Blackwell
 
 
 def role(ctx: CheckContext, rank: int) -> str:
@@ -216,4 +226,27 @@ def check_processes(ctx: CheckContext) -> Outcome:
     )
 
 
-CHECKS = (check_driver, check_inventory, check_visible, check_vram, check_processes)
+@check("gpu.fp8", "GPUs")
+def check_fp8(ctx: CheckContext) -> Outcome:
+    if not ctx.config.fp8:
+        return skipped("--fp8 is off: the DiT runs in bf16")
+    if skip := needs_gpu_facts(ctx):
+        return skip
+    ranks = [(r, ctx.rank_gpus[r]) for r in ctx.config.dit_ranks if r < len(ctx.rank_gpus)]
+    lines = [f"rank {r}: GPU {g.index} {g.name}, compute capability {g.cc}" for r, g in ranks]
+    too_old = [(r, g) for r, g in ranks if g.compute_capability < FP8_MIN_CC]
+    data = {"ranks": [{"rank": r, "gpu": g.index, "cc": g.cc} for r, g in ranks], "min_cc": "8.9"}
+    if not too_old:
+        ccs = ", ".join(sorted({g.cc for _, g in ranks}))
+        return passed(f"the DiT GPUs support FP8 (compute capability {ccs})", details=lines, data=data)
+    gpu_list = ", ".join(str(g.index) for _, g in too_old)
+    models = ", ".join(sorted({f"{g.name} (cc {g.cc})" for _, g in too_old}))
+    return failed(
+        f"--fp8 needs compute capability 8.9+ on every DiT GPU; GPU {gpu_list}: {models}",
+        details=[*lines, "--fp8 uses torch._scaled_mm with float8 e4m3 (Ada, Hopper, Blackwell)"],
+        remedy="--no-fp8 (drop --fp8 from the launch); the bf16 weights then need more GPU memory",
+        data=data,
+    )
+
+
+CHECKS = (check_driver, check_inventory, check_visible, check_vram, check_processes, check_fp8)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from avatardoctor.checks.base import CheckContext, Outcome, check, failed, passed, skipped, warned
+from avatardoctor.checks.base import (
+    CheckContext,
+    Outcome,
+    check,
+    failed,
+    passed,
+    skipped,
+    warned,
+)
 from avatardoctor.checks.topology import p2p_ok, talking_pairs
 from avatardoctor.reference import reference_sizes
 from avatardoctor.units import GIB, MIB, gib

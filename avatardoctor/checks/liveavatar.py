@@ -12,7 +12,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from avatardoctor.checks.base import CheckContext, Outcome, check, failed, passed, skipped, warned
+from avatardoctor.checks.base import (
+    CheckContext,
+    Outcome,
+    check,
+    failed,
+    passed,
+    skipped,
+    warned,
+)
 from avatardoctor.config import LORA_HUB_ID, SIZES, LaunchConfig, resolve_config
 
 GROUP = "Live Avatar"

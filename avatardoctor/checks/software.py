@@ -1,4 +1,4 @@
-"""Software checks: the Python environment that Live Avatar will run in, and FP8 on the DiT GPUs.
+"""Software checks: the Python environment that Live Avatar will run in.
 
 Nothing here imports torch, flash_attn or transformers: importing torch takes seconds (and may touch
 CUDA), and the doctor must answer in well under a second. Facts come from distribution metadata
@@ -30,7 +30,6 @@ from avatardoctor.checks.base import (
     Status,
     check,
     failed,
-    needs_gpu_facts,
     passed,
     skipped,
     warned,
@@ -57,7 +56,6 @@ DRIVER_BRANCH_FOR_CUDA = {
     "11.8": "520", "12.0": "525", "12.1": "530", "12.2": "535", "12.3": "545", "12.4": "550",
     "12.5": "555", "12.6": "560", "12.8": "570", "12.9": "575", "13.0": "580",
 }  # fmt: skip
-FP8_MIN_CC = (8, 9)  # torch._scaled_mm with float8 e4m3: Ada, Hopper, Blackwell
 MAX_VERSION_PY_BYTES = 64 * 1024
 
 
@@ -313,28 +311,4 @@ def check_ffmpeg(ctx: CheckContext) -> Outcome:
     )
 
 
-@check("gpu.fp8", "GPUs")
-def check_fp8(ctx: CheckContext) -> Outcome:
-    if not ctx.config.fp8:
-        return skipped("--fp8 is off: the DiT runs in bf16")
-    no_facts = needs_gpu_facts(ctx)
-    if no_facts:
-        return no_facts
-    ranks = [(r, ctx.rank_gpus[r]) for r in ctx.config.dit_ranks if r < len(ctx.rank_gpus)]
-    lines = [f"rank {r}: GPU {g.index} {g.name}, compute capability {g.cc}" for r, g in ranks]
-    too_old = [(r, g) for r, g in ranks if g.compute_capability < FP8_MIN_CC]
-    data = {"ranks": [{"rank": r, "gpu": g.index, "cc": g.cc} for r, g in ranks], "min_cc": "8.9"}
-    if not too_old:
-        ccs = ", ".join(sorted({g.cc for _, g in ranks}))
-        return passed(f"the DiT GPUs support FP8 (compute capability {ccs})", details=lines, data=data)
-    gpu_list = ", ".join(str(g.index) for _, g in too_old)
-    models = ", ".join(sorted({f"{g.name} (cc {g.cc})" for _, g in too_old}))
-    return failed(
-        f"--fp8 needs compute capability 8.9+ on every DiT GPU; GPU {gpu_list}: {models}",
-        details=[*lines, "--fp8 uses torch._scaled_mm with float8 e4m3 (Ada, Hopper, Blackwell)"],
-        remedy="drop --fp8 from the launch script (avatardoctor: --no-fp8); the bf16 weights then need more GPU memory",
-        data=data,
-    )
-
-
-CHECKS = (check_python, check_torch, check_nccl, check_attention, check_pins, check_ffmpeg, check_fp8)
+CHECKS = (check_python, check_torch, check_nccl, check_attention, check_pins, check_ffmpeg)

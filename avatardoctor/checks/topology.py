@@ -6,7 +6,15 @@ dist.send / dist.recv, so what matters is the link between consecutive ranks.
 
 from __future__ import annotations
 
-from avatardoctor.checks.base import CheckContext, Outcome, check, needs_gpu_facts, passed, skipped, warned
+from avatardoctor.checks.base import (
+    CheckContext,
+    Outcome,
+    check,
+    needs_gpu_facts,
+    passed,
+    skipped,
+    warned,
+)
 from avatardoctor.machine.model import Gpu, GpuPair, Machine
 
 LEGEND = (

@@ -183,6 +183,7 @@ class _Fields:
 
 def _gpu_from(obj: Any, where: str) -> Gpu:
     f = _Fields(obj, where)
+    index, name, uuid, bus_id = f.int("index"), f.str("name"), f.str("uuid"), f.str("pci_bus_id")
     cc = f.list("compute_capability")
     if len(cc) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 100 for x in cc):
         raise MachineFormatError(f"{where}.compute_capability must be [major, minor]")
@@ -202,10 +203,10 @@ def _gpu_from(obj: Any, where: str) -> Gpu:
         raise MachineFormatError(f"{where}.nvlink_remote_bus_ids must be a list of PCI bus ids")
     pcie = f.object("pcie")
     gpu = Gpu(
-        index=f.int("index"),
-        name=f.str("name"),
-        uuid=f.str("uuid"),
-        pci_bus_id=f.str("pci_bus_id"),
+        index=index,
+        name=name,
+        uuid=uuid,
+        pci_bus_id=bus_id,
         compute_capability=(cc[0], cc[1]),
         total_bytes=f.int("total_bytes", minimum=1),
         used_bytes=f.int("used_bytes"),

@@ -1,0 +1,29 @@
+"""Writing the user's files: no clobbering unless asked, never a half-written file."""
+
+from __future__ import annotations
+
+import pytest
+
+from avatardoctor.errors import InputError
+from avatardoctor.files import write_new_file
+
+
+def test_writes_a_new_file(tmp_path):
+    write_new_file(tmp_path / "m.json", "{}\n", "-o")
+    assert (tmp_path / "m.json").read_text() == "{}\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temporary left behind
+
+
+def test_refuses_to_overwrite_without_force(tmp_path):
+    target = tmp_path / "m.json"
+    target.write_text("the user's")
+    with pytest.raises(InputError, match="exists; pass --force"):
+        write_new_file(target, "new", "-o")
+    assert target.read_text() == "the user's"
+    write_new_file(target, "new", "-o", force=True)
+    assert target.read_text() == "new"
+
+
+def test_unwritable_place_is_a_one_line_error(tmp_path):
+    with pytest.raises(InputError, match="cannot write"):
+        write_new_file(tmp_path / "no-such-dir" / "m.json", "{}", "-o")

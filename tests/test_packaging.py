@@ -1,0 +1,59 @@
+"""What a normal (non-editable) install gets: built as a real wheel and read back."""
+
+from __future__ import annotations
+
+import filecmp
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_REFERENCE = REPO.parent / "shared" / "reference" / "wan2.2-s2v-14b"
+PACKAGED_REFERENCE = REPO / "avatardoctor" / "data" / "reference" / "wan2.2-s2v-14b"
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> zipfile.ZipFile:
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (path,) = out.glob("avatardoctor-*.whl")
+    return zipfile.ZipFile(path)
+
+
+def test_runner_and_reports_install_under_avatardoctor(wheel):
+    names = set(wheel.namelist())
+    assert "avatardoctor/runner/__init__.py" in names
+    assert "avatardoctor/reports/__init__.py" in names
+    assert not any(n.startswith(("runner/", "reports/")) for n in names)  # no generic top-level modules
+
+
+def test_reference_tensor_lists_ship_as_package_data(wheel):
+    names = set(wheel.namelist())
+    for f in ("dit.tensors.json", "t5.tensors.json", "vae.tensors.json", "diffusion_pytorch_model.safetensors.index.json"):
+        assert f"avatardoctor/data/reference/wan2.2-s2v-14b/{f}" in names
+
+
+def test_metadata_dependencies_and_entry_point(wheel):
+    meta = next(n for n in wheel.namelist() if n.endswith(".dist-info/METADATA"))
+    text = wheel.read(meta).decode()
+    requires = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Requires-Dist:")]
+    names = {r.split(";")[0].split(">")[0].split("=")[0].strip() for r in requires}
+    assert {"click", "rich", "psutil", "nvidia-ml-py", "safetensors", "pandas", "matplotlib"} <= names
+    assert "pynvml" not in names  # the deprecated wrapper, not the maintained binding
+    assert any(r.startswith("torch") and 'extra == "torch"' in r for r in requires)
+    entry = wheel.read(next(n for n in wheel.namelist() if n.endswith("entry_points.txt"))).decode()
+    assert "avatardoctor = avatardoctor.cli:main" in entry
+
+
+@pytest.mark.skipif(not SHARED_REFERENCE.is_dir(), reason="../shared/reference is not beside this checkout")
+def test_packaged_reference_is_the_shared_one():
+    for f in SHARED_REFERENCE.iterdir():
+        assert filecmp.cmp(f, PACKAGED_REFERENCE / f.name, shallow=False), f.name
