@@ -19,7 +19,7 @@ PACKAGED_REFERENCE = REPO / "avatardoctor" / "data" / "reference" / "wan2.2-s2v-
 def wheel(tmp_path_factory) -> zipfile.ZipFile:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(REPO)],
         check=True,
         capture_output=True,
         timeout=300,
@@ -33,6 +33,22 @@ def test_runner_and_reports_install_under_avatardoctor(wheel):
     assert "avatardoctor/runner/__init__.py" in names
     assert "avatardoctor/reports/__init__.py" in names
     assert not any(n.startswith(("runner/", "reports/")) for n in names)  # no generic top-level modules
+
+
+def test_a_normal_install_imports_avatardoctor_runner(wheel, tmp_path):
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), wheel.filename],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    code = "import avatardoctor.runner, avatardoctor.reports; print(avatardoctor.runner.__file__)"
+    env = {"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    # from the installed copy, not the checkout's runner/ (the editable finder would give that)
+    assert r.stdout.strip() == str(target / "avatardoctor" / "runner" / "__init__.py")
 
 
 def test_reference_tensor_lists_ship_as_package_data(wheel):
