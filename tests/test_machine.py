@@ -88,6 +88,16 @@ def test_fixtures_round_trip(name):
     assert again == m
 
 
+def test_unknown_topology_level_is_kept_unknown(tmp_path):
+    from avatardoctor.checks.topology import topology_matrix
+
+    d = _good()
+    d["pairs"][0]["level"] = None  # NVML could not tell: shown as "?", never guessed
+    m = read_machine_file(_write(tmp_path, d))
+    assert m.pair(0, 1).level is None
+    assert topology_matrix(m, m.gpus[:2])[1].split() == ["GPU0", "X", "?"]
+
+
 def test_recorded_fixture_facts():
     m = read_machine_file(MACHINES / "5xH800-gpu2-busy.json")
     assert m.source.startswith("recorded:")

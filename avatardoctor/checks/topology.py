@@ -30,7 +30,7 @@ P2P_HANG_DRIVER_NOTE = (
 def link_label(pair: GpuPair | None) -> str:
     if pair is None:
         return "?"
-    return f"NV{pair.nvlinks}" if pair.nvlinks else pair.level
+    return f"NV{pair.nvlinks}" if pair.nvlinks else (pair.level or "?")
 
 
 def topology_matrix(machine: Machine, gpus: tuple[Gpu, ...]) -> list[str]:

@@ -73,7 +73,7 @@ class Gpu:
 class GpuPair:
     a: int
     b: int
-    level: str  # one of TOPOLOGY_LEVELS (never "X": a pair is two GPUs)
+    level: str | None  # one of TOPOLOGY_LEVELS (never "X": a pair is two GPUs); None where NVML cannot tell
     p2p_read: str  # one of P2P_STATUSES
     p2p_write: str
     nvlinks: int = 0
@@ -247,7 +247,7 @@ def machine_from_dict(obj: Any, source: str) -> Machine:
             GpuPair(
                 a=min(a, b),
                 b=max(a, b),
-                level=pf.str("level", choices=TOPOLOGY_LEVELS[1:]),
+                level=pf.str("level", optional=True, choices=TOPOLOGY_LEVELS[1:]),
                 p2p_read=pf.str("p2p_read", choices=P2P_STATUSES),
                 p2p_write=pf.str("p2p_write", choices=P2P_STATUSES),
                 nvlinks=pf.int("nvlinks", optional=True) or 0,

@@ -34,6 +34,9 @@ _P2P = {
     pynvml.NVML_P2P_STATUS_UNKNOWN: "unknown",
 }
 _NVLINK_SWITCH = 2  # nvmlNvLinkDeviceType: 0 GPU, 1 IBM NPU, 2 NVSwitch
+# nvidia-ml-py defines NVML_P2P_CAPS_INDEX_READ as the tuple (0,) (a stray comma); ctypes would
+# reject it, so the capability indices are spelled out.
+_P2P_READ, _P2P_WRITE, _P2P_NVLINK = 0, 1, 2
 
 
 def _text(value: str | bytes) -> str:
@@ -149,19 +152,19 @@ class NvmlBackend:
 
     def _pair(self, a: int, b: int, handles, gpus, links) -> GpuPair:
         ha, hb = handles[a], handles[b]
-        level = _LEVELS.get(_try(pynvml.nvmlDeviceGetTopologyCommonAncestor, ha, hb), "SYS")
-        read = _P2P.get(_try(pynvml.nvmlDeviceGetP2PStatus, ha, hb, pynvml.NVML_P2P_CAPS_INDEX_READ), "unknown")
-        write = _P2P.get(_try(pynvml.nvmlDeviceGetP2PStatus, ha, hb, pynvml.NVML_P2P_CAPS_INDEX_WRITE), "unknown")
+        level = _LEVELS.get(_try(pynvml.nvmlDeviceGetTopologyCommonAncestor, ha, hb))  # None: unknown
+        read = _P2P.get(_try(pynvml.nvmlDeviceGetP2PStatus, ha, hb, _P2P_READ), "unknown")
+        write = _P2P.get(_try(pynvml.nvmlDeviceGetP2PStatus, ha, hb, _P2P_WRITE), "unknown")
         target = _bus_key(gpus[b].pci_bus_id)
         nvlinks = sum(1 for bus, _ in links[a] if _bus_key(bus) == target)
         if not nvlinks:
             # Through NVSwitch every link ends at a switch; nvidia-smi then shows NV<links> for any
             # pair that NVML says can talk over NVLink.
-            nvlink_p2p = _try(pynvml.nvmlDeviceGetP2PStatus, ha, hb, pynvml.NVML_P2P_CAPS_INDEX_NVLINK)
+            nvlink_p2p = _try(pynvml.nvmlDeviceGetP2PStatus, ha, hb, _P2P_NVLINK)
             if nvlink_p2p == pynvml.NVML_P2P_STATUS_OK:
                 via_switch = [sum(1 for _, kind in links[g] if kind == _NVLINK_SWITCH) for g in (a, b)]
                 nvlinks = min(via_switch)
-        return GpuPair(a, b, level if level != "X" else "PIX", read, write, nvlinks)
+        return GpuPair(a, b, "PIX" if level == "X" else level, read, write, nvlinks)  # X: one board, two GPUs
 
 
 def _process_name(pid: int) -> str | None:
