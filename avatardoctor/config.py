@@ -1,6 +1,6 @@
 """The Live Avatar configuration being checked, in Live Avatar's own terms.
 
-Defaults are the upstream launch scripts' values (see docs/liveavatar-facts in the checks' docs):
+Defaults are the upstream launch scripts' values (as ../shared/docs/liveavatar.md records them):
 infinite_inference_multi_gpu.sh for `tpp`, infinite_inference_single_gpu.sh for `single`.
 """
 
@@ -10,7 +10,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 MODES = ("tpp", "single")
-ENTRY = "minimal_inference/s2v_streaming_interact.py"
 LORA_HUB_ID = "Quark-Vision/Live-Avatar"
 # argparse choices of --size in s2v_streaming_interact.py
 SIZES = (

@@ -97,10 +97,6 @@ class CheckContext:
         """The GPUs that ranks 0..nproc-1 will use (fewer than nproc when too few are visible)."""
         return self.visible.gpus[: self.config.nproc]
 
-    @property
-    def has_gpu_facts(self) -> bool:
-        return self.machine.nvml_error is None and bool(self.machine.gpus)
-
 
 @dataclass(frozen=True)
 class Check:

@@ -176,8 +176,8 @@ def check_vram(ctx: CheckContext) -> Outcome:
             f"GPU {worst.index}: {gib(worst.free_bytes)} free < {gib(dit)}, the bf16 DiT that every "
             f"upstream mode loads onto each DiT GPU",
             details + ["a lower bound: T5, VAE, KV caches and activations come on top"],
-            remedy="use 80 GB-class GPUs (A100-80GB, H100, H800, H200), or free the memory other "
-            "processes hold (see gpu.processes)",
+            remedy="use 80 GB-class GPUs (A100-80GB, H100, H800, H200)"
+            + (", or free the memory other processes hold (see gpu.processes)" if any(g.processes for g in short) else ""),
             data=data,
         )
     low = min(ctx.rank_gpus, key=lambda g: g.free_bytes)

@@ -29,7 +29,9 @@ def host_ram_need(ctx: CheckContext) -> tuple[int, list[str]]:
 
     Upstream builds T5 on the CPU in every process (it moves to the GPU only to encode), runs
     wav2vec2 on the CPU, and loads the DiT straight onto the GPU (from_pretrained with device_map);
-    with offload_model the DiT also parks in host RAM between phases.
+    with offload_model the DiT also parks in host RAM between phases. (With --dit_fsdp, a mode
+    still to come, from_pretrained has no device_map: every rank builds the whole bf16 DiT in host
+    RAM before sharding it.)
     """
     s, cfg = reference_sizes(), ctx.config
     per_rank = s.t5_bytes + s.wav2vec2_bytes
