@@ -47,6 +47,7 @@ def config_options(fn):
     options = [
         click.option("--mode", type=click.Choice(MODES), help="Upstream tpp (5 GPUs) or single; default by visible GPU count (5+ -> tpp)."),
         click.option("--liveavatar", type=click.Path(path_type=Path), help="The Live Avatar checkout the launch runs in."),
+        click.option("--ckpt-dir", help="The Wan2.2-S2V-14B folder (--ckpt_dir); relative to the checkout, as the launch sees it."),
         click.option("--master-port", type=int, help="torchrun --master_port (default: the upstream script's, 29102 tpp / 29101 single)."),
         click.option("--size", help="--size as upstream spells it, e.g. 704*384."),
         click.option("--infer-frames", type=int, help="Frames per clip (multiple of 4; scripts use 48)."),
@@ -126,6 +127,66 @@ def list_machines():
         box = f"HGX, NVSwitch NV{c.nvlinks_per_pair}" if c.nvlinks_per_pair else f"PCIe Gen{c.pcie_gen}" + ("" if c.pcie_p2p else ", no P2P")
         click.echo(f"{c.key:<11} {c.name:<26} {c.total_mib:>6} MiB  {c.cc[0]}.{c.cc[1]:<3} {box}")
     click.echo("\nuse as --machine COUNTxMODEL, e.g. --machine 5x4090 or --machine 8xH100")
+
+
+@cli.group()
+def ckpt():
+    """Verify a Wan2.2-S2V-14B checkpoint, or write a skeleton one."""
+
+
+@ckpt.command()
+@click.argument("directory")
+@click.option("--liveavatar", type=click.Path(path_type=Path), help="The checkout the launch starts in: a relative DIRECTORY is resolved there.")
+@click.option("--lora-path", help="Also verify this LoRA (a local file, or a Hugging Face repo id).")
+@click.option("--json", "as_json", is_flag=True, help="Print the versioned JSON report (avatardoctor.ckpt/1).")
+@click.option("-v", "--verbose", is_flag=True, help="Show the details of passing checks too.")
+def verify(directory, liveavatar, lora_path, as_json, verbose):
+    """Verify a checkpoint from its headers in seconds. Exit 0 sound, 1 broken, 2 bad usage."""
+    from avatardoctor.checks import ckpt as ckpt_checks
+    from avatardoctor.checks import liveavatar as la_checks
+    from avatardoctor.checks import run_checks
+    from avatardoctor.doctor import checkpoint_context
+    from avatardoctor.render import render_human
+
+    ctx = checkpoint_context(directory, liveavatar, lora_path)
+    checks = ckpt_checks.CHECKS + ((la_checks.lora,) if lora_path else ())
+    report = run_checks(ctx, checks)
+    if as_json:
+        import json
+
+        summary = ctx.checkpoint.summary()
+        doc = {
+            "schema": "avatardoctor.ckpt/1",
+            "verdict": "sound" if report.ready else "broken",
+            "root": str(ctx.checkpoint.root),
+            "layout": ctx.checkpoint.layout,
+            "components": summary.to_dict() if summary else None,
+            "checks": [r.to_dict() for r in report.results],
+        }
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        from rich.console import Console
+
+        render_human(report, Console(highlight=False), verbose, title=f"checkpoint: {ctx.checkpoint.root}")
+    sys.exit(exitcodes.READY if report.ready else exitcodes.NOT_READY)
+
+
+@ckpt.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--layout", "which", type=click.Choice(["upstream", "seed"]), default="upstream", show_default=True,
+              help="Live Avatar's real layout, or the one the seed articles describe.")
+@click.option("--tiny", is_flag=True, help="Small shapes with real random data (a few hundred KB) instead of full-size sparse files.")
+def skeleton(directory, which, tiny):
+    """Write a Wan2.2-S2V-14B checkpoint with real headers and no weights (sparse files: seconds, almost no disk)."""
+    from avatardoctor.ckpt.skeleton import write_skeleton
+    from avatardoctor.units import gib, mib
+
+    root = write_skeleton(directory, which, tiny)
+    files = [p for p in root.rglob("*") if p.is_file()]
+    apparent = sum(p.stat().st_size for p in files)
+    on_disk = sum(p.stat().st_blocks * 512 for p in files)
+    kind = "tiny" if tiny else "full-size"
+    click.echo(f"wrote a {kind} {which} skeleton to {root}: {len(files)} files, {gib(apparent)} apparent, {mib(on_disk)} on disk")
 
 
 def main() -> None:

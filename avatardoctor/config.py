@@ -11,6 +11,7 @@ from pathlib import Path
 
 MODES = ("tpp", "single")
 LORA_HUB_ID = "Quark-Vision/Live-Avatar"
+CKPT_DIR = "ckpt/Wan2.2-S2V-14B/"  # --ckpt_dir in every upstream script, relative to the checkout
 # argparse choices of --size in s2v_streaming_interact.py
 SIZES = (
     "720*1280", "1280*720", "480*832", "832*480", "704*1280", "1280*704",
@@ -41,6 +42,7 @@ class LaunchConfig:
     lora_path: str | None = LORA_HUB_ID
     save_file: str | None = None
     liveavatar: Path | None = None
+    ckpt_dir: str | None = None  # as given; None: not checked (CKPT_DIR in the checkout with --liveavatar)
 
     @property
     def nproc(self) -> int:

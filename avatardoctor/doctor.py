@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from avatardoctor.checks import CheckReport, run_checks
 from avatardoctor.checks.base import CheckContext
-from avatardoctor.config import resolve_config
+from avatardoctor.ckpt.scan import scan_checkpoint
+from avatardoctor.config import CKPT_DIR, resolve_config
 from avatardoctor.machine import backend_for
 from avatardoctor.visible import visible_gpus
 
@@ -21,13 +23,33 @@ def build_context(
     mode: str | None = None,
     **config_flags,
 ) -> CheckContext:
-    """Read the machine (live, recorded or catalogue) and resolve the configuration for it."""
+    """Read the machine (live, recorded or catalogue) and the checkpoint's structure, and resolve
+    the configuration for them."""
     env = dict(os.environ) if env is None else dict(env)
     facts = backend_for(machine, demo).snapshot()
     visible = visible_gpus(env.get("CUDA_VISIBLE_DEVICES"), facts.gpus)
+    if demo and not config_flags.get("ckpt_dir"):
+        from avatardoctor.ckpt.demo import demo_checkpoint
+
+        config_flags["ckpt_dir"] = str(demo_checkpoint(env))
+    if config_flags.get("liveavatar") and not config_flags.get("ckpt_dir"):
+        config_flags["ckpt_dir"] = CKPT_DIR  # what every upstream script passes
     config = resolve_config(len(visible.gpus), mode, **config_flags)
-    return CheckContext(machine=facts, visible=visible, config=config, env=env, cwd=cwd or Path.cwd())
+    ctx = CheckContext(machine=facts, visible=visible, config=config, env=env, cwd=cwd or Path.cwd())
+    if config.ckpt_dir:
+        ctx = replace(ctx, checkpoint=scan_checkpoint(config.ckpt_dir, ctx.launch_dir))
+    return ctx
 
 
 def diagnose(ctx: CheckContext) -> CheckReport:
     return run_checks(ctx)
+
+
+def checkpoint_context(ckpt_dir: str, liveavatar: Path | None, lora_path: str | None, cwd: Path | None = None) -> CheckContext:
+    """A context for `ckpt verify`: the checkpoint (and LoRA) alone, no machine."""
+    from avatardoctor.machine.model import Machine
+    from avatardoctor.visible import Visible
+
+    config = resolve_config(0, "single", ckpt_dir=ckpt_dir, liveavatar=liveavatar, lora_path=lora_path)
+    ctx = CheckContext(Machine(source="not inspected"), Visible(None, ()), config, dict(os.environ), cwd or Path.cwd())
+    return replace(ctx, checkpoint=scan_checkpoint(ckpt_dir, ctx.launch_dir))

@@ -37,8 +37,8 @@ def _wrapped(text: str, width: int, indent: int) -> list[str]:
     return lines or [""]
 
 
-def render_human(report: CheckReport, console: Console, verbose: bool = False) -> None:
-    console.print(Text(_machine_line(report), style="bold"), soft_wrap=True)
+def render_human(report: CheckReport, console: Console, verbose: bool = False, title: str | None = None) -> None:
+    console.print(Text(title or _machine_line(report), style="bold"), soft_wrap=True)
     groups: dict[str, list] = {}
     for r in report.results:
         groups.setdefault(r.group, []).append(r)

@@ -40,3 +40,11 @@ def clean_env(monkeypatch):
         if key.startswith(("NCCL_", "TORCH_NCCL_", "CUDA_", "HF_")) or key in ("NO_COLOR", "FORCE_COLOR"):
             monkeypatch.delenv(key, raising=False)
     return dict(os.environ)
+
+
+@pytest.fixture(scope="session")
+def full_skeleton(tmp_path_factory) -> Path:
+    """A full-size Wan2.2-S2V-14B skeleton (real headers, sparse data), built once: read it, never change it."""
+    from avatardoctor.ckpt.skeleton import write_skeleton
+
+    return write_skeleton(tmp_path_factory.mktemp("skeleton") / "Wan2.2-S2V-14B")

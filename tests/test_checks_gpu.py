@@ -9,7 +9,7 @@ from conftest import machine, make_ctx
 
 from avatardoctor.checks import gpu
 from avatardoctor.checks.base import Status
-from avatardoctor.reference import reference_sizes
+from avatardoctor.components import reference_summary
 from avatardoctor.visible import visible_gpus
 
 
@@ -122,7 +122,7 @@ def test_visible_mixed_models_need_pci_bus_order():
 
 def test_vram_floor_is_the_bf16_dit_from_the_reference():
     r = run(gpu.check_vram, "5x4090-pcie")
-    dit = reference_sizes().dit_bytes
+    dit = reference_summary().dit.bytes
     assert r.status is Status.FAIL and r.data["dit_bytes"] == dit
     assert "30.35 GiB" in r.summary and r.data["short"] == [0, 1, 2, 3, 4]
     assert "80 GB-class" in r.remedy and "free the memory" not in r.remedy  # nothing else holds any

@@ -10,9 +10,17 @@ from conftest import make_ctx
 
 from avatardoctor.checks import liveavatar
 from avatardoctor.checks.base import Status
+from avatardoctor.ckpt.safetensors_file import write_safetensors
 
 AS_ROOT = os.geteuid() == 0  # root ignores permission bits: chmod 000 proves nothing
 REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+def write_lora(path: Path) -> Path:
+    """A real (tiny) safetensors LoRA: the check verifies its header like any safetensors file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_safetensors(path, [("blocks.0.self_attn.q.lora_A.weight", "BF16", (4, 8))], os.urandom)
+    return path
 
 
 def make_checkout(root: Path, *, without=()) -> Path:
@@ -28,7 +36,7 @@ def make_hub_cache(cache: Path, *, with_blob=True, with_ref=True) -> Path:
     repo = cache / "models--Quark-Vision--Live-Avatar"
     (repo / "blobs").mkdir(parents=True)
     if with_blob:
-        (repo / "blobs" / "b10b").write_bytes(b"lora")
+        write_lora(repo / "blobs" / "b10b")
     if with_ref:
         (repo / "refs").mkdir()
         (repo / "refs" / "main").write_text(REVISION)
@@ -286,16 +294,26 @@ def test_lora_skipped_without_lora():
 
 
 def test_lora_local_absolute_file_passes(tmp_path):
-    (tmp_path / "my.safetensors").write_bytes(b"lora")
+    write_lora(tmp_path / "my.safetensors")
     r = liveavatar.lora.run(make_ctx("1xH200", lora_path=str(tmp_path / "my.safetensors")))
     assert r.status is Status.PASS
-    assert r.data == {"source": "local", "path": str(tmp_path / "my.safetensors")}
+    assert r.data == {"source": "local", "path": str(tmp_path / "my.safetensors"), "tensors": 1, "bytes": 64}
+    assert r.details == ("1 tensors, 0.00 GiB; header, offsets and size verified",)
+
+
+def test_lora_truncated_local_file_fails_naming_it(tmp_path):
+    lora = write_lora(tmp_path / "my.safetensors")
+    with open(lora, "r+b") as f:
+        f.truncate(lora.stat().st_size - 1)
+    r = liveavatar.lora.run(make_ctx("1xH200", lora_path=str(lora)))
+    assert r.status is Status.FAIL
+    assert r.summary.startswith(f"LoRA file {lora}: truncated: 167 bytes of 168") and "huggingface-cli download" in r.remedy
 
 
 def test_lora_upstream_relative_path_resolves_in_the_checkout_even_offline(tmp_path):
     root = make_checkout(tmp_path / "LiveAvatar")
     (root / "ckpt/LiveAvatar").mkdir(parents=True)
-    (root / liveavatar.LORA_LOCAL).write_bytes(b"lora")
+    write_lora(root / liveavatar.LORA_LOCAL)
     offline = {"HF_HUB_OFFLINE": "1"}
     ctx = make_ctx("1xH200", env=offline, cwd=tmp_path / "elsewhere", liveavatar=root, lora_path=liveavatar.LORA_LOCAL)
     r = liveavatar.lora.run(ctx)
@@ -305,15 +323,15 @@ def test_lora_upstream_relative_path_resolves_in_the_checkout_even_offline(tmp_p
 
 def test_lora_local_file_shaped_like_a_hub_id_is_used_as_a_file(tmp_path):
     (tmp_path / "weights").mkdir()
-    (tmp_path / "weights/lora.safetensors").write_bytes(b"lora")  # upstream's Hub attempt fails, then it loads this
+    write_lora(tmp_path / "weights/lora.safetensors")  # upstream's Hub attempt fails, then it loads this
     ctx = make_ctx("1xH200", env={"HF_HUB_OFFLINE": "1"}, cwd=tmp_path, lora_path="weights/lora.safetensors")
     r = liveavatar.lora.run(ctx)
     assert r.status is Status.PASS
-    assert r.data == {"source": "local", "path": str(tmp_path / "weights/lora.safetensors")}
+    assert r.data == {"source": "local", "path": str(tmp_path / "weights/lora.safetensors"), "tensors": 1, "bytes": 64}
 
 
 def test_lora_relative_path_without_checkout_resolves_against_cwd(tmp_path):
-    (tmp_path / "lora.safetensors").write_bytes(b"lora")
+    write_lora(tmp_path / "lora.safetensors")
     r = liveavatar.lora.run(make_ctx("1xH200", cwd=tmp_path, lora_path="./lora.safetensors"))
     assert r.status is Status.PASS
     assert r.data["path"] == str(tmp_path / "lora.safetensors")
@@ -338,7 +356,7 @@ def test_lora_local_directory_fails(tmp_path):
 
 @pytest.mark.skipif(AS_ROOT, reason="root reads any file")
 def test_lora_local_unreadable_fails(tmp_path):
-    (tmp_path / "lora.safetensors").write_bytes(b"lora")
+    write_lora(tmp_path / "lora.safetensors")
     (tmp_path / "lora.safetensors").chmod(0)
     r = liveavatar.lora.run(make_ctx("1xH200", lora_path=str(tmp_path / "lora.safetensors")))
     assert r.status is Status.FAIL
@@ -402,8 +420,9 @@ def test_lora_hub_snapshot_without_refs_main_is_not_found_offline(tmp_path):
 
 
 @pytest.mark.parametrize("env", [{}, {"HF_HUB_OFFLINE": "0"}, {"HF_HUB_OFFLINE": "false"}])
-def test_lora_hub_id_online_and_not_cached_passes_saying_it_downloads(tmp_path, env):
+def test_lora_hub_id_online_and_not_cached_warns_with_the_local_path(tmp_path, env):
     r = liveavatar.lora.run(make_ctx("1xH200", env={"HF_HUB_CACHE": str(tmp_path), **env}))
-    assert r.status is Status.PASS
-    assert r.details[0].startswith("downloaded from the Hugging Face Hub at launch (network needed)")
+    assert r.status is Status.WARN
+    assert "downloaded from the Hugging Face Hub at launch (network needed)" in r.summary
+    assert r.remedy.endswith("--lora-path ckpt/LiveAvatar/liveavatar.safetensors")
     assert r.data == {"source": "hub", "repo_id": "Quark-Vision/Live-Avatar", "cache": str(tmp_path), "cached": None}

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from avatardoctor.ckpt.safetensors_file import write_safetensors
 from conftest import MACHINES
 from fakeenv import upstream_site
 
@@ -19,6 +20,7 @@ CHECK_IDS = [
     "topo.p2p", "topo.pcie", "nccl.env", "net.master_port", "host.ram", "host.shm", "host.disk",
     "sw.python", "sw.torch", "sw.nccl", "sw.attention", "sw.pins", "sw.ffmpeg",
     "la.checkout", "la.asserts", "la.lora",
+    "ckpt.layout", "ckpt.config", "ckpt.index", "ckpt.dit", "ckpt.t5", "ckpt.vae", "ckpt.tokenizer", "ckpt.wav2vec2",
 ]  # fmt: skip
 
 
@@ -87,8 +89,9 @@ def test_json_schema_field_by_field():
     assert vram["status"] == "fail" and vram["data"]["dit_bytes"] == 32591511218
 
 
-def test_ready_machine_exits_zero(tmp_path):
-    """A healthy H800 box, Live Avatar's pinned software, ffmpeg, a checkout and a free port: ready."""
+def test_ready_machine_exits_zero(tmp_path, full_skeleton):
+    """A healthy H800 box, Live Avatar's pinned software, ffmpeg, a checkout with its checkpoint
+    and LoRA, and a free port: ready."""
     site = upstream_site(tmp_path / "site")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -100,13 +103,23 @@ def test_ready_machine_exits_zero(tmp_path):
                 "infinite_inference_single_gpu.sh"):  # fmt: skip
         (checkout / rel).parent.mkdir(parents=True, exist_ok=True)
         (checkout / rel).write_text("")
+    (checkout / "ckpt").mkdir()
+    (checkout / "ckpt" / "Wan2.2-S2V-14B").symlink_to(full_skeleton)  # where the upstream scripts look
+    lora = checkout / "ckpt" / "LiveAvatar" / "liveavatar.safetensors"
+    lora.parent.mkdir()
+    write_safetensors(lora, [("blocks.0.self_attn.q.lora_A.weight", "BF16", (128, 5120))], os.urandom)
     env = cli_env(PYTHONPATH=str(site), PATH=f"{bin_dir}:{os.environ['PATH']}", NCCL_DEBUG="WARN")
     args = ["check", "--machine", str(MACHINES / "5xH800-healthy.json"), "--liveavatar", str(checkout)]
+    args += ["--lora-path", "ckpt/LiveAvatar/liveavatar.safetensors"]
     r = avatardoctor(*args, "--master-port", str(free_port()), "--json", env=env)
     doc = json.loads(r.stdout)
     failing = [(c["id"], c["summary"]) for c in doc["checks"] if c["status"] == "fail"]
     assert r.returncode == 0, failing
     assert doc["verdict"] == "ready" and failing == []
+    checks = {c["id"]: c for c in doc["checks"]}
+    assert all(checks[i]["status"] == "pass" for i in checks if i.startswith("ckpt."))
+    assert checks["ckpt.dit"]["summary"] == "DiT 30.35 GiB (16.30 B params), matches Wan2.2-S2V-14B"
+    assert checks["la.lora"]["status"] == "pass"
     human = avatardoctor(*args, "--master-port", str(free_port()), env=env)
     assert human.returncode == 0 and human.stdout.rstrip().splitlines()[-1].startswith("Ready")
 

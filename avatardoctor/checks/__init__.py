@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from avatardoctor import __version__
-from avatardoctor.checks import gpu, host, liveavatar, nccl, ports, software, topology
+from avatardoctor.checks import ckpt, gpu, host, liveavatar, nccl, ports, software, topology
 from avatardoctor.checks.base import Check, CheckContext, CheckResult, Status
 from avatardoctor.config import LaunchConfig
 from avatardoctor.machine.model import Machine
@@ -25,6 +25,7 @@ ALL_CHECKS: tuple[Check, ...] = (
     *host.CHECKS,
     *software.CHECKS,
     *liveavatar.CHECKS,
+    *ckpt.CHECKS,
 )
 
 

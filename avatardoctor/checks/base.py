@@ -15,6 +15,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from avatardoctor.ckpt.scan import CheckpointScan
+from avatardoctor.components import ComponentSummary, reference_summary
 from avatardoctor.config import LaunchConfig
 from avatardoctor.machine.model import Gpu, Machine
 from avatardoctor.visible import Visible
@@ -91,6 +93,18 @@ class CheckContext:
     config: LaunchConfig
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     cwd: Path = field(default_factory=Path.cwd)
+    checkpoint: CheckpointScan | None = None  # the --ckpt-dir folder's structure, when one is given
+
+    @property
+    def launch_dir(self) -> Path:
+        """Where the runner starts Live Avatar (its checkout), so where relative paths resolve."""
+        return self.cwd / self.config.liveavatar if self.config.liveavatar else self.cwd
+
+    @property
+    def components(self) -> ComponentSummary:
+        """Component sizes from the checkpoint's own headers when it verified, else the reference."""
+        summary = self.checkpoint.summary() if self.checkpoint else None
+        return summary or reference_summary()
 
     @property
     def rank_gpus(self) -> tuple[Gpu, ...]:

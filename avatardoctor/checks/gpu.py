@@ -15,7 +15,6 @@ from avatardoctor.checks.base import (
 )
 from avatardoctor.checks.liveavatar import SEED_NOTE, SEED_REMEDY
 from avatardoctor.machine.model import Gpu
-from avatardoctor.reference import reference_sizes
 from avatardoctor.units import GIB, gib, mib
 
 # Memory NVML counts as used that no listed process owns; below this it is the CUDA/driver
@@ -150,7 +149,7 @@ def check_visible(ctx: CheckContext) -> Outcome:
 def check_vram(ctx: CheckContext) -> Outcome:
     if skip := needs_gpu_facts(ctx):
         return skip
-    dit = reference_sizes().dit_bytes
+    dit = ctx.components.dit.bytes
     # Every upstream mode puts the whole bf16 DiT on each DiT GPU (TPP: a full copy per rank, and on
     # the VAE rank too unless offloading; single GPU: resident while denoising). --fp8 converts only
     # after the bf16 load, so this floor holds with it too. It is a lower bound, not the peak.
@@ -165,6 +164,7 @@ def check_vram(ctx: CheckContext) -> Outcome:
             short.append(g)
             line += ", too little for the DiT"
         details.append(line)
+    details.append(f"DiT size from the {ctx.components.source}")
     data = {
         "dit_bytes": dit,
         "free_bytes": {str(g.index): g.free_bytes for g in ctx.rank_gpus},

@@ -15,7 +15,6 @@ from avatardoctor.checks.base import (
     warned,
 )
 from avatardoctor.checks.topology import p2p_ok, talking_pairs
-from avatardoctor.reference import reference_sizes
 from avatardoctor.units import GIB, MIB, gib
 
 SHM_MIN_BYTES = 256 * MIB  # below this NCCL's shared-memory segments fail to allocate
@@ -33,18 +32,18 @@ def host_ram_need(ctx: CheckContext) -> tuple[int, list[str]]:
     still to come, from_pretrained has no device_map: every rank builds the whole bf16 DiT in host
     RAM before sharding it.)
     """
-    s, cfg = reference_sizes(), ctx.config
-    per_rank = s.t5_bytes + s.wav2vec2_bytes
+    s, cfg = ctx.components, ctx.config
+    per_rank = s.t5.bytes + s.wav2vec2.bytes
     lines = [
-        f"each of the {cfg.nproc} process{'es' if cfg.nproc > 1 else ''} builds T5 ({gib(s.t5_bytes)}) on the CPU "
-        f"and runs wav2vec2 ({gib(s.wav2vec2_bytes)}) there"
+        f"each of the {cfg.nproc} process{'es' if cfg.nproc > 1 else ''} builds T5 ({gib(s.t5.bytes)}) on the CPU "
+        f"and runs wav2vec2 ({gib(s.wav2vec2.bytes)}) there (sizes from the {s.source})"
     ]
     need = cfg.nproc * per_rank
     if cfg.offload_model:
-        need += s.dit_bytes
-        lines.append(f"--offload_model True parks the bf16 DiT ({gib(s.dit_bytes)}) in host RAM between phases")
+        need += s.dit.bytes
+        lines.append(f"--offload_model True parks the bf16 DiT ({gib(s.dit.bytes)}) in host RAM between phases")
     lines.append(
-        f"plus the page cache of the {gib(s.dit_bytes)} DiT shards, shared by all ranks (reclaimable, but "
+        f"plus the page cache of the {gib(s.dit.bytes)} DiT shards, shared by all ranks (reclaimable, but "
         "without it every rank reads them from disk again)"
     )
     return need, lines

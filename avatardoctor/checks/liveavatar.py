@@ -21,7 +21,9 @@ from avatardoctor.checks.base import (
     skipped,
     warned,
 )
+from avatardoctor.ckpt.safetensors_file import CkptFileError, read_header
 from avatardoctor.config import LORA_HUB_ID, SIZES, LaunchConfig, resolve_config
+from avatardoctor.units import gib
 
 GROUP = "Live Avatar"
 UPSTREAM_REPO = "https://github.com/Alibaba-Quark/LiveAvatar"
@@ -279,7 +281,7 @@ def lora(ctx: CheckContext) -> Outcome:
         return _hub_lora(ctx, value)
     data = {"source": "local", "path": str(path)}
     if os.path.isfile(path) and os.access(path, os.R_OK):
-        return passed(f"LoRA file found: {path}", data=data)
+        return _verified_lora(path, f"LoRA file {path}", data)
     if not os.path.exists(path):
         summary = f"LoRA file not found: {path}"
     elif os.path.isdir(path):
@@ -300,7 +302,7 @@ def _hub_lora(ctx: CheckContext, repo_id: str) -> Outcome:
     offline = any(ctx.env.get(k, "").strip().lower() in TRUE_VALUES for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     data = {"source": "hub", "repo_id": repo_id, "cache": str(cache), "cached": str(cached) if cached else None}
     if cached:
-        return passed(f"LoRA {repo_id} is in the Hugging Face cache: {cached}", data=data)
+        return _verified_lora(cached, f"LoRA {repo_id} is in the Hugging Face cache: {cached}", data)
     if offline:
         return failed(
             "offline and the LoRA hub id is not cached: the launch will print "
@@ -309,11 +311,22 @@ def _hub_lora(ctx: CheckContext, repo_id: str) -> Outcome:
             f"--lora-path {LORA_LOCAL} (download it first where there is network: {LORA_DOWNLOAD})",
             data,
         )
-    return passed(
-        f"LoRA {repo_id} is a Hugging Face Hub id",
-        [f"downloaded from the Hugging Face Hub at launch (network needed); not yet in {cache}"],
+    return warned(
+        f"LoRA {repo_id} will be downloaded from the Hugging Face Hub at launch (network needed)",
+        [f"not yet in the Hugging Face cache {cache}"],
+        f"download it once ({LORA_DOWNLOAD}) and pass --lora-path {LORA_LOCAL}",
         data,
     )
+
+
+def _verified_lora(path: Path, label: str, data: dict) -> Outcome:
+    """A LoRA file on disk, verified like any safetensors file (header, offsets, exact size)."""
+    try:
+        header = read_header(path)
+    except CkptFileError as e:
+        return failed(f"{label}: {e.problem}", remedy=f"download it again: {LORA_DOWNLOAD}", data=data)
+    details = [f"{len(header.tensors):,} tensors, {gib(header.data_bytes)}; header, offsets and size verified"]
+    return passed(label, details, data | {"tensors": len(header.tensors), "bytes": header.data_bytes})
 
 
 CHECKS = (checkout, asserts, lora)

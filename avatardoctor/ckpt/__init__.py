@@ -1,0 +1,1 @@
+"""Checkpoint verification: headers, index, reference, archives, hashes, skeletons."""

@@ -1,0 +1,101 @@
+"""Sizes of Wan2.2-S2V-14B's components, always summed from tensor lists, never typed in.
+
+From a checkpoint's own headers when one is verified (avatardoctor.ckpt), otherwise from the
+packaged reference (real tensor names, shapes and dtypes). The DiT is also split into the units
+FSDP shards it by (Wan's shard_model: one unit per `blocks.{i}`, plus the root: everything else),
+because the root stays unsharded after its first forward and sets the FSDP peak.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from importlib.resources import files
+
+from avatardoctor.ckpt.safetensors_file import DTYPE_SIZES
+
+REFERENCE = "wan2.2-s2v-14b"
+# wav2vec2-large-xlsr-53 (on the CPU) is not in the reference tensor lists: 315,472,545 F32
+# parameters (docs/memory-model.md) until a checkpoint's own model.safetensors header is read.
+WAV2VEC2_REFERENCE_PARAMS = 315_472_545
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+
+TensorSpec = tuple[str, str, tuple[int, ...]]  # name, dtype, shape
+
+
+@dataclass(frozen=True)
+class Size:
+    params: int
+    bytes: int
+
+    def __add__(self, other: Size) -> Size:
+        return Size(self.params + other.params, self.bytes + other.bytes)
+
+
+ZERO = Size(0, 0)
+
+
+def size_of(tensors: Iterable[TensorSpec]) -> Size:
+    total = ZERO
+    for _, dtype, shape in tensors:
+        n = math.prod(shape)
+        total += Size(n, n * DTYPE_SIZES[dtype])
+    return total
+
+
+@dataclass(frozen=True)
+class DitUnits:
+    blocks: tuple[Size, ...]  # blocks.0, blocks.1, ...
+    root: Size  # everything outside blocks.*: embeddings, audio injectors, AdaLN, head
+
+
+def dit_units(tensors: Iterable[TensorSpec]) -> DitUnits:
+    blocks: dict[int, Size] = {}
+    root = ZERO
+    for spec in tensors:
+        m = _BLOCK.match(spec[0])
+        one = size_of([spec])
+        if m:
+            blocks[int(m.group(1))] = blocks.get(int(m.group(1)), ZERO) + one
+        else:
+            root += one
+    return DitUnits(tuple(blocks[i] for i in sorted(blocks)), root)
+
+
+@dataclass(frozen=True)
+class ComponentSummary:
+    source: str  # "reference Wan2.2-S2V-14B" or "checkpoint <dir>"
+    dit: Size
+    dit_units: DitUnits
+    t5: Size
+    vae: Size
+    wav2vec2: Size
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["dit_units"]["blocks"] = list(d["dit_units"]["blocks"])
+        return d
+
+
+@lru_cache(maxsize=4)
+def reference_tensors(component: str) -> tuple[TensorSpec, ...]:
+    """The reference's tensors of "dit", "t5" or "vae", in state-dict order."""
+    doc = json.loads((files("avatardoctor") / "data" / "reference" / REFERENCE / f"{component}.tensors.json").read_text())
+    return tuple((name, doc["dtype"], tuple(shape)) for name, shape in doc["tensors"])
+
+
+@lru_cache(maxsize=1)
+def reference_summary() -> ComponentSummary:
+    dit = reference_tensors("dit")
+    return ComponentSummary(
+        source="reference Wan2.2-S2V-14B",
+        dit=size_of(dit),
+        dit_units=dit_units(dit),
+        t5=size_of(reference_tensors("t5")),
+        vae=size_of(reference_tensors("vae")),
+        wav2vec2=Size(WAV2VEC2_REFERENCE_PARAMS, WAV2VEC2_REFERENCE_PARAMS * 4),
+    )
