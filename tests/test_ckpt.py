@@ -411,3 +411,59 @@ def test_check_with_ckpt_dir_uses_the_checkpoints_own_sizes(full_skeleton):
     checks = {c["id"]: c for c in json.loads(r.stdout)["checks"]}
     assert checks["ckpt.dit"]["status"] == "pass"
     assert f"DiT size from the checkpoint {full_skeleton}" in checks["gpu.vram"]["details"]
+
+
+# ---- deep verification ------------------------------------------------------------------------------
+
+
+def test_deep_manifest_round_trip_and_a_flipped_byte(tmp_path):
+    root = write_skeleton(tmp_path / "tiny", tiny=True)
+    (root / "README.md").write_text("extra files are hashed too\n")
+    manifest = tmp_path / "ckpt.sha256"
+    wrote = run_cli("ckpt", "verify", str(root), "--write-manifest", str(manifest), "--json")
+    doc = {c["id"]: c for c in json.loads(wrote.stdout)["checks"]}
+    assert doc["ckpt.sha256"]["status"] == "pass" and "README.md" in doc["ckpt.sha256"]["data"]["sha256"]
+    assert subprocess.run(["sha256sum", "-c", "--quiet", str(manifest)], cwd=root).returncode == 0
+    assert run_cli("ckpt", "verify", str(root), "--manifest", str(manifest), "--json").stdout.count('"status": "fail"') == 1  # tiny shapes: ckpt.dit
+    shard = root / SHARD1
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0x01  # same size, one bit different: only the content hash can tell
+    shard.write_bytes(bytes(data))
+    r = run_cli("ckpt", "verify", str(root), "--manifest", str(manifest), "--json")
+    doc = {c["id"]: c for c in json.loads(r.stdout)["checks"]}
+    assert r.returncode == 1
+    assert doc["ckpt.sha256"]["status"] == "fail"
+    assert doc["ckpt.sha256"]["summary"] == f"{SHARD1}: wrong content (its sha256 differs from ckpt.sha256)"
+    assert doc["ckpt.index"]["status"] == "pass"  # the structure is still perfect
+
+
+def test_deep_catches_a_damaged_pth_entry(tmp_path):
+    root = write_skeleton(tmp_path / "tiny", tiny=True)
+    vae = root / layout.VAE_FILE
+    with zipfile.ZipFile(vae) as z:
+        info = z.getinfo("Wan2.1_VAE/data/3")
+    with open(vae, "r+b") as f:
+        f.seek(info.header_offset + 30 + len(info.filename) + len(info.extra))
+        f.write(b"\xff\xfe")
+    doc = {c["id"]: c for c in json.loads(run_cli("ckpt", "verify", str(root), "--deep", "--json").stdout)["checks"]}
+    assert doc["ckpt.crc"]["status"] == "fail"
+    assert doc["ckpt.crc"]["summary"] == "Wan2.1_VAE.pth: entry Wan2.1_VAE/data/3 fails its CRC-32: the file is damaged"
+
+
+def test_write_manifest_refuses_to_overwrite_before_hashing(tmp_path):
+    root = write_skeleton(tmp_path / "tiny", tiny=True)
+    manifest = tmp_path / "mine.sha256"
+    manifest.write_text("the user's\n")
+    r = run_cli("ckpt", "verify", str(root), "--write-manifest", str(manifest))
+    assert r.returncode == 2 and "exists; pass --force" in r.stderr and "hashing" not in r.stderr
+    assert manifest.read_text() == "the user's\n"
+    assert run_cli("ckpt", "verify", str(root), "--write-manifest", str(manifest), "--force").returncode == 1  # tiny: ckpt.dit
+    assert manifest.read_text() != "the user's\n"
+
+
+def test_bad_manifest_is_a_one_line_error(tmp_path):
+    root = write_skeleton(tmp_path / "tiny", tiny=True)
+    manifest = tmp_path / "bad.sha256"
+    manifest.write_text(f"{'0' * 64}  ../../etc/passwd\n")
+    r = run_cli("ckpt", "verify", str(root), "--manifest", str(manifest))
+    assert r.returncode == 2 and r.stderr.startswith(f"Error: --manifest {manifest}: line 1") and "Traceback" not in r.stderr

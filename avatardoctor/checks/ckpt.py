@@ -10,6 +10,7 @@ import os
 
 from avatardoctor.checks.base import CheckContext, Outcome, check, failed, passed, skipped, warned
 from avatardoctor.ckpt import layout
+from avatardoctor.ckpt.manifest import compare, relative_digests
 from avatardoctor.ckpt.scan import ComponentScan
 from avatardoctor.components import Size, reference_summary
 from avatardoctor.units import gib
@@ -114,8 +115,9 @@ def check_dit(ctx: CheckContext) -> Outcome:
         details.append(f"FSDP units: {len(units.blocks)} blocks of {gib(block, 3)} and the root {gib(units.root.bytes)}")
     data = {"bytes": scan.size.bytes, "params": scan.size.params}
     if scan.diff and scan.diff.blocking:
+        kinds = ", ".join(line.split(":")[0] for line in scan.diff.blocking)
         return failed(
-            f"the DiT is not Wan2.2-S2V-14B's: {scan.diff.blocking[0]}",
+            f"the DiT is not Wan2.2-S2V-14B's ({kinds})",
             details + list(scan.diff.blocking),
             remedy=f"Live Avatar loads this exact model: {layout.DOWNLOAD}",
             data=data,
@@ -179,4 +181,51 @@ def check_config(ctx: CheckContext) -> Outcome:
     return _component_outcome(ctx, "config")
 
 
+@check("ckpt.sha256", GROUP)
+def check_sha256(ctx: CheckContext) -> Outcome:
+    deep = ctx.checkpoint.deep if ctx.checkpoint else None
+    if deep is None:
+        return skipped("content not hashed: `avatardoctor ckpt verify DIR --deep`")
+    root = ctx.checkpoint.root
+    digests = relative_digests(deep.hashed.digests, root)
+    unreadable = [f"{p.relative_to(root).as_posix()}: {why}" for p, why in deep.hashed.errors.items()]
+    data = {"sha256": digests, "manifest": str(deep.manifest_path) if deep.manifest_path else None}
+    if unreadable:
+        return failed(f"{len(unreadable)} file{'s' if len(unreadable) > 1 else ''} could not be read to the end", _listed(unreadable), REDOWNLOAD, data)
+    if deep.manifest is None:
+        return passed(
+            f"sha256 of {len(digests)} files (the Hub's LFS object ids are these sha256s)",
+            [f"{digest}  {name}" for name, digest in sorted(digests.items())],
+            data,
+        )
+    findings = compare(deep.manifest, digests)
+    data["findings"] = [{"path": f.path, "kind": f.kind, "expected": f.expected, "actual": f.actual} for f in findings]
+    lines = [f"{f.kind}: {f.path}" + (f" (sha256 {f.actual}, manifest {f.expected})" if f.kind == "wrong-content" else "") for f in findings]
+    errors = [f for f in findings if not f.is_warning]
+    if errors:
+        wrong = [f.path for f in errors if f.kind == "wrong-content"]
+        summary = (
+            f"{wrong[0]}: wrong content (its sha256 differs from {deep.manifest_path.name})"
+            if wrong
+            else f"{errors[0].path}: listed in {deep.manifest_path.name} but not in the checkpoint"
+        )
+        return failed(summary, _listed(lines), f"re-download the named files: {REDOWNLOAD}", data)
+    if findings:
+        return warned(f"every file in {deep.manifest_path.name} matches; {len(findings)} more not listed in it", _listed(lines), data=data)
+    return passed(f"all {len(digests)} files match {deep.manifest_path.name}", data=data)
+
+
+@check("ckpt.crc", GROUP)
+def check_crc(ctx: CheckContext) -> Outcome:
+    deep = ctx.checkpoint.deep if ctx.checkpoint else None
+    if deep is None:
+        return skipped("archives not read: `avatardoctor ckpt verify DIR --deep`")
+    bad = {name: entry for name, entry in deep.crc.items() if entry}
+    if bad:
+        lines = [f"{name}: entry {entry} fails its CRC-32" for name, entry in sorted(bad.items())]
+        return failed(lines[0] + ": the file is damaged", lines, f"re-download it: {REDOWNLOAD}", {"damaged": bad})
+    return passed(f"zip CRC-32 of every entry in {len(deep.crc)} .pth archive{'s' if len(deep.crc) != 1 else ''} verified", data={"archives": sorted(deep.crc)})
+
+
 CHECKS = (check_layout, check_config, check_index, check_dit, check_t5, check_vae, check_tokenizer, check_wav2vec2)
+DEEP_CHECKS = (check_sha256, check_crc)

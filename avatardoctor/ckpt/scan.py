@@ -44,6 +44,7 @@ class CheckpointScan:
     index: ShardIndex | None = None
     index_problems: list[str] = field(default_factory=list)
     shard_tensors: list[tuple[str, str, tuple[int, ...]]] = field(default_factory=list)
+    deep: object | None = None  # avatardoctor.ckpt.deep.DeepFacts, after `ckpt verify --deep`
 
     @property
     def files(self) -> list[Path]:

@@ -1,0 +1,34 @@
+"""The deep verification's facts: the sha256 of every file in the checkpoint folder and the zip
+CRC-32 of every .pth entry. Reads all 45 GB: run on request only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from avatardoctor.ckpt.hashing import HashResult, hash_with_progress
+from avatardoctor.ckpt.manifest import read_manifest
+from avatardoctor.ckpt.pth import first_bad_crc
+from avatardoctor.ckpt.scan import CheckpointScan
+
+
+@dataclass(frozen=True)
+class DeepFacts:
+    hashed: HashResult
+    manifest: dict[str, str] | None  # relative POSIX path -> sha256, from --manifest
+    manifest_path: Path | None
+    crc: dict[str, str | None]  # relative archive path -> its first damaged entry, None when sound
+
+
+def gather_deep(scan: CheckpointScan, manifest_path: Path | None, console: Console) -> DeepFacts:
+    manifest = read_manifest(manifest_path) if manifest_path else None  # a bad manifest fails before 45 GB of reading
+    files = sorted(p for p in scan.root.rglob("*") if p.is_file())  # every file, not only those the layout names
+    hashed = hash_with_progress(files, console)
+    archives = [f for f in scan.files if f.suffix in (".pth", ".bin")]
+    crc = {}
+    with console.status("checking the zip CRC-32 of every .pth entry"):
+        for path in archives:
+            crc[path.relative_to(scan.root).as_posix()] = first_bad_crc(path)
+    return DeepFacts(hashed, manifest, manifest_path, crc)
