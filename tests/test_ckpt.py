@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -23,7 +22,11 @@ from avatardoctor.checks.base import Status
 from avatardoctor.ckpt import layout
 from avatardoctor.ckpt.compare import compare_tensors
 from avatardoctor.ckpt.pth import first_bad_crc, read_pth
-from avatardoctor.ckpt.safetensors_file import CkptFileError, read_header, write_safetensors
+from avatardoctor.ckpt.safetensors_file import (
+    CkptFileError,
+    read_header,
+    write_safetensors,
+)
 from avatardoctor.ckpt.scan import scan_checkpoint
 from avatardoctor.ckpt.skeleton import write_skeleton
 from avatardoctor.components import reference_summary, reference_tensors

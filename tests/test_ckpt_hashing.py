@@ -17,7 +17,12 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from avatardoctor.ckpt.hashing import CHUNK_BYTES, HashingInterrupted, hash_with_progress, sha256_files
+from avatardoctor.ckpt.hashing import (
+    CHUNK_BYTES,
+    HashingInterrupted,
+    hash_with_progress,
+    sha256_files,
+)
 from avatardoctor.ckpt.manifest import (
     MAX_BYTES,
     MAX_ENTRIES,

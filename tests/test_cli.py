@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from avatardoctor.ckpt.safetensors_file import write_safetensors
 from conftest import MACHINES
 from fakeenv import upstream_site
+
+from avatardoctor.ckpt.safetensors_file import write_safetensors
 
 CHECK_IDS = [
     "gpu.driver", "gpu.inventory", "gpu.visible", "gpu.vram", "gpu.processes", "gpu.fp8",

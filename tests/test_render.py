@@ -6,12 +6,12 @@ import io
 import os
 from pathlib import Path
 
+from conftest import FIXTURES, make_ctx
 from rich.console import Console
 
 from avatardoctor.checks import gpu, nccl, run_checks, topology
 from avatardoctor.checks.base import Status, check
 from avatardoctor.render import render_human
-from conftest import FIXTURES, make_ctx
 
 GOLDEN = FIXTURES / "golden"
 # Checks whose answers depend only on the recorded machine and the given environment.

@@ -10,7 +10,16 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from avatardoctor import __version__
-from avatardoctor.checks import ckpt, gpu, host, liveavatar, nccl, ports, software, topology
+from avatardoctor.checks import (
+    ckpt,
+    gpu,
+    host,
+    liveavatar,
+    nccl,
+    ports,
+    software,
+    topology,
+)
 from avatardoctor.checks.base import Check, CheckContext, CheckResult, Status
 from avatardoctor.config import LaunchConfig
 from avatardoctor.machine.model import Machine

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import os
 
-from avatardoctor.checks.base import CheckContext, Outcome, check, failed, passed, skipped, warned
+from avatardoctor.checks.base import (
+    CheckContext,
+    Outcome,
+    check,
+    failed,
+    passed,
+    skipped,
+    warned,
+)
 from avatardoctor.ckpt import layout
 from avatardoctor.ckpt.manifest import compare, relative_digests
 from avatardoctor.ckpt.scan import ComponentScan

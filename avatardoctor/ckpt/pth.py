@@ -7,12 +7,11 @@ to the parameter bytes.
 
 from __future__ import annotations
 
-import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from avatardoctor.ckpt.safetensors_file import CkptFileError
+from avatardoctor.ckpt.safetensors_file import CkptFileError, open_download
 
 ZIP_MAGIC = b"PK\x03\x04"
 
@@ -29,26 +28,18 @@ def read_pth(path: Path) -> PthArchive:
     def fail(problem: str) -> CkptFileError:
         return CkptFileError(path, problem)
 
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            magic = f.read(4)
-            if size == 0:
-                raise fail("empty file (0 bytes): the download did not happen or was cut off")
-            try:
-                with zipfile.ZipFile(f) as archive:
-                    infos = archive.infolist()
-            except (zipfile.BadZipFile, ValueError, EOFError):
-                if magic == ZIP_MAGIC:
-                    raise fail(
-                        f"truncated or damaged: a zip archive without its central directory ({size:,} bytes): "
-                        "the download stopped early?"
-                    ) from None
-                raise fail("not a zip archive: torch.save writes zip archives (a legacy or foreign file?)") from None
-    except IsADirectoryError:
-        raise fail("a directory where a file should be") from None
-    except OSError as e:
-        raise fail(f"cannot read ({e.strerror})") from None
+    with open_download(path) as (f, size):
+        magic = f.read(4)
+        try:
+            with zipfile.ZipFile(f) as archive:
+                infos = archive.infolist()
+        except (zipfile.BadZipFile, ValueError, EOFError):
+            if magic == ZIP_MAGIC:
+                raise fail(
+                    f"truncated or damaged: a zip archive without its central directory ({size:,} bytes): "
+                    "the download stopped early?"
+                ) from None
+            raise fail("not a zip archive: torch.save writes zip archives (a legacy or foreign file?)") from None
     pickles = [i for i in infos if i.filename.endswith("/data.pkl")]
     if len(pickles) != 1:
         raise fail("a zip archive, but not torch.save's: no single <name>/data.pkl entry")

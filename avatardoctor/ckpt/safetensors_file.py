@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 HEADER_LIMIT = 100_000_000  # bytes; the safetensors reference implementation's own limit
 DTYPE_SIZES = {
@@ -92,29 +94,37 @@ def _tensor(name: str, spec: object, fail: Callable[[str], Exception]) -> Tensor
     return entry
 
 
+@contextmanager
+def open_download(path: Path) -> Iterator[tuple[BinaryIO, int]]:
+    """Open a downloaded file for reading: (file, size), with every way it can fail, including
+    while it is read, turned into a CkptFileError naming it."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size == 0:
+                raise CkptFileError(path, "empty file (0 bytes): the download did not happen or was cut off")
+            yield f, size
+    except IsADirectoryError:
+        raise CkptFileError(path, "a directory where a file should be") from None
+    except OSError as e:
+        raise CkptFileError(path, f"cannot read ({e.strerror})") from None
+
+
 def read_header(path: Path) -> SafetensorsFile:
     """Parse and validate a safetensors header; raise CkptFileError naming the first problem."""
 
     def fail(problem: str) -> CkptFileError:
         return CkptFileError(path, problem)
 
-    try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size == 0:
-                raise fail("empty file (0 bytes): the download did not happen or was cut off")
-            if size < 8:
-                raise fail(f"truncated: {size} bytes, less than the 8-byte header length")
-            header_len = int.from_bytes(f.read(8), "little")
-            if header_len > HEADER_LIMIT:
-                raise fail(f"header length {header_len:,} is over the 100 MB limit: not a safetensors file, or damaged")
-            if 8 + header_len > size:
-                raise fail(f"truncated: {size:,} bytes of at least {8 + header_len:,} (the header alone)")
-            raw = f.read(header_len)
-    except IsADirectoryError:
-        raise fail("a directory where a file should be") from None
-    except OSError as e:
-        raise fail(f"cannot read ({e.strerror})") from None
+    with open_download(path) as (f, size):
+        if size < 8:
+            raise fail(f"truncated: {size} bytes, less than the 8-byte header length")
+        header_len = int.from_bytes(f.read(8), "little")
+        if header_len > HEADER_LIMIT:
+            raise fail(f"header length {header_len:,} is over the 100 MB limit: not a safetensors file, or damaged")
+        if 8 + header_len > size:
+            raise fail(f"truncated: {size:,} bytes of at least {8 + header_len:,} (the header alone)")
+        raw = f.read(header_len)
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
     except RecursionError:

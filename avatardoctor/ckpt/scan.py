@@ -13,8 +13,19 @@ from avatardoctor.ckpt import layout
 from avatardoctor.ckpt.compare import ReferenceDiff, compare_tensors
 from avatardoctor.ckpt.index import ShardIndex, index_problems, read_index
 from avatardoctor.ckpt.pth import read_pth
-from avatardoctor.ckpt.safetensors_file import CkptFileError, SafetensorsFile, read_header
-from avatardoctor.components import ComponentSummary, Size, dit_units, reference_summary, reference_tensors, size_of
+from avatardoctor.ckpt.safetensors_file import (
+    CkptFileError,
+    SafetensorsFile,
+    read_header,
+)
+from avatardoctor.components import (
+    ComponentSummary,
+    Size,
+    dit_units,
+    reference_summary,
+    reference_tensors,
+    size_of,
+)
 
 CONFIG_LIMIT = 2**20
 

@@ -19,7 +19,12 @@ from pathlib import Path
 
 from avatardoctor.ckpt import layout
 from avatardoctor.ckpt.safetensors_file import DTYPE_SIZES, write_safetensors
-from avatardoctor.components import REFERENCE, WAV2VEC2_REFERENCE_PARAMS, TensorSpec, reference_tensors
+from avatardoctor.components import (
+    REFERENCE,
+    WAV2VEC2_REFERENCE_PARAMS,
+    TensorSpec,
+    reference_tensors,
+)
 from avatardoctor.errors import InputError
 
 LAYOUTS = ("upstream", "seed")
