@@ -48,3 +48,15 @@ def full_skeleton(tmp_path_factory) -> Path:
     from avatardoctor.ckpt.skeleton import write_skeleton
 
     return write_skeleton(tmp_path_factory.mktemp("skeleton") / "Wan2.2-S2V-14B")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """The demo builds its skeleton checkpoint in the cache folder: a test's, not the developer's."""
+    saved = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if saved is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = saved

@@ -218,3 +218,13 @@ def test_console_script_is_installed():
     assert exe, "pip install must put the avatardoctor command next to the interpreter"
     r = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.startswith("avatardoctor, version ")
+
+
+def test_demo_builds_its_skeleton_once_in_the_cache_folder():
+    cache = Path(os.environ["XDG_CACHE_HOME"]) / "avatardoctor" / "skeleton-wan2.2-s2v-14b-v1"
+    avatardoctor("check", "--demo")
+    assert (cache / "diffusion_pytorch_model.safetensors.index.json").is_file()
+    built = cache.stat().st_mtime_ns
+    r = avatardoctor("check", "--demo", "--json")
+    checks = {c["id"]: c for c in json.loads(r.stdout)["checks"]}
+    assert checks["ckpt.dit"]["status"] == "pass" and cache.stat().st_mtime_ns == built
