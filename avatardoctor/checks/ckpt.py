@@ -42,10 +42,8 @@ def _size(size: Size) -> str:
 def _unusable(ctx: CheckContext, key: str) -> Outcome | ComponentScan:
     """The component's scan, or the skip to return when there is nothing to judge."""
     scan = ctx.checkpoint
-    if scan is None:
-        return skipped(NO_CHECKPOINT)
-    if scan.root_problem:
-        return skipped("no checkpoint folder (see ckpt.layout)")
+    if scan is None or scan.root_problem:
+        return skipped("no checkpoint (see ckpt.layout)")
     return scan.components[key]
 
 
