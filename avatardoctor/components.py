@@ -67,11 +67,30 @@ def dit_units(tensors: Iterable[TensorSpec]) -> DitUnits:
 
 
 @dataclass(frozen=True)
+class DitShape:
+    """What the KV caches and --fp8 depend on, read from the tensors."""
+
+    layers: int  # transformer blocks
+    dim: int  # model width: heads x head dim (a KV cache entry is 2 x dim per token per layer)
+    linear: Size  # 2-D `.weight` tensors: the Linear layers --fp8 stores at 1 byte per parameter
+
+
+def dit_shape(tensors: Iterable[TensorSpec]) -> DitShape:
+    tensors = list(tensors)
+    blocks = {int(m.group(1)) for name, _, _ in tensors if (m := _BLOCK.match(name))}
+    dim = next(shape[0] for name, _, shape in tensors if name.endswith("self_attn.k.weight"))
+    linear = size_of(t for t in tensors if t[0].endswith(".weight") and len(t[2]) == 2)
+    return DitShape(layers=len(blocks), dim=dim, linear=linear)
+
+
+@dataclass(frozen=True)
 class ComponentSummary:
     source: str  # "reference Wan2.2-S2V-14B" or "checkpoint <dir>"
     dit: Size
     dit_units: DitUnits
+    dit_shape: DitShape
     t5: Size
+    t5_root: Size  # token embedding + final norm: the unit --t5_fsdp keeps unsharded
     vae: Size
     wav2vec2: Size
 
@@ -79,6 +98,10 @@ class ComponentSummary:
         d = asdict(self)
         d["dit_units"]["blocks"] = list(d["dit_units"]["blocks"])
         return d
+
+
+def t5_root(tensors: Iterable[TensorSpec]) -> Size:
+    return size_of(t for t in tensors if not t[0].startswith("blocks."))
 
 
 @lru_cache(maxsize=4)
@@ -95,7 +118,9 @@ def reference_summary() -> ComponentSummary:
         source="reference Wan2.2-S2V-14B",
         dit=size_of(dit),
         dit_units=dit_units(dit),
+        dit_shape=dit_shape(dit),
         t5=size_of(reference_tensors("t5")),
+        t5_root=t5_root(reference_tensors("t5")),
         vae=size_of(reference_tensors("vae")),
         wav2vec2=Size(WAV2VEC2_REFERENCE_PARAMS, WAV2VEC2_REFERENCE_PARAMS * 4),
     )

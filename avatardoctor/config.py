@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-MODES = ("tpp", "single")
+MODES = ("tpp", "single", "fsdp", "seed-4gpu")
+MULTI_PROCESS_MODES = ("tpp", "fsdp", "seed-4gpu")  # one process per DiT GPU plus the VAE rank
 LORA_HUB_ID = "Quark-Vision/Live-Avatar"
 CKPT_DIR = "ckpt/Wan2.2-S2V-14B/"  # --ckpt_dir in every upstream script, relative to the checkout
 # argparse choices of --size in s2v_streaming_interact.py
@@ -18,10 +19,17 @@ SIZES = (
     "1024*704", "704*1024", "720*400", "704*384", "688*368", "384*256",
 )  # fmt: skip
 
-# What each upstream script passes that differs by mode.
+# What each mode's script passes where they differ: the upstream scripts for tpp and single; for
+# fsdp and seed-4gpu, what the seed articles describe (--dit_fsdp, no fp8; seed-4gpu is their 3 DiT
+# GPUs + 1 VAE GPU with ulysses_size = num_gpus_dit and port 29103, which upstream refuses).
+_UPSTREAM = dict(enable_vae_parallel=True, offload_model=False, master_port=29102)
 _MODE_DEFAULTS = {
-    "tpp": dict(num_gpus_dit=4, size="720*400", offload_model=False, master_port=29102, enable_vae_parallel=True),
+    "tpp": dict(_UPSTREAM, num_gpus_dit=4, size="720*400"),
     "single": dict(num_gpus_dit=1, size="704*384", offload_model=True, master_port=29101, enable_vae_parallel=False),
+    "fsdp": dict(_UPSTREAM, num_gpus_dit=4, size="704*384", fp8=False, dit_fsdp=True),
+    "seed-4gpu": dict(
+        _UPSTREAM, num_gpus_dit=3, size="704*384", fp8=False, dit_fsdp=True, sample_steps=3, ulysses_size=3, master_port=29103
+    ),
 }
 
 
@@ -43,15 +51,22 @@ class LaunchConfig:
     save_file: str | None = None
     liveavatar: Path | None = None
     ckpt_dir: str | None = None  # as given; None: not checked (CKPT_DIR in the checkout with --liveavatar)
+    dit_fsdp: bool = False
+    t5_fsdp: bool = False
+    t5_cpu: bool = False
+    offload_kv_cache: bool = False
+    enable_online_decode: bool = False
+    num_clip: int = 10000  # the scripts' value; upstream caps it by the audio's length
+    image: Path | None = None  # the reference image: its aspect sets the real height and width
 
     @property
     def nproc(self) -> int:
-        """torchrun --nproc_per_node: the DiT ranks plus the VAE rank in TPP, one process otherwise."""
-        return self.num_gpus_dit + 1 if self.mode == "tpp" else 1
+        """torchrun --nproc_per_node: the DiT ranks plus the VAE rank, or one process."""
+        return self.num_gpus_dit + 1 if self.mode in MULTI_PROCESS_MODES else 1
 
     @property
     def dit_ranks(self) -> range:
-        return range(self.num_gpus_dit) if self.mode == "tpp" else range(1)
+        return range(self.num_gpus_dit) if self.mode in MULTI_PROCESS_MODES else range(1)
 
 
 def default_mode(visible_gpus: int) -> str:

@@ -9,7 +9,6 @@ from conftest import machine, make_ctx
 
 from avatardoctor.checks import gpu
 from avatardoctor.checks.base import Status
-from avatardoctor.components import reference_summary
 from avatardoctor.visible import visible_gpus
 
 
@@ -120,26 +119,16 @@ def test_visible_mixed_models_need_pci_bus_order():
     assert fixed.status is Status.PASS
 
 
-def test_vram_floor_is_the_bf16_dit_from_the_reference():
+def test_vram_reports_free_memory_and_leaves_the_verdict_to_fit_peak():
     r = run(gpu.check_vram, "5x4090-pcie")
-    dit = reference_summary().dit.bytes
-    assert r.status is Status.FAIL and r.data["dit_bytes"] == dit
-    assert "30.35 GiB" in r.summary and r.data["short"] == [0, 1, 2, 3, 4]
-    assert "80 GB-class" in r.remedy and "free the memory" not in r.remedy  # nothing else holds any
+    assert r.status is Status.PASS
+    assert r.summary == "5 GPUs for the ranks, least free 23.55 GiB (GPU 0)"
+    assert r.details[4] == "GPU 4 (VAE rank 4): 23.55 GiB free of 23.99 GiB, 0.42 GiB driver-reserved"
 
 
-def test_vram_passes_on_h800_and_names_the_tightest_gpu():
+def test_vram_names_the_tightest_gpu():
     r = run(gpu.check_vram, "5xH800-gpu2-busy")
     assert r.status is Status.PASS and "least free 49.81 GiB (GPU 2)" in r.summary
-
-
-def test_vram_vae_rank_needs_the_floor_only_without_offload():
-    # GPU 4 (the VAE rank) holds an unused DiT copy with --offload_model False.
-    m = machine("5xH800-healthy")
-    small = dataclasses.replace(m.gpus[4], free_bytes=20 * 2**30)
-    m = dataclasses.replace(m, gpus=(*m.gpus[:4], small))
-    assert gpu.check_vram.run(make_ctx(m)).data["short"] == [4]
-    assert gpu.check_vram.run(make_ctx(m, offload_model=True)).status is Status.PASS
 
 
 def test_processes_name_the_foreign_process():

@@ -22,6 +22,7 @@ CHECK_IDS = [
     "sw.python", "sw.torch", "sw.nccl", "sw.attention", "sw.pins", "sw.ffmpeg",
     "la.checkout", "la.asserts", "la.lora",
     "ckpt.layout", "ckpt.config", "ckpt.index", "ckpt.dit", "ckpt.t5", "ckpt.vae", "ckpt.tokenizer", "ckpt.wav2vec2",
+    "fit.peak", "fit.estimates",
 ]  # fmt: skip
 
 
@@ -55,7 +56,7 @@ def test_demo_is_the_seeds_box_and_is_not_ready():
     assert r.returncode == 1, r.stderr
     assert r.stderr == ""
     assert "machine: catalogue 5x4090 · mode: tpp (default for 5 visible GPUs), 5 processes" in r.stdout
-    assert "[✗] gpu.vram" in r.stdout and "30.35 GiB" in r.stdout
+    assert "[✗] fit.peak" in r.stdout and "the bf16 load alone is 31.42 GiB" in " ".join(r.stdout.split())
     assert "[!] topo.p2p" in r.stdout
     assert r.stdout.rstrip().splitlines()[-1].startswith("Not ready: ")
     assert "\x1b[" not in r.stdout
@@ -86,8 +87,12 @@ def test_json_schema_field_by_field():
     assert doc["machine"]["schema"] == "avatardoctor.machine/1"
     assert doc["machine"]["source"] == "catalogue:5x4090" and len(doc["machine"]["gpus"]) == 5
     assert doc["config"]["mode"] == "tpp" and doc["config"]["nproc"] == 5
-    vram = next(c for c in doc["checks"] if c["id"] == "gpu.vram")
-    assert vram["status"] == "fail" and vram["data"]["dit_bytes"] == 32591511218
+    peak = next(c for c in doc["checks"] if c["id"] == "fit.peak")
+    assert peak["status"] == "fail" and doc["prediction"] == peak["data"]["prediction"]
+    assert doc["prediction"]["verdict"] == "wont-fit" and len(doc["prediction"]["gpus"]) == 5
+    gpu0 = doc["prediction"]["gpus"][0]
+    assert set(gpu0) >= {"index", "role", "phase", "peak_gib", "band_gib", "usable_gib", "headroom_gib", "loaded_gib", "verdict", "components"}
+    assert {"weights", "root_unshard", "t5", "vae", "kv_cache", "activations", "context"} <= set(gpu0["components"])
 
 
 def test_ready_machine_exits_zero(tmp_path, full_skeleton):

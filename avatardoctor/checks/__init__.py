@@ -12,6 +12,7 @@ from typing import Any
 from avatardoctor import __version__
 from avatardoctor.checks import (
     ckpt,
+    fit,
     gpu,
     host,
     liveavatar,
@@ -35,6 +36,7 @@ ALL_CHECKS: tuple[Check, ...] = (
     *software.CHECKS,
     *liveavatar.CHECKS,
     *ckpt.CHECKS,
+    *fit.CHECKS,
 )
 
 
@@ -69,6 +71,7 @@ class CheckReport:
             "config": config,
             "machine": self.machine.to_dict(),
             "checks": [r.to_dict() for r in self.results],
+            "prediction": next((r.data["prediction"] for r in self.results if r.id == "fit.peak" and "prediction" in r.data), None),
         }
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from avatardoctor.ckpt.scan import CheckpointScan
 from avatardoctor.components import ComponentSummary, reference_summary
 from avatardoctor.config import LaunchConfig
+from avatardoctor.estimates import DEFAULT_TERMS, EstimateTerms
 from avatardoctor.machine.model import Gpu, Machine
 from avatardoctor.visible import Visible
 
@@ -94,11 +95,19 @@ class CheckContext:
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     cwd: Path = field(default_factory=Path.cwd)
     checkpoint: CheckpointScan | None = None  # the --ckpt-dir folder's structure, when one is given
+    terms: EstimateTerms = DEFAULT_TERMS  # the memory model's estimated terms (default or calibrated)
 
     @property
     def launch_dir(self) -> Path:
         """Where the runner starts Live Avatar (its checkout), so where relative paths resolve."""
         return self.cwd / self.config.liveavatar if self.config.liveavatar else self.cwd
+
+    @property
+    def prediction(self):
+        """Every rank GPU's predicted peak (avatardoctor.predict.Prediction)."""
+        from avatardoctor.predict import predict
+
+        return predict(self.config, self.rank_gpus, self.components, self.terms)
 
     @property
     def components(self) -> ComponentSummary:

@@ -22,7 +22,7 @@ from avatardoctor.checks.base import (
     warned,
 )
 from avatardoctor.ckpt.safetensors_file import CkptFileError, read_header
-from avatardoctor.config import LORA_HUB_ID, SIZES, LaunchConfig, resolve_config
+from avatardoctor.config import LORA_HUB_ID, MODES, MULTI_PROCESS_MODES, SIZES, LaunchConfig, resolve_config
 from avatardoctor.units import gib
 
 GROUP = "Live Avatar"
@@ -115,31 +115,31 @@ def _upstream_size(cfg: LaunchConfig) -> str:
     return resolve_config(0, cfg.mode).size  # the upstream script's --size for this mode
 
 
-BOTH = ("tpp", "single")
+BOTH = MODES  # every mode
 ASSERT_RULES = (
     AssertRule(
-        "tpp.world_size", ("tpp",),
+        "tpp.world_size", MULTI_PROCESS_MODES,
         lambda c: c.nproc < 5,
         lambda c: f"{c.nproc} processes ({c.num_gpus_dit} DiT + 1 VAE)",
         'AssertionError: "At least 5 GPUs are supported for distributed inference."',
         _four_dit_ranks, gpu_layout=True,
     ),
     AssertRule(
-        "tpp.num_gpus_dit", ("tpp",),
+        "tpp.num_gpus_dit", MULTI_PROCESS_MODES,
         lambda c: c.num_gpus_dit != 4,
         lambda c: f"--num-gpus-dit {c.num_gpus_dit}",
         'AssertionError: "Only 4 GPUs are supported..."',
         _four_dit_ranks, gpu_layout=True,
     ),
     AssertRule(
-        "tpp.vae_parallel", ("tpp",),
+        "tpp.vae_parallel", MULTI_PROCESS_MODES,
         lambda c: not c.enable_vae_parallel,
         lambda c: "VAE parallel off",
         'AssertionError: "VAE parallel is required..."',
         lambda c: "launch the entry with --enable_vae_parallel (avatardoctor's own launches always pass it)",
     ),
     AssertRule(
-        "tpp.sample_steps", ("tpp",),
+        "tpp.sample_steps", MULTI_PROCESS_MODES,
         lambda c: c.sample_steps != c.num_gpus_dit,
         lambda c: f"--sample-steps {c.sample_steps} with {c.num_gpus_dit} DiT GPUs",
         "each DiT rank runs exactly one denoising step, so TPP needs sample_steps == num_gpus_dit",
@@ -151,6 +151,13 @@ ASSERT_RULES = (
         lambda c: f"--sample-steps {c.sample_steps} on one GPU",
         "KeyError: '5' (the single-GPU KV caches are keyed \"1\"..\"4\")",
         lambda c: "--sample-steps 4",
+    ),
+    AssertRule(
+        "single.fsdp", ("single",),
+        lambda c: c.dit_fsdp or c.t5_fsdp,
+        lambda c: "--dit_fsdp/--t5_fsdp with one process",
+        "one process cannot shard: upstream refuses --dit_fsdp and --t5_fsdp with a single GPU",
+        lambda c: "drop --t5-fsdp (and use --mode single without FSDP)",
     ),
     AssertRule(
         "ulysses_size", BOTH,
@@ -199,7 +206,7 @@ ASSERT_RULES = (
 
 def _seed_layout(ctx: CheckContext) -> bool:
     """The seed articles' 4-GPU TPP: 3 DiT GPUs + 1 VAE GPU, or TPP chosen on a 4-GPU box."""
-    return ctx.config.mode == "tpp" and (ctx.config.num_gpus_dit == 3 or len(ctx.visible.gpus) == 4)
+    return ctx.config.mode in MULTI_PROCESS_MODES and (ctx.config.num_gpus_dit == 3 or len(ctx.visible.gpus) == 4)
 
 
 SEED_NOTE = (

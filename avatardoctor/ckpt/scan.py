@@ -21,6 +21,7 @@ from avatardoctor.ckpt.safetensors_file import (
 from avatardoctor.components import (
     ComponentSummary,
     Size,
+    dit_shape,
     dit_units,
     reference_summary,
     reference_tensors,
@@ -74,7 +75,9 @@ class CheckpointScan:
             source=f"checkpoint {self.root}",
             dit=dit.size,
             dit_units=dit_units(self.shard_tensors),
+            dit_shape=dit_shape(self.shard_tensors),
             t5=t5.size if t5 and t5.ok and t5.size else ref.t5,
+            t5_root=ref.t5_root,  # a .pth gives storage sizes, not names: the reference's split
             vae=vae.size if vae and vae.ok and vae.size else ref.vae,
             wav2vec2=w2v.size if w2v and w2v.ok and w2v.size else ref.wav2vec2,
         )

@@ -1,0 +1,159 @@
+"""Choosing a configuration that fits: the smallest change, the hardware that would do, and the
+best configuration upstream accepts on this machine. Deterministic, and every try is explained.
+
+Preference order (docs/planning.md): upstream TPP over single GPU when five GPUs are there; then the
+larger area; then more frames per clip; then no fallback, falling back in turn to --fp8, to
+offloading the KV caches (single GPU) and to T5 on the CPU. Sizes above 720*400 pass upstream's
+argparse but its conditioning cache is built for 720*400 (issue #14): the search does not propose
+them; ask for one with --size and the prediction still answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from avatardoctor.checks.liveavatar import ASSERT_RULES
+from avatardoctor.components import ComponentSummary
+from avatardoctor.config import LaunchConfig, resolve_config
+from avatardoctor.estimates import EstimateTerms
+from avatardoctor.machine.catalogue import CARDS, catalogue_machine
+from avatardoctor.machine.model import Gpu
+from avatardoctor.predict import VERDICT_WORDS, Prediction, predict
+from avatardoctor.units import GIB
+
+PLANNED_SIZES = ("720*400", "704*384", "688*368", "384*256")  # the sizes upstream and the seeds run, largest first
+PLANNED_FRAMES = (48, 36, 24, 12)  # multiples of 12: whole 3-latent-frame blocks
+FP8_MIN_CC = (8, 9)
+PRICE_ORDER = ("3090", "4090", "5090", "A6000", "L40S", "A100-40GB", "A100-80GB", "H100", "H800", "H200")  # roughly, per GPU
+
+
+def area(size: str) -> int:
+    """The pixel budget of a --size value ("720*400")."""
+    width, height = size.split("*")
+    return int(width) * int(height)
+
+
+def violations(config: LaunchConfig) -> list[str]:
+    """Upstream's start-up asserts this configuration would hit (la.asserts' rules)."""
+    return [r.id for r in ASSERT_RULES if config.mode in r.modes and r.broken(config)]
+
+
+def fp8_possible(gpus: tuple[Gpu, ...]) -> bool:
+    return bool(gpus) and all(g.compute_capability >= FP8_MIN_CC for g in gpus)
+
+
+def describe(config: LaunchConfig) -> str:
+    """A configuration in the user's flags, for the step-by-step explanation."""
+    parts = [config.mode, config.size, f"{config.infer_frames} frames", "fp8" if config.fp8 else "bf16"]
+    parts += [flag for flag, on in (("offload KV cache", config.offload_kv_cache), ("T5 on CPU", config.t5_cpu)) if on]
+    return " ".join(parts[:2]) + ", " + ", ".join(parts[2:])
+
+
+def outcome(prediction: Prediction) -> str:
+    g = prediction.binding
+    if prediction.verdict == "fits" and g:
+        return f"FITS (least headroom {g.headroom_bytes / GIB:.2f} GiB on GPU {g.index})"
+    return f"{VERDICT_WORDS[prediction.verdict]}: {prediction.explanation()}"
+
+
+@dataclass(frozen=True)
+class Change:
+    flags: str  # the command-line change, e.g. "--fp8"
+    config: LaunchConfig
+    prediction: Prediction
+
+
+def _single_changes(config: LaunchConfig, gpus: tuple[Gpu, ...]) -> list[tuple[str, dict]]:
+    """One-flag changes, least quality lost first."""
+    changes: list[tuple[str, dict]] = []
+    if not config.t5_cpu:
+        changes.append(("--t5-cpu", {"t5_cpu": True}))
+    if not config.fp8 and fp8_possible(gpus[: config.num_gpus_dit]):
+        changes.append(("--fp8", {"fp8": True}))
+    if config.mode == "single" and not config.offload_kv_cache:
+        changes.append(("--offload-kv-cache", {"offload_kv_cache": True}))
+    if not config.offload_model:
+        changes.append(("--offload-model True", {"offload_model": True}))
+    changes += [(f"--size {s}", {"size": s}) for s in PLANNED_SIZES if area(s) < area(config.size)]
+    changes += [(f"--infer-frames {f}", {"infer_frames": f}) for f in PLANNED_FRAMES if f < config.infer_frames]
+    return changes
+
+
+def smallest_change(config: LaunchConfig, gpus: tuple[Gpu, ...], summary: ComponentSummary, terms: EstimateTerms) -> Change | None:
+    """The first one-flag change (least quality lost first) that makes every GPU fit."""
+    for flags, change in _single_changes(config, gpus):
+        changed = replace(config, **change)
+        if violations(changed):
+            continue
+        p = predict(changed, gpus, summary, terms)
+        if p.verdict == "fits":
+            return Change(flags, changed, p)
+    return None
+
+
+@dataclass(frozen=True)
+class HardwareOption:
+    spec: str  # "5xL40S"
+    prediction: Prediction
+    fp8_dropped: bool  # the card cannot run --fp8: predicted in bf16
+
+
+def hardware_advice(config: LaunchConfig, summary: ComponentSummary, terms: EstimateTerms, count: int = 3) -> list[HardwareOption]:
+    """The cheapest catalogue machines on which this configuration fits, cheapest first."""
+    options = []
+    for key in PRICE_ORDER:
+        card = next(c for c in CARDS if c.key == key)
+        if config.nproc > card.max_count:
+            continue
+        machine = catalogue_machine(f"{config.nproc}x{key}")
+        cfg = config
+        dropped = config.fp8 and not fp8_possible(machine.gpus)
+        if dropped:
+            cfg = replace(config, fp8=False)
+        p = predict(cfg, machine.gpus, summary, terms)
+        if p.verdict == "fits":
+            options.append(HardwareOption(f"{config.nproc}x{key}", p, dropped))
+            if len(options) == count:
+                break
+    return options
+
+
+@dataclass(frozen=True)
+class Plan:
+    chosen: LaunchConfig | None
+    prediction: Prediction | None
+    reasons: tuple[str, ...]  # every configuration tried, in order, and why it was or was not taken
+
+
+def candidates(base: LaunchConfig, gpus: tuple[Gpu, ...]):
+    """Configurations upstream accepts, best first."""
+    modes = ["tpp", "single"] if len(gpus) >= 5 else ["single"]
+    for mode in modes:
+        defaults = resolve_config(len(gpus), mode)
+        keep = {k: getattr(base, k) for k in ("liveavatar", "ckpt_dir", "lora_path", "image", "num_clip", "save_file")}
+        start = replace(defaults, **{k: v for k, v in keep.items() if v is not None}, mode_reason="planner")
+        fp8_ok = fp8_possible(gpus[: start.num_gpus_dit])
+        fallbacks = [{}]
+        if fp8_ok:
+            fallbacks.append({"fp8": True})
+        if mode == "single":
+            fallbacks += [{"fp8": fp8_ok, "offload_kv_cache": True}]
+        fallbacks += [{**fallbacks[-1], "t5_cpu": True}]
+        for size in PLANNED_SIZES:
+            for frames in PLANNED_FRAMES:
+                for extra in fallbacks:
+                    cfg = replace(start, **{"size": size, "infer_frames": frames, "fp8": False, **extra})
+                    if not violations(cfg):
+                        yield cfg
+
+
+def make_plan(base: LaunchConfig, gpus: tuple[Gpu, ...], summary: ComponentSummary, terms: EstimateTerms) -> Plan:
+    reasons = []
+    for cfg in candidates(base, gpus):
+        p = predict(cfg, gpus, summary, terms)
+        reasons.append(f"tried {describe(cfg)}: {outcome(p)}")
+        if p.verdict == "fits":
+            reasons.append(f"chose {describe(cfg)}")
+            return Plan(cfg, p, tuple(reasons))
+    reasons.append("nothing upstream accepts fits this machine")
+    return Plan(None, None, tuple(reasons))
