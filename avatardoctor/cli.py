@@ -45,7 +45,7 @@ def machine_options(fn):
 def config_options(fn):
     """The Live Avatar configuration, in upstream's terms; unset flags take the upstream scripts' values."""
     options = [
-        click.option("--mode", type=click.Choice(MODES), help="Upstream tpp (5 GPUs) or single; default by visible GPU count (5+ -> tpp)."),
+        click.option("--mode", type=click.Choice(MODES), help="Upstream tpp (5 GPUs) or single (default by visible GPU count: 5+ -> tpp), or the seeds' fsdp / seed-4gpu."),
         click.option("--liveavatar", type=click.Path(path_type=Path), help="The Live Avatar checkout the launch runs in."),
         click.option("--ckpt-dir", help="The Wan2.2-S2V-14B folder (--ckpt_dir); relative to the checkout, as the launch sees it."),
         click.option("--master-port", type=int, help="torchrun --master_port (default: the upstream script's, 29102 tpp / 29101 single)."),
@@ -58,6 +58,13 @@ def config_options(fn):
         click.option("--fp8/--no-fp8", default=None, help="Convert the DiT's Linear layers to FP8 (scripts pass --fp8)."),
         click.option("--offload-model", type=_str2bool, metavar="BOOL", help="Swap models between CPU and GPU (True/False)."),
         click.option("--lora-path", help="--lora_path_dmd: a local file or a Hugging Face repo id."),
+        click.option("--image", type=click.Path(path_type=Path, dir_okay=False), help="The reference image: its aspect sets the real height and width."),
+        click.option("--num-clip", type=click.IntRange(min=1), help="Clips to generate (upstream caps it by the audio's length)."),
+        click.option("--t5-cpu", is_flag=True, default=None, help="Keep T5 on the CPU."),
+        click.option("--t5-fsdp", is_flag=True, default=None, help="Shard T5 over the DiT GPUs."),
+        click.option("--offload-kv-cache", is_flag=True, default=None, help="Keep the single-GPU KV caches on the CPU."),
+        click.option("--enable-online-decode", is_flag=True, default=None, help="Decode each clip as it is made (single GPU)."),
+        click.option("--gpus", metavar="LIST", help="The GPUs to use, as CUDA_VISIBLE_DEVICES would name them (e.g. 0,2,3,4,5)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -88,6 +95,82 @@ def check(machine, demo, as_json, verbose, **config_flags):
 
         render_human(report, Console(highlight=False), verbose=verbose)
     sys.exit(exitcodes.READY if report.ready else exitcodes.NOT_READY)
+
+
+@cli.command("predict")
+@machine_options
+@config_options
+@click.option("--json", "as_json", is_flag=True, help="Print the versioned JSON (avatardoctor.predict/1).")
+def predict_command(machine, demo, as_json, **config_flags):
+    """Predict every GPU's peak memory, phase by phase. Exit 0 fits (or tight), 1 won't fit, 2 bad input."""
+    from rich.console import Console
+
+    from avatardoctor.doctor import build_context
+    from avatardoctor.planner import hardware_advice, smallest_change
+    from avatardoctor.render import prediction_json, render_prediction
+
+    ctx = build_context(machine, demo, **config_flags)
+    prediction = ctx.prediction
+    change = None if prediction.verdict == "fits" else smallest_change(ctx.config, ctx.rank_gpus, ctx.components, ctx.terms)
+    advice = hardware_advice(ctx.config, ctx.components, ctx.terms)
+    if as_json:
+        click.echo(prediction_json(prediction, change, advice))
+    else:
+        render_prediction(prediction, change, advice, Console(highlight=False), machine=ctx.machine)
+    sys.exit(exitcodes.NOT_READY if prediction.verdict == "wont-fit" else exitcodes.READY)
+
+
+@cli.command("plan")
+@machine_options
+@config_options
+@click.option("--audio", type=click.Path(path_type=Path, dir_okay=False), help="The driving audio, passed to the launch.")
+@click.option("--prompt", help="The prompt, passed to the launch.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the plan (avatardoctor.plan/1 JSON) to FILE.")
+@click.option("--force", is_flag=True, help="Let -o replace an existing file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan JSON instead of the explanation.")
+def plan_command(machine, demo, audio, prompt, output, force, as_json, **config_flags):
+    """Choose the best configuration upstream accepts that fits every GPU. Exit 0 planned, 1 nothing fits."""
+    import json
+
+    from rich.console import Console
+
+    from avatardoctor.doctor import build_context
+    from avatardoctor.files import write_new_file
+    from avatardoctor.planner import make_plan, plan_document
+    from avatardoctor.render import render_plan
+
+    if output and output.exists() and not force:
+        raise InputError(f"-o {output}: the file exists; pass --force to overwrite it or choose another name")
+    ctx = build_context(machine, demo, **config_flags)
+    plan = make_plan(ctx.config, ctx.visible.gpus, ctx.components, ctx.terms)
+    doc = plan_document(plan, ctx, audio=audio, prompt=prompt)
+    if output and plan.chosen:
+        write_new_file(output, json.dumps(doc, indent=2) + "\n", "-o", force)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        render_plan(doc, Console(highlight=False), output if plan.chosen else None)
+    sys.exit(exitcodes.READY if plan.chosen else exitcodes.NOT_READY)
+
+
+@cli.command()
+@click.option("--import", "import_file", type=click.Path(path_type=Path), help="Add measured runs from a JSON file (avatardoctor.measurements/1).")
+@click.option("--json", "as_json", is_flag=True, help="Print the calibration report (avatardoctor.calibration/1).")
+def calibrate(import_file, as_json):
+    """Fit the memory model's estimated terms to measured runs; show default vs calibrated."""
+    import json
+
+    from rich.console import Console
+
+    from avatardoctor.calibration import calibration_report, import_measurements, record, render_calibration
+
+    if import_file:
+        record(import_measurements(import_file))
+    report = calibration_report()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        render_calibration(report, Console(highlight=False))
 
 
 @cli.group()

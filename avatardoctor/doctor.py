@@ -11,6 +11,8 @@ from avatardoctor.checks import CheckReport, run_checks
 from avatardoctor.checks.base import CheckContext
 from avatardoctor.ckpt.scan import scan_checkpoint
 from avatardoctor.config import CKPT_DIR, resolve_config
+from avatardoctor.errors import InputError
+from avatardoctor.estimates import DEFAULT_TERMS, EstimateTerms
 from avatardoctor.machine import backend_for
 from avatardoctor.visible import visible_gpus
 
@@ -26,6 +28,9 @@ def build_context(
     """Read the machine (live, recorded or catalogue) and the checkpoint's structure, and resolve
     the configuration for them."""
     env = dict(os.environ) if env is None else dict(env)
+    gpus = config_flags.pop("gpus", None)
+    if gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpus  # --gpus is what the launch will set
     facts = backend_for(machine, demo).snapshot()
     visible = visible_gpus(env.get("CUDA_VISIBLE_DEVICES"), facts.gpus)
     if demo and not config_flags.get("ckpt_dir"):
@@ -35,10 +40,21 @@ def build_context(
     if config_flags.get("liveavatar") and not config_flags.get("ckpt_dir"):
         config_flags["ckpt_dir"] = CKPT_DIR  # what every upstream script passes
     config = resolve_config(len(visible.gpus), mode, **config_flags)
-    ctx = CheckContext(machine=facts, visible=visible, config=config, env=env, cwd=cwd or Path.cwd())
+    ctx = CheckContext(machine=facts, visible=visible, config=config, env=env, cwd=cwd or Path.cwd(), terms=estimate_terms(env))
     if config.ckpt_dir:
         ctx = replace(ctx, checkpoint=scan_checkpoint(config.ckpt_dir, ctx.launch_dir))
     return ctx
+
+
+def estimate_terms(env: Mapping[str, str]) -> EstimateTerms:
+    """The calibrated terms; the defaults (saying why) when the history cannot be read, so a damaged
+    history never stops a check."""
+    from avatardoctor.calibration import current_terms
+
+    try:
+        return current_terms(env)
+    except InputError as err:
+        return replace(DEFAULT_TERMS, source=f"default (calibration history unreadable: {err})")
 
 
 def diagnose(ctx: CheckContext) -> CheckReport:

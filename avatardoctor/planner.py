@@ -157,3 +157,72 @@ def make_plan(base: LaunchConfig, gpus: tuple[Gpu, ...], summary: ComponentSumma
             return Plan(cfg, p, tuple(reasons))
     reasons.append("nothing upstream accepts fits this machine")
     return Plan(None, None, tuple(reasons))
+
+
+ENTRY = "minimal_inference/s2v_streaming_interact.py"
+TRAINING_CONFIG = "liveavatar/configs/s2v_causal_sft.yaml"
+PLAN_SCHEMA = "avatardoctor.plan/1"
+HEARTBEAT_S = "1800"  # torch.compile's first pass and a long load must not trip the watchdog (default 480 s)
+
+
+def entry_argv(config: LaunchConfig, audio=None, prompt=None) -> list[str]:
+    """The entry's full argument list, as the upstream scripts pass it (a list: never a shell string)."""
+    argv = [
+        "--ulysses_size", str(config.ulysses_size), "--task", "s2v-14B", "--size", config.size,
+        "--base_seed", "420", "--training_config", TRAINING_CONFIG, "--num_clip", str(config.num_clip),
+        "--offload_model", str(config.offload_model), "--convert_model_dtype",
+        "--infer_frames", str(config.infer_frames), "--sample_steps", str(config.sample_steps),
+        "--sample_guide_scale", "0", "--sample_solver", config.sample_solver,
+        "--num_gpus_dit", str(config.num_gpus_dit), "--ckpt_dir", config.ckpt_dir or "ckpt/Wan2.2-S2V-14B/",
+    ]  # fmt: skip
+    if config.lora_path:
+        argv += ["--load_lora", "--lora_path_dmd", config.lora_path]
+    switches = {
+        "--single_gpu": config.nproc == 1, "--enable_vae_parallel": config.enable_vae_parallel and config.nproc > 1,
+        "--fp8": config.fp8, "--dit_fsdp": config.dit_fsdp, "--t5_fsdp": config.t5_fsdp, "--t5_cpu": config.t5_cpu,
+        "--offload_kv_cache": config.offload_kv_cache, "--enable_online_decode": config.enable_online_decode,
+    }  # fmt: skip
+    argv += [flag for flag, on in switches.items() if on]
+    for flag, value in (("--save_file", config.save_file), ("--image", config.image), ("--audio", audio), ("--prompt", prompt)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def plan_document(plan: Plan, ctx, audio=None, prompt=None) -> dict:
+    """The plan file: everything a launch needs, and why it was chosen."""
+    from dataclasses import asdict
+
+    from avatardoctor.checks.ports import bind_error, free_port_near
+    from avatardoctor.checks.topology import p2p_ok
+
+    doc: dict = {"schema": PLAN_SCHEMA, "reasons": list(plan.reasons)}
+    if plan.chosen is None:
+        options = hardware_advice(replace(ctx.config, mode_reason="planner"), ctx.components, ctx.terms)
+        doc["hardware_advice"] = [o.spec for o in options]
+        return doc
+    cfg = plan.chosen
+    gpus = ctx.visible.gpus[: cfg.nproc]
+    port = cfg.master_port if bind_error(cfg.master_port) is None else free_port_near(cfg.master_port)
+    env = {
+        "CUDA_VISIBLE_DEVICES": ",".join(str(g.index) for g in gpus),
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # so CUDA numbers GPUs as NVML and this plan do
+        "NCCL_DEBUG": "WARN", "NCCL_DEBUG_SUBSYS": "OFF", "ENABLE_COMPILE": "true",
+        "TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC": HEARTBEAT_S,
+    }  # fmt: skip
+    pairs = [ctx.machine.pair(a.index, b.index) for a, b in zip(gpus, gpus[1:])]
+    if any("GeForce" in g.name for g in gpus) and any(p2p_ok(p) and not p.nvlinks for p in pairs):
+        env["NCCL_P2P_DISABLE"] = "1"  # GeForce P2P reported by a patched or old driver: known hangs (topo.p2p)
+    config = asdict(cfg)
+    config.update(nproc=cfg.nproc, liveavatar=str(cfg.liveavatar) if cfg.liveavatar else None, image=str(cfg.image) if cfg.image else None)
+    doc.update(
+        mode=cfg.mode,
+        entry=ENTRY,
+        nproc=cfg.nproc,
+        master_port=port,
+        env=env,
+        argv=entry_argv(cfg, audio, prompt),
+        prediction=plan.prediction.to_dict(),
+        config=config,
+    )
+    return doc

@@ -10,6 +10,7 @@ from rich.text import Text
 
 from avatardoctor.checks import CheckReport
 from avatardoctor.checks.base import Status
+from avatardoctor.units import GIB
 
 MARKS = {
     Status.PASS: ("[✓]", "green"),
@@ -78,3 +79,74 @@ def render_human(report: CheckReport, console: Console, verbose: bool = False, t
     else:
         verdict = Text("Ready: every check passed.", style="bold green")
     console.print(verdict, soft_wrap=True)
+
+
+def prediction_json(prediction, change, advice) -> str:
+    doc = {
+        "schema": "avatardoctor.predict/1",
+        "prediction": prediction.to_dict(),
+        "smallest_change": {"flags": change.flags, "prediction": change.prediction.to_dict()} if change else None,
+        "hardware_advice": [
+            {"machine": o.spec, "bf16_only": o.fp8_dropped, "least_headroom_gib": round(o.prediction.binding.headroom_bytes / GIB, 2)}
+            for o in advice
+        ],
+    }
+    return json.dumps(doc, indent=2)
+
+
+def render_prediction(prediction, change, advice, console: Console, machine=None) -> None:
+    """The per-GPU table, the components at each peak, the binding line, and what would fit."""
+    from rich.table import Table
+
+    from avatardoctor.predict import COMPONENT_NAMES, COMPONENTS, PHASE_NAMES, VERDICT_WORDS
+
+    geo, cfg = prediction.geometry, prediction.config
+    where = machine.source if machine else ""
+    console.print(
+        Text(f"{where} · mode {cfg.mode}, {cfg.nproc} process{'es' if cfg.nproc > 1 else ''} · {geo.height}x{geo.width} px, "
+             f"{cfg.infer_frames} frames per clip · {'fp8' if cfg.fp8 else 'bf16'}", style="bold"),
+        soft_wrap=True,
+    )  # fmt: skip
+    table = Table(title="Predicted peak per GPU (GiB)", title_justify="left")
+    for col in ("GPU", "role", "peak phase", "loaded", "peak", "± band", "usable", "headroom", "verdict"):
+        table.add_column(col, justify="left" if col in ("GPU", "role", "peak phase", "verdict") else "right")
+    style = {"fits": "green", "tight": "yellow", "wont-fit": "red"}
+    for g in prediction.gpus:
+        table.add_row(
+            str(g.index), g.role, PHASE_NAMES[g.phase], f"{g.loaded_bytes / GIB:.2f}", f"{g.peak_bytes / GIB:.2f}",
+            f"{g.band_bytes / GIB:.2f}", f"{g.usable_bytes / GIB:.2f}", f"{g.headroom_bytes / GIB:.2f}",
+            Text(VERDICT_WORDS[g.verdict], style=style[g.verdict]),
+        )  # fmt: skip
+    console.print(table)
+    parts = Table(title="At each GPU's peak (GiB)", title_justify="left")
+    parts.add_column("component")
+    shown = [c for c in COMPONENTS if any(g.components.get(c) for g in prediction.gpus)]
+    for g in prediction.gpus:
+        parts.add_column(f"GPU {g.index}", justify="right")
+    for c in shown:
+        parts.add_row(COMPONENT_NAMES[c], *(f"{g.components.get(c, 0) / GIB:.2f}" for g in prediction.gpus))
+    console.print(parts)
+    verdict = prediction.verdict
+    console.print(Text(f"{VERDICT_WORDS[verdict]}: {prediction.explanation()}", style=f"bold {style[verdict]}"))
+    console.print(Text(f"sizes from the {prediction.sizes_source}; estimated terms {prediction.terms.source}", style="dim"))
+    if change:
+        console.print(Text(f"smallest change that fits: {change.flags}", style="cyan"))
+    if advice:
+        rows = ", ".join(f"{o.spec} ({o.prediction.binding.headroom_bytes / GIB:.1f} GiB headroom{', bf16' if o.fp8_dropped else ''})" for o in advice)
+        console.print(Text(f"cheapest catalogue machines where this configuration fits: {rows}", style="dim"))
+
+
+def render_plan(doc: dict, console: Console, written=None, shown: int = 12) -> None:
+    reasons = doc["reasons"]
+    if len(reasons) > shown:
+        console.print(Text(f"... {len(reasons) - shown} earlier configurations tried (all in --json)", style="dim"))
+    for line in reasons[-shown:]:
+        console.print(Text(line, style="bold" if line.startswith("chose") else ""))
+    if "argv" not in doc:
+        advice = ", ".join(doc.get("hardware_advice", [])) or "none in the catalogue"
+        console.print(Text(f"No plan: nothing upstream accepts fits. Hardware where the default configuration fits: {advice}", style="bold red"))
+        return
+    console.print(Text(f"torchrun --nproc_per_node {doc['nproc']} --master_port {doc['master_port']} {doc['entry']} ...", style="cyan"))
+    console.print(Text("env: " + " ".join(f"{k}={v}" for k, v in doc["env"].items()), style="dim"))
+    if written:
+        console.print(Text(f"plan written to {written}", style="green"))

@@ -1,0 +1,284 @@
+"""The memory-fit predictor and planner against the issue's acceptance figures, from the packaged
+reference (no GPU needed), and the predict / plan / calibrate commands as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from avatardoctor.checks import fit, gpu
+from avatardoctor.checks.base import Status
+from avatardoctor.components import reference_summary
+from avatardoctor.config import resolve_config
+from avatardoctor.estimates import DEFAULT_TERMS
+from avatardoctor.machine.catalogue import catalogue_machine
+from avatardoctor.planner import entry_argv, hardware_advice, make_plan, smallest_change
+from avatardoctor.predict import padded_size, predict
+from avatardoctor.units import GIB
+from conftest import make_ctx
+
+SUMMARY = reference_summary()
+
+
+def prediction(spec: str, mode: str | None = None, **config):
+    m = catalogue_machine(spec)
+    return predict(resolve_config(len(m.gpus), mode, **config), m.gpus, SUMMARY, DEFAULT_TERMS)
+
+
+def gib(x: float) -> float:
+    return x / GIB
+
+
+# ---- acceptance figures ------------------------------------------------------------------------------
+
+
+def test_seed_layout_on_4090s_is_the_seeds_25_65_figure():
+    p = prediction("4x4090", "seed-4gpu")
+    dit = p.gpus[0]
+    assert dit.role == "DiT rank 0" and p.gpus[3].role == "VAE rank 3"
+    assert abs(gib(dit.loaded_bytes) - 21.48) <= 0.5
+    assert abs(gib(dit.components["root_unshard"]) - 4.17) <= 0.02
+    assert gib(dit.loaded_bytes + dit.components["root_unshard"]) >= 25.65 - 0.5
+    assert gib(dit.peak_bytes) >= 25.65
+    assert dit.components["inflight_blocks"] > 0 and dit.components["activations"] > 0  # shown on top
+    assert p.verdict == "wont-fit" and dit.verdict == "wont-fit"
+    assert "FSDP root unshard" in p.explanation() and "RTX 4090" in p.explanation()
+
+
+@pytest.mark.parametrize("spec", ["5xL40S", "5xA6000"])
+def test_upstream_tpp_bf16_does_not_fit_48_gb_cards(spec):
+    assert prediction(spec, "tpp", fp8=False).verdict == "wont-fit"
+
+
+@pytest.mark.parametrize("spec", ["5xH100", "5xH800", "5xA100-80GB", "5xH200"])
+def test_upstream_tpp_bf16_fits_80_gb_cards(spec):
+    assert prediction(spec, "tpp", fp8=False).verdict == "fits"
+
+
+def test_upstream_tpp_fp8_fits_a_48_gb_ada_card():
+    p = prediction("5xL40S", "tpp")  # the scripts pass --fp8
+    assert p.config.fp8 and p.verdict == "fits"
+
+
+def test_fp8_on_an_a100_is_a_failed_check():
+    r = gpu.check_fp8.run(make_ctx("5xA100-80GB", mode="tpp"))
+    assert r.status is Status.FAIL and "cc 8.0" in r.summary
+
+
+def test_upstream_single_gpu_fits_80_gb_not_48():
+    assert prediction("1xH100", "single").verdict == "fits"
+    assert prediction("1xA100-80GB", "single", fp8=False).verdict == "fits"
+    assert prediction("1xL40S", "single").verdict == "wont-fit"
+
+
+def test_planner_finds_that_kv_offload_with_fp8_fits_48_gb():
+    m = catalogue_machine("1xL40S")
+    plan = make_plan(resolve_config(1, "single"), m.gpus, SUMMARY, DEFAULT_TERMS)
+    assert plan.chosen.offload_kv_cache and plan.chosen.fp8 and plan.prediction.verdict == "fits"
+    assert plan.reasons[-1] == "chose single 720*400, 48 frames, fp8, offload KV cache"
+    change = smallest_change(resolve_config(1, "single"), m.gpus, SUMMARY, DEFAULT_TERMS)
+    assert change.flags == "--offload-kv-cache"
+
+
+@pytest.mark.parametrize("spec", ["5x4090", "5x3090", "1x4090", "1x3090"])
+@pytest.mark.parametrize("mode", ["tpp", "single"])
+def test_no_upstream_mode_fits_24_gb_cards_and_the_bf16_load_is_named(spec, mode):
+    count = int(spec[0])
+    if mode == "tpp" and count < 5:
+        return
+    p = prediction(spec, mode)
+    assert p.verdict == "wont-fit"
+    assert "the bf16 load alone is" in p.explanation()
+    assert p.binding.binding_phase == "load"
+
+
+def test_nothing_upstream_accepts_fits_24_gb_cards():
+    plan = make_plan(resolve_config(5), catalogue_machine("5x4090").gpus, SUMMARY, DEFAULT_TERMS)
+    assert plan.chosen is None and plan.reasons[-1] == "nothing upstream accepts fits this machine"
+    assert all("WON'T FIT" in r for r in plan.reasons[:-1])
+
+
+# ---- the model's exact parts --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "size, image, expected",
+    [("720*400", (400, 720), (384, 704)), ("704*384", (400, 720), (384, 704)), ("688*368", (400, 720), (384, 640)),
+     ("384*256", (400, 720), (256, 384)), ("720*400", None, (384, 704))],
+)  # fmt: skip
+def test_padded_size_follows_upstream(size, image, expected):
+    assert padded_size(size, image) == expected
+
+
+def test_kv_and_conditioning_caches_from_the_tensor_shapes():
+    tpp = prediction("5xH800", "tpp").gpus[0].phases["denoise"]
+    assert round(gib(tpp["kv_cache"]), 2) == 9.67 and round(gib(tpp["cond_cache"]), 2) == 2.29
+    single = prediction("1xH200", "single").gpus[0].phases["denoise"]
+    assert round(gib(single["kv_cache"]), 2) == round(4 * 9.668, 2) and round(gib(single["cond_cache"]), 2) == 2.14
+    offloaded = prediction("1xH200", "single", offload_kv_cache=True).gpus[0].phases["denoise"]
+    assert round(gib(offloaded["kv_cache"]), 2) == 9.67
+
+
+def test_fp8_halves_the_linear_weights_after_a_bf16_load():
+    p = prediction("5xH800", "tpp").gpus[0]
+    assert round(gib(p.phases["load"]["weights"]), 2) == 30.35
+    assert round(gib(p.phases["denoise"]["weights"]), 2) == 15.27
+
+
+def test_the_image_aspect_sets_the_geometry(tmp_path):
+    from PIL import Image
+
+    portrait = tmp_path / "face.png"
+    Image.new("RGB", (400, 720)).save(portrait)
+    p = prediction("5xH800", "tpp", image=portrait)
+    assert (p.geometry.height, p.geometry.width) == (704, 384)
+
+
+def test_a_checkpoints_own_sizes_drive_the_prediction(full_skeleton):
+    ctx = make_ctx("5xH800-healthy", ckpt_dir=str(full_skeleton))
+    from avatardoctor.ckpt.scan import scan_checkpoint
+    from dataclasses import replace
+
+    ctx = replace(ctx, checkpoint=scan_checkpoint(str(full_skeleton), Path("/")))
+    assert ctx.prediction.sizes_source == f"checkpoint {full_skeleton}"
+
+
+def test_usable_is_free_memory_minus_fragmentation_and_other_processes_count():
+    busy = make_ctx("5xH800-gpu2-busy").prediction.gpus[2]
+    idle = make_ctx("5xH800-healthy").prediction.gpus[2]
+    assert round(gib(idle.usable_bytes - busy.usable_bytes)) == 29  # the foreign 29.3 GiB is not usable
+
+
+# ---- the fit checks --------------------------------------------------------------------------------------
+
+
+def test_fit_peak_fails_with_the_nearest_hardware_when_no_flag_helps():
+    r = fit.check_peak.run(make_ctx("5x4090-pcie"))
+    assert r.status is Status.FAIL and r.summary.startswith("WON'T FIT: GPU 0 (DiT rank 0): the bf16 load alone is")
+    assert "fits 5xL40S" in r.remedy
+    assert r.data["prediction"]["verdict"] == "wont-fit"
+
+
+def test_fit_peak_suggests_the_smallest_change():
+    r = fit.check_peak.run(make_ctx("5xL40S", mode="tpp", fp8=False))
+    assert r.status is Status.FAIL and r.remedy.startswith("--fp8 (then GPU")
+
+
+def test_fit_peak_passes_on_h800():
+    r = fit.check_peak.run(make_ctx("5xH800-healthy"))
+    assert r.status is Status.PASS and r.remedy is None and r.summary.startswith("FITS: ")
+
+
+def test_fit_estimates_says_default_or_calibrated():
+    assert fit.check_estimates.run(make_ctx("5xH800-healthy")).status is Status.SKIP
+
+
+# ---- the planner on the catalogue --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec, chosen",
+    [
+        ("5xH800", "chose tpp 720*400, 48 frames, bf16"),
+        ("8xH100", "chose tpp 720*400, 48 frames, bf16"),
+        ("5xL40S", "chose tpp 720*400, 48 frames, fp8"),
+        ("1xH100", "chose single 720*400, 48 frames, bf16"),
+        ("1xL40S", "chose single 720*400, 48 frames, fp8, offload KV cache"),
+        ("1xA6000", "chose single 720*400, 48 frames, bf16, offload KV cache"),  # no fp8 on cc 8.6
+        ("4xA100-80GB", "chose single 720*400, 48 frames, bf16"),  # TPP needs five
+        ("5xA100-40GB", "chose tpp 720*400, 12 frames, bf16, T5 on CPU"),
+    ],
+)
+def test_planner_choices_on_catalogue_machines(spec, chosen):
+    m = catalogue_machine(spec)
+    assert make_plan(resolve_config(len(m.gpus)), m.gpus, SUMMARY, DEFAULT_TERMS).reasons[-1] == chosen
+
+
+def test_hardware_advice_is_cheapest_first_and_drops_fp8_where_impossible():
+    options = hardware_advice(resolve_config(5, "tpp"), SUMMARY, DEFAULT_TERMS)
+    assert [(o.spec, o.fp8_dropped) for o in options] == [("5xL40S", False), ("5xA100-80GB", True), ("5xH100", False)]
+
+
+def test_entry_argv_is_a_list_as_the_upstream_script_passes_it():
+    argv = entry_argv(resolve_config(5, "tpp", ckpt_dir="ckpt/Wan2.2-S2V-14B/"), prompt='say "hi"; $(rm -rf /)')
+    assert argv[argv.index("--size") + 1] == "720*400" and "--enable_vae_parallel" in argv and "--fp8" in argv
+    assert argv[argv.index("--num_gpus_dit") + 1] == "4" and argv[-1] == 'say "hi"; $(rm -rf /)'
+    single = entry_argv(resolve_config(1, "single", offload_kv_cache=True))
+    assert "--single_gpu" in single and "--offload_kv_cache" in single and "--enable_vae_parallel" not in single
+
+
+# ---- the commands ------------------------------------------------------------------------------------------
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "avatardoctor", *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_predict_json_and_exit_codes():
+    r = cli("predict", "--machine", "4x4090", "--mode", "seed-4gpu", "--json")
+    assert r.returncode == 1
+    doc = json.loads(r.stdout)
+    assert doc["schema"] == "avatardoctor.predict/1" and doc["prediction"]["verdict"] == "wont-fit"
+    g = doc["prediction"]["gpus"][0]
+    assert abs(g["loaded_gib"] - 21.48) <= 0.5 and g["components"]["root_unshard"] == pytest.approx(4.172, abs=0.01)
+    ok = cli("predict", "--machine", "5xH800", "--json")
+    assert ok.returncode == 0 and json.loads(ok.stdout)["prediction"]["verdict"] == "fits"
+
+
+def test_predict_gpus_picks_the_devices():
+    r = cli("predict", "--machine", "tests/fixtures/machines/5xH800-gpu2-busy.json", "--gpus", "0,1,3,4", "--mode", "single", "--json")
+    assert [g["index"] for g in json.loads(r.stdout)["prediction"]["gpus"]] == [0]
+    r = cli("predict", "--machine", "8xH100", "--gpus", "7,6,5,4,3", "--json")
+    assert [g["index"] for g in json.loads(r.stdout)["prediction"]["gpus"]] == [7, 6, 5, 4, 3]
+
+
+def test_plan_writes_a_plan_with_a_free_port(tmp_path):
+    out = tmp_path / "plan.json"
+    with socket.socket() as held:
+        held.bind(("0.0.0.0", 29102))  # the tpp script's port, taken by another job
+        held.listen()
+        r = cli("plan", "--machine", "5xH800", "--prompt", "a $(quoted) prompt", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "avatardoctor.plan/1" and doc["mode"] == "tpp" and doc["nproc"] == 5
+    assert doc["master_port"] != 29102 and isinstance(doc["argv"], list)
+    assert doc["argv"][-2:] == ["--prompt", "a $(quoted) prompt"]
+    assert doc["env"]["CUDA_VISIBLE_DEVICES"] == "0,1,2,3,4" and doc["env"]["NCCL_DEBUG"] == "WARN"
+    assert doc["prediction"]["verdict"] == "fits" and doc["reasons"][-1].startswith("chose tpp")
+    again = cli("plan", "--machine", "5xH800", "-o", str(out))
+    assert again.returncode == 2 and "exists" in again.stderr
+
+
+def test_plan_when_nothing_fits_exits_1_naming_hardware():
+    r = cli("plan", "--machine", "5x4090", "--json")
+    assert r.returncode == 1
+    doc = json.loads(r.stdout)
+    assert "argv" not in doc and doc["reasons"][-1] == "nothing upstream accepts fits this machine"
+    assert doc["hardware_advice"][0] == "5xL40S"
+
+
+def test_calibrated_terms_reach_the_prediction(tmp_path):
+    measurements = {
+        "schema": "avatardoctor.measurements/1",
+        "measurements": [
+            {"run_id": f"run{i}", "gpu_name": "NVIDIA H800", "role": "dit", "phase": "denoise",
+             "measured_bytes": int(50 * GIB + i * 2**28), "exact_bytes": int(48 * GIB), "processes": 5,
+             "nccl_peers": 4, "token_dims": 3168 * 5120 * (1 + i), "decode_pixels": 0,
+             "recorded_at": "2026-11-20T10:00:00+00:00"}
+            for i in range(4)
+        ],
+    }  # fmt: skip
+    (tmp_path / "m.json").write_text(json.dumps(measurements))
+    env = {**os.environ, "AVATARDOCTOR_HOME": str(tmp_path / "home")}
+    assert cli("calibrate", "--import", str(tmp_path / "m.json"), env=env).returncode == 0
+    doc = json.loads(cli("check", "--machine", "5xH800", "--json", env=env).stdout)
+    estimates = next(c for c in doc["checks"] if c["id"] == "fit.estimates")
+    assert estimates["status"] == "pass" and estimates["summary"] == "estimated terms calibrated from 4 runs"
+    peak = next(c for c in doc["checks"] if c["id"] == "fit.peak")
+    assert any("estimates calibrated from 4 runs" in d for d in peak["details"])
