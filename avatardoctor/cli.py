@@ -154,6 +154,28 @@ def plan_command(machine, demo, audio, prompt, output, force, as_json, **config_
 
 
 @cli.command()
+@click.argument("path", type=click.Path(path_type=Path), required=False)
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="The report folder (default: RUN/report, or LOG-report beside a CSV).")
+@click.option("--compare", nargs=2, type=click.Path(path_type=Path), metavar="RUN_A RUN_B", help="Peaks side by side and timelines overlaid.")
+@click.option("--fields", help="For a headerless nvidia-smi CSV: its --query-gpu list, e.g. timestamp,memory.used.")
+@click.option("--force", is_flag=True, help="Write into an output folder that holds other files.")
+def report(path, output, compare, fields, force):
+    """Render a report from a run folder or a plain nvidia-smi CSV log (HTML, Markdown, JSON, PNG)."""
+    from avatardoctor.reports.render import render_compare, render_report
+
+    field_list = [f.strip() for f in fields.split(",")] if fields else None
+    if compare:
+        if path:
+            raise InputError("report: give PATH or --compare RUN_A RUN_B, not both")
+        index = render_compare(*compare, out=output or Path(f"compare-{compare[0].name}-{compare[1].name}"), force=force)
+    elif path:
+        index = render_report(path, output, force, field_list)
+    else:
+        raise InputError("report: give a run folder or CSV log as PATH, or --compare RUN_A RUN_B")
+    click.echo(f"report: {index}")
+
+
+@cli.command()
 @click.option("--import", "import_file", type=click.Path(path_type=Path), help="Add measured runs from a JSON file (avatardoctor.measurements/1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration report (avatardoctor.calibration/1).")
 def calibrate(import_file, as_json):
