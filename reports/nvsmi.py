@@ -62,7 +62,7 @@ def is_header(line: str) -> bool:
 
 
 def read_lines(path: Path, notes: list[str]) -> list[str]:
-    """The file's lines, decoded leniently; a last line without a line end is blanked (cut off)."""
+    """The file's lines, decoded leniently; a last line without a line end is dropped (cut off)."""
     try:
         size = path.stat().st_size
         if size > MAX_BYTES:
@@ -79,7 +79,7 @@ def read_lines(path: Path, notes: list[str]) -> list[str]:
     if lines and lines[-1].strip() and not text.endswith(("\n", "\r")):
         # nvidia-smi ends every line; without the end, a value may be cut mid-number ("12" of "12345")
         notes.append(f"last line {len(lines)} of {path.name} is cut off (no line end): skipped")
-        lines[-1] = ""
+        lines.pop()
     return lines
 
 

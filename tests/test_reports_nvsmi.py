@@ -263,3 +263,12 @@ def test_unit_helpers():
     values = pd.Series(["1234 MiB", "56", "[N/A]", "N/A", "[Not Supported]", "12x"])
     assert parse_mib(values).tolist()[:2] == [1234.0, 56.0] and parse_mib(values)[2:].isna().all()
     assert unavailable(values).tolist() == [False, False, True, True, True, False]
+
+
+def test_a_cut_off_last_line_is_not_also_counted_as_blank(tmp_path):
+    log = tmp_path / "cut.csv"
+    log.write_text("timestamp, memory.used [MiB]\n2026/11/20 09:00:00.000, 1000 MiB\n2026/11/20 09:00:01.000, 30")
+    timeline = read_nvidia_smi_csv(log)
+    assert list(timeline.samples["used_mib"]) == [1000.0]
+    assert not any("blank" in n for n in timeline.notes)
+    assert any("last line 3 of cut.csv is cut off" in n for n in timeline.notes)
