@@ -58,7 +58,9 @@ def config_options(fn):
         click.option("--fp8/--no-fp8", default=None, help="Convert the DiT's Linear layers to FP8 (scripts pass --fp8)."),
         click.option("--offload-model", type=_str2bool, metavar="BOOL", help="Swap models between CPU and GPU (True/False)."),
         click.option("--lora-path", help="--lora_path_dmd: a local file or a Hugging Face repo id."),
-        click.option("--image", type=click.Path(path_type=Path, dir_okay=False), help="The reference image: its aspect sets the real height and width."),
+        click.option("--image", type=click.Path(path_type=Path), help="The reference image: its aspect sets the real height and width."),
+        click.option("--audio", type=click.Path(path_type=Path), help="The driving audio: its length caps the clips."),
+        click.option("--prompt", help="The prompt."),
         click.option("--num-clip", type=click.IntRange(min=1), help="Clips to generate (upstream caps it by the audio's length)."),
         click.option("--t5-cpu", is_flag=True, default=None, help="Keep T5 on the CPU."),
         click.option("--t5-fsdp", is_flag=True, default=None, help="Shard T5 over the DiT GPUs."),
@@ -123,12 +125,10 @@ def predict_command(machine, demo, as_json, **config_flags):
 @cli.command("plan")
 @machine_options
 @config_options
-@click.option("--audio", type=click.Path(path_type=Path, dir_okay=False), help="The driving audio, passed to the launch.")
-@click.option("--prompt", help="The prompt, passed to the launch.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the plan (avatardoctor.plan/1 JSON) to FILE.")
 @click.option("--force", is_flag=True, help="Let -o replace an existing file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan JSON instead of the explanation.")
-def plan_command(machine, demo, audio, prompt, output, force, as_json, **config_flags):
+def plan_command(machine, demo, output, force, as_json, **config_flags):
     """Choose the best configuration upstream accepts that fits every GPU. Exit 0 planned, 1 nothing fits."""
     import json
 
@@ -143,7 +143,7 @@ def plan_command(machine, demo, audio, prompt, output, force, as_json, **config_
         raise InputError(f"-o {output}: the file exists; pass --force to overwrite it or choose another name")
     ctx = build_context(machine, demo, **config_flags)
     plan = make_plan(ctx.config, ctx.visible.gpus, ctx.components, ctx.terms)
-    doc = plan_document(plan, ctx, audio=audio, prompt=prompt)
+    doc = plan_document(plan, ctx)
     if output and plan.chosen:
         write_new_file(output, json.dumps(doc, indent=2) + "\n", "-o", force)
     if as_json:

@@ -58,6 +58,8 @@ class LaunchConfig:
     enable_online_decode: bool = False
     num_clip: int = 10000  # the scripts' value; upstream caps it by the audio's length
     image: Path | None = None  # the reference image: its aspect sets the real height and width
+    audio: Path | None = None  # the driving audio: its length caps the clips
+    prompt: str | None = None
 
     @property
     def nproc(self) -> int:

@@ -130,7 +130,7 @@ def candidates(base: LaunchConfig, gpus: tuple[Gpu, ...]):
     modes = ["tpp", "single"] if len(gpus) >= 5 else ["single"]
     for mode in modes:
         defaults = resolve_config(len(gpus), mode)
-        keep = {k: getattr(base, k) for k in ("liveavatar", "ckpt_dir", "lora_path", "image", "num_clip", "save_file")}
+        keep = {k: getattr(base, k) for k in ("liveavatar", "ckpt_dir", "lora_path", "image", "audio", "prompt", "num_clip", "save_file")}
         start = replace(defaults, **{k: v for k, v in keep.items() if v is not None}, mode_reason="planner")
         fp8_ok = fp8_possible(gpus[: start.num_gpus_dit])
         fallbacks = [{}]
@@ -165,7 +165,7 @@ PLAN_SCHEMA = "avatardoctor.plan/1"
 HEARTBEAT_S = "1800"  # torch.compile's first pass and a long load must not trip the watchdog (default 480 s)
 
 
-def entry_argv(config: LaunchConfig, audio=None, prompt=None) -> list[str]:
+def entry_argv(config: LaunchConfig) -> list[str]:
     """The entry's full argument list, as the upstream scripts pass it (a list: never a shell string)."""
     argv = [
         "--ulysses_size", str(config.ulysses_size), "--task", "s2v-14B", "--size", config.size,
@@ -183,13 +183,13 @@ def entry_argv(config: LaunchConfig, audio=None, prompt=None) -> list[str]:
         "--offload_kv_cache": config.offload_kv_cache, "--enable_online_decode": config.enable_online_decode,
     }  # fmt: skip
     argv += [flag for flag, on in switches.items() if on]
-    for flag, value in (("--save_file", config.save_file), ("--image", config.image), ("--audio", audio), ("--prompt", prompt)):
+    for flag, value in (("--save_file", config.save_file), ("--image", config.image), ("--audio", config.audio), ("--prompt", config.prompt)):
         if value is not None:
             argv += [flag, str(value)]
     return argv
 
 
-def plan_document(plan: Plan, ctx, audio=None, prompt=None) -> dict:
+def plan_document(plan: Plan, ctx) -> dict:
     """The plan file: everything a launch needs, and why it was chosen."""
     from dataclasses import asdict
 
@@ -214,14 +214,15 @@ def plan_document(plan: Plan, ctx, audio=None, prompt=None) -> dict:
     if any("GeForce" in g.name for g in gpus) and any(p2p_ok(p) and not p.nvlinks for p in pairs):
         env["NCCL_P2P_DISABLE"] = "1"  # GeForce P2P reported by a patched or old driver: known hangs (topo.p2p)
     config = asdict(cfg)
-    config.update(nproc=cfg.nproc, liveavatar=str(cfg.liveavatar) if cfg.liveavatar else None, image=str(cfg.image) if cfg.image else None)
+    paths = {k: str(getattr(cfg, k)) if getattr(cfg, k) else None for k in ("liveavatar", "image", "audio")}
+    config.update(nproc=cfg.nproc, **paths)
     doc.update(
         mode=cfg.mode,
         entry=ENTRY,
         nproc=cfg.nproc,
         master_port=port,
         env=env,
-        argv=entry_argv(cfg, audio, prompt),
+        argv=entry_argv(cfg),
         prediction=plan.prediction.to_dict(),
         config=config,
     )

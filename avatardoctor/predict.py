@@ -15,6 +15,7 @@ from pathlib import Path
 
 from avatardoctor.components import ComponentSummary
 from avatardoctor.config import MULTI_PROCESS_MODES, LaunchConfig
+from avatardoctor.errors import InputError
 from avatardoctor.estimates import EstimateTerms
 from avatardoctor.machine.model import Gpu
 from avatardoctor.units import GIB
@@ -77,19 +78,23 @@ def image_size(path: Path) -> tuple[int, int]:
     """(height, width) of the reference image, from its header only (Pillow reads lazily)."""
     from PIL import Image, UnidentifiedImageError
 
-    from avatardoctor.errors import InputError
-
     try:
         with Image.open(path) as img:
             return img.height, img.width
-    except (OSError, UnidentifiedImageError) as e:
+    except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
         raise InputError(f"--image {path}: not an image Pillow can read ({str(e)[:80]})") from None
 
 
-def geometry(config: LaunchConfig) -> Geometry:
-    hw = image_size(config.image) if config.image else None
+def geometry(config: LaunchConfig) -> tuple[Geometry, str | None]:
+    """The geometry, and a note when the image could not give its aspect (input.image says why)."""
+    note, hw = None, None
+    if config.image:
+        try:
+            hw = image_size(config.image)
+        except InputError:
+            note = f"--image {config.image} is unreadable: the aspect of --size {config.size} is assumed (see input.image)"
     h, w = padded_size(config.size, hw)
-    return Geometry(h, w, config.infer_frames // TEMPORAL_STRIDE)
+    return Geometry(h, w, config.infer_frames // TEMPORAL_STRIDE), note
 
 
 @dataclass(frozen=True)
@@ -306,9 +311,10 @@ def predict_rank(
 def predict(
     config: LaunchConfig, rank_gpus: tuple[Gpu, ...], summary: ComponentSummary, terms: EstimateTerms
 ) -> Prediction:
-    geo = geometry(config)
+    geo, note = geometry(config)
     gpus = tuple(predict_rank(r, g, config, summary, terms, geo) for r, g in enumerate(rank_gpus[: config.nproc]))
-    return Prediction(config, geo, gpus, summary.source, terms, missing_gpus=max(0, config.nproc - len(rank_gpus)))
+    missing = max(0, config.nproc - len(rank_gpus))
+    return Prediction(config, geo, gpus, summary.source, terms, missing_gpus=missing, notes=(note,) if note else ())
 
 
 def with_changes(config: LaunchConfig, **changes) -> LaunchConfig:

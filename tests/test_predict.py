@@ -206,7 +206,7 @@ def test_hardware_advice_is_cheapest_first_and_drops_fp8_where_impossible():
 
 
 def test_entry_argv_is_a_list_as_the_upstream_script_passes_it():
-    argv = entry_argv(resolve_config(5, "tpp", ckpt_dir="ckpt/Wan2.2-S2V-14B/"), prompt='say "hi"; $(rm -rf /)')
+    argv = entry_argv(resolve_config(5, "tpp", ckpt_dir="ckpt/Wan2.2-S2V-14B/", prompt='say "hi"; $(rm -rf /)'))
     assert argv[argv.index("--size") + 1] == "720*400" and "--enable_vae_parallel" in argv and "--fp8" in argv
     assert argv[argv.index("--num_gpus_dit") + 1] == "4" and argv[-1] == 'say "hi"; $(rm -rf /)'
     single = entry_argv(resolve_config(1, "single", offload_kv_cache=True))

@@ -15,6 +15,7 @@ from avatardoctor.checks import (
     fit,
     gpu,
     host,
+    inputs,
     liveavatar,
     nccl,
     ports,
@@ -36,6 +37,7 @@ ALL_CHECKS: tuple[Check, ...] = (
     *software.CHECKS,
     *liveavatar.CHECKS,
     *ckpt.CHECKS,
+    *inputs.CHECKS,
     *fit.CHECKS,
 )
 
@@ -62,7 +64,7 @@ class CheckReport:
     def to_dict(self) -> dict[str, Any]:
         config = asdict(self.config)
         config["nproc"] = self.config.nproc
-        config["liveavatar"] = str(self.config.liveavatar) if self.config.liveavatar else None
+        config.update({k: str(getattr(self.config, k)) if getattr(self.config, k) else None for k in ("liveavatar", "image", "audio")})
         return {
             "schema": CHECK_SCHEMA,
             "avatardoctor_version": __version__,

@@ -42,6 +42,7 @@ def check_peak(ctx: CheckContext) -> Outcome:
         f"{p.geometry.height}x{p.geometry.width} px, {p.geometry.latent_frames} latent frames per clip; "
         f"sizes from the {p.sizes_source}; estimates {p.terms.source}"
     )
+    details.extend(p.notes)
     status = STATUS[p.verdict]
     summary = f"{VERDICT_WORDS[p.verdict]}: {p.explanation()}"
     remedy = _remedy(ctx) if status is not Status.PASS else None

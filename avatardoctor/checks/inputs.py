@@ -1,0 +1,131 @@
+"""Input checks: the reference image and the prompt (the audio has its own module).
+
+The seed articles spend pages on inputs that quietly spoil a run. These say what Live Avatar will
+really do with them, before the load: the real generation size, a rotation it will not undo, a
+prompt that gives the model little to work with. Images are read with Pillow, lazily, with its
+decompression-bomb limit kept.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from avatardoctor.checks.base import CheckContext, Outcome, check, failed, passed, skipped, warned
+from avatardoctor.predict import padded_size
+from avatardoctor.units import file_size
+
+GROUP = "Inputs"
+SMALL_SIDE = 512  # px: below this the face has little detail to animate
+LARGE_FILE_BYTES = 20 * 2**20
+EXIF_ORIENTATION = 0x0112
+CONTRADICTIONS = (("happy", "sad"), ("smiling", "crying"), ("calm", "angry"), ("day", "night"),
+                  ("indoor", "outdoor"), ("young", "old"), ("laughing", "crying"))  # fmt: skip
+LIGHTING_OR_STYLE = re.compile(
+    r"\b(light|lighting|lit|sunlight|daylight|studio|soft|warm|cool|cinematic|realistic|photo\w*|style|"
+    r"background|bokeh|portrait|shot|camera|close-up|closeup)\b",
+    re.IGNORECASE,
+)
+SHORT_PROMPT_WORDS = 8
+
+
+def _open_image(path):
+    """(image, problem): the opened image, or why it cannot be used."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.lexists(path):
+        return None, "not found"
+    if os.path.isdir(path):
+        return None, "a directory, not an image"
+    if os.path.getsize(path) == 0:
+        return None, "empty (0 bytes)"
+    try:
+        img = Image.open(path)
+        img.load()  # decode now: a truncated file fails here, not minutes into the run
+        return img, None
+    except Image.DecompressionBombError as e:
+        return None, f"too large to decode safely ({e})"
+    except UnicodeEncodeError:
+        return None, "the path cannot be encoded for the filesystem (non-UTF-8 name?)"
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        return None, f"not an image Pillow can decode ({str(e)[:80]})"
+
+
+@check("input.image", GROUP)
+def check_image(ctx: CheckContext) -> Outcome:
+    path = ctx.config.image
+    if path is None:
+        return skipped("no --image given")
+    img, problem = _open_image(path)
+    if problem:
+        return failed(f"--image {path}: {problem}", remedy="pass a readable PNG or JPEG portrait")
+    with img:
+        w, h, mode, fmt = img.width, img.height, img.mode, img.format
+        orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    size = os.path.getsize(path)
+    details = [f"{fmt} {w}x{h} (WxH), mode {mode}, {file_size(size)}"]
+    data = {"format": fmt, "width": w, "height": h, "mode": mode, "bytes": size, "exif_orientation": orientation}
+    warnings, remedies = [], []
+    if w * h < SMALL_SIDE * SMALL_SIDE:
+        warnings.append(f"small: {w}x{h}, under {SMALL_SIDE}x{SMALL_SIDE}: little facial detail to animate")
+        remedies.append("use a sharper, larger portrait (at least 512x512)")
+    if orientation not in (1, None):
+        warnings.append(f"EXIF orientation {orientation}: viewers show it rotated upright, the pipeline may read the stored pixels sideways")
+        remedies.append(f"save it upright: python -c \"from PIL import Image, ImageOps; ImageOps.exif_transpose(Image.open('{path}')).save('upright.png')\"")
+    if mode == "CMYK":
+        warnings.append("CMYK: converted to RGB when loaded; colours may shift")
+        remedies.append("export it as RGB")
+    if mode in ("I;16", "I;16B", "I", "F") or (fmt == "PNG" and "16" in mode):
+        details.append("16-bit: reduced to 8 bits per channel when loaded")
+    if size > LARGE_FILE_BYTES:
+        details.append(
+            f"{file_size(size)} on disk: only its pixels matter, and they are resized to the generation size; "
+            "a large file costs load time, not GPU memory (the seeds' claim otherwise is wrong)"
+        )
+    if warnings:
+        return warned(warnings[0], details + warnings[1:], "; ".join(remedies), data)
+    return passed(f"{fmt} {w}x{h}, {mode}", details, data)
+
+
+@check("input.image.size", GROUP)
+def check_generation_size(ctx: CheckContext) -> Outcome:
+    path = ctx.config.image
+    if path is None:
+        return skipped("no --image given: the aspect of --size is assumed")
+    img, problem = _open_image(path)
+    if problem:
+        return skipped("the image cannot be read (see input.image)")
+    with img:
+        w, h = img.width, img.height
+    gh, gw = padded_size(ctx.config.size, (h, w))
+    data = {"height": gh, "width": gw}
+    details = ["the image's aspect within the --size area, padded up to multiples of 64 and never upscaled",
+               "the memory prediction uses this size"]  # fmt: skip
+    sw, sh = (int(x) for x in ctx.config.size.split("*"))
+    if gh * gw < sw * sh * 0.5 and h * w < sw * sh:
+        details.append(f"the image ({w}x{h}) is smaller than the --size budget, so the video stays small: it is not upscaled")
+    return passed(f"{ctx.config.size} -> {gh}x{gw} (HxW) for this {w}x{h} image", details, data)
+
+
+@check("input.prompt", GROUP)
+def check_prompt(ctx: CheckContext) -> Outcome:
+    """The seeds' guidance, as gentle warnings: never a failure."""
+    prompt = ctx.config.prompt
+    if prompt is None:
+        return skipped("no --prompt given")
+    words = re.findall(r"[\w'-]+", prompt.lower())
+    hints = []
+    if len(words) < SHORT_PROMPT_WORDS:
+        hints.append(f"short ({len(words)} words): describe the person, expression, setting and lighting")
+    contradictions = [f"{a}/{b}" for a, b in CONTRADICTIONS if a in words and b in words]
+    if contradictions:
+        hints.append(f"contradictory cues: {', '.join(contradictions)}")
+    if not LIGHTING_OR_STYLE.search(prompt):
+        hints.append("no lighting or style cue (e.g. 'soft studio lighting, realistic photo')")
+    data = {"words": len(words), "hints": hints}
+    if hints:
+        return warned(f"the prompt could guide the model more: {hints[0]}", hints[1:], "add what the video should look like", data)
+    return passed(f"{len(words)} words, with setting and lighting cues", data=data)
+
+
+CHECKS = (check_image, check_generation_size, check_prompt)

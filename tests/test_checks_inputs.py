@@ -1,0 +1,119 @@
+"""input.image, input.image.size and input.prompt on real files made at run time."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from PIL import Image
+
+from avatardoctor.checks import fit, inputs
+from avatardoctor.checks.base import Status
+from conftest import make_ctx
+
+
+def run(check, **config):
+    return check.run(make_ctx("5xH800-healthy", **config))
+
+
+def portrait(path, size=(720, 1280), mode="RGB", **save):
+    Image.new(mode, size, 128 if mode != "RGB" else (180, 140, 120)).save(path, **save)
+    return path
+
+
+def written(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+def test_a_good_portrait_passes_and_sets_the_generation_size(tmp_path):
+    img = portrait(tmp_path / "face.png", (720, 400))  # landscape 720x400 (WxH)
+    r = run(inputs.check_image, image=img)
+    assert r.status is Status.PASS and r.summary == "PNG 720x400, RGB"
+    size = run(inputs.check_generation_size, image=img)
+    assert size.summary == "720*400 -> 384x704 (HxW) for this 720x400 image"
+    assert size.data == {"height": 384, "width": 704}
+
+
+def test_the_prediction_uses_the_images_aspect(tmp_path):
+    img = portrait(tmp_path / "tall.png", (400, 720))
+    assert run(inputs.check_generation_size, image=img).data == {"height": 704, "width": 384}
+    peak = fit.check_peak.run(make_ctx("5xH800-healthy", image=img))
+    assert any(d.startswith("704x384 px") for d in peak.details)
+
+
+def test_small_image_warns(tmp_path):
+    r = run(inputs.check_image, image=portrait(tmp_path / "small.png", (300, 300)))
+    assert r.status is Status.WARN and "under 512x512" in r.summary
+
+
+def test_small_image_is_not_upscaled(tmp_path):
+    r = run(inputs.check_generation_size, image=portrait(tmp_path / "small.png", (300, 300)))
+    assert r.data == {"height": 320, "width": 320}
+    assert any("not upscaled" in d for d in r.details)
+
+
+def test_exif_rotation_is_named_with_a_fix(tmp_path):
+    path = tmp_path / "phone.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: how phones store portraits
+    Image.new("RGB", (1280, 720), (180, 140, 120)).save(path, exif=exif)
+    r = run(inputs.check_image, image=path)
+    assert r.status is Status.WARN and "EXIF orientation 6" in r.summary and "exif_transpose" in r.remedy
+
+
+def test_cmyk_and_16_bit(tmp_path):
+    cmyk = run(inputs.check_image, image=portrait(tmp_path / "print.jpg", (800, 800), mode="CMYK"))
+    assert cmyk.status is Status.WARN and cmyk.summary.startswith("CMYK")
+    deep = run(inputs.check_image, image=portrait(tmp_path / "deep.png", (800, 800), mode="I;16"))
+    assert any("16-bit" in d for d in deep.details)
+
+
+def test_large_file_is_explained_not_feared(tmp_path):
+    path = tmp_path / "huge.png"
+    Image.frombytes("RGB", (3000, 3000), os.urandom(3000 * 3000 * 3)).save(path)  # noise does not compress
+    r = run(inputs.check_image, image=path)
+    assert r.status is Status.PASS and any("costs load time, not GPU memory" in d for d in r.details)
+
+
+@pytest.mark.parametrize(
+    "make, problem",
+    [
+        (lambda d: d / "missing.png", "not found"),
+        (lambda d: (d / "folder.png").mkdir() or d / "folder.png", "a directory"),
+        (lambda d: (d / "empty.png").write_bytes(b"") or d / "empty.png", "empty (0 bytes)"),
+        (lambda d: written(d / "notes.png", b"these are my notes"), "not an image Pillow can decode"),
+        (lambda d: written(d / "cut.png", portrait(d / "whole.png", (600, 600)).read_bytes()[:300]), "not an image Pillow can decode"),
+        (lambda d: d / os.fsdecode(b"bad\xff.png"), "not found"),
+    ],
+)
+def test_bad_images_are_failed_checks_not_tracebacks(tmp_path, make, problem):
+    path = make(tmp_path)
+    r = run(inputs.check_image, image=path)
+    assert r.status is Status.FAIL and problem in r.summary and "crashed" not in r.data
+    assert run(inputs.check_generation_size, image=path).status is Status.SKIP
+    peak = fit.check_peak.run(make_ctx("5xH800-healthy", image=path))  # the prediction carries on
+    assert peak.status is Status.PASS
+    header_readable = path.name == "cut.png"  # its size is in the header: the prediction still uses its aspect
+    assert any("unreadable" in d for d in peak.details) is not header_readable
+
+
+@pytest.mark.parametrize(
+    "prompt, status, hint",
+    [
+        ("a woman talking", Status.WARN, "short (3 words)"),
+        ("A happy but sad young woman speaks to the camera in soft studio lighting, realistic photo", Status.WARN, "contradictory cues: happy/sad"),
+        ("A middle-aged man with a grey beard explains the weather forecast calmly to viewers", Status.WARN, "no lighting or style cue"),
+        ("A young woman with long black hair speaks warmly to the camera, soft studio lighting, realistic photo", Status.PASS, None),
+    ],
+)
+def test_prompt_hints_are_gentle(prompt, status, hint):
+    r = run(inputs.check_prompt, prompt=prompt)
+    assert r.status is status and r.status is not Status.FAIL
+    if hint:
+        assert hint in r.summary or hint in r.details
+
+
+def test_no_inputs_skip():
+    for c in inputs.CHECKS:
+        assert run(c).status is Status.SKIP
