@@ -11,6 +11,7 @@ them; ask for one with --size and the prediction still answers.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from avatardoctor.checks.liveavatar import ASSERT_RULES
 from avatardoctor.components import ComponentSummary
@@ -183,9 +184,12 @@ def entry_argv(config: LaunchConfig) -> list[str]:
         "--offload_kv_cache": config.offload_kv_cache, "--enable_online_decode": config.enable_online_decode,
     }  # fmt: skip
     argv += [flag for flag, on in switches.items() if on]
-    for flag, value in (("--save_file", config.save_file), ("--image", config.image), ("--audio", config.audio), ("--prompt", config.prompt)):
+    # The launch starts in the Live Avatar checkout: input paths are made absolute so they still
+    # name the files the user meant.
+    inputs = {"--image": config.image, "--audio": config.audio}
+    for flag, value in (("--save_file", config.save_file), *inputs.items(), ("--prompt", config.prompt)):
         if value is not None:
-            argv += [flag, str(value)]
+            argv += [flag, str(Path(value).absolute()) if flag in inputs else str(value)]
     return argv
 
 

@@ -22,7 +22,7 @@ CHECK_IDS = [
     "sw.python", "sw.torch", "sw.nccl", "sw.attention", "sw.pins", "sw.ffmpeg",
     "la.checkout", "la.asserts", "la.lora",
     "ckpt.layout", "ckpt.config", "ckpt.index", "ckpt.dit", "ckpt.t5", "ckpt.vae", "ckpt.tokenizer", "ckpt.wav2vec2",
-    "input.image", "input.image.size", "input.prompt",
+    "input.image", "input.image.size", "input.prompt", "input.audio", "input.audio.silence", "input.audio.clips",
     "fit.peak", "fit.estimates",
 ]  # fmt: skip
 

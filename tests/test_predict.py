@@ -282,3 +282,10 @@ def test_calibrated_terms_reach_the_prediction(tmp_path):
     assert estimates["status"] == "pass" and estimates["summary"] == "estimated terms calibrated from 4 runs"
     peak = next(c for c in doc["checks"] if c["id"] == "fit.peak")
     assert any("estimates calibrated from 4 runs" in d for d in peak["details"])
+
+
+def test_plan_makes_input_paths_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = entry_argv(resolve_config(1, "single", image=Path("face.png"), audio=Path("speech.wav")))
+    assert argv[argv.index("--image") + 1] == str(tmp_path / "face.png")
+    assert argv[argv.index("--audio") + 1] == str(tmp_path / "speech.wav")

@@ -11,6 +11,7 @@ from typing import Any
 
 from avatardoctor import __version__
 from avatardoctor.checks import (
+    audio,
     ckpt,
     fit,
     gpu,
@@ -38,6 +39,7 @@ ALL_CHECKS: tuple[Check, ...] = (
     *liveavatar.CHECKS,
     *ckpt.CHECKS,
     *inputs.CHECKS,
+    *audio.CHECKS,
     *fit.CHECKS,
 )
 
