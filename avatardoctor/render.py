@@ -137,6 +137,10 @@ def render_prediction(prediction, change, advice, console: Console, machine=None
 
 
 def render_plan(doc: dict, console: Console, written=None, shown: int = 12) -> None:
+    for r in doc.get("input_checks", []):
+        if r["status"] != "pass":
+            mark, style = MARKS[Status(r["status"])]
+            console.print(Text(f"{mark} {r['id']} {r['summary']}", style=style))
     reasons = doc["reasons"]
     if len(reasons) > shown:
         console.print(Text(f"... {len(reasons) - shown} earlier configurations tried (all in --json)", style="dim"))

@@ -289,3 +289,11 @@ def test_plan_makes_input_paths_absolute(tmp_path, monkeypatch):
     argv = entry_argv(resolve_config(1, "single", image=Path("face.png"), audio=Path("speech.wav")))
     assert argv[argv.index("--image") + 1] == str(tmp_path / "face.png")
     assert argv[argv.index("--audio") + 1] == str(tmp_path / "speech.wav")
+
+
+def test_plan_checks_the_inputs_it_will_pass(tmp_path):
+    missing = tmp_path / "speech.wav"
+    r = cli("plan", "--machine", "5xH800", "--audio", str(missing), "--prompt", "hi", "--json")
+    doc = json.loads(r.stdout)
+    by_id = {c["id"]: c for c in doc["input_checks"]}
+    assert by_id["input.audio"]["status"] == "fail" and by_id["input.prompt"]["status"] == "warn"
