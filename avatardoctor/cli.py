@@ -84,12 +84,14 @@ def cli():
 @config_options
 @click.option("--json", "as_json", is_flag=True, help="Print the versioned JSON report (avatardoctor.check/1).")
 @click.option("-v", "--verbose", is_flag=True, help="Show the details of passing checks too.")
-def check(machine, demo, as_json, verbose, **config_flags):
+@click.option("--deep", is_flag=True, help="Also run the live communication test on this machine (nccl.live: torchrun ranks).")
+def check(machine, demo, as_json, verbose, deep, **config_flags):
     """Check the machine, the environment and the configuration. Exit 0 ready, 1 not ready, 2 bad input."""
-    from avatardoctor.doctor import build_context, diagnose
+    from avatardoctor.doctor import build_context, diagnose, with_live_test
     from avatardoctor.render import render_human, report_json
 
-    report = diagnose(build_context(machine, demo, **config_flags))
+    ctx = build_context(machine, demo, **config_flags)
+    report = diagnose(with_live_test(ctx) if deep else ctx)
     if as_json:
         click.echo(report_json(report))
     else:
@@ -120,6 +122,45 @@ def predict_command(machine, demo, as_json, **config_flags):
     else:
         render_prediction(prediction, change, advice, Console(highlight=False), machine=ctx.machine)
     sys.exit(exitcodes.NOT_READY if prediction.verdict == "wont-fit" else exitcodes.READY)
+
+
+@cli.command("nccl")
+@click.option("--nproc", type=click.IntRange(min=1), help="Ranks on this node (default: this machine's GPUs, or 4 on CPU).")
+@click.option("--backend", type=click.Choice(["nccl", "gloo"]), help="nccl on GPUs (default when there are GPUs), gloo on CPU.")
+@click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--master-addr", default="127.0.0.1", show_default=True)
+@click.option("--master-port", type=click.IntRange(1, 65535), default=29500, show_default=True)
+@click.option("--timeout", "timeout_s", type=float, default=60.0, show_default=True, help="Seconds a rank may take to join.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as avatardoctor.check/1 JSON.")
+def nccl_command(nproc, backend, nnodes, node_rank, master_addr, master_port, timeout_s, as_json):
+    """Prove the ranks can talk as Live Avatar's TPP pipeline does, and measure it (nccl-tests style)."""
+    import importlib.util
+    import json
+
+    from rich.console import Console
+
+    from avatardoctor.checks import live, run_checks
+    from avatardoctor.doctor import build_context
+    from avatardoctor.nccltest.launch import NcclTest, run_test
+    from avatardoctor.render import render_human
+
+    if importlib.util.find_spec("torch") is None:
+        raise InputError("nccl: torch is not installed here; install the [torch] extra (pip install 'avatardoctor[torch]')")
+    ctx = build_context()
+    backend = backend or ("nccl" if ctx.visible.gpus else "gloo")
+    nproc = nproc or (len(ctx.visible.gpus) if backend == "nccl" else 4)
+    test = NcclTest(backend, nproc, nnodes, node_rank, master_addr, master_port, timeout_s)
+    from dataclasses import replace
+
+    ctx = replace(ctx, nccl=run_test(test), nccl_backend=backend)
+    report = run_checks(ctx, live.CHECKS)
+    if as_json:
+        click.echo(json.dumps({"schema": "avatardoctor.check/1", "verdict": report.verdict, "checks": [r.to_dict() for r in report.results]}, indent=2))
+    else:
+        title = f"live test: {nnodes * nproc} ranks ({backend}), node {node_rank} of {nnodes}, master {master_addr}:{master_port}"
+        render_human(report, Console(highlight=False), verbose=True, title=title)
+    sys.exit(exitcodes.READY if report.ready else exitcodes.NOT_READY)
 
 
 @cli.command("plan")

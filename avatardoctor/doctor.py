@@ -46,6 +46,21 @@ def build_context(
     return ctx
 
 
+def with_live_test(ctx: CheckContext, timeout_s: float = 60.0) -> CheckContext:
+    """Run the live communication test on this machine (check --deep): NCCL on its GPUs, gloo on
+    its CPUs when it has none. A recorded or catalogue machine is not here to test."""
+    if not ctx.machine.source.startswith("nvml"):
+        return ctx
+    from avatardoctor.checks.ports import bind_error, free_port_near
+    from avatardoctor.nccltest.launch import NcclTest, run_test
+
+    backend = "nccl" if ctx.rank_gpus else "gloo"
+    nproc = len(ctx.rank_gpus) if ctx.rank_gpus else ctx.config.nproc
+    port = ctx.config.master_port if bind_error(ctx.config.master_port) is None else free_port_near(ctx.config.master_port)
+    outcome = run_test(NcclTest(backend, nproc, master_port=port or 29500, timeout_s=timeout_s))
+    return replace(ctx, nccl=outcome, nccl_backend=backend)
+
+
 def estimate_terms(env: Mapping[str, str]) -> EstimateTerms:
     """The calibrated terms; the defaults (saying why) when the history cannot be read, so a damaged
     history never stops a check."""

@@ -18,7 +18,7 @@ from avatardoctor.ckpt.safetensors_file import write_safetensors
 
 CHECK_IDS = [
     "gpu.driver", "gpu.inventory", "gpu.visible", "gpu.vram", "gpu.processes", "gpu.fp8",
-    "topo.p2p", "topo.pcie", "nccl.env", "net.master_port", "host.ram", "host.shm", "host.disk",
+    "topo.p2p", "topo.pcie", "nccl.env", "nccl.live", "net.master_port", "host.ram", "host.shm", "host.disk",
     "sw.python", "sw.torch", "sw.nccl", "sw.attention", "sw.pins", "sw.ffmpeg",
     "la.checkout", "la.asserts", "la.lora",
     "ckpt.layout", "ckpt.config", "ckpt.index", "ckpt.dit", "ckpt.t5", "ckpt.vae", "ckpt.tokenizer", "ckpt.wav2vec2",

@@ -96,6 +96,8 @@ class CheckContext:
     cwd: Path = field(default_factory=Path.cwd)
     checkpoint: CheckpointScan | None = None  # the --ckpt-dir folder's structure, when one is given
     terms: EstimateTerms = DEFAULT_TERMS  # the memory model's estimated terms (default or calibrated)
+    nccl: object | None = None  # avatardoctor.nccltest.launch.NcclOutcome, after check --deep
+    nccl_backend: str | None = None
 
     @property
     def launch_dir(self) -> Path:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import ast
 import functools
+import importlib.machinery
 import importlib.metadata
-import importlib.util
 import os
 import shlex
 import shutil
@@ -91,9 +91,11 @@ def _torch_nccl_requirement(path: tuple[str, ...]) -> Requirement | None:
 
 
 def module_dir(module: str) -> Path | None:
-    """Where a top-level module would be imported from, found without importing it."""
+    """Where a top-level module would be imported from, found without importing it. PathFinder
+    searches sys.path itself: importlib.util.find_spec would answer from sys.modules for a module
+    this process already imported, not from the environment being inspected."""
     try:
-        spec = importlib.util.find_spec(module)
+        spec = importlib.machinery.PathFinder.find_spec(module, sys.path)
     except (ImportError, ValueError):
         return None
     if spec is None or spec.origin is None:
