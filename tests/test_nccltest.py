@@ -93,3 +93,32 @@ def test_nccl_command_and_check_deep_json():
                           capture_output=True, text=True, timeout=180)  # fmt: skip
     checks = {c["id"]: c for c in json.loads(deep.stdout)["checks"]}
     assert checks["nccl.live"]["status"] == "pass", checks["nccl.live"]["summary"]
+
+
+def test_the_figure_with_p2p_disabled_is_shown_beside_the_normal_one():
+    from dataclasses import replace
+
+    from avatardoctor.checks import live
+    from avatardoctor.checks.base import Status
+    from conftest import make_ctx
+
+    normal = run_test(NcclTest("gloo", 2, master_port=free_port(), timeout_s=60, sizes=SIZES))
+    forced = run_test(NcclTest("gloo", 2, master_port=free_port(), timeout_s=60, sizes=SIZES, env={"NCCL_P2P_DISABLE": "1"}))
+    ctx = replace(make_ctx("5x4090-pcie"), nccl=normal, nccl_backend="nccl", nccl_without_p2p=forced)
+    r = live.check_live.run(ctx)
+    assert r.status in (Status.PASS, Status.WARN)
+    assert any(d.startswith("with NCCL_P2P_DISABLE=1: all_reduce busbw") for d in r.details)
+    assert r.data["busbw_gbs_p2p_disabled"] == forced.busbw_gbs
+
+
+def test_busbw_far_below_the_links_warns():
+    from dataclasses import replace
+
+    from avatardoctor.checks import live
+    from avatardoctor.checks.base import Status
+    from conftest import make_ctx
+
+    slow = run_test(NcclTest("gloo", 2, master_port=free_port(), timeout_s=60, sizes=SIZES))  # CPU gloo: far below NVLink
+    r = live.check_live.run(replace(make_ctx("5xH800-healthy"), nccl=slow, nccl_backend="nccl"))
+    assert r.status is Status.WARN and "the links allow" in r.summary
+    assert live.expected_busbw(make_ctx("5xH800-healthy")) == 8 * live.NVLINK_GBS

@@ -98,6 +98,7 @@ class CheckContext:
     terms: EstimateTerms = DEFAULT_TERMS  # the memory model's estimated terms (default or calibrated)
     nccl: object | None = None  # avatardoctor.nccltest.launch.NcclOutcome, after check --deep
     nccl_backend: str | None = None
+    nccl_without_p2p: object | None = None  # the same test with NCCL_P2P_DISABLE=1, where P2P is off
 
     @property
     def launch_dir(self) -> Path:

@@ -46,6 +46,10 @@ def check_live(ctx: CheckContext) -> Outcome:
     if not outcome.ok:
         return failed(outcome.summary, outcome.debug_lines, outcome.remedy, data)
     details = rows(outcome)
+    other = ctx.nccl_without_p2p
+    if other is not None and other.busbw_gbs is not None:
+        details.append(f"with NCCL_P2P_DISABLE=1: all_reduce busbw {other.busbw_gbs:.2f} GB/s ({'ok' if other.ok else other.summary})")
+        data["busbw_gbs_p2p_disabled"] = other.busbw_gbs
     expected = expected_busbw(ctx) if ctx.nccl_backend == "nccl" else None
     if expected and outcome.busbw_gbs is not None and outcome.busbw_gbs < SLOW_SHARE * expected:
         return warned(
