@@ -240,6 +240,29 @@ def calibrate(import_file, as_json):
         render_calibration(report, Console(highlight=False))
 
 
+@cli.command("fleet")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the merged view (avatardoctor.fleet/1).")
+def fleet_command(files, as_json):
+    """Merge `check --json` reports from many nodes: a row per node, then the outliers.
+    Exit 0 every node ready, 1 a node not ready, 2 a file unreadable."""
+    import json
+
+    from rich.console import Console
+
+    from avatardoctor.fleet import fleet_document, merge_fleet, read_nodes, render_fleet
+
+    merged = merge_fleet(read_nodes(files))
+    for node in merged.nodes:
+        if node.error:  # also on stderr, so `fleet --json > fleet.json` still says which file is bad
+            click.echo(f"Error: {node.file}: {node.error}", err=True)
+    if as_json:
+        click.echo(json.dumps(fleet_document(merged), indent=2))
+    else:
+        render_fleet(merged, Console(highlight=False))
+    sys.exit(merged.exit_code)
+
+
 @cli.group()
 def machine():
     """Record this machine's GPU facts, or list the built-in catalogue."""
