@@ -6,6 +6,7 @@ Heavy modules are imported inside the commands so `--help` and `check` start fas
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -122,6 +123,111 @@ def predict_command(machine, demo, as_json, **config_flags):
     else:
         render_prediction(prediction, change, advice, Console(highlight=False), machine=ctx.machine)
     sys.exit(exitcodes.NOT_READY if prediction.verdict == "wont-fit" else exitcodes.READY)
+
+
+def _run_options(out_dir, sample_hz, hang_timeout, cwd, entry, status):
+    from avatardoctor.runner.run import RunOptions
+
+    def progress(tracker, sampler):
+        memory = "  ".join(f"GPU {g}: {s['memory_used_mib'] / 1024:.1f} GiB" for g, s in sorted(sampler.last().items()))
+        clips = f"clips {tracker.clips_done}" + (f"/{tracker.clip_total}" if tracker.clip_total else "")
+        status.update(f"{tracker.current_phase or 'starting'} · {clips} · {memory}")
+
+    return RunOptions(out_dir=out_dir, sample_hz=sample_hz, hang_timeout_s=hang_timeout, cwd=cwd, entry=entry, on_progress=progress)
+
+
+def _say_result(result) -> None:
+    f = result.failure
+    click.echo(f"run folder: {result.folder.root}")
+    click.echo(f"outcome: {f.cls}" + (f": {f.message}" if f.cls != "success" else ""))
+    if f.remedy:
+        click.echo(f"remedy: {f.remedy}")
+    if result.report:
+        click.echo(f"report: {result.report}")
+
+
+RUN_OPTIONS = [
+    click.option("--out-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True, help="Where run folders go."),
+    click.option("--sample-hz", type=click.FloatRange(0.1, 100), default=10.0, show_default=True, help="GPU memory samples per second."),
+    click.option("--hang-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True, help="Seconds of silence at ~0% utilisation that make a hang."),
+]
+
+
+def run_options(fn):
+    for option in reversed(RUN_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+@cli.command("run")
+@machine_options
+@config_options
+@run_options
+@click.option("--auto", is_flag=True, help="Check, plan and run; after an out-of-memory, step down and retry.")
+@click.option("--plan", "plan_file", type=click.Path(path_type=Path), help="Run a saved plan (avatardoctor plan -o FILE).")
+@click.option("--max-retries", type=click.IntRange(min=0), default=2, show_default=True, help="With --auto: attempts after an out-of-memory.")
+@click.option("--force", is_flag=True, help="Launch although checks fail (recorded loudly in the run folder).")
+@click.option("--smoke", is_flag=True, help="The smallest run the plan allows: one clip at 384*256.")
+def run_command(machine, demo, out_dir, sample_hz, hang_timeout, auto, plan_file, max_retries, force, smoke, **config_flags):
+    """Launch Live Avatar with torchrun, record memory, explain what happened. Exit 0 success, 1 failure, 130 interrupted."""
+    from rich.console import Console
+
+    from avatardoctor.config import ENTRY_SCRIPT
+    from avatardoctor.runner.auto import auto_run, run_saved_plan
+
+    if bool(auto) == bool(plan_file):
+        raise InputError("run: pass --auto (check, plan and run) or --plan PLAN.json")
+    console = Console(stderr=True, highlight=False)
+    cwd = config_flags.get("liveavatar") or Path.cwd()
+    with console.status("starting") as status:
+        options = _run_options(out_dir, sample_hz, hang_timeout, cwd, [ENTRY_SCRIPT], status)
+        if plan_file:
+            results = [run_saved_plan(plan_file, options)]
+        else:
+            from avatardoctor.checks.base import Status
+            from avatardoctor.doctor import build_context, diagnose
+
+            ctx = build_context(machine, demo, **config_flags)
+            failing = [r.id for r in diagnose(ctx).results if r.status is Status.FAIL]
+            if failing and not force:
+                raise click.ClickException(f"not ready: {', '.join(failing)} failed (see `avatardoctor check`; --force launches anyway)")
+            options.not_ready = failing
+            results = auto_run(ctx, options, max_retries, smoke, lambda line: console.log(line))
+    for result in results:
+        _say_result(result)
+    last = results[-1].failure.cls if results else "nothing-to-run"
+    sys.exit(0 if last == "success" else 130 if last == "interrupted" else 1)
+
+
+@cli.command("demo")
+@run_options
+@click.option("--nproc", type=click.IntRange(2, 8), default=5, show_default=True, help="Ranks: 4 DiT ranks and the VAE rank, as upstream TPP.")
+def demo_command(out_dir, sample_hz, hang_timeout, nproc):
+    """The whole flow on any machine with torch: a tiny real checkpoint, plan, a small real TPP-like run, report."""
+    import importlib.util
+
+    from rich.console import Console
+
+    from avatardoctor.ckpt.demo import cache_dir
+    from avatardoctor.ckpt.skeleton import write_skeleton
+    from avatardoctor.runner.auto import demo_plan
+    from avatardoctor.runner.run import execute
+
+    if importlib.util.find_spec("torch") is None:
+        raise InputError("demo: torch is not installed; install the [torch] extra: pip install 'avatardoctor[torch]'")
+    console = Console(stderr=True, highlight=False)
+    ckpt = cache_dir(os.environ) / "demo-tiny-v1"
+    if not ckpt.is_dir():
+        write_skeleton(ckpt, tiny=True)
+    console.log(f"tiny real checkpoint: {ckpt} (`avatardoctor ckpt verify` it as any other)")
+    plan = demo_plan(ckpt, nproc)
+    console.log("plan: " + plan["reasons"][0])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with console.status("starting") as status:
+        options = _run_options(out_dir, sample_hz, hang_timeout, out_dir, ["-m", "avatardoctor.runner.demo_entry"], status)
+        result = execute(plan, options)
+    _say_result(result)
+    sys.exit(0 if result.failure.cls == "success" else 1)
 
 
 @cli.command("nccl")

@@ -12,7 +12,8 @@ from pathlib import Path
 MODES = ("tpp", "single", "fsdp", "seed-4gpu")
 MULTI_PROCESS_MODES = ("tpp", "fsdp", "seed-4gpu")  # one process per DiT GPU plus the VAE rank
 LORA_HUB_ID = "Quark-Vision/Live-Avatar"
-CKPT_DIR = "ckpt/Wan2.2-S2V-14B/"  # --ckpt_dir in every upstream script, relative to the checkout
+CKPT_DIR = "ckpt/Wan2.2-S2V-14B/"
+ENTRY_SCRIPT = "minimal_inference/s2v_streaming_interact.py"  # the entry every CLI script launches  # --ckpt_dir in every upstream script, relative to the checkout
 # argparse choices of --size in s2v_streaming_interact.py
 SIZES = (
     "720*1280", "1280*720", "480*832", "832*480", "704*1280", "1280*704",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from avatardoctor.checks.liveavatar import ASSERT_RULES
 from avatardoctor.components import ComponentSummary
-from avatardoctor.config import LaunchConfig, resolve_config
+from avatardoctor.config import ENTRY_SCRIPT, LaunchConfig, resolve_config
 from avatardoctor.estimates import EstimateTerms
 from avatardoctor.machine.catalogue import CARDS, catalogue_machine
 from avatardoctor.machine.model import Gpu
@@ -148,9 +148,15 @@ def candidates(base: LaunchConfig, gpus: tuple[Gpu, ...]):
                         yield cfg
 
 
-def make_plan(base: LaunchConfig, gpus: tuple[Gpu, ...], summary: ComponentSummary, terms: EstimateTerms) -> Plan:
+def make_plan(
+    base: LaunchConfig, gpus: tuple[Gpu, ...], summary: ComponentSummary, terms: EstimateTerms, skip: frozenset[str] = frozenset()
+) -> Plan:
+    """The first candidate that fits; `skip` names configurations (describe()) already tried and failed."""
     reasons = []
     for cfg in candidates(base, gpus):
+        if describe(cfg) in skip:
+            reasons.append(f"skipped {describe(cfg)}: it ran out of memory in an earlier attempt")
+            continue
         p = predict(cfg, gpus, summary, terms)
         reasons.append(f"tried {describe(cfg)}: {outcome(p)}")
         if p.verdict == "fits":
@@ -160,7 +166,6 @@ def make_plan(base: LaunchConfig, gpus: tuple[Gpu, ...], summary: ComponentSumma
     return Plan(None, None, tuple(reasons))
 
 
-ENTRY = "minimal_inference/s2v_streaming_interact.py"
 TRAINING_CONFIG = "liveavatar/configs/s2v_causal_sft.yaml"
 PLAN_SCHEMA = "avatardoctor.plan/1"
 HEARTBEAT_S = "1800"  # torch.compile's first pass and a long load must not trip the watchdog (default 480 s)
@@ -222,7 +227,7 @@ def plan_document(plan: Plan, ctx) -> dict:
     config.update(nproc=cfg.nproc, **paths)
     doc.update(
         mode=cfg.mode,
-        entry=ENTRY,
+        entry=ENTRY_SCRIPT,
         nproc=cfg.nproc,
         master_port=port,
         env=env,

@@ -7,7 +7,6 @@ the smallest one-flag change that would, or else the cheapest catalogue hardware
 from __future__ import annotations
 
 from avatardoctor.checks.base import CheckContext, Outcome, Status, check, needs_gpu_facts, passed, skipped
-from avatardoctor.planner import hardware_advice, smallest_change
 from avatardoctor.predict import PHASE_NAMES, VERDICT_WORDS
 from avatardoctor.units import GIB
 
@@ -16,6 +15,8 @@ STATUS = {"fits": Status.PASS, "tight": Status.WARN, "wont-fit": Status.FAIL}
 
 
 def _remedy(ctx: CheckContext) -> str | None:
+    from avatardoctor.planner import hardware_advice, smallest_change  # the planner builds on the checks
+
     change = smallest_change(ctx.config, ctx.rank_gpus, ctx.components, ctx.terms)
     if change:
         g = change.prediction.binding

@@ -1,0 +1,62 @@
+"""`run --auto` and `demo`: check, plan, run, and after an out-of-memory step down and retry."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from avatardoctor.planner import describe, entry_argv, make_plan, plan_document
+from avatardoctor.runner.run import RunOptions, RunResult, execute
+
+SMOKE = {"num_clip": 1, "size": "384*256"}  # the seeds' "quick validation": one clip, the smallest size
+
+
+def auto_run(ctx, options: RunOptions, max_retries: int, smoke: bool, log) -> list[RunResult]:
+    """Attempts, in order; each in its own folder. log(str) tells the user what happens."""
+    results: list[RunResult] = []
+    tried: set[str] = set()
+    for attempt in range(max_retries + 1):
+        plan = make_plan(ctx.config, ctx.visible.gpus, ctx.components, ctx.terms, frozenset(tried))
+        if plan.chosen is None:
+            log("nothing upstream accepts fits any more: " + plan.reasons[-1])
+            break
+        chosen = dataclasses.replace(plan.chosen, **SMOKE) if smoke else plan.chosen
+        doc = plan_document(dataclasses.replace(plan, chosen=chosen), ctx)
+        log(f"attempt {attempt + 1}: {describe(chosen)}")
+        result = execute(doc, options)
+        results.append(result)
+        log(f"attempt {attempt + 1}: {result.failure.cls}" + (f" ({result.failure.message})" if result.failure.cls != "success" else ""))
+        if result.failure.cls != "oom":
+            break
+        tried.add(describe(plan.chosen))
+    return results
+
+
+def run_saved_plan(path: Path, options: RunOptions) -> RunResult:
+    from avatardoctor.errors import InputError
+
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise InputError(f"--plan {path}: cannot read it as JSON ({str(e)[:80]})") from None
+    if not isinstance(doc, dict) or doc.get("schema") != "avatardoctor.plan/1" or not isinstance(doc.get("argv"), list):
+        raise InputError(f"--plan {path}: not a plan with arguments (write one with `avatardoctor plan -o FILE`)")
+    if not all(isinstance(a, str) for a in doc["argv"]) or not isinstance(doc.get("nproc"), int):
+        raise InputError(f"--plan {path}: argv must be a list of strings and nproc an integer")
+    return execute(doc, options)
+
+
+def demo_plan(ckpt: Path, nproc: int = 5) -> dict:
+    """The demo's plan: upstream's TPP layout at the smallest size, on CPU ranks with gloo."""
+    from avatardoctor.config import resolve_config
+
+    config = resolve_config(nproc, "tpp", ckpt_dir=str(ckpt), size="384*256", num_clip=2, fp8=False, lora_path="",
+                            prompt="A friendly presenter says hello, soft studio lighting, realistic photo")  # fmt: skip
+    config = dataclasses.replace(config, save_file="demo_output.npz")
+    return {
+        "schema": "avatardoctor.plan/1", "mode": "demo", "entry": "avatardoctor.runner.demo_entry", "nproc": config.nproc,
+        "master_port": 29500, "env": {"GLOO_SOCKET_IFNAME": "lo", "ENABLE_COMPILE": "false"},
+        "argv": entry_argv(config), "prediction": None, "reasons": ["the built-in demo: TPP at 384*256 on CPU ranks"],
+        "config": {"mode": "tpp", "nproc": config.nproc, "size": config.size, "num_clip": config.num_clip, "infer_frames": config.infer_frames},
+    }  # fmt: skip

@@ -1,0 +1,237 @@
+"""Executing a plan: torchrun in its own process group, every line logged with its time, memory
+sampled, hangs and signals handled, and a run folder that explains itself (docs/run-folder.md).
+
+No rank may outlive the runner: besides the normal stop (SIGINT, grace, SIGTERM, SIGKILL to the
+whole group), a reaper process holds a pipe from the runner and kills the group if the runner dies
+without stopping it (even by SIGKILL).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+
+from avatardoctor import __version__
+from avatardoctor.runner.classify import Failure, classify
+from avatardoctor.runner.folder import RunFolder, new_run_folder
+from avatardoctor.runner.logparse import LogTracker
+from avatardoctor.runner.sampler import MemorySampler
+
+GRACE_S = 10.0
+TAIL_LINES = 4000  # the classifier sees the last lines; the whole log is on disk
+IDLE_UTILISATION = 5.0  # % : below this a silent job is considered hung, not busy
+# The reaper reads the PIDs of torchrun's descendants as the runner reports them (ranks may run in
+# sessions of their own, out of reach of torchrun's process group); when the pipe closes, because
+# the runner exited or died, it kills the group and every PID it was told about.
+REAPER = (
+    "import os, signal, sys\n"
+    "pgid, pids = int(sys.argv[1]), set()\n"
+    "for line in sys.stdin:\n    pids.update(int(p) for p in line.split())\n"
+    "for kill, target in [(os.killpg, pgid)] + [(os.kill, p) for p in pids]:\n"
+    "    try:\n        kill(target, signal.SIGKILL)\n    except (ProcessLookupError, PermissionError):\n        pass\n"
+)
+
+
+@dataclass
+class RunOptions:
+    out_dir: Path = Path("runs")
+    sample_hz: float = 10.0
+    hang_timeout_s: float = 300.0
+    force: bool = False
+    cwd: Path = field(default_factory=Path.cwd)  # the Live Avatar checkout
+    entry: list[str] = field(default_factory=lambda: ["minimal_inference/s2v_streaming_interact.py"])
+    not_ready: list[str] = field(default_factory=list)  # failing check ids, when launched with --force
+    on_progress: object | None = None  # called about 5 times a second with (tracker, sampler): the live view
+
+
+@dataclass
+class RunResult:
+    folder: RunFolder
+    failure: Failure
+    exit_code: int | None
+    peaks_mib: dict[str, float]
+    report: Path | None
+
+
+def torchrun_argv(plan: dict, port: int, entry: list[str]) -> list[str]:
+    """The launch, as a list (never a shell string): a prompt full of $(...), quotes and ; is one item."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(plan["nproc"]),
+            "--master_port", str(port), *entry, *plan["argv"]]  # fmt: skip
+
+
+def _free_port(planned: int) -> int:
+    from avatardoctor.checks.ports import bind_error, free_port_near
+
+    return planned if bind_error(planned) is None else (free_port_near(planned) or planned)
+
+
+class _Stopper:
+    """Stops the job once: SIGINT, a grace period, SIGTERM, then SIGKILL, to torchrun's process group
+    and to every descendant seen (ranks may sit in sessions of their own)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc, self.lock, self.done = proc, threading.Lock(), False
+        self.descendants: set[int] = set()
+
+    def track(self) -> set[int]:
+        """Note torchrun's descendants; returns the ones not seen before."""
+        try:
+            found = {c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)}
+        except psutil.Error:
+            return set()
+        new = found - self.descendants
+        self.descendants |= found
+        return new
+
+    def _signal(self, sig: int) -> None:
+        for kill, target in [(os.killpg, self.proc.pid)] + [(os.kill, p) for p in self.descendants]:
+            try:
+                kill(target, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def stop(self) -> None:
+        with self.lock:
+            if self.done:
+                return
+            self.done = True
+        self.track()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+            self._signal(sig)
+            try:
+                self.proc.wait(GRACE_S)
+            except subprocess.TimeoutExpired:
+                continue
+            if not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in self.descendants):
+                return
+        self._signal(signal.SIGKILL)
+
+
+def execute(plan: dict, options: RunOptions) -> RunResult:
+    """Run one attempt of a plan; never raises for what the job does (that is the result)."""
+    folder = new_run_folder(options.out_dir, plan.get("mode", "run"))
+    port = _free_port(int(plan.get("master_port", 29500)))
+    argv = torchrun_argv(plan, port, options.entry)
+    folder.plan_json.write_text(json.dumps({**plan, "master_port": port}, indent=2) + "\n")
+    env = {**os.environ, **plan.get("env", {}), "PYTHONUNBUFFERED": "1"}
+    started_wall, started = datetime.now(timezone.utc), time.monotonic()
+    tracker = LogTracker(int(plan["nproc"]), (plan.get("config") or {}).get("num_clip"))
+    tail: collections.deque = collections.deque(maxlen=TAIL_LINES)
+    interrupted = threading.Event()
+    with open(folder.inference_log, "w", encoding="utf-8") as log:
+        if options.not_ready:
+            log.write(f"[avatardoctor] LAUNCHED WITH --force although checks failed: {', '.join(options.not_ready)}\n")
+        proc = subprocess.Popen(argv, cwd=options.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        reaper = subprocess.Popen([sys.executable, "-c", REAPER, str(proc.pid)], stdin=subprocess.PIPE, start_new_session=True)
+        stopper = _Stopper(proc)
+        sampler = MemorySampler(folder, options.sample_hz, root_pid=proc.pid, gpu_indices=_gpu_indices(plan))
+        sampler.start()
+        previous = {sig: signal.signal(sig, lambda *_: (interrupted.set(), threading.Thread(target=stopper.stop, daemon=True).start()))
+                    for sig in (signal.SIGINT, signal.SIGTERM)} if threading.current_thread() is threading.main_thread() else {}  # fmt: skip
+
+        def read_output() -> None:
+            for raw in iter(proc.stdout.readline, b""):
+                line = raw.decode("utf-8", errors="replace").rstrip("\n")
+                at = time.monotonic() - started
+                log.write(f"[+{at:9.3f}s] {line}\n")
+                log.flush()
+                tracker.feed(line, at)
+                tail.append((at, line))
+
+        reader = threading.Thread(target=read_output, daemon=True)
+        reader.start()
+        hung = False
+        try:
+            while proc.poll() is None:
+                time.sleep(0.2)
+                new = stopper.track()
+                if new:
+                    reaper.stdin.write((" ".join(map(str, new)) + "\n").encode())
+                    reaper.stdin.flush()
+                if options.on_progress:
+                    options.on_progress(tracker, sampler)
+                if _is_hung(tracker, sampler, started, options.hang_timeout_s):
+                    hung = True
+                    log.write(f"[avatardoctor] no output for {options.hang_timeout_s:.0f} s at ~0% utilisation: stopping the job\n")
+                    stopper.stop()
+            reader.join(5)
+        finally:
+            stopper.stop()
+            sampler.stop()
+            reaper.stdin.close()  # the job is over: let the reaper go
+            reaper.wait(5)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    seconds = time.monotonic() - started
+    tracker.write_phases_csv(folder.phases_csv)
+    failure = classify(list(tail), proc.returncode, hung=hung, interrupted=interrupted.is_set(),
+                       phases=tracker.phases(), nproc=int(plan["nproc"]))  # fmt: skip
+    visible = _gpu_indices(plan)
+    if failure.gpu is not None and visible and failure.gpu < len(visible):
+        failure = dataclasses.replace(failure, gpu=visible[failure.gpu])  # the job's GPU n is CUDA_VISIBLE_DEVICES[n]
+    peaks = sampler.peaks_mib()
+    _write_debug_info(folder, plan, argv, failure, proc.returncode, peaks, tracker, started_wall, seconds, options, sampler.source_used)
+    report = _render_report(folder)
+    return RunResult(folder, failure, proc.returncode, peaks, report)
+
+
+def _gpu_indices(plan: dict) -> list[int] | None:
+    visible = (plan.get("env") or {}).get("CUDA_VISIBLE_DEVICES")
+    return [int(x) for x in visible.split(",") if x.strip().isdigit()] if visible else None
+
+
+def _is_hung(tracker: LogTracker, sampler: MemorySampler, started: float, timeout_s: float) -> bool:
+    last = tracker.last_output_s if tracker.last_output_s is not None else 0.0
+    if time.monotonic() - started - last < timeout_s:
+        return False
+    busy = [s.get("utilization_pct") or 0 for s in sampler.last().values() if sampler.source_used == "nvml"]
+    return not busy or max(busy) < IDLE_UTILISATION  # silent and idle; on CPU, silence alone
+
+
+def _write_debug_info(folder, plan, argv, failure, code, peaks, tracker, started_wall, seconds, options, source) -> None:
+    predicted = {str(g["index"]): g for g in ((plan.get("prediction") or {}).get("gpus") or [])}
+    gpus = [
+        {"gpu": gpu, "measured_peak_gib": round(mib / 1024, 3), "predicted_peak_gib": (predicted.get(gpu) or {}).get("peak_gib")}
+        for gpu, mib in sorted(peaks.items())
+    ]
+    doc = {
+        "schema": "avatardoctor.debug/1",
+        "avatardoctor_version": __version__,
+        "outcome": failure.cls,
+        "failure": None if failure.cls == "success" else failure.to_dict(),
+        "exit_code": code,
+        "forced": bool(options.not_ready),
+        "not_ready_checks": options.not_ready,
+        "started": started_wall.isoformat(timespec="seconds"),
+        "durations": {"total_s": round(seconds, 1), **{p: round(e - s, 1) for p, s, e in tracker.phases()}},
+        "clips_done": tracker.clips_done,
+        "gpus": gpus,
+        "memory_source": source,
+        "command": argv,
+        "cwd": str(options.cwd),
+        "python": sys.version.split()[0],
+    }
+    folder.debug_json.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def _render_report(folder: RunFolder) -> Path | None:
+    from avatardoctor.errors import InputError
+    from avatardoctor.reports.render import render_report
+
+    try:
+        return render_report(folder.root)
+    except (InputError, OSError, ValueError) as e:  # a report that cannot be drawn must not hide the run's result
+        (folder.root / "report-error.txt").write_text(f"the report could not be rendered: {e}\n")
+        return None

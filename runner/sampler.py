@@ -1,0 +1,291 @@
+"""Records memory while a run goes: logs/gpu_memory.csv, one row per GPU per sample, and
+logs/gpu_processes.csv, per-PID memory once a second (docs/run-folder.md).
+
+NVML where there are GPUs. Where there are none (the demo on a laptop, CI), "auto" records the RSS
+of a process tree from psutil in the same format with gpu `cpu`, so every later stage works the same.
+
+Sampling runs on its own thread against a monotonic clock (sample k at start + k/hz, so it never
+drifts); a sample that overruns skips the slots it missed instead of bursting to catch up. Each
+sample's rows reach the kernel in one unbuffered write, so whatever kills the runner, each CSV is
+whole up to its last line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import threading
+import time
+from datetime import datetime, timezone
+from typing import IO
+
+import psutil
+
+from avatardoctor.runner.folder import RunFolder
+
+MEMORY_COLUMNS = ["time", "elapsed_s", "gpu", "uuid", "memory_used_mib", "memory_total_mib", "utilization_pct"]
+PROCESS_COLUMNS = ["time", "elapsed_s", "gpu", "pid", "name", "used_mib"]
+MIN_HZ, MAX_HZ = 0.1, 100.0
+PROCESS_INTERVAL_S = 1.0  # listing processes costs far more than reading memory: at most once a second
+JOIN_TIMEOUT_S = 5.0
+TREE_LABEL = "process tree RSS"  # the uuid of the `cpu` rows; the report shows it as the device's name
+MIB = 2**20
+
+Reading = tuple[str, str, float | None, float | None, float | None]  # gpu, uuid, used MiB, total MiB, utilisation %
+ProcessReading = tuple[str, int, str | None, float | None]  # gpu, pid, name, used MiB
+
+
+class NvmlUnavailable(RuntimeError):
+    """NVML cannot start or sees no GPU; "auto" then records the process tree instead."""
+
+
+def _process_name(pid: int) -> str | None:
+    try:
+        return psutil.Process(pid).name()
+    except (psutil.Error, OSError):  # gone, or a host PID not visible inside this container
+        return None
+
+
+def _cpu_percent(proc: psutil.Process) -> float:
+    try:
+        return proc.cpu_percent()
+    except psutil.Error:  # exited since its memory was read
+        return 0.0
+
+
+def _csv_bytes(rows) -> bytes:
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(rows)
+    return text.getvalue().encode()
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+class _NvmlSource:
+    name = "nvml"
+
+    def __init__(self, gpu_indices: list[int] | None):
+        import pynvml  # only here: a machine without the NVIDIA driver never loads the binding
+
+        from avatardoctor.machine.nvml import describe_nvml_error
+
+        self._nvml = pynvml
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as err:
+            raise NvmlUnavailable(describe_nvml_error(err)) from err
+        self._open = True
+        count = self._try(pynvml.nvmlDeviceGetCount)
+        if not count:
+            self.close()
+            raise NvmlUnavailable("NVML sees no GPU")
+        indices = list(range(count)) if gpu_indices is None else gpu_indices
+        try:
+            handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in indices]
+            self._gpus = [(str(i), h, pynvml.nvmlDeviceGetUUID(h)) for i, h in zip(indices, handles)]
+        except pynvml.NVMLError as err:  # a wrong index is the caller's mistake, not a reason to fall back
+            self.close()
+            raise ValueError(f"NVML cannot open GPUs {indices} (it sees {count}): {err}") from err
+        self._memory_v2 = True
+
+    def _try(self, fn, *args):
+        """One NVML field: its value, or None where this driver or device cannot give it."""
+        try:
+            return fn(*args)
+        except self._nvml.NVMLError:
+            return None
+
+    def _memory(self, handle):
+        if self._memory_v2:
+            memory = self._try(self._nvml.nvmlDeviceGetMemoryInfo, handle, self._nvml.nvmlMemory_v2)
+            if memory is not None:
+                return memory
+        # Drivers before R510 have no v2; v1 counts reserved memory as used. Once v1 answers where
+        # v2 did not, stay on v1 so one file never mixes the two meanings.
+        memory = self._try(self._nvml.nvmlDeviceGetMemoryInfo, handle)
+        if memory is not None:
+            self._memory_v2 = False
+        return memory
+
+    def read(self, with_processes: bool) -> tuple[list[Reading], list[ProcessReading]]:
+        readings, processes = [], []
+        for gpu, handle, uuid in self._gpus:
+            memory = self._memory(handle)
+            rates = self._try(self._nvml.nvmlDeviceGetUtilizationRates, handle)
+            used = None if memory is None else memory.used / MIB
+            total = None if memory is None else memory.total / MIB
+            readings.append((gpu, uuid, used, total, None if rates is None else rates.gpu))
+            if with_processes:
+                processes += self._processes(gpu, handle)
+        return readings, processes
+
+    def _processes(self, gpu: str, handle) -> list[ProcessReading]:
+        found: dict[int, ProcessReading] = {}
+        for fn in (self._nvml.nvmlDeviceGetComputeRunningProcesses, self._nvml.nvmlDeviceGetGraphicsRunningProcesses):
+            for p in self._try(fn, handle) or []:
+                # A process with both contexts is in both lists (nvidia-smi's "C+G"): count it once.
+                # usedGpuMemory is None where the driver cannot say per process.
+                used = None if p.usedGpuMemory is None else p.usedGpuMemory / MIB
+                found.setdefault(p.pid, (gpu, p.pid, _process_name(p.pid), used))
+        return list(found.values())
+
+    def close(self) -> None:
+        if self._open:  # nvmlInit counts references: shut down exactly once, however often stop() runs
+            self._open = False
+            self._try(self._nvml.nvmlShutdown)
+
+
+class _PsutilSource:
+    """The RSS of root_pid and all its descendants, summed, as device `cpu`."""
+
+    name = "psutil"
+
+    def __init__(self, root_pid: int):
+        self._root = psutil.Process(root_pid)
+        self._total_mib = psutil.virtual_memory().total / MIB
+        self._cores = psutil.cpu_count() or 1
+        self._tree: list[psutil.Process] = []
+        self._utilisation = 0.0
+
+    def _relist(self) -> None:
+        # children() walks all of /proc (~1 ms here, more on a busy server), so the tree is re-listed
+        # once a second and the known members' RSS read every sample. The same Process objects are
+        # kept, because cpu_percent() compares with that object's previous call.
+        try:
+            found = [self._root, *self._root.children(recursive=True)]
+        except psutil.Error:  # the root has exited: nothing left to measure
+            found = []
+        known = {p.pid: p for p in self._tree}
+        self._tree = [known[p.pid] if known.get(p.pid) == p else p for p in found]
+
+    def read(self, with_processes: bool) -> tuple[list[Reading], list[ProcessReading]]:
+        if with_processes:  # true for the first sample, then once a second
+            self._relist()
+        rss: dict[psutil.Process, int] = {}
+        for proc in self._tree:
+            try:
+                rss[proc] = proc.memory_info().rss
+            except psutil.Error:  # exited since the last listing
+                continue
+        processes = []
+        if with_processes:
+            # /proc counts CPU time in 10 ms ticks, so at 100 Hz a per-sample reading would be 0 or
+            # 100%: utilisation is measured over each second and repeated in between, as a share of
+            # all the host's cores (0-100 like a GPU's). An object's first cpu_percent() primes it: 0.0.
+            self._utilisation = sum(_cpu_percent(proc) for proc in rss) / self._cores
+            processes = [("cpu", proc.pid, _process_name(proc.pid), used / MIB) for proc, used in rss.items()]
+        return [("cpu", TREE_LABEL, sum(rss.values()) / MIB, self._total_mib, self._utilisation)], processes
+
+    def close(self) -> None:
+        pass
+
+
+class MemorySampler:
+    def __init__(self, folder: RunFolder, hz: float = 10.0, root_pid: int | None = None,
+                 gpu_indices: list[int] | None = None, source: str = "auto"):  # fmt: skip
+        if not MIN_HZ <= hz <= MAX_HZ:  # also refuses NaN
+            raise ValueError(f"sampling rate {hz} Hz is outside {MIN_HZ:g} to {MAX_HZ:g} Hz")
+        if source not in ("auto", "nvml", "psutil"):
+            raise ValueError(f"unknown memory source {source!r}: auto, nvml or psutil")
+        self.folder = folder
+        self.hz = hz
+        self.fallback_reason: str | None = None  # why "auto" recorded the process tree instead of GPUs
+        self._source = self._open_source(source, root_pid, gpu_indices)
+        self.started_monotonic: float | None = None  # time.monotonic() at elapsed_s == 0, to align phases
+        self.samples_taken = 0
+        self.thread_cpu_seconds = 0.0  # CPU time of the sampling thread (time.thread_time), for overhead
+        self._sample_seconds = 0.0
+        self._lock = threading.Lock()  # guards _peaks and _last, read by the live view and hang detector
+        self._peaks: dict[str, float] = {}
+        self._last: dict[str, dict] = {}
+        self._stopping = threading.Event()
+        self._stop_lock = threading.RLock()  # re-entrant: a signal handler may call stop() inside stop()
+        self._thread: threading.Thread | None = None
+        self._files: list[IO[bytes]] = []
+
+    def _open_source(self, source: str, root_pid: int | None, gpu_indices: list[int] | None):
+        if source != "psutil":
+            try:
+                return _NvmlSource(gpu_indices)
+            except NvmlUnavailable as err:
+                if source == "nvml":
+                    raise
+                self.fallback_reason = f"{err}: recording the process tree's RSS instead"
+        return _PsutilSource(os.getpid() if root_pid is None else root_pid)
+
+    @property
+    def source_used(self) -> str:
+        return self._source.name
+
+    @property
+    def mean_sample_seconds(self) -> float:
+        """Mean wall time of one sample (read and write), for the overhead benchmark."""
+        return self._sample_seconds / self.samples_taken if self.samples_taken else 0.0
+
+    def peaks_mib(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._peaks)
+
+    def last(self) -> dict[str, dict]:
+        with self._lock:
+            return {gpu: dict(sample) for gpu, sample in self._last.items()}
+
+    def start(self) -> None:
+        if self._thread is not None or self._stopping.is_set():
+            raise RuntimeError("a MemorySampler starts once")
+        self.folder.logs.mkdir(parents=True, exist_ok=True)
+        for path, columns in (self.folder.gpu_memory_csv, MEMORY_COLUMNS), (self.folder.gpu_processes_csv, PROCESS_COLUMNS):
+            self._files.append(open(path, "wb", buffering=0))  # unbuffered: each write() goes straight to the kernel
+            self._files[-1].write(_csv_bytes([columns]))
+        self.started_monotonic = time.monotonic()
+        # A daemon, so that a driver call that never returns cannot keep the runner from exiting.
+        self._thread = threading.Thread(target=self._run, name="avatardoctor-memory-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._stop_lock:
+            pass
+            if self._thread is not None:
+                self._thread.join(JOIN_TIMEOUT_S)
+                if self._thread.is_alive():
+                    return  # stuck in a driver call: leave its files open rather than close them under it
+            files, self._files = self._files, []  # each closed once, however often stop() runs
+            for file in files:
+                file.close()
+            self._source.close()
+
+    def _run(self) -> None:
+        cpu_at_start = time.thread_time()
+        slot = 0
+        listed_interval = -1
+        while not self._stopping.is_set():
+            began = time.monotonic()
+            elapsed = began - self.started_monotonic
+            interval = math.floor(elapsed / PROCESS_INTERVAL_S)  # processes: the first sample of each second
+            self._sample(elapsed, with_processes=interval > listed_interval)
+            listed_interval = interval
+            self._sample_seconds += time.monotonic() - began
+            self.samples_taken += 1
+            self.thread_cpu_seconds = time.thread_time() - cpu_at_start
+            # The next slot still ahead: slots missed by a slow sample are skipped, not made up.
+            slot = max(slot + 1, math.floor((time.monotonic() - self.started_monotonic) * self.hz) + 1)
+            self._stopping.wait(self.started_monotonic + slot / self.hz - time.monotonic())
+
+    def _sample(self, elapsed: float, with_processes: bool) -> None:
+        readings, processes = self._source.read(with_processes)
+        stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        elapsed = round(elapsed, 3)
+        rows = [(gpu, uuid, _round(used), _round(total), _round(utilisation)) for gpu, uuid, used, total, utilisation in readings]
+        memory_file, process_file = self._files
+        memory_file.write(_csv_bytes([stamp, elapsed, *row] for row in rows))
+        if processes:
+            process_file.write(_csv_bytes([stamp, elapsed, gpu, pid, name, _round(used)] for gpu, pid, name, used in processes))
+        with self._lock:
+            for gpu, _, used, total, utilisation in rows:
+                self._last[gpu] = {"memory_used_mib": used, "memory_total_mib": total, "utilization_pct": utilisation, "elapsed_s": elapsed}
+                if used is not None and used > self._peaks.get(gpu, -math.inf):
+                    self._peaks[gpu] = used

@@ -1,0 +1,214 @@
+"""The runner end to end: the real torchrun launching a fake Live Avatar checkout that behaves as the
+real one does (and fails as it fails), real signals, real run folders, and no rank left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytest.importorskip("torch", reason="the runner launches torchrun: the [torch] extra; .ci/run installs it")
+
+from avatardoctor.runner.auto import run_saved_plan  # noqa: E402
+from avatardoctor.runner.run import RunOptions, execute  # noqa: E402
+
+CHECKOUT = Path(__file__).parent / "fixtures" / "fake_liveavatar"
+ENTRY = ["minimal_inference/s2v_streaming_interact.py"]
+HOSTILE = """it's "quoted"; $(touch /tmp/pwned) `id` & echo $HOME"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def plan(mode: str = "success", nproc: int = 2, port: int | None = None, prompt: str = "hello", **env) -> dict:
+    return {
+        "schema": "avatardoctor.plan/1", "mode": "tpp", "nproc": nproc, "master_port": port or free_port(),
+        "env": {"FAKE_LIVEAVATAR_MODE": mode, "GLOO_SOCKET_IFNAME": "lo", **env},
+        "argv": ["--num_clip", "2", "--infer_frames", "48", "--size", "384*256", "--prompt", prompt],
+        "prediction": {"verdict": "fits", "gpus": []}, "config": {"mode": "tpp", "num_clip": 2},
+    }  # fmt: skip
+
+
+def checkout(tmp_path) -> Path:
+    """A private copy of the fake checkout: the entry writes ./output/ there, as upstream does."""
+    copy = tmp_path / "LiveAvatar"
+    if not copy.exists():
+        shutil.copytree(CHECKOUT, copy, ignore=shutil.ignore_patterns("output", "__pycache__"))
+    return copy
+
+
+def options(tmp_path, **kw) -> RunOptions:
+    return RunOptions(out_dir=tmp_path / "runs", sample_hz=20, hang_timeout_s=kw.pop("hang", 60), cwd=checkout(tmp_path), entry=ENTRY, **kw)
+
+
+def token() -> str:
+    """A prompt that names one test's processes: torchrun and every rank carry it in their argv."""
+    return f"avatardoctor-test-{uuid.uuid4().hex[:12]}"
+
+
+def no_survivors(marker: str) -> list[psutil.Process]:
+    time.sleep(0.5)
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(marker in part for part in (p.info["cmdline"] or [])):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_a_successful_run_leaves_a_folder_that_explains_itself(tmp_path):
+    mark = token()
+    result = execute(plan(prompt=mark), options(tmp_path))
+    f = result.folder
+    assert result.failure.cls == "success" and result.exit_code == 0
+    assert f.root.name.endswith("-tpp") and f.plan_json.is_file()
+    log = f.inference_log.read_text()
+    assert log.startswith("[+") and "Finished." in log
+    header = f.gpu_memory_csv.read_text().splitlines()[0]
+    assert header == "time,elapsed_s,gpu,uuid,memory_used_mib,memory_total_mib,utilization_pct"
+    debug = json.loads(f.debug_json.read_text())
+    assert debug["outcome"] == "success" and debug["clips_done"] == 2 and debug["memory_source"] == "psutil"
+    assert debug["gpus"][0]["gpu"] == "cpu" and debug["gpus"][0]["measured_peak_gib"] > 0.1  # the fake's 150 MB
+    assert f.phases_csv.read_text().startswith("phase,start_s,end_s")
+    assert result.report is not None and result.report.is_file()
+    assert no_survivors(mark) == []
+
+
+def test_the_prompt_reaches_the_entry_intact(tmp_path):
+    argv_file = tmp_path / "argv.json"
+    result = execute(plan("argv-echo", prompt=HOSTILE, FAKE_LIVEAVATAR_ARGV_FILE=str(argv_file)), options(tmp_path))
+    assert result.failure.cls == "success"
+    argv = json.loads(argv_file.read_text())
+    assert argv[argv.index("--prompt") + 1] == HOSTILE
+    assert not Path("/tmp/pwned").exists()
+
+
+def test_out_of_memory_is_classified_with_gpu_and_allocation(tmp_path):
+    result = execute(plan("oom:2:1", CUDA_VISIBLE_DEVICES="3,5"), options(tmp_path))
+    f = result.failure
+    assert f.cls == "oom" and f.gpu == 5  # the job's GPU 1 is NVML's GPU 5 under CUDA_VISIBLE_DEVICES=3,5 and f.tried_to_allocate_mib == pytest.approx(2.31 * 1024, rel=0.01)
+    debug = json.loads(result.folder.debug_json.read_text())
+    assert debug["outcome"] == "oom" and debug["failure"]["class"] == "oom"
+    summary = json.loads((result.folder.root / "report" / "summary.json").read_text())
+    assert summary["outcome"] == "oom"
+
+
+def test_an_upstream_assertion_names_its_fix(tmp_path):
+    result = execute(plan("assert-world"), options(tmp_path))
+    assert result.failure.cls == "assertion" and "--num-gpus-dit 4" in (result.failure.remedy or "")
+
+
+def test_a_hang_is_stopped_and_leaves_no_rank_behind(tmp_path):
+    started, mark = time.monotonic(), token()
+    result = execute(plan("hang:1", prompt=mark), options(tmp_path, hang=3))
+    assert result.failure.cls == "hang" and time.monotonic() - started < 60
+    assert "no output for 3 s" in result.folder.inference_log.read_text()
+    assert no_survivors(mark) == []
+
+
+def test_a_held_port_is_swapped_for_a_free_one(tmp_path):
+    with socket.socket() as held:
+        held.bind(("0.0.0.0", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        result = execute(plan(port=port), options(tmp_path))
+    assert result.failure.cls == "success"
+    used = json.loads(result.folder.plan_json.read_text())["master_port"]
+    assert used != port
+
+
+def test_attempts_never_share_a_folder(tmp_path):
+    a = execute(plan(), options(tmp_path))
+    b = execute(plan(), options(tmp_path))
+    assert a.folder.root != b.folder.root and a.folder.debug_json.is_file() and b.folder.debug_json.is_file()
+
+
+def _runner(tmp_path, mode: str, mark: str, hang: int = 60) -> tuple[subprocess.Popen, Path]:
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(plan(mode, prompt=mark)))
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "avatardoctor", "run", "--plan", str(plan_file), "--out-dir", str(out),
+           "--liveavatar", str(checkout(tmp_path)), "--hang-timeout", str(hang)]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), out
+
+
+def _wait_for_ranks(mark: str, count: int = 3, timeout: float = 60) -> None:
+    """torchrun and both ranks are up."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(no_survivors(mark)) >= count:
+            return
+    raise AssertionError("the ranks never started")
+
+
+def test_ctrl_c_stops_every_rank_and_records_interrupted(tmp_path):
+    mark = token()
+    proc, out = _runner(tmp_path, "hang:2", mark)
+    _wait_for_ranks(mark)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(60)
+    assert proc.returncode == 130, proc.stderr.read()
+    (folder,) = out.iterdir()
+    assert json.loads((folder / "debug_info.json").read_text())["outcome"] == "interrupted"
+    assert no_survivors(mark) == []
+
+
+def test_a_runner_killed_outright_leaves_no_rank_behind(tmp_path):
+    mark = token()
+    proc, _ = _runner(tmp_path, "hang:2", mark)
+    _wait_for_ranks(mark)
+    proc.kill()  # SIGKILL: no handler runs; the reaper must clean up
+    proc.wait(30)
+    assert no_survivors(mark) == []
+
+
+def test_the_memory_csv_survives_a_rank_killed_with_sigkill(tmp_path):
+    mark = token()
+    proc, out = _runner(tmp_path, "hang:2", mark, hang=5)
+    _wait_for_ranks(mark)
+    rank = max(no_survivors(mark), key=lambda p: p.pid)  # the last rank started
+    os.kill(rank.pid, signal.SIGKILL)
+    proc.wait(60)
+    (folder,) = out.iterdir()
+    lines = (folder / "logs" / "gpu_memory.csv").read_text().splitlines()
+    assert len(lines) > 2 and all(len(line.split(",")) == 7 for line in lines)
+    assert json.loads((folder / "debug_info.json").read_text())["outcome"] in ("crashed", "hang")
+    assert no_survivors(mark) == []
+
+
+def test_a_bad_plan_file_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "plan.json"
+    bad.write_text('{"schema": "avatardoctor.plan/1", "argv": "rm -rf /"}')
+    r = subprocess.run([sys.executable, "-m", "avatardoctor", "run", "--plan", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("Error: --plan") and "Traceback" not in r.stderr
+
+
+def test_saved_plan_runs(tmp_path):
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps(plan()))
+    assert run_saved_plan(plan_file, options(tmp_path)).failure.cls == "success"
+
+
+def test_the_demo_end_to_end(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "avatardoctor", "demo", "--out-dir", str(tmp_path / "runs")],
+                       capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "outcome: success" in r.stdout and "report: " in r.stdout
+    report = Path(r.stdout.split("report: ")[1].strip())
+    summary = json.loads((report.parent / "summary.json").read_text())
+    assert summary["outcome"] == "success" and summary["clips_done"] == 2

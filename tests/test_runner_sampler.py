@@ -1,0 +1,299 @@
+"""The memory sampler on a machine without a GPU: the psutil path for real (a real process tree, a
+real SIGKILL), its timing, its thread safety, and the fallback from NVML. The NVML path needs a GPU
+and is not exercised here."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from avatardoctor.reports.runfolder import read_memory_csv
+from avatardoctor.runner import sampler as sampler_module
+from avatardoctor.runner.folder import RunFolder
+from avatardoctor.runner.sampler import MEMORY_COLUMNS, PROCESS_COLUMNS, MemorySampler, NvmlUnavailable
+
+# A sampling thread that dies of an exception fails the test that started it.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
+ALLOCATION_MIB = 200
+# The sampled root starts a child, which starts a grandchild; the grandchild allocates (and touches)
+# 200 MiB, says so on the inherited stdout, and sleeps.
+GRANDCHILD = f"import time; time.sleep(0.3); b = bytearray(b'x') * ({ALLOCATION_MIB} * 2**20); print('ready', flush=True); time.sleep(60)"
+CHILD = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {GRANDCHILD!r}])"
+ROOT = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {CHILD!r}])"
+
+
+def nvml_starts() -> bool:
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return False
+    pynvml.nvmlShutdown()
+    return True
+
+
+def read_rows(path: Path) -> tuple[list[str], list[dict]]:
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+@pytest.fixture
+def folder(tmp_path) -> RunFolder:
+    return RunFolder(tmp_path / "run")
+
+
+@pytest.fixture
+def new_sampler(folder):
+    """MemorySampler(folder, ...), stopped after the test even when an assertion fails mid-run."""
+    made: list[MemorySampler] = []
+
+    def make(**options) -> MemorySampler:
+        made.append(MemorySampler(folder, **options))
+        return made[-1]
+
+    yield make
+    for sampler in made:
+        sampler.stop()
+
+
+@pytest.fixture
+def process_tree():
+    root = subprocess.Popen([sys.executable, "-c", ROOT], stdout=subprocess.PIPE, text=True)
+    yield root
+    for member in psutil.Process(root.pid).children(recursive=True):
+        member.kill()
+    root.kill()
+    root.wait()
+
+
+def test_a_process_tree_sampled_at_20_hz(folder, new_sampler, process_tree):
+    sampler = new_sampler(hz=20, root_pid=process_tree.pid, source="psutil")
+    sampler.start()
+    assert process_tree.stdout.readline().strip() == "ready"  # the grandchild holds its 200 MiB
+    time.sleep(max(0.0, 1.5 - (time.monotonic() - sampler.started_monotonic)))
+    during = sampler.last()["cpu"]
+    sampler.stop()
+    duration = time.monotonic() - sampler.started_monotonic
+
+    header, rows = read_rows(folder.gpu_memory_csv)
+    assert header == MEMORY_COLUMNS == ["time", "elapsed_s", "gpu", "uuid", "memory_used_mib", "memory_total_mib", "utilization_pct"]
+    expected = duration * 20
+    assert 0.8 * expected <= len(rows) <= expected + 2
+    assert sampler.samples_taken == len(rows)
+    elapsed = [float(r["elapsed_s"]) for r in rows]
+    assert elapsed[0] < 0.05 and all(b > a for a, b in zip(elapsed, elapsed[1:]))
+    assert {r["gpu"] for r in rows} == {"cpu"}
+    assert all(r["time"].endswith("+00:00") and len(r["time"].split("T")[1]) == len("07:15:49.573+00:00") for r in rows)
+    used = [float(r["memory_used_mib"]) for r in rows]
+    assert max(used) - used[0] >= ALLOCATION_MIB
+    assert sampler.peaks_mib() == {"cpu": max(used)}
+    assert during["memory_used_mib"] >= ALLOCATION_MIB and during["memory_total_mib"] > during["memory_used_mib"]
+    assert 0 <= during["utilization_pct"] <= 100
+
+    header, processes = read_rows(folder.gpu_processes_csv)
+    assert header == PROCESS_COLUMNS
+    assert {int(p["pid"]) for p in processes} >= {process_tree.pid}
+    assert max(float(p["used_mib"]) for p in processes) >= ALLOCATION_MIB
+    assert {p["name"] for p in processes} & {"python", "python3", Path(sys.executable).name}
+
+    timeline = read_memory_csv(folder.gpu_memory_csv)
+    assert timeline.notes == []
+    assert timeline.gpus == ["cpu"] and len(timeline.samples) == len(rows)
+    assert timeline.samples["used_mib"].max() == max(used)
+
+
+def test_a_rank_killed_with_sigkill_does_not_stop_the_sampler(folder, new_sampler, process_tree):
+    sampler = new_sampler(hz=20, root_pid=process_tree.pid, source="psutil")
+    sampler.start()
+    assert process_tree.stdout.readline().strip() == "ready"
+    deadline = time.monotonic() + 3
+    while sampler.peaks_mib().get("cpu", 0) < ALLOCATION_MIB:  # the grandchild joins the tree at the next listing
+        assert time.monotonic() < deadline, "the grandchild's memory was never counted"
+        time.sleep(0.05)
+    grandchild = max(psutil.Process(process_tree.pid).children(recursive=True), key=lambda p: p.memory_info().rss)
+    grandchild.send_signal(signal.SIGKILL)
+    time.sleep(0.5)
+    after = sampler.last()["cpu"]
+    sampler.stop()
+    assert after["memory_used_mib"] < sampler.peaks_mib()["cpu"] - 150
+    _, rows = read_rows(folder.gpu_memory_csv)
+    assert float(rows[-1]["elapsed_s"]) >= after["elapsed_s"] - 0.051
+
+
+def test_utilisation_is_the_trees_share_of_the_cores_over_each_second(folder, new_sampler):
+    busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.monotonic() + 30\nwhile time.monotonic() < end: pass"])
+    try:
+        sampler = new_sampler(hz=10, root_pid=busy.pid, source="psutil")
+        sampler.start()
+        time.sleep(1.35)
+        sampler.stop()
+    finally:
+        busy.kill()
+        busy.wait()
+    rows = read_rows(folder.gpu_memory_csv)[1]
+    first_second = [float(r["utilization_pct"]) for r in rows if float(r["elapsed_s"]) < 0.95]
+    after = [float(r["utilization_pct"]) for r in rows if float(r["elapsed_s"]) > 1.05]
+    assert set(first_second) == {0.0}  # the first cpu_percent() call only primes the counter
+    one_core = 100 / psutil.cpu_count()
+    assert after and all(0.3 * one_core <= u <= 1.05 * one_core for u in after), after  # one process spinning
+
+
+def run_until_killed(folder: RunFolder, tmp_path: Path) -> None:
+    script = tmp_path / "sample_forever.py"
+    script.write_text(textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from avatardoctor.runner.folder import RunFolder
+        from avatardoctor.runner.sampler import MemorySampler
+        sampler = MemorySampler(RunFolder(Path({str(folder.root)!r})), hz=100, source="psutil")
+        sampler.start()
+        print("started", flush=True)
+        time.sleep(60)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "started"
+        time.sleep(0.5)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_the_csv_is_whole_when_the_sampler_process_is_killed(folder, tmp_path):
+    run_until_killed(folder, tmp_path)
+    text = folder.gpu_memory_csv.read_text()
+    assert text.endswith("\n")  # a last line without its end would be a line cut off
+    lines = list(csv.reader(io.StringIO(text)))
+    assert lines[0] == MEMORY_COLUMNS
+    assert len(lines) - 1 >= 25  # ~50 samples in 0.5 s at 100 Hz: rows reach the file as they are taken
+    for line in lines[1:]:
+        assert len(line) == len(MEMORY_COLUMNS) and line[2] == "cpu"
+        assert float(line[1]) >= 0 and float(line[4]) > 0 and float(line[5]) > 0
+    processes = folder.gpu_processes_csv.read_text()
+    assert processes.endswith("\n") and len(processes.splitlines()) >= 2
+    assert read_memory_csv(folder.gpu_memory_csv).notes == []
+
+
+def slow_reads(monkeypatch, seconds: float) -> None:
+    read = sampler_module._PsutilSource.read
+
+    def slow(self, with_processes):
+        time.sleep(seconds)
+        return read(self, with_processes)
+
+    monkeypatch.setattr(sampler_module._PsutilSource, "read", slow)
+
+
+def sample_for(new_sampler, hz: float, seconds: float) -> list[float]:
+    sampler = new_sampler(hz=hz, source="psutil")
+    sampler.start()
+    time.sleep(seconds)
+    sampler.stop()
+    return [float(r["elapsed_s"]) for r in read_rows(sampler.folder.gpu_memory_csv)[1]]
+
+
+def test_the_schedule_does_not_drift_with_the_cost_of_a_sample(new_sampler, monkeypatch):
+    slow_reads(monkeypatch, 0.03)  # 30 ms of a 50 ms period: sleeping a period after each would give 80 ms
+    elapsed = sample_for(new_sampler, hz=20, seconds=1.0)
+    assert 18 <= len(elapsed) <= 22
+    assert all(abs(e * 20 - round(e * 20)) < 0.3 for e in elapsed[1:])  # every sample on its slot k/20
+
+
+def test_a_sample_that_overruns_skips_the_missed_slots(new_sampler, monkeypatch):
+    slow_reads(monkeypatch, 0.12)  # each sample takes 2.4 periods: slots 0, 3, 6, ... (150 ms apart)
+    elapsed = sample_for(new_sampler, hz=20, seconds=1.0)
+    gaps = [b - a for a, b in zip(elapsed, elapsed[1:])]
+    assert 5 <= len(elapsed) <= 8
+    assert all(0.14 <= gap <= 0.2 for gap in gaps), gaps  # no burst to catch up, no drift either
+
+
+def test_stop_is_idempotent_and_ends_the_files(folder, new_sampler):
+    sampler = new_sampler(hz=100, source="psutil")
+    sampler.stop()  # before start: closes what it holds, raises nothing
+    with pytest.raises(RuntimeError):
+        sampler.start()
+
+    sampler = new_sampler(hz=100, source="psutil")
+    sampler.start()
+    time.sleep(0.2)
+    sampler.stop()
+    assert not any(t.name == "avatardoctor-memory-sampler" for t in threading.enumerate())  # joined, not left running
+    size = folder.gpu_memory_csv.stat().st_size
+    sampler.stop()
+    time.sleep(0.1)
+    assert folder.gpu_memory_csv.stat().st_size == size
+    assert sampler.samples_taken >= 10 and sampler.mean_sample_seconds > 0 and sampler.thread_cpu_seconds > 0
+
+
+@pytest.mark.parametrize("hz", [0.09, 100.5, 0, -1, math.nan, math.inf])
+def test_rates_outside_the_bounds_are_refused(folder, hz):
+    with pytest.raises(ValueError, match="Hz"):
+        MemorySampler(folder, hz=hz, source="psutil")
+
+
+@pytest.mark.parametrize("hz", [0.1, 100])
+def test_the_bounds_themselves_are_accepted(folder, hz):
+    assert MemorySampler(folder, hz=hz, source="psutil").hz == hz
+
+
+def test_peaks_and_last_are_safe_to_read_while_sampling(new_sampler):
+    sampler = new_sampler(hz=100, source="psutil")
+    seen: list[tuple[dict, dict]] = []
+    errors: list[BaseException] = []
+
+    def read_constantly():
+        try:
+            while time.monotonic() < deadline:
+                last, peaks = sampler.last(), sampler.peaks_mib()
+                seen.append((last, peaks))
+        except BaseException as err:  # noqa: BLE001 - any failure of the reader is the finding
+            errors.append(err)
+
+    sampler.start()
+    deadline = time.monotonic() + 0.5  # ~50 samples written while two readers ask all the time
+    readers = [threading.Thread(target=read_constantly) for _ in range(2)]
+    for r in readers:
+        r.start()
+    for r in readers:
+        r.join()
+    sampler.stop()
+    assert errors == []
+    seen = [(last, peaks) for last, peaks in seen if last]
+    assert len({last["cpu"]["elapsed_s"] for last, _ in seen}) >= 10  # the readers contend for the GIL: slots get skipped
+    for last, peaks in seen:
+        assert set(last["cpu"]) == {"memory_used_mib", "memory_total_mib", "utilization_pct", "elapsed_s"}
+        assert peaks["cpu"] >= last["cpu"]["memory_used_mib"]  # the peak, read later, is never below a sample
+    copy = sampler.last()
+    copy["cpu"]["memory_used_mib"] = -1.0
+    assert sampler.last()["cpu"]["memory_used_mib"] != -1.0  # callers get copies, not the sampler's own
+
+
+@pytest.mark.skipif(nvml_starts(), reason="NVML works on this machine: nothing to fall back from")
+def test_auto_falls_back_to_psutil_without_a_driver_and_says_so(folder):
+    sampler = MemorySampler(folder, source="auto")
+    assert sampler.source_used == "psutil"
+    assert "NVML" in sampler.fallback_reason
+    with pytest.raises(NvmlUnavailable):
+        MemorySampler(folder, source="nvml")
+    assert MemorySampler(folder, source="psutil").fallback_reason is None
+
+
+def test_an_unknown_source_is_refused(folder):
+    with pytest.raises(ValueError, match="source"):
+        MemorySampler(folder, source="smi")
