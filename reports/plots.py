@@ -31,11 +31,11 @@ def min_max_buckets(samples: pd.DataFrame, buckets: int = BUCKETS) -> pd.DataFra
     )
 
 
-def _axes(title: str):
+def _axes(title: str, ylabel: str = "GPU memory used (GiB)"):
     fig, ax = plt.subplots(figsize=(10, 3.6), dpi=100)
     ax.set_title(title, loc="left", fontsize=11, pad=22)
     ax.set_xlabel("time since start (s)")
-    ax.set_ylabel("GPU memory used (GiB)")
+    ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     return fig, ax
 
@@ -54,10 +54,11 @@ def timeline_png(
     limit_gib: float | None = None,
     predicted_gib: float | None = None,
     oom: tuple[float, str] | None = None,
+    ylabel: str = "GPU memory used (GiB)",
 ) -> None:
     """One GPU: used memory, its usable limit, the predicted peak, phase bands, the measured peak
     annotated, and the OOM point with the allocation that failed."""
-    fig, ax = _axes(title)
+    fig, ax = _axes(title, ylabel)
     span = max(float(samples["elapsed_s"].max() - samples["elapsed_s"].min()), 1e-9) if len(samples) else 1.0
     for i, row in enumerate(phases.itertuples(index=False)):
         ax.axvspan(row.start_s, row.end_s, color=PHASE_COLOURS[i % len(PHASE_COLOURS)], alpha=0.7, lw=0)

@@ -70,11 +70,13 @@ def _timeline_images(timeline: Timeline, run: RunFolder | None, summary: dict, o
         gpu = row["gpu"]
         name = f"timeline-gpu{gpu}.png"
         limit = row["usable_gib"] if row["usable_gib"] is not None else row["total_gib"]
-        title = f"GPU {gpu}" + (f" · {row['name']}" if row["name"] else "") + f" · measured peak {row['measured_peak_gib']:.2f} GiB"
+        device = "CPU (the job's processes, RSS)" if gpu == "cpu" else f"GPU {gpu}" + (f" · {row['name']}" if row["name"] else "")
+        title = f"{device} · measured peak {row['measured_peak_gib']:.2f} GiB"
         samples = timeline.samples[timeline.samples["gpu"] == gpu]
         plots.timeline_png(
             out / name, title, samples, phases if phases is not None else plots.pd.DataFrame(columns=["phase", "start_s", "end_s"]),
             limit_gib=limit, predicted_gib=(predicted.get(gpu) or {}).get("peak_gib"), oom=_oom_point(summary, gpu),
+            ylabel="host memory used (GiB)" if gpu == "cpu" else "GPU memory used (GiB)",
         )  # fmt: skip
         images.append({"label": f"GPU {gpu}", "file": name, "data": _png_b64(out / name)})
     return images
