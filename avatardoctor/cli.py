@@ -192,7 +192,7 @@ def run_command(machine, demo, out_dir, sample_hz, hang_timeout, auto, plan_file
             if failing and not force:
                 raise click.ClickException(f"not ready: {', '.join(failing)} failed (see `avatardoctor check`; --force launches anyway)")
             options.not_ready = failing
-            results = auto_run(ctx, options, max_retries, smoke, lambda line: console.log(line))
+            results = auto_run(ctx, options, max_retries, smoke, lambda line: console.print(line))
     for result in results:
         _say_result(result)
     last = results[-1].failure.cls if results else "nothing-to-run"
@@ -219,9 +219,18 @@ def demo_command(out_dir, sample_hz, hang_timeout, nproc):
     ckpt = cache_dir(os.environ) / "demo-tiny-v1"
     if not ckpt.is_dir():
         write_skeleton(ckpt, tiny=True)
-    console.log(f"tiny real checkpoint: {ckpt} (`avatardoctor ckpt verify` it as any other)")
+    console.print(f"checkpoint: a tiny real one at {ckpt} (`avatardoctor ckpt verify` reads it as any other)")
+    from avatardoctor.checks import host, nccl, ports, run_checks
+    from avatardoctor.doctor import build_context
+    from avatardoctor.render import MARKS
+
+    ctx = build_context(mode="tpp", num_gpus_dit=nproc - 1)
+    for r in run_checks(ctx, (ports.check_master_port, nccl.check_nccl_env, host.check_shm)).results:
+        mark, style = MARKS[r.status]
+        console.print(f"check: [{style}]{mark}[/] {r.id} {r.summary}", highlight=False)
     plan = demo_plan(ckpt, nproc)
-    console.log("plan: " + plan["reasons"][0])
+    plan["master_port"] = ctx.config.master_port
+    console.print("plan: " + plan["reasons"][0])
     out_dir.mkdir(parents=True, exist_ok=True)
     with console.status("starting") as status:
         options = _run_options(out_dir, sample_hz, hang_timeout, out_dir, ["-m", "avatardoctor.runner.demo_entry"], status)

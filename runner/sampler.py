@@ -248,7 +248,7 @@ class MemorySampler:
 
     def stop(self) -> None:
         with self._stop_lock:
-            pass
+            self._stopping.set()
             if self._thread is not None:
                 self._thread.join(JOIN_TIMEOUT_S)
                 if self._thread.is_alive():
