@@ -9,6 +9,7 @@ without stopping it (even by SIGKILL).
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import os
@@ -141,14 +142,22 @@ def execute(plan: dict, options: RunOptions) -> RunResult:
         previous = {sig: signal.signal(sig, lambda *_: (interrupted.set(), threading.Thread(target=stopper.stop, daemon=True).start()))
                     for sig in (signal.SIGINT, signal.SIGTERM)} if threading.current_thread() is threading.main_thread() else {}  # fmt: skip
 
+        disk_full = threading.Event()
+
         def read_output() -> None:
             for raw in iter(proc.stdout.readline, b""):
                 line = raw.decode("utf-8", errors="replace").rstrip("\n")
                 at = time.monotonic() - started
-                log.write(f"[+{at:9.3f}s] {line}\n")
-                log.flush()
                 tracker.feed(line, at)
                 tail.append((at, line))
+                if disk_full.is_set():
+                    continue
+                try:
+                    log.write(f"[+{at:9.3f}s] {line}\n")
+                    log.flush()
+                except OSError:  # the disk filled: stop the job rather than run on unrecorded
+                    disk_full.set()
+                    threading.Thread(target=stopper.stop, daemon=True).start()
 
         reader = threading.Thread(target=read_output, daemon=True)
         reader.start()
@@ -165,11 +174,15 @@ def execute(plan: dict, options: RunOptions) -> RunResult:
                 if _is_hung(tracker, sampler, started, options.hang_timeout_s):
                     hung = True
                     log.write(f"[avatardoctor] no output for {options.hang_timeout_s:.0f} s at ~0% utilisation: stopping the job\n")
+                    _dump_stacks(folder, stopper.descendants, log)
                     stopper.stop()
             reader.join(5)
         finally:
             stopper.stop()
             sampler.stop()
+            if disk_full.is_set():
+                with contextlib.suppress(OSError):  # the unwritable buffer fails to flush once more
+                    log.close()
             reaper.stdin.close()  # the job is over: let the reaper go
             reaper.wait(5)
             for sig, handler in previous.items():
@@ -178,6 +191,9 @@ def execute(plan: dict, options: RunOptions) -> RunResult:
     tracker.write_phases_csv(folder.phases_csv)
     failure = classify(list(tail), proc.returncode, hung=hung, interrupted=interrupted.is_set(),
                        phases=tracker.phases(), nproc=int(plan["nproc"]))  # fmt: skip
+    if disk_full.is_set():
+        failure = Failure("disk-full", f"the disk under {folder.root} filled while recording: the job was stopped",
+                          "free space there, or pass --out-dir on a larger disk")  # fmt: skip
     visible = _gpu_indices(plan)
     if failure.gpu is not None and visible and failure.gpu < len(visible):
         failure = dataclasses.replace(failure, gpu=visible[failure.gpu])  # the job's GPU n is CUDA_VISIBLE_DEVICES[n]
@@ -185,6 +201,25 @@ def execute(plan: dict, options: RunOptions) -> RunResult:
     _write_debug_info(folder, plan, argv, failure, proc.returncode, peaks, tracker, started_wall, seconds, options, sampler.source_used)
     report = _render_report(folder)
     return RunResult(folder, failure, proc.returncode, peaks, report)
+
+
+def _dump_stacks(folder: RunFolder, pids: set[int], log) -> None:
+    """Where each hung rank is stuck, with py-spy when it is installed (it is not a dependency)."""
+    import shutil
+
+    py_spy = shutil.which("py-spy")
+    if py_spy is None:
+        log.write("[avatardoctor] py-spy is not installed: no stacks captured (pip install py-spy)\n")
+        return
+    stacks = folder.logs / "stacks"
+    stacks.mkdir(exist_ok=True)
+    for pid in sorted(pids):
+        try:
+            dump = subprocess.run([py_spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=20)
+            (stacks / f"pid{pid}.txt").write_text(dump.stdout + dump.stderr)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            (stacks / f"pid{pid}.txt").write_text(f"py-spy failed: {e}\n")
+    log.write(f"[avatardoctor] stacks of {len(pids)} processes in {stacks}\n")
 
 
 def _gpu_indices(plan: dict) -> list[int] | None:

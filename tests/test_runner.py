@@ -212,3 +212,31 @@ def test_the_demo_end_to_end(tmp_path):
     report = Path(r.stdout.split("report: ")[1].strip())
     summary = json.loads((report.parent / "summary.json").read_text())
     assert summary["outcome"] == "success" and summary["clips_done"] == 2
+
+
+def test_a_hang_says_whether_stacks_were_captured(tmp_path):
+    result = execute(plan("hang:1", prompt=token()), options(tmp_path, hang=3))
+    log = result.folder.inference_log.read_text()
+    if shutil.which("py-spy"):
+        assert "stacks of" in log and any((result.folder.logs / "stacks").iterdir())
+    else:
+        assert "py-spy is not installed: no stacks captured" in log
+
+
+def test_a_full_disk_stops_the_job_with_a_clear_outcome(tmp_path):
+    """A 2 MiB tmpfs would need root; instead the log goes to /dev/full, a real device that is always full."""
+    import avatardoctor.runner.run as run_module
+    from avatardoctor.runner.folder import RunFolder
+
+    class FullDiskFolder(RunFolder):
+        @property
+        def inference_log(self) -> Path:
+            return Path("/dev/full")
+
+    real = run_module.new_run_folder
+    run_module.new_run_folder = lambda out, mode: FullDiskFolder(real(out, mode).root)
+    try:
+        result = execute(plan(prompt=token()), options(tmp_path))
+    finally:
+        run_module.new_run_folder = real
+    assert result.failure.cls == "disk-full" and "--out-dir" in result.failure.remedy
