@@ -85,12 +85,12 @@ class _NvmlSource:
             raise NvmlUnavailable("NVML sees no GPU")
         indices = list(range(count)) if gpu_indices is None else gpu_indices
         try:
-            handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in indices]
-            self._gpus = [(str(i), h, pynvml.nvmlDeviceGetUUID(h)) for i, h in zip(indices, handles)]
+            handles = {i: pynvml.nvmlDeviceGetHandleByIndex(i) for i in indices}
+            self._gpus = [(str(i), h, pynvml.nvmlDeviceGetUUID(h)) for i, h in handles.items()]
         except pynvml.NVMLError as err:  # a wrong index is the caller's mistake, not a reason to fall back
             self.close()
             raise ValueError(f"NVML cannot open GPUs {indices} (it sees {count}): {err}") from err
-        self._memory_v2 = True
+        self._on_v1: set[str] = set()  # GPUs whose memory is read with nvmlMemory_v1
 
     def _try(self, fn, *args):
         """One NVML field: its value, or None where this driver or device cannot give it."""
@@ -99,22 +99,22 @@ class _NvmlSource:
         except self._nvml.NVMLError:
             return None
 
-    def _memory(self, handle):
-        if self._memory_v2:
+    def _memory(self, gpu: str, handle):
+        if gpu not in self._on_v1:
             memory = self._try(self._nvml.nvmlDeviceGetMemoryInfo, handle, self._nvml.nvmlMemory_v2)
             if memory is not None:
                 return memory
         # Drivers before R510 have no v2; v1 counts reserved memory as used. Once v1 answers where
-        # v2 did not, stay on v1 so one file never mixes the two meanings.
+        # v2 did not, that GPU stays on v1, so that its timeline never mixes the two meanings.
         memory = self._try(self._nvml.nvmlDeviceGetMemoryInfo, handle)
         if memory is not None:
-            self._memory_v2 = False
+            self._on_v1.add(gpu)
         return memory
 
     def read(self, with_processes: bool) -> tuple[list[Reading], list[ProcessReading]]:
         readings, processes = [], []
         for gpu, handle, uuid in self._gpus:
-            memory = self._memory(handle)
+            memory = self._memory(gpu, handle)
             rates = self._try(self._nvml.nvmlDeviceGetUtilizationRates, handle)
             used = None if memory is None else memory.used / MIB
             total = None if memory is None else memory.total / MIB
