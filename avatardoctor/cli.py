@@ -125,7 +125,7 @@ def predict_command(machine, demo, as_json, **config_flags):
     sys.exit(exitcodes.NOT_READY if prediction.verdict == "wont-fit" else exitcodes.READY)
 
 
-def _run_options(out_dir, sample_hz, hang_timeout, cwd, entry, status):
+def _run_options(out_dir, sample_hz, hang_timeout, cwd, entry, status, no_shim=False, memory_history=False):
     from avatardoctor.runner.run import RunOptions
 
     def progress(tracker, sampler):
@@ -133,7 +133,8 @@ def _run_options(out_dir, sample_hz, hang_timeout, cwd, entry, status):
         clips = f"clips {tracker.clips_done}" + (f"/{tracker.clip_total}" if tracker.clip_total else "")
         status.update(f"{tracker.current_phase or 'starting'} · {clips} · {memory}")
 
-    return RunOptions(out_dir=out_dir, sample_hz=sample_hz, hang_timeout_s=hang_timeout, cwd=cwd, entry=entry, on_progress=progress)
+    return RunOptions(out_dir=out_dir, sample_hz=sample_hz, hang_timeout_s=hang_timeout, cwd=cwd, entry=entry,
+                      on_progress=progress, shim=not no_shim, memory_history=memory_history)  # fmt: skip
 
 
 def _say_result(result) -> None:
@@ -147,6 +148,8 @@ def _say_result(result) -> None:
 
 
 RUN_OPTIONS = [
+    click.option("--no-shim", is_flag=True, help="Run the entry without the per-rank memory shim."),
+    click.option("--memory-history", is_flag=True, help="Also save a PyTorch memory snapshot per rank (CUDA; opens in pytorch.org/memory_viz)."),
     click.option("--out-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True, help="Where run folders go."),
     click.option("--sample-hz", type=click.FloatRange(0.1, 100), default=10.0, show_default=True, help="GPU memory samples per second."),
     click.option("--hang-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True, help="Seconds of silence at ~0% utilisation that make a hang."),
@@ -168,7 +171,7 @@ def run_options(fn):
 @click.option("--max-retries", type=click.IntRange(min=0), default=2, show_default=True, help="With --auto: attempts after an out-of-memory.")
 @click.option("--force", is_flag=True, help="Launch although checks fail (recorded loudly in the run folder).")
 @click.option("--smoke", is_flag=True, help="The smallest run the plan allows: one clip at 384*256.")
-def run_command(machine, demo, out_dir, sample_hz, hang_timeout, auto, plan_file, max_retries, force, smoke, **config_flags):
+def run_command(machine, demo, no_shim, memory_history, out_dir, sample_hz, hang_timeout, auto, plan_file, max_retries, force, smoke, **config_flags):
     """Launch Live Avatar with torchrun, record memory, explain what happened. Exit 0 success, 1 failure, 130 interrupted."""
     from rich.console import Console
 
@@ -180,7 +183,7 @@ def run_command(machine, demo, out_dir, sample_hz, hang_timeout, auto, plan_file
     console = Console(stderr=True, highlight=False)
     cwd = config_flags.get("liveavatar") or Path.cwd()
     with console.status("starting") as status:
-        options = _run_options(out_dir, sample_hz, hang_timeout, cwd, [ENTRY_SCRIPT], status)
+        options = _run_options(out_dir, sample_hz, hang_timeout, cwd, [ENTRY_SCRIPT], status, no_shim, memory_history)
         if plan_file:
             results = [run_saved_plan(plan_file, options)]
         else:
@@ -202,7 +205,7 @@ def run_command(machine, demo, out_dir, sample_hz, hang_timeout, auto, plan_file
 @cli.command("demo")
 @run_options
 @click.option("--nproc", type=click.IntRange(2, 8), default=5, show_default=True, help="Ranks: 4 DiT ranks and the VAE rank, as upstream TPP.")
-def demo_command(out_dir, sample_hz, hang_timeout, nproc):
+def demo_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, nproc):
     """The whole flow on any machine with torch: a tiny real checkpoint, plan, a small real TPP-like run, report."""
     import importlib.util
 
@@ -233,7 +236,7 @@ def demo_command(out_dir, sample_hz, hang_timeout, nproc):
     console.print("plan: " + plan["reasons"][0])
     out_dir.mkdir(parents=True, exist_ok=True)
     with console.status("starting") as status:
-        options = _run_options(out_dir, sample_hz, hang_timeout, out_dir, ["-m", "avatardoctor.runner.demo_entry"], status)
+        options = _run_options(out_dir, sample_hz, hang_timeout, out_dir, ["-m", "avatardoctor.runner.demo_entry"], status, no_shim, memory_history)
         result = execute(plan, options)
     _say_result(result)
     sys.exit(0 if result.failure.cls == "success" else 1)

@@ -55,6 +55,8 @@ class RunOptions:
     entry: list[str] = field(default_factory=lambda: ["minimal_inference/s2v_streaming_interact.py"])
     not_ready: list[str] = field(default_factory=list)  # failing check ids, when launched with --force
     on_progress: object | None = None  # called about 5 times a second with (tracker, sampler): the live view
+    shim: bool = True  # run each rank through avatardoctor.runner.shim (torch's own memory view per rank)
+    memory_history: bool = False  # also a PyTorch memory snapshot per rank (CUDA only)
 
 
 @dataclass
@@ -66,10 +68,13 @@ class RunResult:
     report: Path | None
 
 
-def torchrun_argv(plan: dict, port: int, entry: list[str]) -> list[str]:
+SHIM = ["-m", "avatardoctor.runner.shim"]
+
+
+def torchrun_argv(plan: dict, port: int, entry: list[str], shim: bool = False) -> list[str]:
     """The launch, as a list (never a shell string): a prompt full of $(...), quotes and ; is one item."""
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(plan["nproc"]),
-            "--master_port", str(port), *entry, *plan["argv"]]  # fmt: skip
+            "--master_port", str(port), *(SHIM if shim else []), *entry, *plan["argv"]]  # fmt: skip
 
 
 def _free_port(planned: int) -> int:
@@ -124,9 +129,10 @@ def execute(plan: dict, options: RunOptions) -> RunResult:
     """Run one attempt of a plan; never raises for what the job does (that is the result)."""
     folder = new_run_folder(options.out_dir, plan.get("mode", "run"))
     port = _free_port(int(plan.get("master_port", 29500)))
-    argv = torchrun_argv(plan, port, options.entry)
+    argv = torchrun_argv(plan, port, options.entry, options.shim)
     folder.plan_json.write_text(json.dumps({**plan, "master_port": port}, indent=2) + "\n")
-    env = {**os.environ, **plan.get("env", {}), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **plan.get("env", {}), "PYTHONUNBUFFERED": "1", "AVATARDOCTOR_RANK_DIR": str(folder.ranks),
+           "AVATARDOCTOR_MEMORY_HISTORY": "1" if options.memory_history else "0"}  # fmt: skip
     started_wall, started = datetime.now(timezone.utc), time.monotonic()
     tracker = LogTracker(int(plan["nproc"]), (plan.get("config") or {}).get("num_clip"))
     tail: collections.deque = collections.deque(maxlen=TAIL_LINES)
@@ -254,11 +260,27 @@ def _write_debug_info(folder, plan, argv, failure, code, peaks, tracker, started
         "clips_done": tracker.clips_done,
         "gpus": gpus,
         "memory_source": source,
+        "ranks": _rank_summaries(folder),
         "command": argv,
         "cwd": str(options.cwd),
         "python": sys.version.split()[0],
     }
     folder.debug_json.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def _rank_summaries(folder: RunFolder) -> list[dict]:
+    """What the shim saw in each rank: torch's peaks, the process's peak RSS, an OOM, how it ended."""
+    ranks = []
+    for path in sorted(folder.ranks.glob("rank*.json")):
+        try:
+            doc = json.loads(path.read_text()[: 16 * 2**20])
+        except (OSError, ValueError):
+            continue
+        events = doc.get("events") or []
+        peak = lambda key: max((e[key] for e in events if isinstance(e.get(key), (int, float))), default=None)  # noqa: E731
+        ranks.append({"rank": doc.get("rank"), "exit": doc.get("exit"), "max_allocated_mib": peak("max_allocated_mib"),
+                      "max_reserved_mib": peak("max_reserved_mib"), "max_rss_mib": peak("max_rss_mib"), "oom": doc.get("oom")})  # fmt: skip
+    return ranks
 
 
 def _render_report(folder: RunFolder) -> Path | None:

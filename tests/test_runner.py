@@ -240,3 +240,22 @@ def test_a_full_disk_stops_the_job_with_a_clear_outcome(tmp_path):
     finally:
         run_module.new_run_folder = real
     assert result.failure.cls == "disk-full" and "--out-dir" in result.failure.remedy
+
+
+def test_the_shim_writes_each_ranks_record_even_when_the_entry_raises(tmp_path):
+    ok = execute(plan(prompt=token()), options(tmp_path))
+    debug = json.loads(ok.folder.debug_json.read_text())
+    assert [r["rank"] for r in debug["ranks"]] == [0, 1] and all(r["exit"] == "ok" for r in debug["ranks"])
+    rank0 = json.loads((ok.folder.ranks / "rank0.json").read_text())
+    events = [e["event"] for e in rank0["events"]]
+    assert events[-1] == "exit" and any(e.startswith("phase: ") for e in events)
+    assert max(e["max_rss_mib"] for e in rank0["events"]) > 150  # the fake's 150 MB while denoising
+    failed = execute(plan("oom:1:1", prompt=token()), options(tmp_path / "oom"))
+    ranks = {r["rank"]: r for r in json.loads(failed.folder.debug_json.read_text())["ranks"]}
+    assert ranks[1]["exit"] == "exit 1"  # written in the shim's finally, after the entry raised
+
+
+def test_no_shim_runs_the_entry_directly(tmp_path):
+    result = execute(plan(prompt=token()), options(tmp_path, shim=False))
+    assert result.failure.cls == "success" and json.loads(result.folder.debug_json.read_text())["ranks"] == []
+    assert "avatardoctor.runner.shim" not in " ".join(json.loads(result.folder.debug_json.read_text())["command"])
