@@ -171,21 +171,25 @@ def run_options(fn):
 @click.option("--max-retries", type=click.IntRange(min=0), default=2, show_default=True, help="With --auto: attempts after an out-of-memory.")
 @click.option("--force", is_flag=True, help="Launch although checks fail (recorded loudly in the run folder).")
 @click.option("--smoke", is_flag=True, help="The smallest run the plan allows: one clip at 384*256.")
-def run_command(machine, demo, no_shim, memory_history, out_dir, sample_hz, hang_timeout, auto, plan_file, max_retries, force, smoke, **config_flags):
+@click.option("--gradio", is_flag=True, help="Serve the Gradio entry with the plan (port 7860, or a free one) and record until stopped.")
+def run_command(machine, demo, no_shim, memory_history, out_dir, sample_hz, hang_timeout, auto, plan_file, max_retries, force, smoke, gradio, **config_flags):
     """Launch Live Avatar with torchrun, record memory, explain what happened. Exit 0 success, 1 failure, 130 interrupted."""
     from rich.console import Console
 
     from avatardoctor.config import ENTRY_SCRIPT
-    from avatardoctor.runner.auto import auto_run, run_saved_plan
+    from avatardoctor.runner.auto import GRADIO_ENTRY, auto_run, run_saved_plan
 
     if bool(auto) == bool(plan_file):
         raise InputError("run: pass --auto (check, plan and run) or --plan PLAN.json")
     console = Console(stderr=True, highlight=False)
     cwd = config_flags.get("liveavatar") or Path.cwd()
     with console.status("starting") as status:
-        options = _run_options(out_dir, sample_hz, hang_timeout, cwd, [ENTRY_SCRIPT], status, no_shim, memory_history)
+        entry = [GRADIO_ENTRY] if gradio else [ENTRY_SCRIPT]
+        options = _run_options(out_dir, sample_hz, hang_timeout, cwd, entry, status, no_shim, memory_history)
+        if gradio:
+            options.hang_timeout_s = float("inf")  # a server idles silently between requests
         if plan_file:
-            results = [run_saved_plan(plan_file, options)]
+            results = [run_saved_plan(plan_file, options, gradio=gradio, log=console.print)]
         else:
             from avatardoctor.checks.base import Status
             from avatardoctor.doctor import build_context, diagnose
@@ -195,7 +199,7 @@ def run_command(machine, demo, no_shim, memory_history, out_dir, sample_hz, hang
             if failing and not force:
                 raise click.ClickException(f"not ready: {', '.join(failing)} failed (see `avatardoctor check`; --force launches anyway)")
             options.not_ready = failing
-            results = auto_run(ctx, options, max_retries, smoke, lambda line: console.print(line))
+            results = auto_run(ctx, options, 0 if gradio else max_retries, smoke, lambda line: console.print(line), gradio)
     for result in results:
         _say_result(result)
     last = results[-1].failure.cls if results else "nothing-to-run"

@@ -12,7 +12,7 @@ from avatardoctor.runner.run import RunOptions, RunResult, execute
 SMOKE = {"num_clip": 1, "size": "384*256"}  # the seeds' "quick validation": one clip, the smallest size
 
 
-def auto_run(ctx, options: RunOptions, max_retries: int, smoke: bool, log) -> list[RunResult]:
+def auto_run(ctx, options: RunOptions, max_retries: int, smoke: bool, log, gradio: bool = False) -> list[RunResult]:
     """Attempts, in order; each in its own folder. log(str) tells the user what happens."""
     results: list[RunResult] = []
     tried: set[str] = set()
@@ -23,6 +23,8 @@ def auto_run(ctx, options: RunOptions, max_retries: int, smoke: bool, log) -> li
             break
         chosen = dataclasses.replace(plan.chosen, **SMOKE) if smoke else plan.chosen
         doc = plan_document(dataclasses.replace(plan, chosen=chosen), ctx)
+        if gradio:
+            doc = _serve(doc, log)
         log(f"attempt {attempt + 1}: {describe(chosen)}")
         result = execute(doc, options)
         results.append(result)
@@ -33,7 +35,15 @@ def auto_run(ctx, options: RunOptions, max_retries: int, smoke: bool, log) -> li
     return results
 
 
-def run_saved_plan(path: Path, options: RunOptions) -> RunResult:
+def _serve(doc: dict, log) -> dict:
+    doc, note = gradio_plan(doc)
+    if note:
+        log(note)
+    log(f"serving the Gradio app on port {doc['server_port']} until stopped (Ctrl-C)")
+    return doc
+
+
+def run_saved_plan(path: Path, options: RunOptions, gradio: bool = False, log=print) -> RunResult:
     from avatardoctor.errors import InputError
 
     try:
@@ -44,7 +54,7 @@ def run_saved_plan(path: Path, options: RunOptions) -> RunResult:
         raise InputError(f"--plan {path}: not a plan with arguments (write one with `avatardoctor plan -o FILE`)")
     if not all(isinstance(a, str) for a in doc["argv"]) or not isinstance(doc.get("nproc"), int):
         raise InputError(f"--plan {path}: argv must be a list of strings and nproc an integer")
-    return execute(doc, options)
+    return execute(_serve(doc, log) if gradio else doc, options)
 
 
 def demo_plan(ckpt: Path, nproc: int = 5) -> dict:
@@ -60,3 +70,31 @@ def demo_plan(ckpt: Path, nproc: int = 5) -> dict:
         "argv": entry_argv(config), "prediction": None, "reasons": ["the built-in demo: TPP at 384*256 on CPU ranks"],
         "config": {"mode": "tpp", "nproc": config.nproc, "size": config.size, "num_clip": config.num_clip, "infer_frames": config.infer_frames},
     }  # fmt: skip
+
+
+GRADIO_ENTRY = "minimal_inference/gradio_app.py"
+GRADIO_PORT = 7860
+# What upstream's gradio_multi_gpu.sh sets: a server waits on users, not on its peers.
+GRADIO_ENV = {"TORCH_NCCL_BLOCKING_WAIT": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "0", "TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC": "86400"}
+PER_REQUEST = ("--prompt", "--image", "--audio", "--save_file", "--num_clip")  # the web page supplies these
+
+
+def gradio_plan(doc: dict, port: int = GRADIO_PORT) -> tuple[dict, str | None]:
+    """The plan for the Gradio entry, on a free server port; and a note when 7860 was taken."""
+    from avatardoctor.checks.ports import bind_error, free_port_near, port_holders
+
+    note = None
+    if bind_error(port) is not None:
+        holders = ", ".join(f"PID {pid} ({name})" for pid, name in port_holders(port) if pid) or "another process"
+        free = free_port_near(port)
+        note = f"server port {port} is held by {holders}: serving on {free}"
+        port = free
+    argv, i = [], 0
+    while i < len(doc["argv"]):
+        if doc["argv"][i] in PER_REQUEST:
+            i += 2
+            continue
+        argv.append(doc["argv"][i])
+        i += 1
+    argv += ["--num_clip", "100", "--server_port", str(port), "--server_name", "0.0.0.0"]
+    return {**doc, "argv": argv, "env": {**doc.get("env", {}), **GRADIO_ENV}, "server_port": port}, note

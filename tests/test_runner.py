@@ -259,3 +259,41 @@ def test_no_shim_runs_the_entry_directly(tmp_path):
     result = execute(plan(prompt=token()), options(tmp_path, shim=False))
     assert result.failure.cls == "success" and json.loads(result.folder.debug_json.read_text())["ranks"] == []
     assert "avatardoctor.runner.shim" not in " ".join(json.loads(result.folder.debug_json.read_text())["command"])
+
+
+def test_gradio_serves_on_a_free_port_and_records_until_stopped(tmp_path):
+    from avatardoctor.runner.auto import gradio_plan
+
+    with socket.socket() as held:  # someone already serves on 7860's stand-in
+        held.bind(("0.0.0.0", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        doc, note = gradio_plan(plan(prompt="x"), taken)
+    assert doc["server_port"] != taken and f"server port {taken} is held" in note
+    assert "--prompt" not in doc["argv"] and doc["argv"][-4:] == ["--server_port", str(doc["server_port"]), "--server_name", "0.0.0.0"]
+    assert doc["env"]["TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC"] == "86400"
+    mark = token()
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(json.dumps({**plan(prompt=mark), "argv": [*plan(prompt=mark)["argv"], "--base_seed", mark]}))
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "avatardoctor", "run", "--plan", str(plan_file), "--gradio", "--out-dir", str(out),
+           "--liveavatar", str(checkout(tmp_path)), "--hang-timeout", "2"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, log = time.monotonic() + 60, None
+    while time.monotonic() < deadline:
+        logs = list(out.glob("*/logs/inference.log"))
+        if logs and "Running on local URL" in logs[0].read_text():
+            log = logs[0]
+            break
+        time.sleep(0.3)
+    assert log is not None, "the app never started"
+    port = int(log.read_text().split("http://0.0.0.0:")[1].split()[0])
+    time.sleep(3)  # longer than --hang-timeout: a quiet server is not a hang
+    with socket.create_connection(("127.0.0.1", port), timeout=5):  # a real client reaches it
+        pass
+    proc.send_signal(signal.SIGINT)
+    proc.wait(60)
+    assert proc.returncode == 130
+    debug = json.loads((log.parent.parent / "debug_info.json").read_text())
+    assert debug["outcome"] == "interrupted" and "gradio_app.py" in " ".join(debug["command"])
+    assert no_survivors(mark) == []
