@@ -125,13 +125,31 @@ def predict_command(machine, demo, as_json, **config_flags):
     sys.exit(exitcodes.NOT_READY if prediction.verdict == "wont-fit" else exitcodes.READY)
 
 
+BAR_WIDTH = 12
+
+
+def live_line(tracker, sampler, plan) -> str:
+    """The live view: phase, clips done of total with an ETA, each GPU's memory against its limit."""
+    usable = {str(g["index"]): g.get("usable_gib") for g in ((plan.get("prediction") or {}).get("gpus") or [])}
+    bars = []
+    for gpu, s in sorted(sampler.last().items()):
+        used = s["memory_used_mib"] / 1024
+        limit = usable.get(gpu) or (s["memory_total_mib"] or 0) / 1024 or None
+        filled = min(BAR_WIDTH, round(BAR_WIDTH * used / limit)) if limit else 0
+        bars.append(f"{gpu}: {'█' * filled}{'░' * (BAR_WIDTH - filled)} {used:.1f}/{limit:.1f} GiB" if limit else f"{gpu}: {used:.1f} GiB")
+    clips = f"clips {tracker.clips_done}" + (f"/{tracker.clip_total}" if tracker.clip_total else "")
+    first = next((start for name, start, _ in tracker.phases() if name.startswith("clip")), None)
+    if first is not None and tracker.clips_done and tracker.clip_total and tracker.last_output_s:
+        per_clip = (tracker.last_output_s - first) / tracker.clips_done
+        clips += f", ETA {per_clip * max(tracker.clip_total - tracker.clips_done, 0):.0f} s"
+    return f"{tracker.current_phase or 'starting'} · {clips} · " + "  ".join(bars)
+
+
 def _run_options(out_dir, sample_hz, hang_timeout, cwd, entry, status, no_shim=False, memory_history=False):
     from avatardoctor.runner.run import RunOptions
 
-    def progress(tracker, sampler):
-        memory = "  ".join(f"GPU {g}: {s['memory_used_mib'] / 1024:.1f} GiB" for g, s in sorted(sampler.last().items()))
-        clips = f"clips {tracker.clips_done}" + (f"/{tracker.clip_total}" if tracker.clip_total else "")
-        status.update(f"{tracker.current_phase or 'starting'} · {clips} · {memory}")
+    def progress(tracker, sampler, plan):
+        status.update(live_line(tracker, sampler, plan))
 
     return RunOptions(out_dir=out_dir, sample_hz=sample_hz, hang_timeout_s=hang_timeout, cwd=cwd, entry=entry,
                       on_progress=progress, shim=not no_shim, memory_history=memory_history)  # fmt: skip

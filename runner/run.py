@@ -54,7 +54,7 @@ class RunOptions:
     cwd: Path = field(default_factory=Path.cwd)  # the Live Avatar checkout
     entry: list[str] = field(default_factory=lambda: ["minimal_inference/s2v_streaming_interact.py"])
     not_ready: list[str] = field(default_factory=list)  # failing check ids, when launched with --force
-    on_progress: object | None = None  # called about 5 times a second with (tracker, sampler): the live view
+    on_progress: object | None = None  # called about 5 times a second with (tracker, sampler, plan): the live view
     shim: bool = True  # run each rank through avatardoctor.runner.shim (torch's own memory view per rank)
     memory_history: bool = False  # also a PyTorch memory snapshot per rank (CUDA only)
 
@@ -176,7 +176,7 @@ def execute(plan: dict, options: RunOptions) -> RunResult:
                     reaper.stdin.write((" ".join(map(str, new)) + "\n").encode())
                     reaper.stdin.flush()
                 if options.on_progress:
-                    options.on_progress(tracker, sampler)
+                    options.on_progress(tracker, sampler, plan)
                 if _is_hung(tracker, sampler, started, options.hang_timeout_s):
                     hung = True
                     log.write(f"[avatardoctor] no output for {options.hang_timeout_s:.0f} s at ~0% utilisation: stopping the job\n")

@@ -297,3 +297,18 @@ def test_gradio_serves_on_a_free_port_and_records_until_stopped(tmp_path):
     debug = json.loads((log.parent.parent / "debug_info.json").read_text())
     assert debug["outcome"] == "interrupted" and "gradio_app.py" in " ".join(debug["command"])
     assert no_survivors(mark) == []
+
+
+def test_the_live_view_shows_phase_clips_eta_and_memory_bars():
+    from avatardoctor.cli import live_line
+    from avatardoctor.runner.logparse import LogTracker
+
+    class Sampler:
+        def last(self):
+            return {"0": {"memory_used_mib": 40 * 1024, "memory_total_mib": 81559, "utilization_pct": 90}}
+
+    tracker = LogTracker(1, 4)
+    for at, line in [(1.0, "complete prepare conditional inputs"), (2.0, "100%|██████████| 4/4 [00:01<00:00]")]:
+        tracker.feed(line, at)
+    line = live_line(tracker, Sampler(), {"prediction": {"gpus": [{"index": 0, "usable_gib": 80.0}]}})
+    assert "0: ██████░░░░░░ 40.0/80.0 GiB" in line and "clips " in line
