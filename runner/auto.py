@@ -32,7 +32,28 @@ def auto_run(ctx, options: RunOptions, max_retries: int, smoke: bool, log, gradi
         if result.failure.cls != "oom":
             break
         tried.add(describe(plan.chosen))
+        ctx = _learn_from_oom(ctx, doc, result, log)
     return results
+
+
+def _learn_from_oom(ctx, doc: dict, result: RunResult, log):
+    """Feed the measured peak back: what the GPU held plus what it tried to allocate, against what
+    was predicted, raises the per-process estimate by the shortfall for the next plan."""
+    f = result.failure
+    predicted = {str(g["index"]): g for g in ((doc.get("prediction") or {}).get("gpus") or [])}
+    held = result.peaks_mib.get(str(f.gpu)) if f.gpu is not None else None
+    pred = (predicted.get(str(f.gpu)) or {}).get("peak_gib")
+    if held is None or pred is None:
+        return ctx
+    needed_gib = (held + (f.tried_to_allocate_mib or 0)) / 1024
+    shortfall = needed_gib - pred
+    if shortfall <= 0:
+        return ctx
+    log(f"GPU {f.gpu} needed at least {needed_gib:.2f} GiB (held + the failed allocation), {pred:.2f} GiB predicted: "
+        f"the next plan adds {shortfall:.2f} GiB per process")  # fmt: skip
+    terms = dataclasses.replace(ctx.terms, context_bytes=ctx.terms.context_bytes + shortfall * 2**30,
+                                source=f"{ctx.terms.source}, + {shortfall:.2f} GiB measured in an out-of-memory")  # fmt: skip
+    return dataclasses.replace(ctx, terms=terms)
 
 
 def _serve(doc: dict, log) -> dict:

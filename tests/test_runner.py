@@ -312,3 +312,20 @@ def test_the_live_view_shows_phase_clips_eta_and_memory_bars():
         tracker.feed(line, at)
     line = live_line(tracker, Sampler(), {"prediction": {"gpus": [{"index": 0, "usable_gib": 80.0}]}})
     assert "0: ██████░░░░░░ 40.0/80.0 GiB" in line and "clips " in line
+
+
+def test_an_oom_raises_the_next_plans_estimate_by_the_shortfall(tmp_path):
+    from avatardoctor.runner.auto import _learn_from_oom
+    from avatardoctor.runner.classify import Failure
+    from avatardoctor.runner.run import RunResult
+    from conftest import make_ctx
+
+    ctx = make_ctx("5xH800-healthy")
+    doc = {"prediction": {"gpus": [{"index": 2, "peak_gib": 40.0}]}}
+    oom = Failure("oom", "CUDA out of memory", None, gpu=2, tried_to_allocate_mib=2048.0)
+    result = RunResult(folder=None, failure=oom, exit_code=1, peaks_mib={"2": 41 * 1024.0}, report=None)
+    lines = []
+    learned = _learn_from_oom(ctx, doc, result, lines.append)
+    assert learned.terms.context_bytes - ctx.terms.context_bytes == pytest.approx(3 * 2**30)  # 41 + 2 - 40
+    assert "needed at least 43.00 GiB" in lines[0]
+    assert learned.prediction.gpus[0].peak_bytes > ctx.prediction.gpus[0].peak_bytes
