@@ -329,3 +329,30 @@ def test_an_oom_raises_the_next_plans_estimate_by_the_shortfall(tmp_path):
     assert learned.terms.context_bytes - ctx.terms.context_bytes == pytest.approx(3 * 2**30)  # 41 + 2 - 40
     assert "needed at least 43.00 GiB" in lines[0]
     assert learned.prediction.gpus[0].peak_bytes > ctx.prediction.gpus[0].peak_bytes
+
+
+def test_auto_smoke_plans_and_runs_one_small_clip(tmp_path, monkeypatch):
+    from avatardoctor.runner.auto import auto_run
+    from conftest import make_ctx
+
+    monkeypatch.setenv("FAKE_LIVEAVATAR_MODE", "success")  # the launch inherits the runner's environment
+    ctx = make_ctx("5xH800-healthy", prompt=token())
+    results = auto_run(ctx, options(tmp_path), max_retries=0, smoke=True, log=lambda line: None)
+    (result,) = results
+    argv = json.loads(result.folder.plan_json.read_text())["argv"]
+    assert argv[argv.index("--num_clip") + 1] == "1" and argv[argv.index("--size") + 1] == "384*256"
+    assert result.failure.cls == "success"
+
+
+def test_auto_steps_down_after_each_oom(tmp_path, monkeypatch):
+    from avatardoctor.runner.auto import auto_run
+    from conftest import make_ctx
+
+    monkeypatch.setenv("FAKE_LIVEAVATAR_MODE", "oom:1:0")  # every attempt runs out of memory
+    lines: list[str] = []
+    results = auto_run(make_ctx("5xH800-healthy", prompt=token()), options(tmp_path), max_retries=1, smoke=False, log=lines.append)
+    assert [r.failure.cls for r in results] == ["oom", "oom"]
+    first, second = (json.loads(r.folder.plan_json.read_text()) for r in results)
+    assert first["reasons"][-1] != second["reasons"][-1]  # a different, smaller configuration
+    assert any(r.startswith("skipped ") for r in second["reasons"])
+    assert results[0].folder.root != results[1].folder.root
