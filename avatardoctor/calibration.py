@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from avatardoctor.errors import InputError
+from avatardoctor.files import FileTooLarge, read_limited
 from avatardoctor.estimates import DEFAULT_TERMS, EstimateTerms
 from avatardoctor.units import GIB, MIB, gib
 
@@ -248,12 +249,11 @@ def import_measurements(path: Path) -> list[Measurement]:
     """Measurements from a JSON file {"schema": IMPORT_SCHEMA, "measurements": [{field: value}]}, checked field by field."""
     where = f"{IMPORT_FLAG} {path}"
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_IMPORT_BYTES + 1)
+        data = read_limited(path, MAX_IMPORT_BYTES)
     except OSError as err:
         raise InputError(f"{where}: cannot read ({err.strerror})") from None
-    if len(data) > MAX_IMPORT_BYTES:
-        raise InputError(f"{where}: over 16 MiB, not a measurements file (is it the right file?)")
+    except FileTooLarge:
+        raise InputError(f"{where}: over 16 MiB, not a measurements file (is it the right file?)") from None
     try:
         doc = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:

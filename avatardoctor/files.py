@@ -19,3 +19,17 @@ def write_new_file(path: Path, text: str, flag: str, force: bool = False) -> Non
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise InputError(f"{flag} {path}: cannot write ({err.strerror})") from None
+
+
+class FileTooLarge(Exception):
+    """A file over the limit its reader allows; it was not read beyond it."""
+
+
+def read_limited(path: Path, limit: int) -> bytes:
+    """A small file's bytes, reading at most limit + 1 of them: a huge file is refused unread.
+    OSError for a file that cannot be read; FileTooLarge for one over the limit."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise FileTooLarge(limit)
+    return data

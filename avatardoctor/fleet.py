@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from avatardoctor import exitcodes
+from avatardoctor.files import FileTooLarge, read_limited
 from avatardoctor.machine.model import MachineFormatError, machine_from_dict
 from avatardoctor.units import GIB, MIB, gib
 
@@ -90,12 +91,11 @@ class Fleet:
 def read_report(path: Path) -> Any:
     """The parsed JSON of one file, read with a size bound; raises UnreadableReport."""
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_FILE_BYTES + 1)
+        data = read_limited(path, MAX_FILE_BYTES)
     except OSError as err:
         raise UnreadableReport(f"cannot read ({err.strerror})") from None
-    if len(data) > MAX_FILE_BYTES:
-        raise UnreadableReport(f"over {MAX_FILE_BYTES // MIB} MiB, not a `check --json` report")
+    except FileTooLarge:
+        raise UnreadableReport(f"over {MAX_FILE_BYTES // MIB} MiB, not a `check --json` report") from None
     try:
         return json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:

@@ -27,3 +27,15 @@ def test_refuses_to_overwrite_without_force(tmp_path):
 def test_unwritable_place_is_a_one_line_error(tmp_path):
     with pytest.raises(InputError, match="cannot write"):
         write_new_file(tmp_path / "no-such-dir" / "m.json", "{}", "-o")
+
+
+def test_read_limited_refuses_a_large_file_without_reading_it(tmp_path):
+    from avatardoctor.files import FileTooLarge, read_limited
+
+    small = tmp_path / "small.json"
+    small.write_bytes(b"{}")
+    assert read_limited(small, 2) == b"{}"
+    with pytest.raises(FileTooLarge):
+        read_limited(small, 1)
+    with pytest.raises(OSError):
+        read_limited(tmp_path / "missing.json", 10)

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from avatardoctor.errors import InputError
-from avatardoctor.files import write_new_file
+from avatardoctor.files import FileTooLarge, read_limited, write_new_file
 from avatardoctor.units import MIB, mib
 
 READ_FLAG = "--manifest"
@@ -40,12 +40,11 @@ class _LineError(ValueError):
 def read_manifest(path: Path) -> dict[str, str]:
     """{relative POSIX path: lowercase sha256 hex} from a sha256sum file; InputError if it is not one."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_BYTES + 1)
+        data = read_limited(path, MAX_BYTES)
     except OSError as err:
         raise InputError(f"{READ_FLAG} {path}: cannot read ({err.strerror})") from None
-    if len(data) > MAX_BYTES:
-        raise InputError(f"{READ_FLAG} {path}: over {mib(MAX_BYTES)}, not a checksum list (is it the right file?)")
+    except FileTooLarge:
+        raise InputError(f"{READ_FLAG} {path}: over {mib(MAX_BYTES)}, not a checksum list (is it the right file?)") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
