@@ -131,7 +131,7 @@ def execute(plan: dict, options: RunOptions) -> RunResult:
     port = _free_port(int(plan.get("master_port", 29500)))
     argv = torchrun_argv(plan, port, options.entry, options.shim)
     folder.plan_json.write_text(json.dumps({**plan, "master_port": port}, indent=2) + "\n")
-    env = {**os.environ, **plan.get("env", {}), "PYTHONUNBUFFERED": "1", "AVATARDOCTOR_RANK_DIR": str(folder.ranks),
+    env = {**os.environ, **plan.get("env", {}), "PYTHONUNBUFFERED": "1", "AVATARDOCTOR_RANK_DIR": str(folder.ranks.resolve()),  # the ranks run elsewhere
            "AVATARDOCTOR_MEMORY_HISTORY": "1" if options.memory_history else "0"}  # fmt: skip
     started_wall, started = datetime.now(timezone.utc), time.monotonic()
     tracker = LogTracker(int(plan["nproc"]), (plan.get("config") or {}).get("num_clip"))

@@ -356,3 +356,9 @@ def test_auto_steps_down_after_each_oom(tmp_path, monkeypatch):
     assert first["reasons"][-1] != second["reasons"][-1]  # a different, smaller configuration
     assert any(r.startswith("skipped ") for r in second["reasons"])
     assert results[0].folder.root != results[1].folder.root
+
+
+def test_rank_records_land_in_the_run_folder_with_a_relative_out_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # --out-dir runs, as the CLI's default: relative to where the runner starts
+    result = execute(plan(prompt=token()), RunOptions(out_dir=Path("runs"), cwd=checkout(tmp_path), entry=ENTRY))
+    assert sorted(p.name for p in (tmp_path / result.folder.ranks).glob("rank*.json")) == ["rank0.json", "rank1.json"]
