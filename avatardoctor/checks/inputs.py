@@ -12,7 +12,7 @@ import os
 import re
 
 from avatardoctor.checks.base import CheckContext, Outcome, check, failed, passed, skipped, warned
-from avatardoctor.predict import padded_size
+from avatardoctor.predict import geometry, image_size
 from avatardoctor.units import file_size
 
 GROUP = "Inputs"
@@ -89,22 +89,21 @@ def check_image(ctx: CheckContext) -> Outcome:
 
 @check("input.image.size", GROUP)
 def check_generation_size(ctx: CheckContext) -> Outcome:
+    """The size the prediction uses, computed by the same code (the image's header, not its pixels)."""
     path = ctx.config.image
     if path is None:
         return skipped("no --image given: the aspect of --size is assumed")
-    img, problem = _open_image(path)
-    if problem:
-        return skipped("the image cannot be read (see input.image)")
-    with img:
-        w, h = img.width, img.height
-    gh, gw = padded_size(ctx.config.size, (h, w))
-    data = {"height": gh, "width": gw}
+    geo, unreadable = geometry(ctx.config)
+    if unreadable:
+        return skipped("the image's size cannot be read (see input.image)")
+    h, w = image_size(path)
+    data = {"height": geo.height, "width": geo.width}
     details = ["the image's aspect within the --size area, padded up to multiples of 64 and never upscaled",
                "the memory prediction uses this size"]  # fmt: skip
     sw, sh = (int(x) for x in ctx.config.size.split("*"))
-    if gh * gw < sw * sh * 0.5 and h * w < sw * sh:
+    if geo.height * geo.width < sw * sh * 0.5 and h * w < sw * sh:
         details.append(f"the image ({w}x{h}) is smaller than the --size budget, so the video stays small: it is not upscaled")
-    return passed(f"{ctx.config.size} -> {gh}x{gw} (HxW) for this {w}x{h} image", details, data)
+    return passed(f"{ctx.config.size} -> {geo.height}x{geo.width} (HxW) for this {w}x{h} image", details, data)
 
 
 @check("input.prompt", GROUP)
