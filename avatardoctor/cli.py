@@ -495,7 +495,7 @@ def verify(directory, liveavatar, lora_path, deep, manifest, write_manifest, for
     if as_json:
         import json
 
-        summary = ctx.checkpoint.summary()
+        summary = ctx.checkpoint.summary
         doc = {
             "schema": "avatardoctor.ckpt/1",
             "verdict": "sound" if report.ready else "broken",

@@ -215,7 +215,7 @@ def test_complete_skeleton_passes_with_sizes_in_gib(full_skeleton):
 
 
 def test_component_summary_comes_from_the_headers(full_skeleton):
-    summary = scan_checkpoint(str(full_skeleton), Path("/")).summary()
+    summary = scan_checkpoint(str(full_skeleton), Path("/")).summary
     assert summary.source == f"checkpoint {full_skeleton}"
     assert summary.dit.params == 16_295_755_609 and summary.dit.bytes == 32_591_511_218
     assert len(summary.dit_units.blocks) == 40

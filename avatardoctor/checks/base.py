@@ -115,7 +115,7 @@ class CheckContext:
     @property
     def components(self) -> ComponentSummary:
         """Component sizes from the checkpoint's own headers when it verified, else the reference."""
-        summary = self.checkpoint.summary() if self.checkpoint else None
+        summary = self.checkpoint.summary if self.checkpoint else None
         return summary or reference_summary()
 
     @property

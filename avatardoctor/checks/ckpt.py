@@ -114,7 +114,7 @@ def check_dit(ctx: CheckContext) -> Outcome:
         )
     if scan.size is None:
         return skipped("DiT shards not all present (see ckpt.layout)")
-    units = ctx.checkpoint.summary() and ctx.checkpoint.summary().dit_units
+    units = ctx.checkpoint.summary and ctx.checkpoint.summary.dit_units
     details = []
     if units:
         block = max(b.bytes for b in units.blocks) if units.blocks else 0

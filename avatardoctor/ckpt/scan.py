@@ -7,6 +7,7 @@ import errno
 import json
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from avatardoctor.ckpt import layout
@@ -64,8 +65,10 @@ class CheckpointScan:
         seen = [f for c in self.components.values() for f in c.files if f not in c.missing]
         return [self.root / f for f in dict.fromkeys(seen) if (self.root / f).is_file()]
 
+    @cached_property
     def summary(self) -> ComponentSummary | None:
-        """Component sizes from this checkpoint's own headers, once the DiT is whole."""
+        """Component sizes from this checkpoint's own headers, once the DiT is whole (computed once:
+        every prediction reads it)."""
         dit, t5, vae = (self.components.get(k) for k in ("dit", "t5", "vae"))
         if not (dit and dit.ok and dit.size and not self.index_problems):
             return None
