@@ -51,6 +51,12 @@ def test_a_normal_install_imports_avatardoctor_runner(wheel, tmp_path):
     assert r.stdout.strip() == str(target / "avatardoctor" / "runner" / "__init__.py")
 
 
+def test_report_templates_ship_with_the_reports_package(wheel):
+    names = set(wheel.namelist())
+    for template in ("base.html.j2", "report.html.j2", "compare.html.j2"):
+        assert f"avatardoctor/reports/{template}" in names
+
+
 def test_reference_tensor_lists_ship_as_package_data(wheel):
     names = set(wheel.namelist())
     for f in ("dit.tensors.json", "t5.tensors.json", "vae.tensors.json", "diffusion_pytorch_model.safetensors.index.json"):
