@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -25,6 +26,13 @@ def _str2bool(value: str) -> bool:
     if v in ("false", "f", "no", "n", "0"):
         return False
     raise click.BadParameter(f"{value!r} is not a boolean (True/False)")
+
+
+def _size_value(ctx, param, value: str | None) -> str | None:
+    """WIDTH*HEIGHT in pixels; whether upstream accepts it is la.asserts' to say, not the parser's."""
+    if value is not None and not re.fullmatch(r"[1-9]\d{1,4}\*[1-9]\d{1,4}", value):
+        raise click.BadParameter(f"{value!r} is not WIDTH*HEIGHT in pixels, e.g. 704*384")
+    return value
 
 
 def machine_options(fn):
@@ -50,8 +58,8 @@ def config_options(fn):
         click.option("--liveavatar", type=click.Path(path_type=Path), help="The Live Avatar checkout the launch runs in."),
         click.option("--ckpt-dir", help="The Wan2.2-S2V-14B folder (--ckpt_dir); relative to the checkout, as the launch sees it."),
         click.option("--master-port", type=int, help="torchrun --master_port (default: the upstream script's, 29102 tpp / 29101 single)."),
-        click.option("--size", help="--size as upstream spells it, e.g. 704*384."),
-        click.option("--infer-frames", type=int, help="Frames per clip (multiple of 4; scripts use 48)."),
+        click.option("--size", callback=_size_value, help="--size as upstream spells it, WIDTH*HEIGHT, e.g. 704*384."),
+        click.option("--infer-frames", type=click.IntRange(min=1), help="Frames per clip (multiple of 4; scripts use 48)."),
         click.option("--sample-steps", type=click.IntRange(min=1), help="Denoising steps (scripts use 4)."),
         click.option("--sample-solver", help="Sampler (upstream runs euler only)."),
         click.option("--num-gpus-dit", type=click.IntRange(min=1), help="GPUs running the DiT (tpp: 4)."),

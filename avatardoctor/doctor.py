@@ -33,6 +33,9 @@ def build_context(
         env["CUDA_VISIBLE_DEVICES"] = gpus  # --gpus is what the launch will set
     facts = backend_for(machine, demo).snapshot()
     visible = visible_gpus(env.get("CUDA_VISIBLE_DEVICES"), facts.gpus)
+    if gpus is not None and (visible.problem or not visible.gpus):
+        raise InputError(f"--gpus {gpus}: {visible.problem or 'names no GPU'} (this machine's GPUs: "
+                         f"{', '.join(str(g.index) for g in facts.gpus) or 'none'})")  # fmt: skip
     if demo and not config_flags.get("ckpt_dir"):
         from avatardoctor.ckpt.demo import demo_checkpoint
 

@@ -6,9 +6,11 @@ import dataclasses
 import json
 from pathlib import Path
 
+from avatardoctor.files import FileTooLarge, read_limited
 from avatardoctor.planner import describe, entry_argv, make_plan, plan_document
 from avatardoctor.runner.run import RunOptions, RunResult, execute
 
+PLAN_LIMIT = 16 * 2**20
 SMOKE = {"num_clip": 1, "size": "384*256"}  # the seeds' "quick validation": one clip, the smallest size
 
 
@@ -68,9 +70,13 @@ def run_saved_plan(path: Path, options: RunOptions, gradio: bool = False, log=pr
     from avatardoctor.errors import InputError
 
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise InputError(f"--plan {path}: cannot read it as JSON ({str(e)[:80]})") from None
+        doc = json.loads(read_limited(path, PLAN_LIMIT).decode("utf-8"))
+    except OSError as e:
+        raise InputError(f"--plan {path}: cannot read ({e.strerror})") from None
+    except FileTooLarge:
+        raise InputError(f"--plan {path}: over 16 MiB, not a plan (write one with `avatardoctor plan -o FILE`)") from None
+    except (ValueError, RecursionError) as e:
+        raise InputError(f"--plan {path}: not valid JSON ({str(e)[:80]})") from None
     if not isinstance(doc, dict) or doc.get("schema") != "avatardoctor.plan/1" or not isinstance(doc.get("argv"), list):
         raise InputError(f"--plan {path}: not a plan with arguments (write one with `avatardoctor plan -o FILE`)")
     if not all(isinstance(a, str) for a in doc["argv"]) or not isinstance(doc.get("nproc"), int):

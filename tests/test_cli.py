@@ -172,6 +172,10 @@ def test_without_nvml_check_still_reports(tmp_path):
         (["check", "--mode", "quad"], "Invalid value for '--mode'"),
         (["check", "--offload-model", "maybe"], "is not a boolean"),
         (["check", "--bogus"], "No such option '--bogus'"),
+        (["predict", "--machine", "5xH800", "--size", "12x9"], "'12x9' is not WIDTH*HEIGHT"),
+        (["predict", "--machine", "5xH800", "--gpus", "0,9"], "--gpus 0,9: entry '9': there is no GPU 9 (5 found)"),
+        (["check", "--machine", "5xH800", "--infer-frames", "-4"], "Invalid value for '--infer-frames'"),
+        (["run", "--plan", "/nonexistent/plan.json"], "--plan /nonexistent/plan.json: cannot read (No such file or directory)"),
     ],
 )
 def test_bad_usage_exits_2_with_one_clear_line(args, message):
