@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import hypothesis
 import pytest
 
 from avatardoctor.checks.base import CheckContext
@@ -12,6 +13,10 @@ from avatardoctor.config import resolve_config
 from avatardoctor.machine import backend_for
 from avatardoctor.machine.model import Machine
 from avatardoctor.visible import visible_gpus
+
+# A busy 2-core CI machine is no reason for a property test to fail: no per-example deadline anywhere.
+hypothesis.settings.register_profile("avatardoctor", deadline=None)
+hypothesis.settings.load_profile("avatardoctor")
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MACHINES = FIXTURES / "machines"
