@@ -3,6 +3,7 @@ reference (no GPU needed), and the predict / plan / calibrate commands as a user
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -241,8 +242,11 @@ def test_predict_gpus_picks_the_devices():
 def test_plan_writes_a_plan_with_a_free_port(tmp_path):
     out = tmp_path / "plan.json"
     with socket.socket() as held:
-        held.bind(("0.0.0.0", 29102))  # the tpp script's port, taken by another job
-        held.listen()
+        try:
+            held.bind(("0.0.0.0", 29102))  # the tpp script's port, taken by another job
+            held.listen()
+        except OSError as err:  # already held by another process on this machine: taken all the same
+            assert err.errno == errno.EADDRINUSE, err
         r = cli("plan", "--machine", "5xH800", "--prompt", "a $(quoted) prompt", "-o", str(out))
     assert r.returncode == 0, r.stderr
     doc = json.loads(out.read_text())
