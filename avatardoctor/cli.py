@@ -115,7 +115,7 @@ def check(machine, demo, as_json, verbose, deep, **config_flags):
 @config_options
 @click.option("--json", "as_json", is_flag=True, help="Print the versioned JSON (avatardoctor.predict/1).")
 def predict_command(machine, demo, as_json, **config_flags):
-    """Predict every GPU's peak memory, phase by phase. Exit 0 fits (or tight), 1 won't fit, 2 bad input."""
+    """Predict every GPU's peak memory, phase by phase. Exit 0 fits (or tight), 1 won't fit or won't run, 2 bad input."""
     from rich.console import Console
 
     from avatardoctor.doctor import build_context
@@ -130,7 +130,7 @@ def predict_command(machine, demo, as_json, **config_flags):
         click.echo(prediction_json(prediction, change, advice))
     else:
         render_prediction(prediction, change, advice, Console(highlight=False), machine=ctx.machine)
-    sys.exit(exitcodes.NOT_READY if prediction.verdict == "wont-fit" else exitcodes.READY)
+    sys.exit(exitcodes.NOT_READY if prediction.verdict in ("wont-fit", "wont-run") else exitcodes.READY)
 
 
 BAR_WIDTH = 12
@@ -202,8 +202,8 @@ def run_command(machine, demo, no_shim, memory_history, out_dir, sample_hz, hang
     """Launch Live Avatar with torchrun, record memory, explain what happened. Exit 0 success, 1 failure, 130 interrupted."""
     from rich.console import Console
 
-    from avatardoctor.config import ENTRY_SCRIPT
-    from avatardoctor.runner.auto import GRADIO_ENTRY, auto_run, run_saved_plan
+    from avatardoctor.runner.auto import auto_run, run_saved_plan
+    from avatardoctor.upstream import ENTRY_SCRIPT, GRADIO_ENTRY
 
     if bool(auto) == bool(plan_file):
         raise InputError("run: pass --auto (check, plan and run) or --plan PLAN.json")

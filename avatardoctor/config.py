@@ -1,32 +1,28 @@
 """The Live Avatar configuration being checked, in Live Avatar's own terms.
 
-Defaults are the upstream launch scripts' values (as ../shared/docs/liveavatar.md records them):
+Defaults are the upstream launch scripts' values (docs/upstream.md, "Launch"):
 infinite_inference_multi_gpu.sh for `tpp`, infinite_inference_single_gpu.sh for `single`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-MODES = ("tpp", "single", "fsdp", "seed-4gpu")
-MULTI_PROCESS_MODES = ("tpp", "fsdp", "seed-4gpu")  # one process per DiT GPU plus the VAE rank
-LORA_HUB_ID = "Quark-Vision/Live-Avatar"
-CKPT_DIR = "ckpt/Wan2.2-S2V-14B/"
-ENTRY_SCRIPT = "minimal_inference/s2v_streaming_interact.py"  # the entry every CLI script launches  # --ckpt_dir in every upstream script, relative to the checkout
-# argparse choices of --size in s2v_streaming_interact.py
-SIZES = (
-    "720*1280", "1280*720", "480*832", "832*480", "704*1280", "1280*704",
-    "1024*704", "704*1024", "720*400", "704*384", "688*368", "384*256",
-)  # fmt: skip
+from avatardoctor.upstream import ALL_MODES, LORA_HUB_ID, MULTI_PROCESS_MODES, SCRIPT_PORT, SCRIPT_SIZE
+
+MODES = ALL_MODES
+CKPT_DIR = "ckpt/Wan2.2-S2V-14B/"  # --ckpt_dir in every upstream script, relative to the checkout
 
 # What each mode's script passes where they differ: the upstream scripts for tpp and single; for
 # fsdp and seed-4gpu, what the seed articles describe (--dit_fsdp, no fp8; seed-4gpu is their 3 DiT
 # GPUs + 1 VAE GPU with ulysses_size = num_gpus_dit and port 29103, which upstream refuses).
-_UPSTREAM = dict(enable_vae_parallel=True, offload_model=False, master_port=29102)
+_UPSTREAM = dict(enable_vae_parallel=True, offload_model=False, master_port=SCRIPT_PORT["tpp"])
 _MODE_DEFAULTS = {
-    "tpp": dict(_UPSTREAM, num_gpus_dit=4, size="720*400"),
-    "single": dict(num_gpus_dit=1, size="704*384", offload_model=True, master_port=29101, enable_vae_parallel=False),
+    "tpp": dict(_UPSTREAM, num_gpus_dit=4, size=SCRIPT_SIZE["tpp"]),
+    "single": dict(
+        num_gpus_dit=1, size=SCRIPT_SIZE["single"], offload_model=True, master_port=SCRIPT_PORT["single"], enable_vae_parallel=False
+    ),
     "fsdp": dict(_UPSTREAM, num_gpus_dit=4, size="704*384", fp8=False, dit_fsdp=True),
     "seed-4gpu": dict(
         _UPSTREAM, num_gpus_dit=3, size="704*384", fp8=False, dit_fsdp=True, sample_steps=3, ulysses_size=3, master_port=29103
@@ -61,11 +57,18 @@ class LaunchConfig:
     image: Path | None = None  # the reference image: its aspect sets the real height and width
     audio: Path | None = None  # the driving audio: its length caps the clips
     prompt: str | None = None
+    gradio: bool = False  # launched through gradio_app.py, whose start-up asserts are laxer
+    explicit: frozenset[str] = frozenset()  # the fields the user set with a flag: the planner keeps them
 
     @property
     def nproc(self) -> int:
         """torchrun --nproc_per_node: the DiT ranks plus the VAE rank, or one process."""
         return self.num_gpus_dit + 1 if self.mode in MULTI_PROCESS_MODES else 1
+
+    def to_dict(self) -> dict:
+        """The configuration as JSON values (check --json, plan files)."""
+        d = asdict(self) | {"nproc": self.nproc, "explicit": sorted(self.explicit)}
+        return d | {k: str(getattr(self, k)) if getattr(self, k) else None for k in ("liveavatar", "image", "audio")}
 
     @property
     def dit_ranks(self) -> range:
@@ -81,4 +84,5 @@ def resolve_config(visible_gpus: int, mode: str | None = None, **overrides) -> L
     reason = "--mode" if mode else f"default for {visible_gpus} visible GPU{'s' if visible_gpus != 1 else ''}"
     mode = mode or default_mode(visible_gpus)
     config = LaunchConfig(mode=mode, mode_reason=reason, **_MODE_DEFAULTS[mode])
-    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return replace(config, **given, explicit=frozenset(given))

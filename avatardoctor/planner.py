@@ -1,11 +1,12 @@
 """Choosing a configuration that fits: the smallest change, the hardware that would do, and the
 best configuration upstream accepts on this machine. Deterministic, and every try is explained.
 
-Preference order (docs/planning.md): upstream TPP over single GPU when five GPUs are there; then the
-larger area; then more frames per clip; then no fallback, falling back in turn to --fp8, to
-offloading the KV caches (single GPU) and to T5 on the CPU. Sizes above 720*400 pass upstream's
-argparse but its conditioning cache is built for 720*400 (issue #14): the search does not propose
-them; ask for one with --size and the prediction still answers.
+Preference order (docs/memory-model.md, "Planning"): upstream TPP over single GPU when five GPUs are
+there; then the larger area; then more frames per clip; then the scripts' own precision (--fp8 where
+every rank's GPU supports it, unless the user said --no-fp8), falling back in turn to offloading the KV
+caches (single GPU) and to T5 on the CPU. Sizes above 720*400 overflow upstream's conditioning cache
+for most images (upstream.cond_tokens): the search does not propose them; ask for one with --size and
+la.asserts says whether this image allows it.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from avatardoctor.checks.liveavatar import ASSERT_RULES
 from avatardoctor.components import ComponentSummary
-from avatardoctor.config import ENTRY_SCRIPT, LaunchConfig, resolve_config
+from avatardoctor.config import LaunchConfig, resolve_config
 from avatardoctor.estimates import EstimateTerms
 from avatardoctor.machine.catalogue import CARDS, catalogue_machine
 from avatardoctor.machine.model import Gpu
-from avatardoctor.predict import VERDICT_WORDS, Prediction, predict
+from avatardoctor.predict import VERDICT_WORDS, Prediction, predict, reference_hw
 from avatardoctor.units import GIB
+from avatardoctor.upstream import ENTRY_SCRIPT, LORA_HUB_ID, LORA_LOCAL, TRAINING_CONFIG, area, violations
 
 PLANNED_SIZES = ("720*400", "704*384", "688*368", "384*256")  # the sizes upstream and the seeds run, largest first
 PLANNED_FRAMES = (48, 36, 24, 12)  # multiples of 12: whole 3-latent-frame blocks
@@ -28,15 +29,9 @@ FP8_MIN_CC = (8, 9)
 PRICE_ORDER = ("3090", "4090", "5090", "A6000", "L40S", "A100-40GB", "A100-80GB", "H100", "H800", "H200")  # roughly, per GPU
 
 
-def area(size: str) -> int:
-    """The pixel budget of a --size value ("720*400")."""
-    width, height = size.split("*")
-    return int(width) * int(height)
-
-
-def violations(config: LaunchConfig) -> list[str]:
-    """Upstream's start-up asserts this configuration would hit (la.asserts' rules)."""
-    return [r.id for r in ASSERT_RULES if config.mode in r.modes and r.broken(config)]
+def refused(config: LaunchConfig) -> list[str]:
+    """Upstream's rules that stop this configuration (la.asserts'), for its image."""
+    return [v.rule.id for v in violations(config, reference_hw(config)[0]) if v.fatal]
 
 
 def fp8_possible(gpus: tuple[Gpu, ...]) -> bool:
@@ -69,7 +64,7 @@ def _single_changes(config: LaunchConfig, gpus: tuple[Gpu, ...]) -> list[tuple[s
     changes: list[tuple[str, dict]] = []
     if not config.t5_cpu:
         changes.append(("--t5-cpu", {"t5_cpu": True}))
-    if not config.fp8 and fp8_possible(gpus[: config.num_gpus_dit]):
+    if not config.fp8 and fp8_possible(gpus[: config.nproc]):
         changes.append(("--fp8", {"fp8": True}))
     if config.mode == "single" and not config.offload_kv_cache:
         changes.append(("--offload-kv-cache", {"offload_kv_cache": True}))
@@ -84,7 +79,7 @@ def smallest_change(config: LaunchConfig, gpus: tuple[Gpu, ...], summary: Compon
     """The first one-flag change (least quality lost first) that makes every GPU fit."""
     for flags, change in _single_changes(config, gpus):
         changed = replace(config, **change)
-        if violations(changed):
+        if refused(changed):
             continue
         p = predict(changed, gpus, summary, terms)
         if p.verdict == "fits":
@@ -126,25 +121,34 @@ class Plan:
     reasons: tuple[str, ...]  # every configuration tried, in order, and why it was or was not taken
 
 
+def lora_for_launch(base: LaunchConfig) -> str | None:
+    """The README's local LoRA file when it is there and the user did not name one: upstream would
+    download the hub id again into its own cache rather than read it."""
+    local = Path(base.liveavatar or ".") / LORA_LOCAL
+    if base.lora_path == LORA_HUB_ID and "lora_path" not in base.explicit and local.is_file():
+        return LORA_LOCAL
+    return base.lora_path
+
+
 def candidates(base: LaunchConfig, gpus: tuple[Gpu, ...]):
     """Configurations upstream accepts, best first."""
     modes = ["tpp", "single"] if len(gpus) >= 5 else ["single"]
     for mode in modes:
         defaults = resolve_config(len(gpus), mode)
-        keep = {k: getattr(base, k) for k in ("liveavatar", "ckpt_dir", "lora_path", "image", "audio", "prompt", "num_clip", "save_file")}
+        keep = {k: getattr(base, k) for k in ("liveavatar", "ckpt_dir", "image", "audio", "prompt", "num_clip", "save_file")}
+        keep |= {"lora_path": lora_for_launch(base), "explicit": base.explicit}
         start = replace(defaults, **{k: v for k, v in keep.items() if v is not None}, mode_reason="planner")
-        fp8_ok = fp8_possible(gpus[: start.num_gpus_dit])
-        fallbacks = [{}]
-        if fp8_ok:
-            fallbacks.append({"fp8": True})
+        # Every rank converts its DiT, the VAE rank too: fp8 only where every GPU of the launch has it.
+        fp8 = fp8_possible(gpus[: start.nproc]) and (base.fp8 or "fp8" not in base.explicit)
+        fallbacks = [{"fp8": fp8}]
         if mode == "single":
-            fallbacks += [{"fp8": fp8_ok, "offload_kv_cache": True}]
+            fallbacks += [{"fp8": fp8, "offload_kv_cache": True}]
         fallbacks += [{**fallbacks[-1], "t5_cpu": True}]
         for size in PLANNED_SIZES:
             for frames in PLANNED_FRAMES:
                 for extra in fallbacks:
-                    cfg = replace(start, **{"size": size, "infer_frames": frames, "fp8": False, **extra})
-                    if not violations(cfg):
+                    cfg = replace(start, **{"size": size, "infer_frames": frames, **extra})
+                    if not refused(cfg):
                         yield cfg
 
 
@@ -166,7 +170,6 @@ def make_plan(
     return Plan(None, None, tuple(reasons))
 
 
-TRAINING_CONFIG = "liveavatar/configs/s2v_causal_sft.yaml"
 PLAN_SCHEMA = "avatardoctor.plan/1"
 HEARTBEAT_S = "1800"  # torch.compile's first pass and a long load must not trip the watchdog (default 480 s)
 
@@ -200,8 +203,6 @@ def entry_argv(config: LaunchConfig) -> list[str]:
 
 def plan_document(plan: Plan, ctx) -> dict:
     """The plan file: everything a launch needs, and why it was chosen."""
-    from dataclasses import asdict
-
     from avatardoctor.checks.ports import bind_error, free_port_near
     from avatardoctor.checks.topology import p2p_ok
 
@@ -222,9 +223,7 @@ def plan_document(plan: Plan, ctx) -> dict:
     pairs = [ctx.machine.pair(a.index, b.index) for a, b in zip(gpus, gpus[1:])]
     if any("GeForce" in g.name for g in gpus) and any(p2p_ok(p) and not p.nvlinks for p in pairs):
         env["NCCL_P2P_DISABLE"] = "1"  # GeForce P2P reported by a patched or old driver: known hangs (topo.p2p)
-    config = asdict(cfg)
-    paths = {k: str(getattr(cfg, k)) if getattr(cfg, k) else None for k in ("liveavatar", "image", "audio")}
-    config.update(nproc=cfg.nproc, **paths)
+    config = cfg.to_dict()
     doc.update(
         mode=cfg.mode,
         entry=ENTRY_SCRIPT,

@@ -9,16 +9,25 @@ memory, is TIGHT when the band straddles it, and WON'T FIT otherwise; the run's 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from avatardoctor.components import ComponentSummary
-from avatardoctor.config import MULTI_PROCESS_MODES, LaunchConfig
+from avatardoctor.config import LaunchConfig
 from avatardoctor.errors import InputError
 from avatardoctor.estimates import EstimateTerms
 from avatardoctor.machine.model import Gpu
 from avatardoctor.units import GIB
+from avatardoctor.upstream import (
+    FRAMES_PER_LATENT,
+    LATENT_FRAMES_PER_BLOCK,
+    MULTI_PROCESS_MODES,
+    Violation,
+    cond_capacity,
+    padded_size,
+    tokens_per_frame,
+    violations,
+)
 
 PHASES = ("load", "fp8", "text", "denoise", "decode")
 PHASE_NAMES = {"load": "loading", "fp8": "fp8 conversion", "text": "text encoding", "denoise": "denoising", "decode": "decode"}
@@ -32,35 +41,8 @@ COMPONENT_NAMES = {
     "activations": "activations", "decode": "VAE decode", "context": "CUDA context",
 }  # fmt: skip
 VERDICTS = ("fits", "tight", "wont-fit")
-VERDICT_WORDS = {"fits": "FITS", "tight": "TIGHT", "wont-fit": "WON'T FIT"}
-LATENT_FRAMES_PER_BLOCK = 3  # Live Avatar denoises 3 latent frames per step
-VIDEO_FRAMES_PER_DECODE = 12  # ... and streams them through the VAE 12 video frames at a time
-COND_TOKENS = {"single": 2800}  # conditioning KV cache, hard-coded upstream; 3000 with several ranks
-COND_TOKENS_MULTI = 3000
-TEMPORAL_STRIDE, SPATIAL_STRIDE = 4, 16  # VAE (4 frames, 8 px) then patchify (2 px): one token per 16x16 px
-
-
-def padded_size(size: str, image_hw: tuple[int, int] | None = None) -> tuple[int, int]:
-    """(height, width) Live Avatar really renders: the image's aspect within the --size area budget,
-    padded up to multiples of 64, never upscaled (upstream's get_size_less_than_area). Without an
-    image, the aspect of the --size string (width*height)."""
-    width, height = (int(x) for x in size.split("*"))
-    target = width * height
-    h, w = image_hw or (height, width)
-    if h * w <= target:
-        min_scale, max_scale = 0.1, 1.0
-    else:
-        d = 63
-        b, a, c = d * (h + w), h * w, d**2 - target
-        min_scale = (-b + math.sqrt(b**2 - 2 * a * c)) / (2 * a)
-        max_scale = math.sqrt(target / (h * w))
-    for i in range(100):
-        scale = max_scale - (max_scale - min_scale) * i / 100
-        nh, nw = int(h * scale), int(w * scale)
-        ph, pw = nh + (64 - nh % 64) % 64, nw + (64 - nw % 64) % 64
-        if ph * pw <= target:
-            return ph, pw
-    return ph, pw
+VERDICT_WORDS = {"fits": "FITS", "tight": "TIGHT", "wont-fit": "WON'T FIT", "wont-run": "WON'T RUN"}
+VIDEO_FRAMES_PER_DECODE = 12  # Live Avatar streams latents through the VAE 12 video frames at a time
 
 
 @dataclass(frozen=True)
@@ -71,7 +53,7 @@ class Geometry:
 
     @property
     def tokens_per_frame(self) -> int:
-        return (self.height // SPATIAL_STRIDE) * (self.width // SPATIAL_STRIDE)
+        return tokens_per_frame(self.height, self.width)
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -85,16 +67,19 @@ def image_size(path: Path) -> tuple[int, int]:
         raise InputError(f"--image {path}: not an image Pillow can read ({str(e)[:80]})") from None
 
 
-def geometry(config: LaunchConfig) -> tuple[Geometry, str | None]:
-    """The geometry, and a note when the image could not give its aspect (input.image says why)."""
-    note, hw = None, None
-    if config.image:
-        try:
-            hw = image_size(config.image)
-        except InputError:
-            note = f"--image {config.image} is unreadable: the aspect of --size {config.size} is assumed (see input.image)"
-    h, w = padded_size(config.size, hw)
-    return Geometry(h, w, config.infer_frames // TEMPORAL_STRIDE), note
+def reference_hw(config: LaunchConfig) -> tuple[tuple[int, int] | None, str | None]:
+    """The reference image's (height, width), and a note when it could not give them (input.image says why)."""
+    if not config.image:
+        return None, None
+    try:
+        return image_size(config.image), None
+    except InputError:
+        return None, f"--image {config.image} is unreadable: the aspect of --size {config.size} is assumed (see input.image)"
+
+
+def geometry(config: LaunchConfig, image_hw: tuple[int, int] | None) -> Geometry:
+    h, w = padded_size(config.size, image_hw)
+    return Geometry(h, w, config.infer_frames // FRAMES_PER_LATENT)
 
 
 @dataclass(frozen=True)
@@ -203,12 +188,18 @@ class Prediction:
     terms: EstimateTerms
     missing_gpus: int = 0  # ranks with no GPU to run on
     notes: tuple[str, ...] = field(default_factory=tuple)
+    refusals: tuple[Violation, ...] = ()  # upstream's rules this launch breaks: it cannot run, whatever the memory
 
     @property
-    def verdict(self) -> str:
+    def memory_verdict(self) -> str:
         if self.missing_gpus or not self.gpus:
             return "wont-fit"
         return VERDICTS[max(VERDICTS.index(g.verdict) for g in self.gpus)]
+
+    @property
+    def verdict(self) -> str:
+        """The memory verdict, unless upstream's code refuses, crashes or hangs on this launch."""
+        return "wont-run" if self.refusals else self.memory_verdict
 
     @property
     def binding(self) -> GpuPrediction | None:
@@ -219,6 +210,12 @@ class Prediction:
         return min(self.gpus, key=lambda g: g.headroom_bytes - g.band_bytes, default=None)
 
     def explanation(self) -> str:
+        if self.refusals:
+            memory = f"memory alone: {VERDICT_WORDS[self.memory_verdict]}, {self.memory_explanation()}"
+            return f"upstream's code stops this launch ({', '.join(v.rule.id for v in self.refusals)}; see la.asserts); {memory}"
+        return self.memory_explanation()
+
+    def memory_explanation(self) -> str:
         if self.missing_gpus:
             return f"{self.config.mode} needs {self.config.nproc} GPUs; {self.missing_gpus} of its ranks have none"
         return self.binding.explanation() if self.binding else "no GPUs"
@@ -226,6 +223,8 @@ class Prediction:
     def to_dict(self) -> dict:
         return {
             "verdict": self.verdict,
+            "memory_verdict": self.memory_verdict,
+            "refused_by": [{"rule": v.rule.id, "problem": v.problem, "upstream": v.rule.prevents} for v in self.refusals],
             "explanation": self.explanation(),
             "mode": self.config.mode,
             "height": self.geometry.height,
@@ -263,7 +262,7 @@ def predict_rank(
     live_tokens = LATENT_FRAMES_PER_BLOCK * geo.tokens_per_frame
     activations = terms.activation_bytes_per_token_dim * live_tokens * summary.dit_shape.dim
     decode = terms.decode_bytes_per_pixel * geo.height * geo.width * VIDEO_FRAMES_PER_DECODE
-    cond = _kv_bytes(summary, COND_TOKENS.get(config.mode, COND_TOKENS_MULTI))
+    cond = _kv_bytes(summary, cond_capacity(config.mode))  # preallocated whole, whatever the prefill uses
 
     if sharded and kind == "dit":
         w_load, w_run = dit / n, (dit - fp8_saving) / n
@@ -311,10 +310,13 @@ def predict_rank(
 def predict(
     config: LaunchConfig, rank_gpus: tuple[Gpu, ...], summary: ComponentSummary, terms: EstimateTerms
 ) -> Prediction:
-    geo, note = geometry(config)
+    image_hw, note = reference_hw(config)
+    geo = geometry(config, image_hw)
     gpus = tuple(predict_rank(r, g, config, summary, terms, geo) for r, g in enumerate(rank_gpus[: config.nproc]))
     missing = max(0, config.nproc - len(rank_gpus))
-    return Prediction(config, geo, gpus, summary.source, terms, missing_gpus=missing, notes=(note,) if note else ())
+    refusals = tuple(v for v in violations(config, image_hw) if v.fatal)
+    notes = (note,) if note else ()
+    return Prediction(config, geo, gpus, summary.source, terms, missing_gpus=missing, notes=notes, refusals=refusals)
 
 
 def with_changes(config: LaunchConfig, **changes) -> LaunchConfig:

@@ -17,3 +17,10 @@ def file_size(n_bytes: int) -> str:
     if n_bytes < MIB:
         return f"{n_bytes / 1024:.1f} KiB"
     return mib(n_bytes) if n_bytes < GIB else gib(n_bytes)
+
+
+def plural(count: int, word: str) -> str:
+    """'1 process', '2 processes', '3 rules': counts read as English, never '1 GPUs'."""
+    if count == 1:
+        return f"{count} {word}"
+    return f"{count} {word}{'es' if word.endswith(('s', 'sh', 'ch', 'x')) else 's'}"

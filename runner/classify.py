@@ -1,9 +1,11 @@
 """What happened to a run: its class, the line that says so, and the smallest change that would help.
 
 When several ranks fail they each say something, and the first real error is the cause:
-1. success: exit code 0, neither hung nor interrupted, and no root-cause error (2).
-2. The earliest root-cause error: out of memory, an upstream assertion (ASSERT_RULES' texts, the
-   single-GPU KeyError '5' and argparse's --size refusal included), ffmpeg, a missing file, a failed
+1. success: exit code 0, neither hung nor interrupted, and no root-cause error (2); no-sound when the
+   log also shows the audio merge failing (upstream catches it, exits 0 and leaves a silent MP4).
+2. The earliest root-cause error: out of memory, an upstream rule (avatardoctor.upstream's log texts:
+   assertions, the single-GPU KeyError '5', argparse's --size refusal, the conditioning-cache
+   overflow; flash-attn's bare assertion, named by its traceback frame), a missing file, a failed
    Hugging Face download (its "treating as local path" fallback is what then misses the file). They
    beat NCCL errors whatever the order: the ranks that lose a peer report NCCL errors as they die.
 3. interrupted (what the ranks print while being stopped is its echo).
@@ -11,8 +13,8 @@ When several ranks fail they each say something, and the first real error is the
 5. The earliest NCCL error, NCCL watchdog timeout (hang) or other exception line (crashed).
 6. crashed: torchrun's "failed (exitcode: N)" line, else the exit code.
 A signal followed by two phase starts did not stop the run (connection retries while the ranks
-meet, an optional file a library looked for): it is ignored. Out-of-memory, assertion and ffmpeg
-errors always end the rank, so they never are (the other ranks may still start one more clip).
+meet, an optional file a library looked for): it is ignored. Out-of-memory and assertion errors
+always end the rank, so they never are (the other ranks may still start one more clip).
 Traceback frames (indented code) are never read as errors: they quote the raising code.
 """
 
@@ -23,16 +25,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from avatardoctor.checks.liveavatar import ASSERT_RULES, LORA_DOWNLOAD, LORA_FILE, LORA_LOCAL, SEED_REMEDY, AssertRule
+from avatardoctor.checks.liveavatar import SEED_REMEDY
 from avatardoctor.config import resolve_config
 from avatardoctor.runner.logparse import BAR, segments
+from avatardoctor.upstream import LORA_DOWNLOAD, LORA_FILE, LORA_LOCAL, RULES, Launch, Rule
 
 MAX_MESSAGE = 300
 
 
 @dataclass(frozen=True)
 class Failure:
-    cls: str  # success, oom, nccl, hang, assertion, missing-file, hub-download, ffmpeg, interrupted, crashed
+    cls: str  # success, no-sound, oom, nccl, hang, assertion, missing-file, hub-download, interrupted, crashed
     message: str
     remedy: str | None
     gpu: int | None = None  # CUDA index as the job sees it (rank i drives GPU i on one node)
@@ -53,27 +56,19 @@ class _Signal:
     rank: int | None
 
 
-def _printed_text(rule: AssertRule) -> str | None:
-    """What the log shows for a rule whose `prevents` quotes upstream ('AssertionError: "Only 4 GPUs
-    are supported..."' prints "AssertionError: Only 4 GPUs are supported for ..."); None for prose."""
-    quoted = re.match(r'(\w+Error)(?:: "(.+?)(?:\.\.\.)?"|\("(.+?)"\)|: (\S+))|argparse: (.+?) \(', rule.prevents)
-    if not quoted:
-        return None
-    return quoted[5] or f"{quoted[1]}: {quoted[2] or quoted[3] or quoted[4]}"
-
-
-# Upstream's own texts for rules whose `prevents` describes the behaviour instead of quoting it.
-_MORE_TEXTS = {
-    "single.fsdp": "AssertionError: t5_fsdp and dit_fsdp are not supported in non-distributed environments",
-    "ulysses_size": "AssertionError: sequence parallel are not supported in non-distributed environments",
-}
-ASSERT_TEXTS = tuple((text, r) for r in ASSERT_RULES for text in (_printed_text(r), _MORE_TEXTS.get(r.id)) if text)
+# What a launch prints when it hits one of upstream's rules (their log_text), beside argparse's refusal.
+ASSERT_TEXTS: tuple[tuple[str, Rule], ...] = tuple((text, r) for r in RULES for text in r.log_texts)
+FLASH_ATTN_REMEDY = (
+    "install flash-attn 2 built for this torch and CUDA (pip install flash-attn==2.8.3 --no-build-isolation), or "
+    "FlashAttention 3 on Hopper; the cross-attention calls it directly (`avatardoctor check --deep` imports it)"
+)
 
 # Tried in order; the first that matches names the line's kind.
 _KINDS = (
     ("hub-download", re.compile(r"Failed to download from HF Hub")),  # before nccl: it may quote "Connection refused"
     ("oom", re.compile(r"CUDA out of memory|OutOfMemoryError|CUDA error: out of memory")),
-    ("ffmpeg", re.compile(r"FFmpeg execute failed|No such file or directory: '?ffmpeg\b|ffmpeg: (?:command )?not found")),
+    ("ffmpeg", re.compile(r"FFmpeg execute failed|merge_video_audio failed|No such file or directory: '?ffmpeg\b|ffmpeg: (?:command )?not found")),
+    ("flash-attn", re.compile(r"^\s*assert FLASH_ATTN_2_AVAILABLE")),  # the traceback's code line: a bare AssertionError follows
     ("assertion", re.compile("|".join(re.escape(text) for text, _ in ASSERT_TEXTS) + r"|^AssertionError\b")),
     ("hang", re.compile(r"Watchdog caught collective operation timeout")),
     ("nccl", re.compile(r"NCCL (?:error|WARN)|unhandled (?:system|cuda) error|nccl[A-Z]\w*Error|Dist(?:Backend|Network|Store)Error"
@@ -84,8 +79,9 @@ _KINDS = (
     ("summary", re.compile(r"ChildFailedError|SignalException")),  # torchrun's own, after the ranks have spoken
     ("exception", re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception)(?::|$)")),
 )
-ROOT_KINDS = ("oom", "assertion", "ffmpeg", "missing-file", "hub-download")
-ALWAYS_FATAL = ("oom", "assertion", "ffmpeg")
+_FRAME_KINDS = tuple((k, p) for k, p in _KINDS if k == "flash-attn")  # the one error only its frame names
+ROOT_KINDS = ("oom", "flash-attn", "assertion", "missing-file", "hub-download")
+ALWAYS_FATAL = ("oom", "flash-attn", "assertion")
 
 
 def classify(log_lines: Iterable[tuple[float, str]], exit_code: int | None, hung: bool = False, interrupted: bool = False,
@@ -97,6 +93,9 @@ def classify(log_lines: Iterable[tuple[float, str]], exit_code: int | None, hung
     at_end = _phase_at(phases, last_at)
     roots = sorted((first[k] for k in ROOT_KINDS if k in first), key=lambda s: s.at)
     if exit_code == 0 and not hung and not interrupted and not roots:
+        if merge := first.get("ffmpeg"):  # upstream catches it: the run ends well, the MP4 is silent
+            return Failure("no-sound", f"finished without sound: {_cut(merge.text)}", _ffmpeg_remedy(merge.text, nproc),
+                           phase=_phase_at(phases, merge.at), at_elapsed_s=merge.at)  # fmt: skip
         return Failure("success", "the run finished (exit code 0)", None)
     if roots:
         return _explain(roots[0], phases, nproc)
@@ -122,9 +121,9 @@ def _first_signals(log_lines: Iterable[tuple[float, str]], went_on_after: float)
     for at, line in log_lines:
         last_at = at
         for rank, text in segments(line):
-            if text.startswith(("    ", '  File "')) or BAR.match(text):  # a traceback frame quotes code; bars say nothing
-                continue
-            kind = next((k for k, pattern in _KINDS if pattern.search(text)), None)
+            frame = text.startswith(("    ", '  File "')) or BAR.match(text)  # a traceback frame quotes code; bars say nothing
+            kinds = _FRAME_KINDS if frame else _KINDS
+            kind = next((k for k, pattern in kinds if pattern.search(text)), None)
             if kind and kind not in first and (kind in ALWAYS_FATAL or at >= went_on_after):
                 first[kind] = _Signal(kind, text.strip(), at, rank)
     return first, last_at
@@ -133,7 +132,7 @@ def _first_signals(log_lines: Iterable[tuple[float, str]], went_on_after: float)
 def _explain(signal: _Signal, phases: list, nproc: int) -> Failure:
     phase = _phase_at(phases, signal.at)
     gpu = signal.rank if signal.rank is not None else (0 if nproc == 1 else None)
-    message = signal.text if len(signal.text) <= MAX_MESSAGE else signal.text[: MAX_MESSAGE - 1] + "…"
+    message = _cut(signal.text)
     if signal.kind == "oom":
         if on_gpu := re.search(r"GPU (\d+) has a total capacity|\(GPU (\d+);", signal.text):
             gpu = int(on_gpu[1] or on_gpu[2])
@@ -142,8 +141,12 @@ def _explain(signal: _Signal, phases: list, nproc: int) -> Failure:
         return Failure("oom", message, _oom_remedy(gpu, phase, nproc), gpu, phase, mib, signal.at)
     if signal.kind == "exit":  # torchrun's own line names the rank that failed
         gpu = int(re.search(r"local_rank: (\d+)", signal.text)[1])
-    cls = {"exception": "crashed", "exit": "crashed"}.get(signal.kind, signal.kind)
+    cls = {"exception": "crashed", "exit": "crashed", "flash-attn": "assertion"}.get(signal.kind, signal.kind)
     return Failure(cls, message, _REMEDIES[signal.kind](signal.text, nproc), gpu, phase, None, signal.at)
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
 
 
 def _phase_at(phases: list, at: float | None) -> str | None:
@@ -175,7 +178,7 @@ def _assertion_remedy(text: str, nproc: int) -> str | None:
         return None
     if rule.gpu_layout:  # as la.asserts says it: upstream TPP is exactly 4 DiT GPUs and a VAE GPU
         return SEED_REMEDY
-    return rule.remedy(resolve_config(nproc, "tpp" if nproc > 1 else "single")) or None
+    return rule.remedy(Launch(resolve_config(nproc, "tpp" if nproc > 1 else "single"))) or None
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -234,7 +237,7 @@ _REMEDIES = {
     "assertion": _assertion_remedy,
     "missing-file": _missing_file_remedy,
     "hub-download": lambda text, nproc: f"--lora-path {LORA_LOCAL} (download it once where there is network: {LORA_DOWNLOAD})",
-    "ffmpeg": _ffmpeg_remedy,
+    "flash-attn": lambda text, nproc: FLASH_ATTN_REMEDY,
     "nccl": _nccl_remedy,
     "hang": lambda text, nproc: _hang_remedy(nproc),
     "exception": lambda text, nproc: None,

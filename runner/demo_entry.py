@@ -33,7 +33,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from avatardoctor.ckpt import layout
-from avatardoctor.config import SIZES
+from avatardoctor.upstream import SIZES
 
 LATENT_CHANNELS = 16
 LATENT_STRIDE = 8  # pixels per latent, each way

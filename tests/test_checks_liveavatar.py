@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 from conftest import make_ctx
+from PIL import Image
 
 from avatardoctor.checks import liveavatar
 from avatardoctor.checks.base import Status
 from avatardoctor.ckpt.safetensors_file import write_safetensors
+from avatardoctor.upstream import LORA_LOCAL
 
 AS_ROOT = os.geteuid() == 0  # root ignores permission bits: chmod 000 proves nothing
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -144,15 +146,16 @@ def test_checkout_with_seed_script_says_it_is_not_upstream(tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("machine", "config", "nproc"),
-    [("5xH800-healthy", {"mode": "tpp"}, 5), ("1xH200", {"mode": "single"}, 1), ("5xH800-healthy", {}, 5)],
-)
-def test_asserts_upstream_defaults_pass(machine, config, nproc):
+    ("machine", "config", "nproc", "cond"),
+    [("5xH800-healthy", {"mode": "tpp"}, 5, "2640 of 3000"), ("1xH200", {"mode": "single"}, 1, "2640 of 2800"),
+     ("5xH800-healthy", {}, 5, "2640 of 3000")],
+)  # fmt: skip
+def test_asserts_upstream_defaults_pass(machine, config, nproc, cond):
     r = liveavatar.asserts.run(make_ctx(machine, **config))
     assert r.status is Status.PASS, r.details
-    assert r.data["violations"] == []
+    assert r.data["violations"] == [] and r.data["warnings"] == []
     assert r.data["nproc"] == nproc
-    assert r.details == () and r.remedy is None
+    assert r.details == (f"renders 704x384 px: {cond} conditioning tokens",) and r.remedy is None
 
 
 def test_asserts_need_no_gpu_facts():
@@ -161,76 +164,134 @@ def test_asserts_need_no_gpu_facts():
     assert r.data["nproc"] == 5
 
 
-# One rule broken at a time: (machine, config, the violation ids, upstream text named, remedy).
+# One rule broken at a time, named after what upstream does: (machine, config, the violation, upstream's
+# text or behaviour named, remedy).
 SINGLE_RULE_CASES = {
-    "tpp.num_gpus_dit": (
+    "tpp.num_gpus_dit: only 4 DiT GPUs are supported": (
         "8xH100", dict(mode="tpp", num_gpus_dit=5, sample_steps=5),
-        ["tpp.num_gpus_dit"], 'AssertionError: "Only 4 GPUs are supported..."', "--num-gpus-dit 4 --sample-steps 4",
+        "tpp.num_gpus_dit", 'AssertionError: "Only 4 GPUs are supported for distributed inference."',
+        "--num-gpus-dit 4 --sample-steps 4",
     ),
-    "tpp.vae_parallel": (
+    "tpp.vae_parallel: VAE parallel is required": (
         "5xH800-healthy", dict(mode="tpp", enable_vae_parallel=False),
-        ["tpp.vae_parallel"], 'AssertionError: "VAE parallel is required..."',
+        "tpp.vae_parallel", 'AssertionError: "VAE parallel is required for distributed inference."',
         "launch the entry with --enable_vae_parallel (avatardoctor's own launches always pass it)",
     ),
-    "tpp.sample_steps": (
+    "tpp.sample_steps: rank i runs step i, so 3 steps hang the last DiT rank": (
         "5xH800-healthy", dict(mode="tpp", sample_steps=3),
-        ["tpp.sample_steps"], "each DiT rank runs exactly one denoising step", "--sample-steps 4",
+        "tpp.sample_steps", "DiT rank i runs denoising step i", "--sample-steps 4",
     ),
-    "single.sample_steps": (
+    "tpp.dit_fsdp: FSDP over the world group cannot run TPP": (
+        "5xH800-healthy", dict(mode="fsdp"),
+        "tpp.dit_fsdp", "upstream cannot run this", "drop --dit_fsdp: upstream TPP keeps a full DiT on each of 5 GPUs",
+    ),
+    "single.sample_steps: only 4 KV caches, KeyError '5'": (
         "1xH200", dict(mode="single", sample_steps=5),
-        ["single.sample_steps"], "KeyError: '5'", "--sample-steps 4",
+        "single.sample_steps", "KeyError: '5'", "--sample-steps 4",
     ),
-    "ulysses_size tpp": (
+    "single.offload_model: the final decode finds the VAE on the CPU": (
+        "1xH200", dict(mode="single", offload_model=False),
+        "single.offload_model", "device-mismatch RuntimeError", "--offload-model True (the single-GPU script's value)",
+    ),
+    "ulysses_size tpp: sequence parallel is not supported": (
         "5xH800-healthy", dict(mode="tpp", ulysses_size=4),
-        ["ulysses_size"], 'AssertionError: "Sequence parallel is not supported."', "--ulysses-size 1",
+        "ulysses_size", 'AssertionError: "Sequence parallel is not supported."', "--ulysses-size 1",
     ),
-    "ulysses_size single": (
+    "ulysses_size single: sequence parallel is not supported": (
         "1xH200", dict(mode="single", ulysses_size=2),
-        ["ulysses_size"], 'AssertionError: "Sequence parallel is not supported."', "--ulysses-size 1",
+        "ulysses_size", 'AssertionError: "Sequence parallel is not supported."', "--ulysses-size 1",
     ),
-    "sample_solver": (
+    "sample_solver: unsupported solver after the load": (
         "1xH200", dict(mode="single", sample_solver="unipc"),
-        ["sample_solver"], 'NotImplementedError("Unsupported solver.")', "--sample-solver euler",
+        "sample_solver", 'NotImplementedError("Unsupported solver.")', "--sample-solver euler",
     ),
-    "size.choice single": (
+    "size.choice single: argparse refuses the size": (
         "1xH200", dict(mode="single", size="640*480"),
-        ["size.choice"], "invalid choice", "--size 704*384",
+        "size.choice", "invalid choice", "--size 704*384",
     ),
-    "size.choice tpp": (
+    "size.choice tpp: argparse refuses the size": (
         "5xH800-healthy", dict(mode="tpp", size="1920*1080"),
-        ["size.choice"], "invalid choice", "--size 720*400",
+        "size.choice", "invalid choice", "--size 720*400",
     ),
-    "size.720x1280": (
+    "cond_cache tpp: 720*1280 writes 8800 tokens into 3000": (
         "5xH800-healthy", dict(mode="tpp", size="720*1280"),
-        ["size.720x1280"], "issue #14", "--size 720*400",
+        "cond_cache", "The expanded size of the tensor", "--size 704*384 (the largest that fits for an image of the --size aspect)",
     ),
-    "infer_frames": (
-        "1xH200", dict(mode="single", infer_frames=50),
-        ["infer_frames"], "multiple of 4", "--infer-frames 48",
+    "cond_cache tpp: 480*832 writes 3640 tokens into 3000": (
+        "5xH800-healthy", dict(mode="tpp", size="480*832"),
+        "cond_cache", "The expanded size of the tensor", "--size 704*384 (the largest that fits for an image of the --size aspect)",
     ),
-    "infer_frames tiny": (
-        "1xH200", dict(mode="single", infer_frames=2),
-        ["infer_frames"], "multiple of 4", "--infer-frames 4",
+    "cond_cache single: 1024*704 writes 7040 tokens into 2800": (
+        "1xH200", dict(mode="single", size="1024*704"),
+        "cond_cache", "The expanded size of the tensor", "--size 704*384 (the largest that fits for an image of the --size aspect)",
     ),
-    "save_path": (
+    "infer_frames.min: under 12 frames there is no block to denoise": (
+        "1xH200", dict(mode="single", infer_frames=8),
+        "infer_frames.min", "zero denoising blocks", "--infer-frames 12",
+    ),
+    "save_path: the output name comes from the LoRA path": (
         "5xH800-healthy", dict(mode="tpp", lora_path=""),
-        ["save_path"], "crashes at save time", "--lora-path Quark-Vision/Live-Avatar",
+        "save_path", "a crash at save time", "--lora-path Quark-Vision/Live-Avatar",
     ),
 }  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    ("machine", "config", "violations", "upstream_text", "remedy"), SINGLE_RULE_CASES.values(), ids=SINGLE_RULE_CASES
+    ("machine", "config", "violation", "upstream_text", "remedy"), SINGLE_RULE_CASES.values(), ids=SINGLE_RULE_CASES
 )
-def test_asserts_each_rule(machine, config, violations, upstream_text, remedy):
+def test_asserts_each_rule(machine, config, violation, upstream_text, remedy):
     config = dict(config)
     r = liveavatar.asserts.run(make_ctx(machine, env=config.pop("env", None), **config))
     assert r.status is Status.FAIL
-    assert r.data["violations"] == violations
-    assert r.summary == f"1 upstream start-up check would stop this launch: {violations[0]}"
-    assert len(r.details) == 1 and r.details[0].startswith(f"{violations[0]}: ")
+    assert r.data["violations"] == [violation]
+    assert r.summary == f"1 upstream start-up rule would stop this launch: {violation}"
+    assert len(r.details) == 1 and r.details[0].startswith(f"{violation}: ")
     assert upstream_text in r.details[0]
     assert r.remedy == remedy
+
+
+def test_asserts_cond_cache_names_the_numbers():
+    r = liveavatar.asserts.run(make_ctx("5xH800-healthy", mode="tpp", size="480*832"))
+    assert "--size 480*832 renders 448x832 px for the --size aspect: the first prefill writes 3640 conditioning " \
+           "tokens into a cache of 3000" in r.details[0]  # fmt: skip
+
+
+def test_asserts_large_size_with_a_small_image_is_fine_and_says_so(tmp_path):
+    image = tmp_path / "face.png"
+    Image.new("RGB", (512, 512)).save(image)
+    r = liveavatar.asserts.run(make_ctx("5xH800-healthy", mode="tpp", size="720*1280", image=image))
+    assert r.status is Status.PASS, r.details
+    assert r.details[0] == "renders 512x512 px: 2560 of 3000 conditioning tokens"
+    assert "--size 720*1280 is fine with this 512x512 image: it is not upscaled" in r.details[1]
+
+
+def test_asserts_large_size_with_a_large_image_overflows_and_names_the_size_for_it(tmp_path):
+    image = tmp_path / "face.png"
+    Image.new("RGB", (1024, 1024)).save(image)
+    r = liveavatar.asserts.run(make_ctx("5xH800-healthy", mode="tpp", size="480*832", image=image))
+    assert r.data["violations"] == ["cond_cache"]
+    assert "576x576 px for this 1024x1024 image" in r.details[0] and "writes 3240 conditioning tokens" in r.details[0]
+    assert r.remedy == "--size 704*384 (the largest that fits for this image)"
+
+
+@pytest.mark.parametrize("frames", [12, 24, 48, 96])
+def test_asserts_whole_blocks_of_12_frames_pass(frames):
+    assert liveavatar.asserts.run(make_ctx("1xH200", mode="single", infer_frames=frames)).status is Status.PASS
+
+
+@pytest.mark.parametrize(("frames", "remedy"), [(80, "--infer-frames 72"), (50, "--infer-frames 48"), (13, "--infer-frames 12")])
+def test_asserts_frames_past_the_last_block_warn_and_never_suggest_4_or_8(frames, remedy):
+    r = liveavatar.asserts.run(make_ctx("5xH800-healthy", mode="tpp", infer_frames=frames))
+    assert r.status is Status.WARN and r.data["warnings"] == ["infer_frames.blocks"] and r.data["violations"] == []
+    assert "left undenoised" in r.details[0] and r.remedy == remedy
+
+
+def test_asserts_gradio_entry_accepts_what_the_cli_entry_refuses():
+    """gradio_app.py comments out the world-size and DiT-count asserts: 3 DiT ranks + 1 VAE rank, 3 steps."""
+    three = dict(mode="tpp", num_gpus_dit=3, sample_steps=3)
+    assert liveavatar.asserts.run(make_ctx("4xH100", **three)).data["violations"] == ["tpp.world_size", "tpp.num_gpus_dit"]
+    r = liveavatar.asserts.run(make_ctx("4xH100", gradio=True, **three))
+    assert r.status is Status.PASS and r.data["entry"] == "gradio"
 
 
 def test_asserts_save_path_passes_with_a_save_file():
@@ -243,9 +304,13 @@ def test_asserts_list_every_violation_and_every_remedy_once():
         make_ctx("1xH200", mode="single", ulysses_size=2, sample_solver="dpm++", size="720*1280", infer_frames=30)
     )
     assert r.status is Status.FAIL
-    assert r.data["violations"] == ["ulysses_size", "sample_solver", "size.720x1280", "infer_frames"]
+    assert r.data["violations"] == ["ulysses_size", "sample_solver", "cond_cache"]
+    assert r.data["warnings"] == ["infer_frames.blocks"]
     assert len(r.details) == 4
-    assert r.remedy == "--ulysses-size 1; --sample-solver euler; --size 704*384; --infer-frames 28"
+    assert r.remedy == (
+        "--ulysses-size 1; --sample-solver euler; --size 704*384 (the largest that fits for an image of the --size aspect); "
+        "--infer-frames 24"
+    )
 
 
 def test_asserts_seed_3_dit_layout_is_refused_with_the_seed_note():
@@ -256,7 +321,7 @@ def test_asserts_seed_3_dit_layout_is_refused_with_the_seed_note():
         "tpp.world_size: 4 processes (3 DiT + 1 VAE) -> "
         'AssertionError: "At least 5 GPUs are supported for distributed inference."'
     )
-    assert 'AssertionError: "Only 4 GPUs are supported..."' in r.details[1]
+    assert 'AssertionError: "Only 4 GPUs are supported for distributed inference."' in r.details[1]
     assert r.details[2] == liveavatar.SEED_NOTE and "run_4gpu_tpp.sh" in r.details[2]
     assert r.remedy == liveavatar.SEED_REMEDY
     assert r.remedy.startswith("--mode single on one 80 GB-class GPU, or five GPUs for tpp")
@@ -307,18 +372,19 @@ def test_lora_truncated_local_file_fails_naming_it(tmp_path):
         f.truncate(lora.stat().st_size - 1)
     r = liveavatar.lora.run(make_ctx("1xH200", lora_path=str(lora)))
     assert r.status is Status.FAIL
-    assert r.summary.startswith(f"LoRA file {lora}: truncated: 167 bytes of 168") and "huggingface-cli download" in r.remedy
+    assert r.summary.startswith(f"LoRA file {lora}: truncated: 167 bytes of 168")
+    assert r.remedy == "download it again: hf download Quark-Vision/Live-Avatar liveavatar.safetensors --local-dir ckpt/LiveAvatar"
 
 
 def test_lora_upstream_relative_path_resolves_in_the_checkout_even_offline(tmp_path):
     root = make_checkout(tmp_path / "LiveAvatar")
     (root / "ckpt/LiveAvatar").mkdir(parents=True)
-    write_lora(root / liveavatar.LORA_LOCAL)
+    write_lora(root / LORA_LOCAL)
     offline = {"HF_HUB_OFFLINE": "1"}
-    ctx = make_ctx("1xH200", env=offline, cwd=tmp_path / "elsewhere", liveavatar=root, lora_path=liveavatar.LORA_LOCAL)
+    ctx = make_ctx("1xH200", env=offline, cwd=tmp_path / "elsewhere", liveavatar=root, lora_path=LORA_LOCAL)
     r = liveavatar.lora.run(ctx)
     assert r.status is Status.PASS  # the offline remedy below leads here
-    assert r.data["path"] == str(root / liveavatar.LORA_LOCAL)
+    assert r.data["path"] == str(root / LORA_LOCAL)
 
 
 def test_lora_local_file_shaped_like_a_hub_id_is_used_as_a_file(tmp_path):
@@ -344,7 +410,7 @@ def test_lora_local_missing_fails_with_the_upstream_location(tmp_path):
     assert r.details == (f"--lora-path weights/a/lora.safetensors is relative to {tmp_path}",)
     assert r.remedy == (
         "upstream keeps it at ckpt/LiveAvatar/liveavatar.safetensors: "
-        "huggingface-cli download Quark-Vision/Live-Avatar --local-dir ckpt/LiveAvatar"
+        "hf download Quark-Vision/Live-Avatar liveavatar.safetensors --local-dir ckpt/LiveAvatar"
     )
 
 
@@ -363,29 +429,29 @@ def test_lora_local_unreadable_fails(tmp_path):
     assert r.summary == f"cannot read the LoRA file {tmp_path / 'lora.safetensors'} (permission denied)"
 
 
-@pytest.mark.parametrize(
-    ("env_key", "cache_under"),
-    [
-        ("HF_HUB_CACHE", ""),
-        ("HUGGINGFACE_HUB_CACHE", ""),  # the older name huggingface_hub still reads
-        ("HF_HOME", "hub"),
-        ("XDG_CACHE_HOME", "huggingface/hub"),
-        ("HOME", ".cache/huggingface/hub"),
-    ],
-)
-def test_lora_hub_id_found_in_each_cache_location(tmp_path, env_key, cache_under):
-    cached = make_hub_cache(tmp_path / cache_under)
-    r = liveavatar.lora.run(make_ctx("1xH200", env={env_key: str(tmp_path), "HF_HUB_OFFLINE": "1"}))
+def checkout_with_hub_cache(tmp_path: Path, **kw) -> tuple[Path, Path]:
+    """A checkout whose ckpt/LiveAvatar holds what hf_hub_download(cache_dir="ckpt/LiveAvatar") leaves."""
+    root = make_checkout(tmp_path / "LiveAvatar")
+    return root, make_hub_cache(root / "ckpt/LiveAvatar", **kw)
+
+
+def test_lora_hub_id_is_looked_up_in_the_checkouts_cache_dir_offline(tmp_path):
+    root, cached = checkout_with_hub_cache(tmp_path)
+    r = liveavatar.lora.run(make_ctx("1xH200", env={"HF_HUB_OFFLINE": "1"}, cwd=tmp_path / "elsewhere", liveavatar=root))
     assert r.status is Status.PASS
-    assert r.summary == f"LoRA Quark-Vision/Live-Avatar is in the Hugging Face cache: {cached}"
-    assert r.data["cache"] == str(tmp_path / cache_under).rstrip("/")
+    assert r.summary == f"LoRA Quark-Vision/Live-Avatar is in the checkout's hub cache: {cached}"
+    assert r.data["cache"] == str(root / "ckpt/LiveAvatar")
 
 
-def test_lora_hub_cache_wins_over_hf_home(tmp_path):
-    cached = make_hub_cache(tmp_path / "cache")
-    env = {"HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HOME": str(tmp_path / "home")}
-    r = liveavatar.lora.run(make_ctx("1xH200", env=env))
-    assert r.data["cached"] == str(cached)
+@pytest.mark.parametrize("env_key", ["HF_HUB_CACHE", "HF_HOME", "XDG_CACHE_HOME", "HOME"])
+def test_lora_hub_id_in_the_users_hf_cache_is_not_what_upstream_reads(tmp_path, env_key):
+    """upstream passes cache_dir="ckpt/LiveAvatar": ~/.cache/huggingface is never read, so offline it fails."""
+    make_hub_cache(tmp_path / "home" / {"HF_HUB_CACHE": "", "HF_HOME": "hub"}.get(env_key, "huggingface/hub"))
+    root = make_checkout(tmp_path / "LiveAvatar")
+    env = {env_key: str(tmp_path / "home"), "HF_HUB_OFFLINE": "1"}
+    r = liveavatar.lora.run(make_ctx("1xH200", env=env, liveavatar=root))
+    assert r.status is Status.FAIL
+    assert r.data["cache"] == str(root / "ckpt/LiveAvatar")
 
 
 OFFLINE_ENVS = [
@@ -398,31 +464,45 @@ OFFLINE_ENVS = [
 
 @pytest.mark.parametrize("offline", OFFLINE_ENVS)
 def test_lora_hub_id_offline_and_not_cached_fails(tmp_path, offline):
-    r = liveavatar.lora.run(make_ctx("1xH200", env={"HF_HUB_CACHE": str(tmp_path), **offline}))
+    r = liveavatar.lora.run(make_ctx("1xH200", env=offline, cwd=tmp_path))
     assert r.status is Status.FAIL
     assert r.summary == (
-        "offline and the LoRA hub id is not cached: the launch will print "
-        "'Failed to download from HF Hub ... treating as local path' and fail"
+        "offline and the LoRA hub id is not in the checkout's hub cache: the launch will print "
+        "'Failed to download from HF Hub ..., treating as local path' and fail after the DiT load"
+    )
+    assert r.remedy == (
+        "--lora-path ckpt/LiveAvatar/liveavatar.safetensors (download it first where there is network: "
+        "hf download Quark-Vision/Live-Avatar liveavatar.safetensors --local-dir ckpt/LiveAvatar)"
+    )
+
+
+def test_lora_hub_id_with_the_readme_download_present_says_to_pass_the_file(tmp_path):
+    root = make_checkout(tmp_path / "LiveAvatar")
+    write_lora(root / LORA_LOCAL)
+    r = liveavatar.lora.run(make_ctx("1xH200", liveavatar=root))  # online: upstream would download it again
+    assert r.status is Status.WARN and f"into {root / 'ckpt/LiveAvatar'}" in r.summary
+    assert r.remedy == "--lora-path ckpt/LiveAvatar/liveavatar.safetensors"
+    assert any("upstream does not read it for a hub id" in d for d in r.details)
+
+
+@pytest.mark.parametrize("env", [{}, {"HF_HUB_OFFLINE": "0"}, {"HF_HUB_OFFLINE": "false"}])
+def test_lora_hub_id_online_and_not_cached_warns_with_the_local_path(tmp_path, env):
+    r = liveavatar.lora.run(make_ctx("1xH200", env=env, cwd=tmp_path))
+    assert r.status is Status.WARN
+    assert r.summary == (
+        f"LoRA Quark-Vision/Live-Avatar will be downloaded from the Hugging Face Hub at launch, into "
+        f"{tmp_path / 'ckpt/LiveAvatar'} (network needed)"
     )
     assert r.remedy.startswith("--lora-path ckpt/LiveAvatar/liveavatar.safetensors (download it first")
 
 
 def test_lora_hub_file_whose_blob_is_missing_is_not_cached(tmp_path):
-    make_hub_cache(tmp_path, with_blob=False)  # an interrupted download leaves a dangling symlink
-    r = liveavatar.lora.run(make_ctx("1xH200", env={"HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}))
+    root, _ = checkout_with_hub_cache(tmp_path, with_blob=False)  # an interrupted download leaves a dangling symlink
+    r = liveavatar.lora.run(make_ctx("1xH200", env={"HF_HUB_OFFLINE": "1"}, liveavatar=root))
     assert r.status is Status.FAIL
 
 
 def test_lora_hub_snapshot_without_refs_main_is_not_found_offline(tmp_path):
-    make_hub_cache(tmp_path, with_ref=False)  # offline hf_hub_download resolves "main" through refs/main only
-    r = liveavatar.lora.run(make_ctx("1xH200", env={"HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}))
+    root, _ = checkout_with_hub_cache(tmp_path, with_ref=False)  # offline hf_hub_download resolves "main" through refs/main only
+    r = liveavatar.lora.run(make_ctx("1xH200", env={"HF_HUB_OFFLINE": "1"}, liveavatar=root))
     assert r.status is Status.FAIL
-
-
-@pytest.mark.parametrize("env", [{}, {"HF_HUB_OFFLINE": "0"}, {"HF_HUB_OFFLINE": "false"}])
-def test_lora_hub_id_online_and_not_cached_warns_with_the_local_path(tmp_path, env):
-    r = liveavatar.lora.run(make_ctx("1xH200", env={"HF_HUB_CACHE": str(tmp_path), **env}))
-    assert r.status is Status.WARN
-    assert "downloaded from the Hugging Face Hub at launch (network needed)" in r.summary
-    assert r.remedy.endswith("--lora-path ckpt/LiveAvatar/liveavatar.safetensors")
-    assert r.data == {"source": "hub", "repo_id": "Quark-Vision/Live-Avatar", "cache": str(tmp_path), "cached": None}

@@ -20,7 +20,8 @@ from avatardoctor.config import resolve_config
 from avatardoctor.estimates import DEFAULT_TERMS
 from avatardoctor.machine.catalogue import catalogue_machine
 from avatardoctor.planner import entry_argv, hardware_advice, make_plan, smallest_change
-from avatardoctor.predict import padded_size, predict
+from avatardoctor.predict import predict
+from avatardoctor.upstream import padded_size
 from avatardoctor.units import GIB
 from conftest import make_ctx
 
@@ -48,7 +49,9 @@ def test_seed_layout_on_4090s_is_the_seeds_25_65_figure():
     assert gib(dit.loaded_bytes + dit.components["root_unshard"]) >= 25.65 - 0.5
     assert gib(dit.peak_bytes) >= 25.65
     assert dit.components["inflight_blocks"] > 0 and dit.components["activations"] > 0  # shown on top
-    assert p.verdict == "wont-fit" and dit.verdict == "wont-fit"
+    assert p.memory_verdict == "wont-fit" and dit.verdict == "wont-fit"
+    assert p.verdict == "wont-run"  # ... and upstream refuses the layout whatever the memory
+    assert {v.rule.id for v in p.refusals} >= {"tpp.world_size", "tpp.num_gpus_dit", "tpp.dit_fsdp", "ulysses_size"}
     assert "FSDP root unshard" in p.explanation() and "RTX 4090" in p.explanation()
 
 
@@ -186,10 +189,10 @@ def test_fit_estimates_says_default_or_calibrated():
 @pytest.mark.parametrize(
     "spec, chosen",
     [
-        ("5xH800", "chose tpp 720*400, 48 frames, bf16"),
-        ("8xH100", "chose tpp 720*400, 48 frames, bf16"),
+        ("5xH800", "chose tpp 720*400, 48 frames, fp8"),  # the scripts' --fp8 wherever every GPU has it
+        ("8xH100", "chose tpp 720*400, 48 frames, fp8"),
         ("5xL40S", "chose tpp 720*400, 48 frames, fp8"),
-        ("1xH100", "chose single 720*400, 48 frames, bf16"),
+        ("1xH100", "chose single 720*400, 48 frames, fp8"),
         ("1xL40S", "chose single 720*400, 48 frames, fp8, offload KV cache"),
         ("1xA6000", "chose single 720*400, 48 frames, bf16, offload KV cache"),  # no fp8 on cc 8.6
         ("4xA100-80GB", "chose single 720*400, 48 frames, bf16"),  # TPP needs five
@@ -199,6 +202,22 @@ def test_fit_estimates_says_default_or_calibrated():
 def test_planner_choices_on_catalogue_machines(spec, chosen):
     m = catalogue_machine(spec)
     assert make_plan(resolve_config(len(m.gpus)), m.gpus, SUMMARY, DEFAULT_TERMS).reasons[-1] == chosen
+
+
+def test_planner_honours_an_explicit_no_fp8():
+    m = catalogue_machine("5xH800")
+    plan = make_plan(resolve_config(5, fp8=False), m.gpus, SUMMARY, DEFAULT_TERMS)
+    assert plan.reasons[-1] == "chose tpp 720*400, 48 frames, bf16" and not plan.chosen.fp8
+
+
+def test_planner_passes_the_readmes_local_lora_file_not_the_hub_id(tmp_path):
+    (tmp_path / "ckpt/LiveAvatar").mkdir(parents=True)
+    (tmp_path / "ckpt/LiveAvatar/liveavatar.safetensors").write_bytes(b"x")
+    m = catalogue_machine("5xH800")
+    chosen = make_plan(resolve_config(5, liveavatar=tmp_path), m.gpus, SUMMARY, DEFAULT_TERMS).chosen
+    assert chosen.lora_path == "ckpt/LiveAvatar/liveavatar.safetensors"
+    named = make_plan(resolve_config(5, liveavatar=tmp_path, lora_path="Quark-Vision/Live-Avatar"), m.gpus, SUMMARY, DEFAULT_TERMS)
+    assert named.chosen.lora_path == "Quark-Vision/Live-Avatar"  # the user's own choice stands
 
 
 def test_hardware_advice_is_cheapest_first_and_drops_fp8_where_impossible():
@@ -225,7 +244,9 @@ def test_predict_json_and_exit_codes():
     r = cli("predict", "--machine", "4x4090", "--mode", "seed-4gpu", "--json")
     assert r.returncode == 1
     doc = json.loads(r.stdout)
-    assert doc["schema"] == "avatardoctor.predict/1" and doc["prediction"]["verdict"] == "wont-fit"
+    assert doc["schema"] == "avatardoctor.predict/1" and doc["prediction"]["verdict"] == "wont-run"
+    assert doc["prediction"]["memory_verdict"] == "wont-fit" and doc["hardware_advice"] == []  # no box runs what upstream refuses
+    assert "tpp.world_size" in {r["rule"] for r in doc["prediction"]["refused_by"]}
     g = doc["prediction"]["gpus"][0]
     assert abs(g["loaded_gib"] - 21.48) <= 0.5 and g["components"]["root_unshard"] == pytest.approx(4.172, abs=0.01)
     ok = cli("predict", "--machine", "5xH800", "--json")

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from avatardoctor.checks.liveavatar import ASSERT_RULES, SEED_REMEDY
+from avatardoctor.checks.liveavatar import SEED_REMEDY
 from avatardoctor.config import resolve_config
 from avatardoctor.runner.classify import ASSERT_TEXTS, Failure, classify
 from avatardoctor.runner.logparse import LogTracker, segments, split_rank
+from avatardoctor.upstream import RULES, Launch
 
 LOGS = Path(__file__).parent / "fixtures" / "logs"
 STAMPED = re.compile(r"\[\+\s*([\d.]+)s\] (.*)", re.DOTALL)
@@ -28,7 +29,7 @@ STAMPED = re.compile(r"\[\+\s*([\d.]+)s\] (.*)", re.DOTALL)
 def read_log(name: str) -> list[tuple[float, str]]:
     with open(LOGS / name, encoding="utf-8", newline="") as f:  # newline="": keep tqdm's \r inside lines
         text = f.read()
-    return [(float(m[1]), m[2]) for m in map(STAMPED.match, text.split("\n")) if m]
+    return [(float(m[1]), m[2]) for m in map(STAMPED.match, text.split("\n")) if m]  # "# " lines: the header quoting upstream
 
 
 def track(name: str, nproc: int, num_clip_expected: int | None = None) -> LogTracker:
@@ -242,7 +243,6 @@ CASES = [
     ("single_keyerror_5.log", 1, "assertion", 0, "clip 1 denoise", "--sample-steps 4"),
     ("hub_download_failed.log", 1, "hub-download", 0, "lora merge", "--lora-path ckpt/LiveAvatar/liveavatar.safetensors"),
     ("missing_checkpoint.log", 1, "missing-file", 0, "load", "--ckpt-dir"),
-    ("ffmpeg_failed.log", 5, "ffmpeg", 4, "save", "--audio"),
     ("tpp_sigkill_load.log", 5, "crashed", 3, "load", "OOM killer"),
 ]
 
@@ -368,9 +368,41 @@ def test_crashed_without_any_error_text():
     assert (failure.cls, failure.message, failure.remedy) == ("crashed", "exit code 1; no error in the log", None)
 
 
-def test_ffmpeg_missing_from_path():
-    failure = classify([(9.0, "FileNotFoundError: [Errno 2] No such file or directory: 'ffmpeg'")], 1)
-    assert failure.cls == "ffmpeg" and "apt-get install ffmpeg" in failure.remedy
+def test_a_failed_audio_merge_finishes_without_sound():
+    """Upstream catches the merge's failure and exits 0 with a silent MP4: no crash, but not a success either."""
+    failure = verdict("ffmpeg_failed.log", 5, exit_code=0)
+    assert failure.cls == "no-sound" and failure.phase == "save"
+    assert failure.message.startswith("finished without sound: ERROR:root:FFmpeg execute failed: ffmpeg version 4.4.2")
+    assert "--audio" in failure.remedy
+
+
+def test_ffmpeg_missing_from_path_finishes_without_sound():
+    line = "ERROR:root:merge_video_audio failed with error: [Errno 2] No such file or directory: 'ffmpeg'"
+    failure = classify([(9.0, line)], 0)
+    assert failure.cls == "no-sound" and "apt-get install ffmpeg" in failure.remedy
+
+
+def test_an_ffmpeg_line_does_not_explain_a_crash():
+    lines = [(9.0, "ERROR:root:merge_video_audio failed with error: [Errno 2] No such file or directory: 'ffmpeg'"),
+             (9.5, "[rank4]: ValueError: unexpected audio layout")]  # fmt: skip
+    assert classify(lines, 1).message == "ValueError: unexpected audio layout"
+
+
+def test_cond_cache_overflow_is_upstreams_rule_with_its_remedy():
+    text = ("[rank1]: RuntimeError: The expanded size of the tensor (3000) must match the existing size (3640) at "
+            "non-singleton dimension 1.  Target sizes: [1, 3000, 40, 128].  Tensor sizes: [1, 3640, 40, 128]")  # fmt: skip
+    failure = classify([(300.0, text)], 1, nproc=5)
+    assert failure.cls == "assertion" and failure.gpu == 1
+    assert failure.remedy.startswith("--size 704*384")
+
+
+def test_flash_attn_assertion_is_named_by_its_frame():
+    lines = [(200.0, "[rank0]: Traceback (most recent call last):"),
+             (200.0, '[rank0]:   File "/w/LiveAvatar/liveavatar/models/wan/wan_2_2/modules/attention.py", line 112, in flash_attention'),
+             (200.0, "[rank0]:     assert FLASH_ATTN_2_AVAILABLE"),
+             (200.0, "[rank0]: AssertionError")]  # fmt: skip
+    failure = classify(lines, 1, nproc=5)
+    assert failure.cls == "assertion" and "flash-attn" in failure.remedy and "--deep" in failure.remedy
 
 
 @pytest.mark.parametrize("path, flag", [("examples/boy.jpg", "--image"), ("examples/boy.wav", "--audio"),
@@ -384,10 +416,10 @@ def test_missing_file_remedy_names_the_flag(path, flag):
 def test_assertion_remedies_are_the_rules_own(printed, rule):
     nproc = 5 if "non-distributed" not in printed and rule.id != "single.sample_steps" else 1
     failure = classify([(1.0, f"[rank0]: {printed} and more")], 1, nproc=nproc)
-    expected = SEED_REMEDY if rule.gpu_layout else rule.remedy(resolve_config(nproc, "tpp" if nproc > 1 else "single"))
+    expected = SEED_REMEDY if rule.gpu_layout else rule.remedy(Launch(resolve_config(nproc, "tpp" if nproc > 1 else "single")))
     assert (failure.cls, failure.remedy) == ("assertion", expected)
 
 
 def test_every_quoted_upstream_assert_is_recognised():
-    quoting = {r.id for r in ASSERT_RULES if r.prevents.startswith(("AssertionError", "KeyError", "NotImplementedError", "argparse"))}
+    quoting = {r.id for r in RULES if r.prevents.startswith(("AssertionError", "KeyError", "NotImplementedError", "argparse", "RuntimeError"))}
     assert quoting <= {rule.id for _, rule in ASSERT_TEXTS}

@@ -6,7 +6,7 @@ output and of the JSON `checks` list.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from avatardoctor import __version__
@@ -66,9 +66,7 @@ class CheckReport:
         return sum(1 for r in self.results if r.status is status)
 
     def to_dict(self) -> dict[str, Any]:
-        config = asdict(self.config)
-        config["nproc"] = self.config.nproc
-        config.update({k: str(getattr(self.config, k)) if getattr(self.config, k) else None for k in ("liveavatar", "image", "audio")})
+        config = self.config.to_dict()
         return {
             "schema": CHECK_SCHEMA,
             "avatardoctor_version": __version__,

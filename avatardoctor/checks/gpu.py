@@ -203,17 +203,18 @@ def check_fp8(ctx: CheckContext) -> Outcome:
         return skipped("--fp8 is off: the DiT runs in bf16")
     if skip := needs_gpu_facts(ctx):
         return skip
-    ranks = [(r, ctx.rank_gpus[r]) for r in ctx.config.dit_ranks if r < len(ctx.rank_gpus)]
+    # The entry converts the DiT on every rank, the VAE rank's copy too, with a compiled fp8 cast.
+    ranks = list(enumerate(ctx.rank_gpus))
     lines = [f"rank {r}: GPU {g.index} {g.name}, compute capability {g.cc}" for r, g in ranks]
     too_old = [(r, g) for r, g in ranks if g.compute_capability < FP8_MIN_CC]
     data = {"ranks": [{"rank": r, "gpu": g.index, "cc": g.cc} for r, g in ranks], "min_cc": "8.9"}
     if not too_old:
         ccs = ", ".join(sorted({g.cc for _, g in ranks}))
-        return passed(f"the DiT GPUs support FP8 (compute capability {ccs})", details=lines, data=data)
+        return passed(f"every rank's GPU supports FP8 (compute capability {ccs})", details=lines, data=data)
     gpu_list = ", ".join(str(g.index) for _, g in too_old)
     models = ", ".join(sorted({f"{g.name} (cc {g.cc})" for _, g in too_old}))
     return failed(
-        f"--fp8 needs compute capability 8.9+ on every DiT GPU; GPU {gpu_list}: {models}",
+        f"--fp8 needs compute capability 8.9+ on every rank's GPU (the VAE rank converts too); GPU {gpu_list}: {models}",
         details=[*lines, "--fp8 uses torch._scaled_mm with float8 e4m3 (Ada, Hopper, Blackwell)"],
         remedy="--no-fp8 (drop --fp8 from the launch); the bf16 weights then need more GPU memory",
         data=data,

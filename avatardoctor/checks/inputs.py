@@ -12,7 +12,7 @@ import os
 import re
 
 from avatardoctor.checks.base import CheckContext, Outcome, check, failed, passed, skipped, warned
-from avatardoctor.predict import geometry, image_size
+from avatardoctor.predict import geometry, reference_hw
 from avatardoctor.units import file_size
 
 GROUP = "Inputs"
@@ -93,10 +93,10 @@ def check_generation_size(ctx: CheckContext) -> Outcome:
     path = ctx.config.image
     if path is None:
         return skipped("no --image given: the aspect of --size is assumed")
-    geo, unreadable = geometry(ctx.config)
-    if unreadable:
+    hw, unreadable = reference_hw(ctx.config)
+    if unreadable or hw is None:
         return skipped("the image's size cannot be read (see input.image)")
-    h, w = image_size(path)
+    geo, (h, w) = geometry(ctx.config, hw), hw
     data = {"height": geo.height, "width": geo.width}
     details = ["the image's aspect within the --size area, padded up to multiples of 64 and never upscaled",
                "the memory prediction uses this size"]  # fmt: skip

@@ -2,7 +2,7 @@
 
 Each upstream assert fires only after torchrun has started every rank, and some only after minutes of
 weight loading; all of them can be decided here from the configuration in a millisecond. The facts
-(texts, paths, rules) are upstream's, as docs/liveavatar.md records them.
+(texts, paths, rules) are upstream's code's, in avatardoctor.upstream and cited in docs/upstream.md.
 """
 
 from __future__ import annotations
@@ -22,11 +22,23 @@ from avatardoctor.checks.base import (
     warned,
 )
 from avatardoctor.ckpt.safetensors_file import CkptFileError, read_header
-from avatardoctor.config import LORA_HUB_ID, MODES, MULTI_PROCESS_MODES, SIZES, LaunchConfig, resolve_config
-from avatardoctor.units import gib
+from avatardoctor.predict import reference_hw
+from avatardoctor.units import gib, plural
+from avatardoctor.upstream import (
+    LORA_CACHE_DIR,
+    LORA_DOWNLOAD,
+    LORA_FILE,
+    LORA_HUB_ID,
+    LORA_LOCAL,
+    MULTI_PROCESS_MODES,
+    UPSTREAM_REPO,
+    cond_capacity,
+    cond_tokens,
+    padded_size,
+    violations,
+)
 
 GROUP = "Live Avatar"
-UPSTREAM_REPO = "https://github.com/Alibaba-Quark/LiveAvatar"
 
 # ---------------------------------------------------------------------------------------- la.checkout
 
@@ -92,118 +104,6 @@ def checkout(ctx: CheckContext) -> Outcome:
 # ----------------------------------------------------------------------------------------- la.asserts
 
 
-@dataclass(frozen=True)
-class AssertRule:
-    """One upstream start-up assert, decided from the configuration alone."""
-
-    id: str
-    modes: tuple[str, ...]
-    broken: Callable[[LaunchConfig], bool]
-    problem: Callable[[LaunchConfig], str]  # the offending setting, in the user's terms
-    prevents: str  # the upstream text (or behaviour) that would stop the run
-    remedy: Callable[[LaunchConfig], str]
-    gpu_layout: bool = False  # about the TPP GPU count: the seed 4-GPU advice replaces its remedy
-
-
-def _four_dit_ranks(cfg: LaunchConfig) -> str:
-    """The flags that give upstream's only TPP layout: 4 DiT ranks, each running one of the 4 steps."""
-    flags = {"--num-gpus-dit 4": cfg.num_gpus_dit == 4, "--sample-steps 4": cfg.sample_steps == 4}
-    return " ".join(flag for flag, already in flags.items() if not already)
-
-
-def _upstream_size(cfg: LaunchConfig) -> str:
-    return resolve_config(0, cfg.mode).size  # the upstream script's --size for this mode
-
-
-BOTH = MODES  # every mode
-ASSERT_RULES = (
-    AssertRule(
-        "tpp.world_size", MULTI_PROCESS_MODES,
-        lambda c: c.nproc < 5,
-        lambda c: f"{c.nproc} processes ({c.num_gpus_dit} DiT + 1 VAE)",
-        'AssertionError: "At least 5 GPUs are supported for distributed inference."',
-        _four_dit_ranks, gpu_layout=True,
-    ),
-    AssertRule(
-        "tpp.num_gpus_dit", MULTI_PROCESS_MODES,
-        lambda c: c.num_gpus_dit != 4,
-        lambda c: f"--num-gpus-dit {c.num_gpus_dit}",
-        'AssertionError: "Only 4 GPUs are supported..."',
-        _four_dit_ranks, gpu_layout=True,
-    ),
-    AssertRule(
-        "tpp.vae_parallel", MULTI_PROCESS_MODES,
-        lambda c: not c.enable_vae_parallel,
-        lambda c: "VAE parallel off",
-        'AssertionError: "VAE parallel is required..."',
-        lambda c: "launch the entry with --enable_vae_parallel (avatardoctor's own launches always pass it)",
-    ),
-    AssertRule(
-        "tpp.sample_steps", MULTI_PROCESS_MODES,
-        lambda c: c.sample_steps != c.num_gpus_dit,
-        lambda c: f"--sample-steps {c.sample_steps} with {c.num_gpus_dit} DiT GPUs",
-        "each DiT rank runs exactly one denoising step, so TPP needs sample_steps == num_gpus_dit",
-        _four_dit_ranks, gpu_layout=True,
-    ),
-    AssertRule(
-        "single.sample_steps", ("single",),
-        lambda c: c.sample_steps > 4,
-        lambda c: f"--sample-steps {c.sample_steps} on one GPU",
-        "KeyError: '5' (the single-GPU KV caches are keyed \"1\"..\"4\")",
-        lambda c: "--sample-steps 4",
-    ),
-    AssertRule(
-        "single.fsdp", ("single",),
-        lambda c: c.dit_fsdp or c.t5_fsdp,
-        lambda c: "--dit_fsdp/--t5_fsdp with one process",
-        "one process cannot shard: upstream refuses --dit_fsdp and --t5_fsdp with a single GPU",
-        lambda c: "drop --t5-fsdp (and use --mode single without FSDP)",
-    ),
-    AssertRule(
-        "ulysses_size", BOTH,
-        lambda c: c.ulysses_size != 1,
-        lambda c: f"--ulysses-size {c.ulysses_size} (the seed articles' 'equal to num_gpus_dit' is not upstream)",
-        'AssertionError: "Sequence parallel is not supported."',
-        lambda c: "--ulysses-size 1",
-    ),
-    AssertRule(
-        "sample_solver", BOTH,
-        lambda c: c.sample_solver != "euler",
-        lambda c: f"--sample-solver {c.sample_solver}",
-        'NotImplementedError("Unsupported solver.")',
-        lambda c: "--sample-solver euler",
-    ),
-    AssertRule(
-        "size.choice", BOTH,
-        lambda c: c.size not in SIZES,
-        lambda c: f"--size {c.size}",
-        f"argparse: argument --size: invalid choice (accepted: {', '.join(SIZES)})",
-        lambda c: f"--size {_upstream_size(c)}",
-    ),
-    AssertRule(
-        "size.720x1280", BOTH,
-        lambda c: c.size == "720*1280",
-        lambda c: "--size 720*1280",
-        "fails upstream (issue #14): the conditioning KV cache is hard-coded for 720*400",
-        lambda c: f"--size {_upstream_size(c)}",
-    ),
-    AssertRule(
-        "infer_frames", BOTH,
-        lambda c: c.infer_frames % 4 != 0,
-        lambda c: f"--infer-frames {c.infer_frames}",
-        "infer_frames must be a multiple of 4",
-        lambda c: f"--infer-frames {max(4, c.infer_frames // 4 * 4)}",
-    ),
-    AssertRule(
-        "save_path", BOTH,
-        lambda c: not c.save_file and not c.lora_path,
-        lambda c: "no --save_file and no LoRA",
-        "the script crashes at save time, after the whole generation",
-        lambda c: f"--lora-path {LORA_HUB_ID}",
-    ),
-)  # fmt: skip
-
-
 def _seed_layout(ctx: CheckContext) -> bool:
     """The seed articles' 4-GPU TPP: 3 DiT GPUs + 1 VAE GPU, or TPP chosen on a 4-GPU box."""
     return ctx.config.mode in MULTI_PROCESS_MODES and (ctx.config.num_gpus_dit == 3 or len(ctx.visible.gpus) == 4)
@@ -218,52 +118,54 @@ SEED_REMEDY = "--mode single on one 80 GB-class GPU, or five GPUs for tpp (--num
 
 @check("la.asserts", GROUP)
 def asserts(ctx: CheckContext) -> Outcome:
+    """Upstream's rules (avatardoctor.upstream, cited in docs/upstream.md) for this launch and image."""
     cfg = ctx.config
-    broken = [r for r in ASSERT_RULES if cfg.mode in r.modes and r.broken(cfg)]
-    data = {"violations": [r.id for r in broken], "mode": cfg.mode, "nproc": cfg.nproc}
-    if not broken:
+    image_hw, _ = reference_hw(cfg)  # input.image reports an unreadable image; the --size aspect stands in
+    found = violations(cfg, image_hw)
+    fatal = [v for v in found if v.fatal]
+    data = {"violations": [v.rule.id for v in fatal], "warnings": [v.rule.id for v in found if not v.fatal],
+            "mode": cfg.mode, "nproc": cfg.nproc, "entry": "gradio" if cfg.gradio else "cli"}  # fmt: skip
+    if not found:
+        h, w = padded_size(cfg.size, image_hw)
+        capacity = cond_capacity(cfg.mode)
+        details = [f"renders {w}x{h} px: {cond_tokens(h, w)} of {capacity} conditioning tokens"]
+        if image_hw and cond_tokens(*padded_size(cfg.size)) > capacity:
+            details.append(
+                f"--size {cfg.size} is fine with this {image_hw[1]}x{image_hw[0]} image: it is not upscaled; "
+                "an image as large as the size would overflow the conditioning cache"
+            )
         return passed(
-            f"the {cfg.mode} launch passes upstream's start-up asserts "
-            f"({cfg.nproc} process{'es' if cfg.nproc > 1 else ''}, {cfg.sample_steps} steps, size {cfg.size})",
-            data=data,
+            f"the {cfg.mode} launch passes upstream's start-up rules "
+            f"({plural(cfg.nproc, 'process')}, {cfg.sample_steps} steps, size {cfg.size})",
+            details,
+            data,
         )
-    details = [f"{r.id}: {r.problem(cfg)} -> {r.prevents}" for r in broken]
-    remedies = [r.remedy(cfg) for r in broken]
-    if _seed_layout(ctx):
+    details = [f"{v.rule.id}: {v.problem} -> {v.rule.prevents}" for v in found]
+    remedies = [v.remedy for v in found]
+    if fatal and _seed_layout(ctx):
         details.append(SEED_NOTE)
-        remedies = [SEED_REMEDY] + [r.remedy(cfg) for r in broken if not r.gpu_layout]
+        remedies = [SEED_REMEDY] + [v.remedy for v in found if not v.rule.gpu_layout]
+    remedy = "; ".join(dict.fromkeys(remedies))  # each once (the TPP layout rules share theirs), in rule order
+    if not fatal:
+        ids = ", ".join(v.rule.id for v in found)
+        return warned(f"upstream runs this launch, but not as you may expect: {ids}", details, remedy, data)
     return failed(
-        f"{len(broken)} upstream start-up check{'s' if len(broken) > 1 else ''} would stop this launch: {', '.join(data['violations'])}",
+        f"{plural(len(fatal), 'upstream start-up rule')} would stop this launch: {', '.join(data['violations'])}",
         details,
-        "; ".join(dict.fromkeys(remedies)),  # each once (the TPP layout rules share theirs), in rule order
+        remedy,
         data,
     )
 
 
 # -------------------------------------------------------------------------------------------- la.lora
 
-LORA_FILE = "liveavatar.safetensors"
-LORA_LOCAL = "ckpt/LiveAvatar/liveavatar.safetensors"  # where upstream's README puts it
-LORA_DOWNLOAD = f"huggingface-cli download {LORA_HUB_ID} --local-dir ckpt/LiveAvatar"
 TRUE_VALUES = ("1", "true", "yes", "on")
 
 
 def is_hub_id(value: str) -> bool:
-    """Upstream tries a value with a "/" (not a /, ./ or ../ path) as a Hub repo id first, and falls back
-    to a local path when that fails; only a namespace/name value can be a repo id."""
+    """Upstream tries a path that does not exist and has a "/" (not a /, ./ or ../ path) as a Hub repo id,
+    and falls back to the path when that fails; only a namespace/name value can be a repo id."""
     return value.count("/") == 1 and not value.startswith(("/", "."))
-
-
-def hub_cache_dir(env: Mapping[str, str]) -> Path:
-    """Where huggingface_hub keeps downloads, by the same variables it reads."""
-    cache = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE")
-    if cache:
-        return Path(cache)
-    home = env.get("HF_HOME")
-    if not home:
-        xdg = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME") or Path.home()) / ".cache")
-        home = str(Path(xdg) / "huggingface")
-    return Path(home) / "hub"
 
 
 def cached_hub_file(cache: Path, repo_id: str, filename: str) -> Path | None:
@@ -282,10 +184,10 @@ def lora(ctx: CheckContext) -> Outcome:
     value = ctx.config.lora_path
     if not value:
         return skipped("no LoRA: the output will be the base model's; also see la.asserts for the save-path crash")
-    start = Path(os.path.normpath(ctx.cwd / (ctx.config.liveavatar or "")))  # the runner starts in the checkout
+    start = ctx.launch_dir  # upstream resolves the path, and its hub cache, from where the launch starts
     path = Path(os.path.normpath(start / value))
-    if is_hub_id(value) and not os.path.isfile(path):
-        return _hub_lora(ctx, value)
+    if is_hub_id(value) and not os.path.exists(path):
+        return _hub_lora(ctx, start, value)
     data = {"source": "local", "path": str(path)}
     if os.path.isfile(path) and os.access(path, os.R_OK):
         return _verified_lora(path, f"LoRA file {path}", data)
@@ -303,25 +205,34 @@ def lora(ctx: CheckContext) -> Outcome:
     )
 
 
-def _hub_lora(ctx: CheckContext, repo_id: str) -> Outcome:
-    cache = hub_cache_dir(ctx.env)
+def _hub_lora(ctx: CheckContext, start: Path, repo_id: str) -> Outcome:
+    """hf_hub_download(repo_id, LORA_FILE, cache_dir=LORA_CACHE_DIR) from the launch folder: the hub cache
+    upstream reads is the checkout's ckpt/LiveAvatar, never ~/.cache/huggingface."""
+    cache = start / LORA_CACHE_DIR
     cached = cached_hub_file(cache, repo_id, LORA_FILE)
+    local = start / LORA_LOCAL  # the README's download, which a hub id does not use
     offline = any(ctx.env.get(k, "").strip().lower() in TRUE_VALUES for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     data = {"source": "hub", "repo_id": repo_id, "cache": str(cache), "cached": str(cached) if cached else None}
     if cached:
-        return _verified_lora(cached, f"LoRA {repo_id} is in the Hugging Face cache: {cached}", data)
+        return _verified_lora(cached, f"LoRA {repo_id} is in the checkout's hub cache: {cached}", data)
+    looked = [f"looked for {cache}/models--{repo_id.replace('/', '--')}/snapshots/<refs/main>/{LORA_FILE}"]
+    use_local = f"--lora-path {LORA_LOCAL}"
+    if os.path.isfile(local):
+        looked.append(f"{local} exists, but upstream does not read it for a hub id: pass it as a file")
+    else:
+        use_local += f" (download it first where there is network: {LORA_DOWNLOAD})"
     if offline:
         return failed(
-            "offline and the LoRA hub id is not cached: the launch will print "
-            "'Failed to download from HF Hub ... treating as local path' and fail",
-            [f"looked for {cache}/models--{repo_id.replace('/', '--')}/snapshots/<refs/main>/{LORA_FILE}"],
-            f"--lora-path {LORA_LOCAL} (download it first where there is network: {LORA_DOWNLOAD})",
+            "offline and the LoRA hub id is not in the checkout's hub cache: the launch will print "
+            "'Failed to download from HF Hub ..., treating as local path' and fail after the DiT load",
+            looked,
+            use_local,
             data,
         )
     return warned(
-        f"LoRA {repo_id} will be downloaded from the Hugging Face Hub at launch (network needed)",
-        [f"not yet in the Hugging Face cache {cache}"],
-        f"download it once ({LORA_DOWNLOAD}) and pass --lora-path {LORA_LOCAL}",
+        f"LoRA {repo_id} will be downloaded from the Hugging Face Hub at launch, into {cache} (network needed)",
+        looked,
+        use_local,
         data,
     )
 

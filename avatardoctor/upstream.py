@@ -1,0 +1,345 @@
+"""Live Avatar as its code really is: the pinned commit, the launch, the geometry and the start-up rules.
+
+Every fact here is read from upstream's code at UPSTREAM_COMMIT and cited by file:line in
+docs/upstream.md; nothing is copied from it. The rules decide, from the configuration alone and in a
+millisecond, what upstream would refuse, crash on or hang at after minutes of loading. This module is
+the bottom layer: the checks, the prediction, the planner and the runner read upstream through it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from avatardoctor.config import LaunchConfig
+
+UPSTREAM_REPO = "https://github.com/Alibaba-Quark/LiveAvatar"
+UPSTREAM_COMMIT = "9c2c38de1715e553127b42c82cb959f756b02595"  # the rules below were verified at this commit
+ENTRY_SCRIPT = "minimal_inference/s2v_streaming_interact.py"  # every CLI script's entry
+GRADIO_ENTRY = "minimal_inference/gradio_app.py"  # both gradio scripts' entry
+TRAINING_CONFIG = "liveavatar/configs/s2v_causal_sft.yaml"
+# The files these rules were read from: a checkout that changed one of them may not follow them.
+RULE_FILES = (
+    ENTRY_SCRIPT,
+    GRADIO_ENTRY,
+    "liveavatar/models/wan/causal_s2v_pipeline_tpp.py",
+    "liveavatar/models/wan/causal_s2v_pipeline.py",
+    "liveavatar/models/wan/causal_model_s2v.py",
+    "liveavatar/models/wan/causal_motioner.py",
+    "liveavatar/models/wan/wan_2_2/modules/attention.py",
+    "liveavatar/models/wan/wan_2_2/modules/model.py",
+    "liveavatar/models/wan/wan_2_2/distributed/fsdp.py",
+    "liveavatar/utils/load_weight_utils.py",
+    TRAINING_CONFIG,
+)
+
+# argparse choices of --size (width*height), the same in both entries
+SIZES = (
+    "720*1280", "1280*720", "480*832", "832*480", "704*1280", "1280*704",
+    "1024*704", "704*1024", "720*400", "704*384", "688*368", "384*256",
+)  # fmt: skip
+SCRIPT_SIZE = {"tpp": "720*400", "single": "704*384"}  # infinite_inference_{multi,single}_gpu.sh --size
+SCRIPT_PORT = {"tpp": 29102, "single": 29101}  # the CLI scripts' --master_port
+GRADIO_PORT = {"tpp": 29502, "single": 29501}  # the gradio scripts' --master_port
+GRADIO_SERVER_PORT = 7860
+# What the gradio scripts add to the environment (gradio_multi_gpu.sh, gradio_single_gpu.sh); the
+# HF_ENDPOINT mirror they also set is a regional choice, not a rule, and is left to the user.
+GRADIO_ENV = {
+    "TORCH_NCCL_BLOCKING_WAIT": "1",
+    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "0",
+    "TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC": "86400",
+}
+GRADIO_LACKS = ("--enable_online_decode",)  # CLI entry flags gradio_app.py's argparse refuses
+
+LORA_HUB_ID = "Quark-Vision/Live-Avatar"
+LORA_FILE = "liveavatar.safetensors"
+LORA_CACHE_DIR = "ckpt/LiveAvatar"  # hf_hub_download(cache_dir=...), relative to the launch folder
+LORA_LOCAL = f"{LORA_CACHE_DIR}/{LORA_FILE}"  # where the README's download puts the file
+LORA_DOWNLOAD = f"hf download {LORA_HUB_ID} {LORA_FILE} --local-dir {LORA_CACHE_DIR}"
+
+# ---- geometry ------------------------------------------------------------------------------------
+
+FRAMES_PER_LATENT = 4  # the VAE's temporal stride: latent frames = infer_frames // 4
+LATENT_FRAMES_PER_BLOCK = 3  # each denoising block is 3 latent frames
+FRAMES_PER_BLOCK = FRAMES_PER_LATENT * LATENT_FRAMES_PER_BLOCK  # 12 video frames
+SPATIAL_STRIDE = 16  # VAE 8 px, then the (1, 2, 2) patch: one token per 16x16 px
+COND_CAPACITY_TPP, COND_CAPACITY_SINGLE = 3000, 2800  # the conditioning cache's preallocated tokens
+
+
+def padded_size(size: str, image_hw: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(height, width) Live Avatar really renders: the image's aspect within the --size area budget,
+    padded up to multiples of 64, never upscaled (get_size_less_than_area). Without an image, the
+    aspect of the --size string (width*height)."""
+    width, height = (int(x) for x in size.split("*"))
+    target = width * height
+    h, w = image_hw or (height, width)
+    if h * w <= target:
+        min_scale, max_scale = 0.1, 1.0
+    else:
+        d = 63
+        b, a, c = d * (h + w), h * w, d**2 - target
+        min_scale = (-b + math.sqrt(b**2 - 2 * a * c)) / (2 * a)
+        max_scale = math.sqrt(target / (h * w))
+    for i in range(100):
+        scale = max_scale - (max_scale - min_scale) * i / 100
+        nh, nw = int(h * scale), int(w * scale)
+        ph, pw = nh + (64 - nh % 64) % 64, nw + (64 - nw % 64) % 64
+        if ph * pw <= target:
+            return ph, pw
+    return ph, pw
+
+
+def area(size: str) -> int:
+    """The pixel budget of a --size value ("720*400")."""
+    width, height = size.split("*")
+    return int(width) * int(height)
+
+
+def tokens_per_frame(height: int, width: int) -> int:
+    return (height // SPATIAL_STRIDE) * (width // SPATIAL_STRIDE)
+
+
+def cond_tokens(height: int, width: int) -> int:
+    """Tokens the first prefill writes into the conditioning cache: the reference frame, then the
+    motioner's FramePack buckets of 1, 2 and 16 latent frames patchified at (1,2,2), (2,4,4) and
+    (4,8,8). About 2.5x one frame's tokens; exact for the 64-px multiples upstream renders."""
+    lat_h, lat_w = height // 8, width // 8
+    frame = (lat_h // 2) * (lat_w // 2)
+    return frame + frame + (lat_h // 4) * (lat_w // 4) + 4 * (lat_h // 8) * (lat_w // 8)
+
+
+def cond_capacity(mode: str) -> int:
+    """The single-GPU pipeline shares one 2800-token cache; the TPP pipeline (every multi-process
+    mode) gives each DiT rank 3000."""
+    return COND_CAPACITY_SINGLE if mode == "single" else COND_CAPACITY_TPP
+
+
+def denoised_blocks(infer_frames: int) -> int:
+    """Whole 3-latent-frame blocks per clip: the frames beyond them are never denoised."""
+    return infer_frames // FRAMES_PER_LATENT // LATENT_FRAMES_PER_BLOCK
+
+
+def largest_size_that_fits(mode: str, image_hw: tuple[int, int] | None) -> str | None:
+    """The --size choice with the largest rendered area whose conditioning tokens fit, for this image."""
+    rendered = [(padded_size(s, image_hw), s) for s in SIZES]
+    # The most pixels rendered; of the sizes that render as many, the smallest budget (no size is wasted).
+    fitting = [(h * w, -area(s), s) for (h, w), s in rendered if cond_tokens(h, w) <= cond_capacity(mode)]
+    return max(fitting)[2] if fitting else None
+
+
+# ---- start-up rules -------------------------------------------------------------------------------
+
+MULTI_PROCESS_MODES = ("tpp", "fsdp", "seed-4gpu")  # upstream's TPP pipeline: one process per GPU
+ALL_MODES = ("tpp", "single", "fsdp", "seed-4gpu")
+ENTRIES = ("cli", "gradio")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What the rules look at: the configuration, the reference image's size when known, the entry."""
+
+    config: LaunchConfig
+    image_hw: tuple[int, int] | None = None
+
+    @property
+    def entry(self) -> str:
+        return "gradio" if self.config.gradio else "cli"
+
+    @property
+    def padded(self) -> tuple[int, int]:
+        return padded_size(self.config.size, self.image_hw)
+
+    @property
+    def cond_tokens(self) -> int:
+        return cond_tokens(*self.padded)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One thing upstream's code does with a configuration, decided before launch."""
+
+    id: str
+    modes: tuple[str, ...]
+    broken: Callable[[Launch], bool]
+    problem: Callable[[Launch], str]  # the offending setting, in the user's terms
+    prevents: str  # what upstream does: its printed text, or its behaviour
+    remedy: Callable[[Launch], str]
+    entries: tuple[str, ...] = ENTRIES
+    severity: str = "fail"  # "warn": upstream runs, but not as the user expects
+    gpu_layout: bool = False  # about the TPP GPU count: the seed 4-GPU advice replaces its remedy
+    log_texts: tuple[str, ...] = ()  # what a launch prints when it hits the rule, for the classifier
+
+    def applies(self, launch: Launch) -> bool:
+        return launch.config.mode in self.modes and launch.entry in self.entries and self.broken(launch)
+
+
+def _four_dit_ranks(launch: Launch) -> str:
+    """The flags that give upstream's only TPP layout: 4 DiT ranks, each running one of the 4 steps."""
+    cfg = launch.config
+    flags = {"--num-gpus-dit 4": cfg.num_gpus_dit == 4, "--sample-steps 4": cfg.sample_steps == 4}
+    return " ".join(flag for flag, already in flags.items() if not already)
+
+
+def _size_problem(launch: Launch) -> str:
+    h, w = launch.padded
+    image = f"this {launch.image_hw[1]}x{launch.image_hw[0]} image" if launch.image_hw else "the --size aspect"
+    return (
+        f"--size {launch.config.size} renders {w}x{h} px for {image}: the first prefill writes "
+        f"{launch.cond_tokens} conditioning tokens into a cache of {cond_capacity(launch.config.mode)}"
+    )
+
+
+def _size_remedy(launch: Launch) -> str:
+    best = largest_size_that_fits(launch.config.mode, launch.image_hw)
+    if best is None:
+        return "a smaller image"
+    return f"--size {best} (the largest that fits for {'this image' if launch.image_hw else 'an image of the --size aspect'})"
+
+
+def _frames_remedy(launch: Launch) -> str:
+    return f"--infer-frames {max(FRAMES_PER_BLOCK, launch.config.infer_frames // FRAMES_PER_BLOCK * FRAMES_PER_BLOCK)}"
+
+
+RULES = (
+    Rule(
+        "tpp.world_size", MULTI_PROCESS_MODES,
+        lambda x: x.config.nproc < 5,
+        lambda x: f"{x.config.nproc} processes ({x.config.num_gpus_dit} DiT + 1 VAE)",
+        'AssertionError: "At least 5 GPUs are supported for distributed inference."',
+        _four_dit_ranks, entries=("cli",), gpu_layout=True,
+        log_texts=("At least 5 GPUs are supported for distributed inference.",),
+    ),
+    Rule(
+        "tpp.num_gpus_dit", MULTI_PROCESS_MODES,
+        lambda x: x.config.num_gpus_dit != 4,
+        lambda x: f"--num-gpus-dit {x.config.num_gpus_dit}",
+        'AssertionError: "Only 4 GPUs are supported for distributed inference."',
+        _four_dit_ranks, entries=("cli",), gpu_layout=True,
+        log_texts=("Only 4 GPUs are supported for distributed inference.",),
+    ),
+    Rule(
+        "tpp.vae_parallel", MULTI_PROCESS_MODES,
+        lambda x: not x.config.enable_vae_parallel,
+        lambda x: "VAE parallel off",
+        'AssertionError: "VAE parallel is required for distributed inference."',
+        lambda x: "launch the entry with --enable_vae_parallel (avatardoctor's own launches always pass it)",
+        log_texts=("VAE parallel is required for distributed inference.",),
+    ),
+    Rule(
+        "tpp.sample_steps", MULTI_PROCESS_MODES,
+        lambda x: x.config.sample_steps != x.config.num_gpus_dit,
+        lambda x: f"--sample-steps {x.config.sample_steps} with {x.config.num_gpus_dit} DiT GPUs",
+        "DiT rank i runs denoising step i: fewer steps leave the last DiT rank waiting for ever (a hang), "
+        "more steps send a rank into a step with no KV cache (a crash)",
+        _four_dit_ranks, gpu_layout=True,
+    ),
+    Rule(
+        "tpp.dit_fsdp", MULTI_PROCESS_MODES,
+        lambda x: x.config.dit_fsdp,
+        lambda x: "--dit_fsdp with TPP (the seed articles' idea)",
+        "upstream cannot run this: its FSDP shards over the whole world group, the VAE rank included, "
+        "and TPP ranks never run the same forward together, so the all-gathers never match (a hang)",
+        lambda x: "drop --dit_fsdp: upstream TPP keeps a full DiT on each of 5 GPUs",
+    ),
+    Rule(
+        "single.sample_steps", ("single",),
+        lambda x: x.config.sample_steps > 4,
+        lambda x: f"--sample-steps {x.config.sample_steps} on one GPU",
+        "KeyError: '5' (the single-GPU pipeline builds exactly 4 KV caches, keyed \"1\"..\"4\")",
+        lambda x: "--sample-steps 4",
+        log_texts=("KeyError: '5'",),
+    ),
+    Rule(
+        "single.fsdp", ("single",),
+        lambda x: x.config.dit_fsdp or x.config.t5_fsdp,
+        lambda x: "--dit_fsdp/--t5_fsdp with one process",
+        'AssertionError: "t5_fsdp and dit_fsdp are not supported in non-distributed environments."',
+        lambda x: "drop --t5-fsdp and --dit-fsdp",
+        log_texts=("t5_fsdp and dit_fsdp are not supported in non-distributed environments.",),
+    ),
+    Rule(
+        "single.offload_model", ("single",),
+        lambda x: not x.config.offload_model,
+        lambda x: "--offload-model False on one GPU",
+        "the VAE is moved to the CPU during generation whatever --offload_model says, and back to the GPU for "
+        "the final decode only when it is True: a device-mismatch RuntimeError after every clip is computed",
+        lambda x: "--offload-model True (the single-GPU script's value)",
+    ),
+    Rule(
+        "ulysses_size", ALL_MODES,
+        lambda x: x.config.ulysses_size != 1,
+        lambda x: f"--ulysses-size {x.config.ulysses_size} (the seed articles' 'equal to num_gpus_dit' is not upstream)",
+        'AssertionError: "Sequence parallel is not supported."',
+        lambda x: "--ulysses-size 1",
+        log_texts=("Sequence parallel is not supported.", "sequence parallel are not supported in non-distributed environments."),
+    ),
+    Rule(
+        "sample_solver", ALL_MODES,
+        lambda x: x.config.sample_solver != "euler",
+        lambda x: f"--sample-solver {x.config.sample_solver}",
+        'NotImplementedError("Unsupported solver.") after the load and the text encoding',
+        lambda x: "--sample-solver euler",
+        log_texts=("Unsupported solver.",),
+    ),
+    Rule(
+        "size.choice", ALL_MODES,
+        lambda x: x.config.size not in SIZES,
+        lambda x: f"--size {x.config.size}",
+        f"argparse: argument --size: invalid choice (accepted: {', '.join(SIZES)})",
+        lambda x: f"--size {SCRIPT_SIZE.get(x.config.mode, SCRIPT_SIZE['tpp'])}",
+        log_texts=("argument --size: invalid choice",),
+    ),
+    Rule(
+        "cond_cache", ALL_MODES,
+        lambda x: x.config.size in SIZES and x.cond_tokens > cond_capacity(x.config.mode),
+        _size_problem,
+        "RuntimeError: The expanded size of the tensor (3000 or 2800) must match the existing size, at the first "
+        "prefill, after the whole load (the conditioning cache is preallocated for 720*400)",
+        _size_remedy,
+        log_texts=("The expanded size of the tensor (3000) must match", "The expanded size of the tensor (2800) must match"),
+    ),
+    Rule(
+        "infer_frames.min", ALL_MODES,
+        lambda x: x.config.infer_frames < FRAMES_PER_BLOCK,
+        lambda x: f"--infer-frames {x.config.infer_frames} (under {FRAMES_PER_BLOCK}: no whole 3-latent-frame block)",
+        "zero denoising blocks per clip: the VAE rank concatenates nothing (a crash) or waits on a broadcast "
+        "that never comes (a hang)",
+        _frames_remedy,
+    ),
+    Rule(
+        "infer_frames.blocks", ALL_MODES,
+        lambda x: x.config.infer_frames >= FRAMES_PER_BLOCK and x.config.infer_frames % FRAMES_PER_BLOCK != 0,
+        lambda x: f"--infer-frames {x.config.infer_frames} (not a multiple of {FRAMES_PER_BLOCK})",
+        "only whole blocks of 3 latent frames are denoised: the frames past the last block are left undenoised "
+        "and the video drifts from the audio",
+        _frames_remedy, severity="warn",
+    ),
+    Rule(
+        "save_path", ALL_MODES,
+        lambda x: not x.config.save_file and not x.config.lora_path,
+        lambda x: "no --save_file and no LoRA",
+        "the entry derives the output name from --lora_path_dmd: a crash at save time, after the whole generation",
+        lambda x: f"--lora-path {LORA_HUB_ID}",
+        entries=("cli",),
+    ),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Violation:
+    rule: Rule
+    problem: str
+    remedy: str
+
+    @property
+    def fatal(self) -> bool:
+        return self.rule.severity == "fail"
+
+
+def violations(config: LaunchConfig, image_hw: tuple[int, int] | None = None) -> list[Violation]:
+    """Every rule this launch breaks, in rule order (warnings included: see Violation.fatal)."""
+    launch = Launch(config, image_hw)
+    return [Violation(r, r.problem(launch), r.remedy(launch)) for r in RULES if r.applies(launch)]
