@@ -9,6 +9,7 @@ import functools
 import os
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -100,7 +101,7 @@ def check(machine, demo, as_json, verbose, deep, **config_flags):
     from avatardoctor.render import render_human, report_json
 
     ctx = build_context(machine, demo, **config_flags)
-    report = diagnose(with_live_test(ctx) if deep else ctx)
+    report = diagnose(with_live_test(replace(ctx, deep=True)) if deep else ctx)
     if as_json:
         click.echo(report_json(report))
     else:

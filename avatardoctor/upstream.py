@@ -54,6 +54,41 @@ GRADIO_ENV = {
 }
 GRADIO_LACKS = ("--enable_online_decode",)  # CLI entry flags gradio_app.py's argparse refuses
 
+# What the entry imports within seconds of the launch (and what the load needs), with requirements.txt's pins
+# ("" for none): (distribution names, the import, pin). Missing fails the launch; off-pin may.
+@dataclass(frozen=True)
+class Requirement:
+    dists: tuple[str, ...]
+    module: str
+    pin: str = ""
+    gradio_only: bool = False
+
+
+REQUIREMENTS = (
+    Requirement(("torchvision",), "torchvision", ">=0.19.0"),
+    Requirement(("diffusers",), "diffusers", ">=0.31.0"),
+    Requirement(("transformers",), "transformers", ">=4.49.0,<=4.51.3"),
+    Requirement(("numpy",), "numpy", ">=1.23.5,<2"),
+    Requirement(("peft",), "peft", "==0.17.1"),
+    Requirement(("accelerate",), "accelerate", ">=1.1.1"),  # diffusers' device_map load
+    Requirement(("tokenizers",), "tokenizers", ">=0.20.3"),
+    Requirement(("Pillow",), "PIL"),
+    Requirement(("easydict",), "easydict"),
+    Requirement(("ftfy",), "ftfy"),
+    Requirement(("regex",), "regex"),
+    Requirement(("einops",), "einops"),
+    Requirement(("tqdm",), "tqdm"),
+    Requirement(("decord", "eva-decord"), "decord"),
+    Requirement(("safetensors",), "safetensors"),
+    Requirement(("librosa",), "librosa"),
+    Requirement(("imageio",), "imageio"),
+    Requirement(("imageio-ffmpeg",), "imageio_ffmpeg"),  # the MP4 writer at save time
+    Requirement(("dashscope",), "dashscope"),
+    Requirement(("PyYAML",), "yaml"),
+    Requirement(("huggingface-hub",), "huggingface_hub"),
+    Requirement(("gradio",), "gradio", gradio_only=True),
+)
+
 LORA_HUB_ID = "Quark-Vision/Live-Avatar"
 LORA_FILE = "liveavatar.safetensors"
 LORA_CACHE_DIR = "ckpt/LiveAvatar"  # hf_hub_download(cache_dir=...), relative to the launch folder
@@ -308,6 +343,14 @@ RULES = (
         "zero denoising blocks per clip: the VAE rank concatenates nothing (a crash) or waits on a broadcast "
         "that never comes (a hang)",
         _frames_remedy,
+    ),
+    Rule(
+        "tpp.one_block", MULTI_PROCESS_MODES,
+        lambda x: FRAMES_PER_BLOCK <= x.config.infer_frames < 2 * FRAMES_PER_BLOCK and x.config.num_clip > 1,
+        lambda x: f"--infer-frames {x.config.infer_frames} with TPP (one denoising block per clip)",
+        "with one block the VAE rank never broadcasts the reference latents after clip 1: the DiT ranks wait at "
+        "clip 2 for ever (a hang)",
+        lambda x: f"--infer-frames {2 * FRAMES_PER_BLOCK} or more (two blocks per clip)",
     ),
     Rule(
         "infer_frames.blocks", ALL_MODES,

@@ -1,6 +1,6 @@
 """Phases and clip progress from Live Avatar's console output, read line by line as it arrives.
 
-The texts are upstream's (docs/liveavatar.md, "What the console shows, in order"). Nothing is kept
+The texts are upstream's, both entries' (docs/upstream.md, "Log markers"). Nothing is kept
 per line: a few counters per rank and one row per phase, so a week-long log costs what a minute does.
 
 Phases are contiguous: one ends where the next begins, and a phase whose first sign comes late (a
@@ -41,7 +41,13 @@ RANK_PREFIX = re.compile(r"\[(rank|default)(\d+)\]:[ ]?")  # torch's own, and to
 BAR = re.compile(r"\s*(\d{1,3})%\|[^|]*\|\s*(\d+)/(\d+)\b")
 JOB_ARGS = "Generation job args:"
 STAGES = ("load", "lora merge", "fp8", "text encoding", "denoise", "decode", "save", "done")
-LOAD_MARKERS = ("Creating WanS2V pipeline.", "INFO: loading ", "Creating WanModel from")
+# The CLI entry's texts, then the gradio entry's where they differ (docs/upstream.md, "Log markers"; the
+# gradio entry's INFO lines may not print at all, its prints and tqdm bars always do).
+LOAD_MARKERS = ("Creating WanS2V pipeline.", "INFO: loading ", "Creating WanModel from", "Initializing pipeline...")
+LORA_MARKERS = ("Use LoRA:", "Downloading from HF Hub", "Loading LoRA: path=")
+GENERATING_MARKERS = ("Generating video ...", "] Generating video...")
+GENERATED_MARKERS = ("denoising video done", "] Denoising video done")
+GRADIO_SAVED_MARKERS = ("Video saved successfully:", "Inference completed, synchronized with all ranks")
 RANK_DONE = re.compile(r"rank (\d+) done")
 
 
@@ -109,16 +115,16 @@ class LogTracker:
             self._read_job_args(text)
         elif any(marker in text for marker in LOAD_MARKERS):
             self._enter("load", t)
-        elif "Use LoRA:" in text or "Downloading from HF Hub" in text:
+        elif any(marker in text for marker in LORA_MARKERS):
             self._enter("lora merge", t)
         elif "LoRA merged successfully." in text:
             self._enter("fp8", t, opens_phase=self.fp8)
-        elif "Generating video ..." in text:
+        elif any(marker in text for marker in GENERATING_MARKERS):
             self._enter("text encoding", t)
         elif "complete prepare conditional inputs" in text:
             if self._enter("denoise", t, "clip 1 denoise"):
                 self._clip_opened = 1
-        elif "denoising video done" in text:
+        elif any(marker in text for marker in GENERATED_MARKERS):
             self._generation_done(t)
         elif self._video_written(text):
             self._enter("done", t, opens_phase=False)
@@ -126,8 +132,10 @@ class LogTracker:
     def _video_written(self, text: str) -> bool:
         """The saving rank (the last one) says it is done; in a single-GPU run "Finished." says it too."""
         done = RANK_DONE.match(text)
-        return (done is not None and int(done[1]) == self.nproc - 1) or (
-            self.nproc == 1 and text.rstrip().endswith("INFO: Finished.")
+        return (
+            (done is not None and int(done[1]) == self.nproc - 1)
+            or (self.nproc == 1 and text.rstrip().endswith("INFO: Finished."))
+            or any(marker in text for marker in GRADIO_SAVED_MARKERS)
         )
 
     def _read_job_args(self, text: str) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
+from avatardoctor.upstream import REQUIREMENTS
+
 
 def add_dist(site: Path, name: str, version: str, requires=(), files: dict[str, str] | None = None) -> None:
     """Install a fake distribution: a dist-info with METADATA, plus any package files given."""
@@ -39,4 +41,10 @@ def upstream_site(site: Path) -> Path:
     add_dist(site, "peft", "0.17.1")
     add_dist(site, "diffusers", "0.31.0")
     add_dist(site, "numpy", "1.26.4")
+    for req in REQUIREMENTS:  # the rest the entry imports at start, at a version inside each pin
+        if not req.gradio_only and req.dists[0] not in ("transformers", "peft", "diffusers", "numpy"):
+            add_dist(site, req.dists[0], PIN_VERSIONS.get(req.dists[0], "1.0.0"))
     return site
+
+
+PIN_VERSIONS = {"torchvision": "0.23.0", "accelerate": "1.1.1", "tokenizers": "0.21.0"}

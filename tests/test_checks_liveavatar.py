@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from PIL import Image
 from avatardoctor.checks import liveavatar
 from avatardoctor.checks.base import Status
 from avatardoctor.ckpt.safetensors_file import write_safetensors
-from avatardoctor.upstream import LORA_LOCAL
+from avatardoctor.upstream import LORA_LOCAL, RULE_FILES
 
 AS_ROOT = os.geteuid() == 0  # root ignores permission bits: chmod 000 proves nothing
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -49,7 +50,7 @@ def make_hub_cache(cache: Path, *, with_blob=True, with_ref=True) -> Path:
 
 
 def test_checks_in_display_order():
-    assert [c.id for c in liveavatar.CHECKS] == ["la.checkout", "la.asserts", "la.lora"]
+    assert [c.id for c in liveavatar.CHECKS] == ["la.checkout", "la.commit", "la.asserts", "la.lora"]
 
 
 # ---------------------------------------------------------------------------------------- la.checkout
@@ -274,12 +275,20 @@ def test_asserts_large_size_with_a_large_image_overflows_and_names_the_size_for_
     assert r.remedy == "--size 704*384 (the largest that fits for this image)"
 
 
-@pytest.mark.parametrize("frames", [12, 24, 48, 96])
-def test_asserts_whole_blocks_of_12_frames_pass(frames):
-    assert liveavatar.asserts.run(make_ctx("1xH200", mode="single", infer_frames=frames)).status is Status.PASS
+@pytest.mark.parametrize(("mode", "frames"), [("single", 12), ("single", 24), ("tpp", 24), ("tpp", 48), ("tpp", 96)])
+def test_asserts_whole_blocks_of_12_frames_pass(mode, frames):
+    assert liveavatar.asserts.run(make_ctx("5xH800-healthy", mode=mode, infer_frames=frames)).status is Status.PASS
 
 
-@pytest.mark.parametrize(("frames", "remedy"), [(80, "--infer-frames 72"), (50, "--infer-frames 48"), (13, "--infer-frames 12")])
+def test_asserts_tpp_with_one_block_per_clip_hangs_at_clip_2():
+    r = liveavatar.asserts.run(make_ctx("5xH800-healthy", mode="tpp", infer_frames=12))
+    assert r.data["violations"] == ["tpp.one_block"] and "clip 2 for ever" in r.details[0]
+    assert r.remedy == "--infer-frames 24 or more (two blocks per clip)"
+    one_clip = liveavatar.asserts.run(make_ctx("5xH800-healthy", mode="tpp", infer_frames=12, num_clip=1))
+    assert one_clip.status is Status.PASS  # the hang waits for a second clip
+
+
+@pytest.mark.parametrize(("frames", "remedy"), [(80, "--infer-frames 72"), (50, "--infer-frames 48"), (30, "--infer-frames 24")])
 def test_asserts_frames_past_the_last_block_warn_and_never_suggest_4_or_8(frames, remedy):
     r = liveavatar.asserts.run(make_ctx("5xH800-healthy", mode="tpp", infer_frames=frames))
     assert r.status is Status.WARN and r.data["warnings"] == ["infer_frames.blocks"] and r.data["violations"] == []
@@ -506,3 +515,76 @@ def test_lora_hub_snapshot_without_refs_main_is_not_found_offline(tmp_path):
     root, _ = checkout_with_hub_cache(tmp_path, with_ref=False)  # offline hf_hub_download resolves "main" through refs/main only
     r = liveavatar.lora.run(make_ctx("1xH200", env={"HF_HUB_OFFLINE": "1"}, liveavatar=root))
     assert r.status is Status.FAIL
+
+
+# ------------------------------------------------------------------------------------------ la.commit
+
+
+def git(root: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True, text=True, env=env).stdout.strip()
+
+
+@pytest.fixture
+def clone(tmp_path, monkeypatch) -> Path:
+    """A git checkout holding every rule file; its first commit stands for the pinned one."""
+    root = make_checkout(tmp_path / "LiveAvatar")
+    for rel in RULE_FILES:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(f"# {rel}\n")
+    git(root, "init", "-q")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "upstream")
+    monkeypatch.setattr(liveavatar, "UPSTREAM_COMMIT", git(root, "rev-parse", "HEAD"))
+    return root
+
+
+def test_commit_at_the_pinned_commit_passes(clone):
+    r = liveavatar.commit.run(make_ctx("5xH800-healthy", liveavatar=clone))
+    assert r.status is Status.PASS and "the commit avatardoctor's rules were verified against" in r.summary
+    assert r.data["commit"] == liveavatar.UPSTREAM_COMMIT and r.data["modified_rule_files"] == []
+
+
+def test_commit_a_later_commit_that_left_the_rule_files_alone_passes(clone):
+    (clone / "README.md").write_text("news\n")
+    git(clone, "add", "README.md")
+    git(clone, "commit", "-qm", "Update README.md")
+    r = liveavatar.commit.run(make_ctx("5xH800-healthy", liveavatar=clone))
+    assert r.status is Status.PASS and "the rule files match" in r.summary
+    assert r.data["rule_files_changed_since_pinned"] == []
+
+
+def test_commit_a_later_commit_that_changed_the_pipeline_warns_naming_it(clone):
+    pipeline = "liveavatar/models/wan/causal_s2v_pipeline_tpp.py"
+    (clone / pipeline).write_text("# cond cache of 9000 tokens\n")
+    git(clone, "commit", "-qam", "bigger cond cache")
+    r = liveavatar.commit.run(make_ctx("5xH800-healthy", liveavatar=clone))
+    assert r.status is Status.WARN and "may not hold" in r.summary
+    assert f"changed since {liveavatar.UPSTREAM_COMMIT[:7]}: {pipeline}" in r.details
+
+
+def test_commit_a_locally_edited_pipeline_warns_naming_the_file(clone):
+    """Upstream issue #11: a user who edited the pipeline gets rules that may not hold, and is told so."""
+    pipeline = "liveavatar/models/wan/causal_s2v_pipeline.py"
+    (clone / pipeline).write_text("# patched\n")
+    (clone / "infinite_inference_multi_gpu.sh").write_text("# my flags\n")
+    r = liveavatar.commit.run(make_ctx("5xH800-healthy", liveavatar=clone))
+    assert r.status is Status.WARN and "modified locally" in r.summary
+    assert r.data["modified_rule_files"] == [pipeline] and f"modified locally: {pipeline}" in r.details
+    assert "1 other modified file (none the rules depend on)" in r.details
+
+
+def test_commit_another_history_cannot_be_compared_and_warns(clone, monkeypatch):
+    monkeypatch.setattr(liveavatar, "UPSTREAM_COMMIT", "9c2c38de1715e553127b42c82cb959f756b02595")
+    r = liveavatar.commit.run(make_ctx("5xH800-healthy", liveavatar=clone))
+    assert r.status is Status.WARN and "not in this clone's history" in " ".join(r.details)
+
+
+def test_commit_of_a_folder_that_is_no_git_checkout_warns(tmp_path):
+    root = make_checkout(tmp_path / "LiveAvatar")
+    r = liveavatar.commit.run(make_ctx("5xH800-healthy", liveavatar=root))
+    assert r.status is Status.WARN and r.summary.startswith("not a git checkout") and r.data == {"commit": None}
+
+
+def test_commit_skipped_without_a_checkout():
+    assert liveavatar.commit.run(make_ctx("5xH800-healthy")).status is Status.SKIP

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from conftest import make_ctx
-from fakeenv import add_dist, add_torch
+from fakeenv import add_dist, add_torch, upstream_site
 
 from avatardoctor.checks import software
 from avatardoctor.checks.base import Status
@@ -176,13 +178,13 @@ def test_attention_flash_attn_present_passes(site):
     assert result.data["cudnn"] == "9.10.2.21"
 
 
-def test_attention_missing_warns_and_mentions_fa3_on_hopper(site):
+def test_attention_missing_fails_before_the_first_forward_and_mentions_fa3_on_hopper(site):
+    """Wan's cross-attention asserts FLASH_ATTN_2_AVAILABLE unless FA3 imports: no flash-attn, no run."""
     add_dist(site, "nvidia-cudnn-cu12", "9.10.2.21")
     result = run(software.check_attention, "5xH800-healthy")
-    assert result.status is Status.WARN
-    assert result.remedy == "pip install flash-attn==2.8.3 --no-build-isolation"
-    assert any("FlashAttention 3" in d for d in result.details)
-    assert any("cuDNN 9" in d for d in result.details)
+    assert result.status is Status.FAIL and "first DiT forward" in result.summary
+    assert result.remedy == "pip install flash-attn==2.8.3 --no-build-isolation (or FlashAttention 3 on these Hopper GPUs)"
+    assert any("assert FLASH_ATTN_2_AVAILABLE" in d for d in result.details)
 
 
 def test_attention_fa3_module_on_hopper_passes(site):
@@ -192,40 +194,68 @@ def test_attention_fa3_module_on_hopper_passes(site):
     assert result.status is Status.PASS and "FlashAttention 3" in result.summary
 
 
-def test_attention_fa3_on_ampere_warns(site):
+def test_attention_fa3_on_ampere_fails_since_wan_uses_it_whenever_it_imports(site):
     add_dist(site, "flash_attn_3", "3.0.0b1")
     add_dist(site, "flash-attn", "2.8.3")
     result = run(software.check_attention, "4xA100-docker", mode="single")
-    assert result.status is Status.WARN and "not Hopper (cc 8.0)" in result.summary
+    assert result.status is Status.FAIL and "not Hopper (cc 8.0)" in result.summary
+    assert result.remedy == "pip uninstall flash_attn_3"
+
+
+def test_attention_deep_imports_it_and_passes_when_it_imports(site):
+    add_dist(site, "flash-attn", "2.8.3", files={"flash_attn/__init__.py": ""})
+    result = software.check_attention.run(replace(make_ctx("5xH800-healthy"), deep=True))
+    assert result.status is Status.PASS and result.summary == "flash-attn 2.8.3 imports in this interpreter"
+
+
+def test_attention_deep_fails_a_wheel_built_for_another_torch(site):
+    """The common failure: pip installed it, but its CUDA extension does not load against this torch."""
+    broken = "raise ImportError('flash_attn_2_cuda.so: undefined symbol: _ZN3c104cuda9SetDeviceEi')\n"
+    add_dist(site, "flash-attn", "2.8.3", files={"flash_attn/__init__.py": broken})
+    assert run(software.check_attention, "5xH800-healthy").status is Status.PASS  # installed: metadata alone says yes
+    result = software.check_attention.run(replace(make_ctx("5xH800-healthy"), deep=True))
+    assert result.status is Status.FAIL
+    assert result.summary.endswith("ImportError: flash_attn_2_cuda.so: undefined symbol: _ZN3c104cuda9SetDeviceEi")
+    assert result.remedy.startswith("reinstall it for this torch and CUDA: pip uninstall -y flash-attn && pip install flash-attn==2.8.3")
 
 
 # ---- sw.pins --------------------------------------------------------------------------------------
 
 
-def test_pins_all_in_range_pass(site):
-    for name, version in [("transformers", "4.51.3"), ("peft", "0.17.1"), ("diffusers", "0.35.1"), ("numpy", "1.26.4")]:
-        add_dist(site, name, version)
+def test_pins_everything_the_entry_imports_passes(site):
+    upstream_site(site)
     result = run(software.check_pins)
-    assert result.status is Status.PASS
-    assert "transformers 4.51.3 (upstream pin >=4.49.0,<=4.51.3)" in result.details
+    assert result.status is Status.PASS, result.summary
+    assert "transformers 4.51.3 (upstream pin >=4.49.0,<=4.51.3)" in result.details and "dashscope 1.0.0" in result.details
+    assert "gradio" not in result.data  # only the gradio entry imports it
 
 
-def test_pins_out_of_range_fail_with_one_quoted_command(site):
-    for name, version in [("transformers", "4.55.0"), ("diffusers", "0.35.1"), ("numpy", "2.1.0")]:
-        add_dist(site, name, version)
+def test_pins_a_missing_import_fails_naming_it(site):
+    upstream_site(site)
+    shutil.rmtree(next(site.glob("decord-*.dist-info")))
+    importlib.invalidate_caches()
     result = run(software.check_pins)
     assert result.status is Status.FAIL
-    assert result.remedy == "pip install 'transformers>=4.49.0,<=4.51.3' peft==0.17.1 'numpy<2'"
-    assert "peft missing" in result.summary and "transformers 4.55.0" in result.summary
-    assert result.data["numpy"] == {"version": "2.1.0", "pin": "<2"}
+    assert result.summary == "missing what the entry imports: decord (import decord)"
+    assert result.remedy == "pip install decord"
 
 
-def test_pins_only_soft_ones_off_warn(site):
-    for name, version in [("transformers", "4.49.0"), ("peft", "0.17.1"), ("diffusers", "0.30.0"), ("numpy", "1.26.4")]:
+def test_pins_the_gradio_entry_also_needs_gradio(site):
+    upstream_site(site)
+    result = run(software.check_pins, gradio=True)
+    assert result.status is Status.FAIL and result.summary == "missing what the entry imports: gradio (import gradio)"
+
+
+def test_pins_off_pin_versions_warn_with_one_quoted_command(site):
+    upstream_site(site)
+    for name, version in [("transformers", "4.55.0"), ("numpy", "2.1.0")]:
+        shutil.rmtree(next(site.glob(f"{name}-*.dist-info")))
         add_dist(site, name, version)
     result = run(software.check_pins)
     assert result.status is Status.WARN
-    assert result.remedy == "pip install 'diffusers>=0.31.0'"
+    assert result.remedy == "pip install 'transformers>=4.49.0,<=4.51.3' 'numpy>=1.23.5,<2'"
+    assert result.summary == "off the upstream pins: transformers 4.55.0, numpy 2.1.0"
+    assert result.data["numpy"] == {"version": "2.1.0", "pin": ">=1.23.5,<2"}
 
 
 # ---- sw.ffmpeg ------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ CHECK_IDS = [
     "gpu.driver", "gpu.inventory", "gpu.visible", "gpu.vram", "gpu.processes", "gpu.fp8",
     "topo.p2p", "topo.pcie", "nccl.env", "nccl.live", "net.master_port", "host.ram", "host.shm", "host.disk",
     "sw.python", "sw.torch", "sw.nccl", "sw.attention", "sw.pins", "sw.ffmpeg",
-    "la.checkout", "la.asserts", "la.lora",
+    "la.checkout", "la.commit", "la.asserts", "la.lora",
     "ckpt.layout", "ckpt.config", "ckpt.index", "ckpt.dit", "ckpt.t5", "ckpt.vae", "ckpt.tokenizer", "ckpt.wav2vec2",
     "input.image", "input.image.size", "input.prompt", "input.audio", "input.audio.silence", "input.audio.clips",
     "fit.peak", "fit.estimates",

@@ -99,6 +99,7 @@ class CheckContext:
     nccl: object | None = None  # avatardoctor.nccltest.launch.NcclOutcome, after check --deep
     nccl_backend: str | None = None
     nccl_without_p2p: object | None = None  # the same test with NCCL_P2P_DISABLE=1, where P2P is off
+    deep: bool = False  # check --deep: checks may run what they would otherwise only read about
 
     @property
     def launch_dir(self) -> Path:

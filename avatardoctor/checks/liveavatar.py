@@ -8,8 +8,8 @@ weight loading; all of them can be decided here from the configuration in a mill
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import shutil
+import subprocess
 from pathlib import Path
 
 from avatardoctor.checks.base import (
@@ -28,9 +28,10 @@ from avatardoctor.upstream import (
     LORA_CACHE_DIR,
     LORA_DOWNLOAD,
     LORA_FILE,
-    LORA_HUB_ID,
     LORA_LOCAL,
     MULTI_PROCESS_MODES,
+    RULE_FILES,
+    UPSTREAM_COMMIT,
     UPSTREAM_REPO,
     cond_capacity,
     cond_tokens,
@@ -99,6 +100,83 @@ def checkout(ctx: CheckContext) -> Outcome:
             data,
         )
     return passed(f"Live Avatar checkout at {root} has the entry scripts and training config", details, data)
+
+
+# ------------------------------------------------------------------------------------------ la.commit
+
+GIT_TIMEOUT_S = 10.0
+
+
+def _git(root: Path, *args: str) -> str | None:
+    """One read-only git command in the checkout: its output, or None when git cannot answer."""
+    git = shutil.which("git")
+    if git is None:
+        return None
+    env = dict(os.environ, GIT_OPTIONAL_LOCKS="0", LC_ALL="C")  # never take the index lock of the user's clone
+    try:
+        done = subprocess.run([git, "-C", str(root), *args], capture_output=True, text=True, timeout=GIT_TIMEOUT_S,
+                              env=env, stdin=subprocess.DEVNULL)  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+@check("la.commit", GROUP)
+def commit(ctx: CheckContext) -> Outcome:
+    """Which upstream this is: avatardoctor's rules were read from UPSTREAM_COMMIT, and a checkout whose rule
+    files differ (another commit, or local edits such as upstream issue #11's) may not follow them."""
+    if ctx.config.liveavatar is None:
+        return skipped("pass --liveavatar DIR to tell which Live Avatar commit the rules are checked against")
+    root = Path(os.path.normpath(ctx.cwd / ctx.config.liveavatar))
+    if not os.path.isdir(root):
+        return skipped("no checkout to read (see la.checkout)")
+    head = _git(root, "rev-parse", "--verify", "HEAD")
+    pinned = f"avatardoctor's rules were verified at {UPSTREAM_COMMIT[:7]}"
+    if head is None:
+        return warned(
+            "not a git checkout (or git is missing): which Live Avatar commit this is cannot be told",
+            [pinned, f"files the rules were read from: {', '.join(RULE_FILES)}"],
+            f"use a git clone of {UPSTREAM_REPO} at {UPSTREAM_COMMIT[:7]}",
+            {"commit": None},
+        )
+    head = head.strip()
+    status = _git(root, "status", "--porcelain", "--untracked-files=no", "--", *RULE_FILES) or ""
+    edited = sorted({line[3:].strip() for line in status.splitlines() if len(line) > 3})
+    others = _git(root, "status", "--porcelain", "--untracked-files=no") or ""
+    other_count = len([line for line in others.splitlines() if line.strip()]) - len(edited)
+    data: dict = {"commit": head, "pinned": UPSTREAM_COMMIT, "modified_rule_files": edited, "other_modified": other_count}
+    details = [f"commit {head[:12]}; {pinned}"]
+    if other_count > 0:
+        details.append(f"{plural(other_count, 'other modified file')} (none the rules depend on)")
+    changed_since = None
+    if head != UPSTREAM_COMMIT:
+        diff = _git(root, "diff", "--name-only", UPSTREAM_COMMIT, head, "--", *RULE_FILES)
+        changed_since = None if diff is None else [line for line in diff.splitlines() if line.strip()]
+        data["rule_files_changed_since_pinned"] = changed_since
+    if edited:
+        details += [f"modified locally: {f}" for f in edited]
+        return warned(
+            f"the checkout's {plural(len(edited), 'file')} the rules were read from {'is' if len(edited) == 1 else 'are'} "
+            "modified locally: avatardoctor's rules may not hold",
+            details,
+            f"review the changes (git -C {root} diff -- {' '.join(edited)}), or restore them (git -C {root} checkout -- {' '.join(edited)})",
+            data,
+        )
+    if head == UPSTREAM_COMMIT:
+        return passed(f"Live Avatar at {head[:7]}, the commit avatardoctor's rules were verified against", details, data)
+    if changed_since == []:
+        details.append(f"the files the rules were read from are the same as at {UPSTREAM_COMMIT[:7]}")
+        return passed(f"Live Avatar at {head[:7]}: the rule files match {UPSTREAM_COMMIT[:7]}", details, data)
+    if changed_since is None:
+        details.append(f"{UPSTREAM_COMMIT[:7]} is not in this clone's history: the rule files cannot be compared")
+    else:
+        details += [f"changed since {UPSTREAM_COMMIT[:7]}: {f}" for f in changed_since]
+    return warned(
+        f"Live Avatar at {head[:7]}, not {UPSTREAM_COMMIT[:7]}: the files the rules were read from may differ, so they may not hold",
+        details,
+        f"git -C {root} checkout {UPSTREAM_COMMIT[:7]}, or check the changed files against docs/upstream.md",
+        data,
+    )
 
 
 # ----------------------------------------------------------------------------------------- la.asserts
@@ -247,4 +325,4 @@ def _verified_lora(path: Path, label: str, data: dict) -> Outcome:
     return passed(label, details, data | {"tensors": len(header.tensors), "bytes": header.data_bytes})
 
 
-CHECKS = (checkout, asserts, lora)
+CHECKS = (checkout, commit, asserts, lora)

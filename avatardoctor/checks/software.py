@@ -4,7 +4,8 @@ Nothing here imports torch, flash_attn or transformers: importing torch takes se
 CUDA), and the doctor must answer in well under a second. Facts come from distribution metadata
 (importlib.metadata) and from files read as text. The environment inspected is this interpreter's
 (sys.executable, sys.path); lookups are cached per sys.path, so a changed path is read afresh.
-Upstream pins are the requirements of Live Avatar (see docs/liveavatar.md, "Pinned software").
+Upstream's requirements are avatardoctor.upstream's (docs/upstream.md, "Packages imported at start").
+Only `check --deep` runs anything: it imports flash-attn in this interpreter, the way the entry will.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import importlib.metadata
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,7 @@ from avatardoctor.checks.base import (
     skipped,
     warned,
 )
+from avatardoctor.upstream import REQUIREMENTS
 
 PYTHON_PIN = (3, 10)
 TORCH_PIN = "2.8.0"
@@ -43,14 +46,6 @@ FLASH_ATTN_INSTALL = "pip install flash-attn==2.8.3 --no-build-isolation"
 NCCL_DISTS = ("nvidia-nccl-cu12", "nvidia-nccl-cu13")  # what torch's pip wheels depend on
 CUDNN_DISTS = ("nvidia-cudnn-cu12", "nvidia-cudnn-cu13")
 FA3_DISTS = ("flash-attn-3", "flashattn-hopper")  # names normalise, so flash_attn_3 matches too
-# (distribution, specifier, fails when off): transformers and peft break the model code and the
-# LoRA loading; a newer diffusers or numpy usually still runs, so those only warn.
-PINS = (
-    ("transformers", ">=4.49.0,<=4.51.3", True),
-    ("peft", "==0.17.1", True),
-    ("diffusers", ">=0.31.0", False),
-    ("numpy", "<2", False),
-)
 # Linux driver branch that a CUDA toolkit needs (CUDA release notes, "minimum required driver").
 DRIVER_BRANCH_FOR_CUDA = {
     "11.8": "520", "12.0": "525", "12.1": "530", "12.2": "535", "12.3": "545", "12.4": "550",
@@ -244,56 +239,95 @@ def check_nccl(ctx: CheckContext) -> Outcome:
     return passed(f"NCCL {version}", details=details, data=data)
 
 
+FA_IMPORT_TIMEOUT_S = 120.0  # a cold import of a CUDA extension from a network file system takes a while
+
+
+def import_error(module: str) -> str | None:
+    """Import a module in this interpreter, in a child process, as the entry will: None when it imports,
+    else its error's last line (a wheel built for another torch or CUDA fails here, not at install)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    try:
+        done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
+                              timeout=FA_IMPORT_TIMEOUT_S, env=env, stdin=subprocess.DEVNULL)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return f"import {module} did not finish in {FA_IMPORT_TIMEOUT_S:.0f} s"
+    if done.returncode == 0:
+        return None
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    return (lines[-1] if lines else f"exit code {done.returncode}")[:300]
+
+
 @check("sw.attention", "Software")
 def check_attention(ctx: CheckContext) -> Outcome:
+    """The cross-attention calls flash attention directly and asserts FlashAttention 2 is there unless 3
+    imports: without either, the first DiT forward fails after the whole load."""
     fa2 = dist_version("flash-attn")
     fa3 = dist_version(*FA3_DISTS) or ("unknown version" if module_dir("flash_attn_interface") else None)
     cudnn = dist_version(*CUDNN_DISTS)
     gpus = ctx.rank_gpus
     hopper = bool(gpus) and all(g.compute_capability[0] == 9 for g in gpus)
-    data = {"flash_attn": fa2, "flash_attn_3": fa3, "cudnn": cudnn, "hopper": hopper}
+    data: dict = {"flash_attn": fa2, "flash_attn_3": fa3, "cudnn": cudnn, "hopper": hopper}
     details = [_interpreter()]
     if fa2:
-        details.append(f"flash-attn {fa2}" + ("" if fa2 == FLASH_ATTN_PIN else f" (upstream pins {FLASH_ATTN_PIN})"))
+        details.append(f"flash-attn {fa2}" + ("" if fa2 == FLASH_ATTN_PIN else f" (upstream's README installs {FLASH_ATTN_PIN})"))
     if fa3:
         details.append(f"FlashAttention 3 ({fa3}): Hopper (compute capability 9.0) only")
     details.append(f"cuDNN {cudnn}" if cudnn else "no nvidia-cudnn wheel found")
-    if hopper and not fa3:
-        details.append("these GPUs are Hopper: FlashAttention 3 (flash-attention/hopper) is the fastest choice")
+    if not (fa2 or fa3):
+        details.append("Wan's cross-attention calls flash_attention() directly: `assert FLASH_ATTN_2_AVAILABLE` fails at the first forward")
+        remedy = FLASH_ATTN_INSTALL + (" (or FlashAttention 3 on these Hopper GPUs)" if hopper else "")
+        return failed("no flash-attn: the run would fail at the first DiT forward, after the load", details, remedy, data)
     if fa3 and gpus and not hopper:
         # Wan's attention uses flash_attn_interface (FA3) whenever it imports, on any GPU.
         ccs = ", ".join(sorted({g.cc for g in gpus}))
-        return warned(
-            f"FlashAttention 3 is installed but the GPUs are not Hopper (cc {ccs})",
-            details=details + ["Wan's attention prefers FA3 whenever it can import it"],
-            remedy="pip uninstall flash_attn_3",
+        return failed(
+            f"FlashAttention 3 is installed but the GPUs are not Hopper (cc {ccs}): Wan's attention would use it and fail",
+            details=details,
+            remedy="pip uninstall flash_attn_3" + ("" if fa2 else f"; {FLASH_ATTN_INSTALL}"),
             data=data,
         )
-    if fa2 or fa3:
-        name = f"flash-attn {fa2}" if fa2 else f"FlashAttention 3 ({fa3})"
-        return passed(name, details=details, data=data)
-    details.append("Wan's attention calls flash_attn: the run may fail or fall back to slower attention")
-    if (_major_minor(cudnn) or (0,))[0] >= 9:
-        details.append("cuDNN 9 lets PyTorch's scaled_dot_product_attention use cuDNN attention")
-    return warned("flash-attn is not installed", details=details, remedy=FLASH_ATTN_INSTALL, data=data)
+    module = "flash_attn_interface" if fa3 else "flash_attn"
+    name = f"FlashAttention 3 ({fa3})" if fa3 else f"flash-attn {fa2}"
+    if ctx.deep:
+        error = import_error(module)
+        data["import_error"] = error
+        if error:
+            return failed(
+                f"{name} is installed but does not import in this interpreter: {error}",
+                details,
+                f"reinstall it for this torch and CUDA: pip uninstall -y {'flash_attn_3' if fa3 else 'flash-attn'} && {FLASH_ATTN_INSTALL}",
+                data,
+            )
+        return passed(f"{name} imports in this interpreter", details, data)
+    details.append("installed, not imported: `check --deep` imports it as the entry will")
+    return passed(name, details=details, data=data)
 
 
 @check("sw.pins", "Software")
 def check_pins(ctx: CheckContext) -> Outcome:
-    details, off, fatal = [_interpreter()], [], False
+    """Every package the entry imports at start: a missing one stops the launch within seconds (after the
+    user has spent time on everything else); one off upstream's pin may still run, so it warns."""
+    details, missing, off = [_interpreter()], [], []
     data = {}
-    for name, spec, fails in PINS:
-        version = dist_version(name)
-        data[name] = {"version": version, "pin": spec}
-        details.append(f"{name} {version or 'missing'} (upstream pin {spec})")
-        if not _matches(version, spec):
-            off.append((name, version, spec))
-            fatal = fatal or fails
-    if not off:
-        return passed("transformers, peft, diffusers and numpy match the upstream pins", details, data)
-    summary = "off the upstream pins: " + ", ".join(f"{name} {version or 'missing'}" for name, version, _ in off)
-    remedy = "pip install " + " ".join(shlex.quote(name + spec) for name, _, spec in off)
-    return (failed if fatal else warned)(summary, details=details, remedy=remedy, data=data)
+    for req in REQUIREMENTS:
+        if req.gradio_only and not ctx.config.gradio:
+            continue
+        version = dist_version(*req.dists)
+        data[req.dists[0]] = {"version": version, "pin": req.pin or None}
+        if version is None:
+            missing.append(req)
+        elif req.pin and not _matches(version, req.pin):
+            off.append((req, version))
+        details.append(f"{req.dists[0]} {version or 'missing'}" + (f" (upstream pin {req.pin})" if req.pin else ""))
+    if not (missing or off):
+        return passed(f"the {len(data)} packages the entry imports are installed and on upstream's pins", details, data)
+    wanted = [req.dists[0] + req.pin for req in missing] + [req.dists[0] + req.pin for req, _ in off]
+    remedy = "pip install " + " ".join(shlex.quote(w) for w in wanted)
+    if missing:
+        names = ", ".join(f"{req.dists[0]} (import {req.module})" for req in missing)
+        return failed(f"missing what the entry imports: {names}", details, remedy, data)
+    summary = "off the upstream pins: " + ", ".join(f"{req.dists[0]} {version}" for req, version in off)
+    return warned(summary, details, remedy, data)
 
 
 @check("sw.ffmpeg", "Software")
