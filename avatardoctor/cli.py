@@ -221,7 +221,7 @@ def run_command(machine, demo, no_shim, memory_history, out_dir, sample_hz, hang
             from avatardoctor.checks.base import Status
             from avatardoctor.doctor import build_context, diagnose
 
-            ctx = build_context(machine, demo, **config_flags)
+            ctx = build_context(machine, demo, gradio=gradio or None, **config_flags)  # the gradio entry's own rules
             failing = [r.id for r in diagnose(ctx).results if r.status is Status.FAIL]
             if failing and not force:
                 raise click.ClickException(f"not ready: {', '.join(failing)} failed (see `avatardoctor check`; --force launches anyway)")

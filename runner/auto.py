@@ -9,6 +9,7 @@ from pathlib import Path
 from avatardoctor.files import FileTooLarge, read_limited
 from avatardoctor.planner import describe, entry_argv, make_plan, plan_document
 from avatardoctor.runner.run import RunOptions, RunResult, execute
+from avatardoctor.upstream import GRADIO_ENV, GRADIO_LACKS, GRADIO_PORT, GRADIO_SERVER_PORT
 
 PLAN_LIMIT = 16 * 2**20
 SMOKE = {"num_clip": 1, "size": "384*256"}  # the seeds' "quick validation": one clip, the smallest size
@@ -99,29 +100,39 @@ def demo_plan(ckpt: Path, nproc: int = 5) -> dict:
     }  # fmt: skip
 
 
-GRADIO_ENTRY = "minimal_inference/gradio_app.py"
-GRADIO_PORT = 7860
-# What upstream's gradio_multi_gpu.sh sets: a server waits on users, not on its peers.
-GRADIO_ENV = {"TORCH_NCCL_BLOCKING_WAIT": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "0", "TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC": "86400"}
 PER_REQUEST = ("--prompt", "--image", "--audio", "--save_file", "--num_clip")  # the web page supplies these
+GRADIO_NUM_CLIP = "100"  # the gradio scripts' --num_clip
 
 
-def gradio_plan(doc: dict, port: int = GRADIO_PORT) -> tuple[dict, str | None]:
-    """The plan for the Gradio entry, on a free server port; and a note when 7860 was taken."""
+def _free(port: int, what: str) -> tuple[int, str | None]:
+    """The port when it is free, else the next free one and a note naming who holds it."""
     from avatardoctor.checks.ports import bind_error, free_port_near, port_holders
 
-    note = None
-    if bind_error(port) is not None:
-        holders = ", ".join(f"PID {pid} ({name})" for pid, name in port_holders(port) if pid) or "another process"
-        free = free_port_near(port)
-        note = f"server port {port} is held by {holders}: serving on {free}"
-        port = free
+    if bind_error(port) is None:
+        return port, None
+    holders = ", ".join(f"PID {pid} ({name})" for pid, name in port_holders(port) if pid) or "another process"
+    free = free_port_near(port)
+    return free, f"{what} {port} is held by {holders}: using {free}"
+
+
+def gradio_plan(doc: dict, port: int = GRADIO_SERVER_PORT) -> tuple[dict, str | None]:
+    """The plan for the Gradio entry as upstream's gradio scripts launch it: their master port (unless the
+    user chose one), their NCCL settings, no flag gradio_app.py refuses; and a free server port."""
+    port, note = _free(port, "server port")
+    notes = [note] if note else []
+    master = doc.get("master_port")
+    explicit = "master_port" in ((doc.get("config") or {}).get("explicit") or [])
+    if doc.get("mode") in GRADIO_PORT and not explicit:
+        master, moved = _free(GRADIO_PORT[doc["mode"]], "master port")
+        notes += [moved] if moved else []
     argv, i = [], 0
     while i < len(doc["argv"]):
         if doc["argv"][i] in PER_REQUEST:
             i += 2
             continue
-        argv.append(doc["argv"][i])
+        if doc["argv"][i] not in GRADIO_LACKS:
+            argv.append(doc["argv"][i])
         i += 1
-    argv += ["--num_clip", "100", "--server_port", str(port), "--server_name", "0.0.0.0"]
-    return {**doc, "argv": argv, "env": {**doc.get("env", {}), **GRADIO_ENV}, "server_port": port}, note
+    argv += ["--num_clip", GRADIO_NUM_CLIP, "--server_port", str(port), "--server_name", "0.0.0.0"]
+    served = {**doc, "argv": argv, "env": {**doc.get("env", {}), **GRADIO_ENV}, "server_port": port, "master_port": master}
+    return served, "; ".join(notes) or None

@@ -423,3 +423,23 @@ def test_assertion_remedies_are_the_rules_own(printed, rule):
 def test_every_quoted_upstream_assert_is_recognised():
     quoting = {r.id for r in RULES if r.prevents.startswith(("AssertionError", "KeyError", "NotImplementedError", "argparse", "RuntimeError"))}
     assert quoting <= {rule.id for _, rule in ASSERT_TEXTS}
+
+
+# ---------------------------------------------------------------------------------------- gradio entry
+
+
+def test_gradio_entry_texts_give_the_phases():
+    """gradio_app.py prints "[Rank 0] Generating video..." (no space) and "[Rank 0] Denoising video done" (capital
+    D) where the CLI entry prints "Generating video ..." and "denoising video done"; its LoRA line is
+    "Loading LoRA: path=...". The prints and tqdm bars are the same (docs/upstream.md, "Gradio entry")."""
+    tracker = LogTracker(1)
+    lines = ["COMPILE: True", "[2026-03-12 10:00:00,000] INFO: Creating WanS2V pipeline...",
+             "[2026-03-12 10:00:05,000] INFO: Loading LoRA: path=Quark-Vision/Live-Avatar, rank=128, alpha=64",
+             "LoRA merged successfully.", "[2026-03-12 10:01:00,000] INFO: [Rank 0] Generating video...",
+             "complete prepare conditional inputs", *[BAR_LINE] * 4,
+             "[2026-03-12 10:02:00,000] INFO: [Rank 0] Denoising video done",
+             "[2026-03-12 10:02:05,000] INFO: Video saved successfully: output/x.mp4"]  # fmt: skip
+    for at, line in enumerate(lines):
+        tracker.feed(line, float(at))
+    assert [name for name, _, _ in tracker.phases()] == ["load", "lora merge", "text encoding", "clip 1 denoise", "decode", "save"]
+    assert tracker.clips_done == 1 and tracker.current_phase == "done"
