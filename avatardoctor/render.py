@@ -126,8 +126,13 @@ def render_prediction(prediction, change, advice, console: Console, machine=None
     for c in shown:
         parts.add_row(COMPONENT_NAMES[c], *(f"{g.components.get(c, 0) / GIB:.2f}" for g in prediction.gpus))
     console.print(parts)
-    verdict = prediction.verdict
-    console.print(Text(f"{VERDICT_WORDS[verdict]}: {prediction.explanation()}", style=f"bold {style[verdict]}"))
+    memory = prediction.memory_verdict
+    console.print(Text(f"{VERDICT_WORDS[memory]}: {prediction.memory_explanation()}", style=f"bold {style[memory]}"))
+    if prediction.refusals:  # the seeds' arithmetic stands above; this is what really happens
+        console.print(Text("WON'T RUN: upstream's code stops this launch, whatever the memory:", style="bold red"))
+        for v in prediction.refusals:
+            console.print(Text(f"  {v.rule.id}: {v.problem} -> {v.rule.prevents}", style="red"))
+        console.print(Text("remedy: " + "; ".join(dict.fromkeys(v.remedy for v in prediction.refusals)), style="cyan"))
     console.print(Text(f"sizes from the {prediction.sizes_source}; estimated terms {prediction.terms.source}", style="dim"))
     if change:
         console.print(Text(f"smallest change that fits: {change.flags}", style="cyan"))

@@ -21,8 +21,8 @@ from avatardoctor.estimates import DEFAULT_TERMS
 from avatardoctor.machine.catalogue import catalogue_machine
 from avatardoctor.planner import entry_argv, hardware_advice, make_plan, smallest_change
 from avatardoctor.predict import predict
-from avatardoctor.upstream import padded_size
 from avatardoctor.units import GIB
+from avatardoctor.upstream import padded_size
 from conftest import make_ctx
 
 SUMMARY = reference_summary()
@@ -322,3 +322,11 @@ def test_plan_checks_the_inputs_it_will_pass(tmp_path):
     doc = json.loads(r.stdout)
     by_id = {c["id"]: c for c in doc["input_checks"]}
     assert by_id["input.audio"]["status"] == "fail" and by_id["input.prompt"]["status"] == "warn"
+
+
+def test_fit_peak_never_says_fits_for_what_upstream_stops():
+    """Memory alone fits 5xH800 at 480*832, but the conditioning cache overflows after the load."""
+    r = fit.check_peak.run(make_ctx("5xH800-healthy", mode="tpp", size="480*832"))
+    assert r.status is Status.FAIL and r.summary.startswith("WON'T RUN: upstream's code stops this launch (cond_cache")
+    assert "memory alone: FITS" in r.summary
+    assert r.remedy == "--size 704*384 (the largest that fits for an image of the --size aspect) (see la.asserts)"

@@ -11,11 +11,14 @@ from avatardoctor.predict import PHASE_NAMES, VERDICT_WORDS
 from avatardoctor.units import GIB
 
 GROUP = "Fit"
-STATUS = {"fits": Status.PASS, "tight": Status.WARN, "wont-fit": Status.FAIL}
+STATUS = {"fits": Status.PASS, "tight": Status.WARN, "wont-fit": Status.FAIL, "wont-run": Status.FAIL}
 
 
 def _remedy(ctx: CheckContext) -> str | None:
     from avatardoctor.planner import hardware_advice, smallest_change  # the planner builds on the checks
+
+    if ctx.prediction.refusals:  # no memory change or hardware runs what upstream's code stops
+        return "; ".join(dict.fromkeys(v.remedy for v in ctx.prediction.refusals)) + " (see la.asserts)"
 
     change = smallest_change(ctx.config, ctx.rank_gpus, ctx.components, ctx.terms)
     if change:
