@@ -235,7 +235,10 @@ def _size_remedy(launch: Launch) -> str:
 
 
 def _frames_remedy(launch: Launch) -> str:
-    return f"--infer-frames {max(FRAMES_PER_BLOCK, launch.config.infer_frames // FRAMES_PER_BLOCK * FRAMES_PER_BLOCK)}"
+    """Whole blocks, never fewer than upstream runs: one block, or two in TPP once a second clip follows."""
+    cfg = launch.config
+    blocks = 2 if cfg.mode in MULTI_PROCESS_MODES and cfg.num_clip > 1 else 1
+    return f"--infer-frames {max(blocks * FRAMES_PER_BLOCK, cfg.infer_frames // FRAMES_PER_BLOCK * FRAMES_PER_BLOCK)}"
 
 
 RULES = (

@@ -283,6 +283,8 @@ def test_asserts_whole_blocks_of_12_frames_pass(mode, frames):
 def test_asserts_tpp_with_one_block_per_clip_hangs_at_clip_2():
     r = liveavatar.asserts.run(make_ctx("5xH800-healthy", mode="tpp", infer_frames=12))
     assert r.data["violations"] == ["tpp.one_block"] and "clip 2 for ever" in r.details[0]
+    tiny = liveavatar.asserts.run(make_ctx("5xH800-healthy", mode="tpp", infer_frames=8))
+    assert tiny.data["violations"] == ["infer_frames.min"] and tiny.remedy == "--infer-frames 24"  # never one that hangs
     assert r.remedy == "--infer-frames 24 or more (two blocks per clip)"
     one_clip = liveavatar.asserts.run(make_ctx("5xH800-healthy", mode="tpp", infer_frames=12, num_clip=1))
     assert one_clip.status is Status.PASS  # the hang waits for a second clip
