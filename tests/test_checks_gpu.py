@@ -168,10 +168,20 @@ def test_fp8_on_a100_fails(machine):
     assert "--no-fp8" in result.remedy and "bf16" in result.remedy
 
 
-def test_fp8_on_h800_passes_for_every_dit_rank():
+def test_fp8_on_h800_passes_for_every_rank():
     result = run(gpu.check_fp8, "5xH800-healthy", fp8=True)
     assert result.status is Status.PASS and "9.0" in result.summary
-    assert [r["rank"] for r in result.data["ranks"]] == [0, 1, 2, 3]  # TPP: the 4 DiT ranks, not the VAE rank
+    assert [r["rank"] for r in result.data["ranks"]] == [0, 1, 2, 3, 4]  # the VAE rank converts its DiT copy too
+
+
+def test_fp8_fails_when_only_the_vae_ranks_gpu_is_too_old():
+    """The entry converts the DiT to fp8 on every rank (entry:484-494), the VAE rank's unused copy included."""
+    m = machine("5xH800-healthy")
+    a100 = machine("4xA100-80GB").gpus[0]
+    vae_gpu = dataclasses.replace(m.gpus[4], name=a100.name, compute_capability=a100.compute_capability)
+    m = dataclasses.replace(m, gpus=(*m.gpus[:4], vae_gpu))
+    result = gpu.check_fp8.run(make_ctx(m, fp8=True))
+    assert result.status is Status.FAIL and "GPU 4: NVIDIA A100-SXM4-80GB (cc 8.0)" in result.summary
 
 
 def test_fp8_off_or_no_gpu_facts_skips():
