@@ -157,6 +157,12 @@ def make_plan(
 ) -> Plan:
     """The first candidate that fits; `skip` names configurations (describe()) already tried and failed."""
     reasons = []
+    too_old = [g for g in gpus if g.compute_capability < FP8_MIN_CC]
+    if base.fp8 and "fp8" in base.explicit and too_old:
+        names = ", ".join(f"GPU {g.index} (cc {g.cc})" for g in too_old)
+        reasons.append(f"your --fp8 cannot run on {names}: FP8 needs compute capability 8.9 on every rank; planning in bf16")
+    if lora_for_launch(base) != base.lora_path:
+        reasons.append(f"passing the README's local LoRA file {LORA_LOCAL}: upstream would download the hub id again")
     for cfg in candidates(base, gpus):
         if describe(cfg) in skip:
             reasons.append(f"skipped {describe(cfg)}: it ran out of memory in an earlier attempt")

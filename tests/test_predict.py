@@ -204,6 +204,12 @@ def test_planner_choices_on_catalogue_machines(spec, chosen):
     assert make_plan(resolve_config(len(m.gpus)), m.gpus, SUMMARY, DEFAULT_TERMS).reasons[-1] == chosen
 
 
+def test_planner_says_why_an_explicit_fp8_is_dropped():
+    m = catalogue_machine("5xA100-80GB")
+    plan = make_plan(resolve_config(5, fp8=True), m.gpus, SUMMARY, DEFAULT_TERMS)
+    assert not plan.chosen.fp8 and plan.reasons[0].startswith("your --fp8 cannot run on GPU 0 (cc 8.0)")
+
+
 def test_planner_honours_an_explicit_no_fp8():
     m = catalogue_machine("5xH800")
     plan = make_plan(resolve_config(5, fp8=False), m.gpus, SUMMARY, DEFAULT_TERMS)
@@ -216,6 +222,8 @@ def test_planner_passes_the_readmes_local_lora_file_not_the_hub_id(tmp_path):
     m = catalogue_machine("5xH800")
     chosen = make_plan(resolve_config(5, liveavatar=tmp_path), m.gpus, SUMMARY, DEFAULT_TERMS).chosen
     assert chosen.lora_path == "ckpt/LiveAvatar/liveavatar.safetensors"
+    reasons = make_plan(resolve_config(5, liveavatar=tmp_path), m.gpus, SUMMARY, DEFAULT_TERMS).reasons
+    assert reasons[0].startswith("passing the README's local LoRA file")
     named = make_plan(resolve_config(5, liveavatar=tmp_path, lora_path="Quark-Vision/Live-Avatar"), m.gpus, SUMMARY, DEFAULT_TERMS)
     assert named.chosen.lora_path == "Quark-Vision/Live-Avatar"  # the user's own choice stands
 
