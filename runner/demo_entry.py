@@ -315,7 +315,7 @@ def generate(args, model: DemoDiT, geo: Geometry, rank: int, dit_ranks: int, vae
     context = model.encode_prompt(args.prompt)
     h, w = geo.height // LATENT_STRIDE, geo.width // LATENT_STRIDE
     block_shape = (LATENT_CHANNELS, BLOCK_LATENT_FRAMES, h, w)
-    say("complete prepare conditional inputs")
+    say("complete prepare conditional inputs")  # tpp.py:919
     dist.barrier()  # upstream: wait for all ranks to finish initialisation
     decoded = Decoded()
     for clip in range(args.num_clip):
@@ -337,7 +337,7 @@ def generate(args, model: DemoDiT, geo: Geometry, rank: int, dit_ranks: int, vae
                 target = vae_rank if i == args.sample_steps - 1 else (i + 1) % dit_ranks
                 if target != rank:
                     dist.send(latents.contiguous(), target)
-            sys.stderr.write(tqdm_bar(args.sample_steps, time.perf_counter() - started))
+            sys.stderr.write(tqdm_bar(args.sample_steps, time.perf_counter() - started))  # tpp.py:1061 tqdm(timesteps): every rank, every block
             sys.stderr.flush()
             if rank == vae_rank:
                 last_dit = (args.sample_steps - 1) % dit_ranks
@@ -348,7 +348,7 @@ def generate(args, model: DemoDiT, geo: Geometry, rank: int, dit_ranks: int, vae
                     if device.type == "cuda":
                         torch.cuda.synchronize(device)
                     if time.perf_counter() - waited < VAE_BOTTLENECK_S:
-                        say("WARNING: VAE serves as a bottleneck!")
+                        say("WARNING: VAE serves as a bottleneck!")  # tpp.py:1101
                 decoded.blocks += 1
                 decoded.checksum += latents.double().sum().item()
                 video = model.decode(latents, geo.frames_per_block)
@@ -385,9 +385,9 @@ def save(args, decoded: Decoded, world: int) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    say("COMPILE: False")  # the demo never calls torch.compile (upstream: ENABLE_COMPILE)
+    say("COMPILE: False")  # the demo never calls torch.compile (upstream inference_utils.py:6 print(f"COMPILE: {COMPILE}"))
     world = int(os.environ.get("WORLD_SIZE", 1))
-    say(f"world_size: {world}")
+    say(f"world_size: {world}")  # upstream entry:354
     local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     # NCCL where each local rank has its own GPU; otherwise gloo on CPU (NCCL cannot share one GPU).
     on_gpu = torch.cuda.is_available() and torch.cuda.device_count() >= local_world
@@ -399,26 +399,26 @@ def main(argv: list[str] | None = None) -> None:
     init_logging(rank)
     if args.offload_model is None:
         args.offload_model = world == 1
-        logging.info(f"offload_model is not specified, set to {args.offload_model}.")
+        logging.info(f"offload_model is not specified, set to {args.offload_model}.")  # entry:363-364
     if world > 1:
         if not args.enable_vae_parallel:
-            raise AssertionError("VAE parallel is required for distributed inference.")
+            raise AssertionError("VAE parallel is required for distributed inference.")  # entry:374
         if args.num_gpus_dit != world - 1:
             raise AssertionError(f"--num_gpus_dit {args.num_gpus_dit}: the demo needs world_size - 1 = {world - 1} DiT ranks")
         dit_ranks, vae_rank = args.num_gpus_dit, args.num_gpus_dit
-        say("Using TPP distributed inference.")
+        say("Using TPP distributed inference.")  # entry:377
     else:
         dit_ranks, vae_rank = 1, 0
-        say(f"Using single GPU inference with offload mode: {args.offload_model}")
+        say(f"Using single GPU inference with offload mode: {args.offload_model}")  # entry:389
     geo = Geometry.from_args(args.size, args.infer_frames)
-    logging.info(f"Generation job args: {args}")
+    logging.info(f"Generation job args: {args}")  # entry:415
     logging.info(
         f"Generation model config: demo DiT: {HIDDEN} hidden, {LATENT_CHANNELS} latent channels, "
         f"{geo.height}x{geo.width} pixels, {geo.blocks} blocks of {BLOCK_LATENT_FRAMES} latent frames per clip"
     )
-    logging.info(f"Input prompt: {args.prompt}")
-    logging.info("Creating WanS2V pipeline.")
-    logging.info(f"Creating WanModel from {args.ckpt_dir}")
+    logging.info(f"Input prompt: {args.prompt}")  # entry:423
+    logging.info("Creating WanS2V pipeline.")  # entry:454
+    logging.info(f"Creating WanModel from {args.ckpt_dir}")  # tpp.py:157
     ckpt = Path(args.ckpt_dir) if args.ckpt_dir else None
     shards = checkpoint_shards(ckpt) if ckpt and ckpt.is_dir() else None
     loaded = load_tensors(shards, device) if shards else None  # every rank loads its own copy, as in TPP
@@ -431,30 +431,30 @@ def main(argv: list[str] | None = None) -> None:
     if rank == 0:
         say(f"demo: root parameter unsharded: {sum(t.numel() for t in weights.values())} values gathered from {world} rank(s)")
     if args.load_lora and args.lora_path_dmd:
-        say(f"Use LoRA: lora path: {args.lora_path_dmd}, lora rank: {LORA_RANK} , lora alpha:  {LORA_ALPHA}")  # upstream's spacing
+        say(f"Use LoRA: lora path: {args.lora_path_dmd}, lora rank: {LORA_RANK} , lora alpha:  {LORA_ALPHA}")  # entry:470, upstream's spacing
         lora_file = Path(args.lora_path_dmd)
         if lora_file.is_file() and lora_file.suffix == ".safetensors":
             say(describe(load_tensors([lora_file], device), "LoRA", lora_file))
         else:
             say(f"demo: {args.lora_path_dmd} is not a local .safetensors file; the demo downloads nothing, and merges a random LoRA")
-        say(f"Merging LoRA weights from {args.lora_path_dmd}...")
+        say(f"Merging LoRA weights from {args.lora_path_dmd}...")  # tpp.py:232
         merge_lora(weights, args.base_seed)
-        say("LoRA merged successfully.")
-    logging.info("Generating video ...")
+        say("LoRA merged successfully.")  # tpp.py:234
+    logging.info("Generating video ...")  # entry:500
     decoded = generate(args, DemoDiT(weights), geo, rank, dit_ranks, vae_rank, device)
-    say("denoising video done")
-    say(f"rank: {rank}")
+    say("denoising video done")  # entry:534
+    say(f"rank: {rank}")  # entry:535
     if rank == vae_rank:
         path = save(args, decoded, world)
         say(
             f"demo: rank {rank} decoded {decoded.frames} frames from {decoded.blocks} blocks, "
             f"latent checksum {decoded.checksum:.9e}; wrote frame statistics (not a video) to {path}"
         )
-    say(f"rank {rank} done, waiting for other ranks to finish...")
+    say(f"rank {rank} done, waiting for other ranks to finish...")  # entry:589
     dist.barrier()
-    say(f"rank {rank} start destroying process group...")
+    say(f"rank {rank} start destroying process group...")  # entry:591
     dist.destroy_process_group()
-    logging.info("Finished.")
+    logging.info("Finished.")  # entry:594
 
 
 if __name__ == "__main__":
