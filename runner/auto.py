@@ -18,6 +18,7 @@ ARG_LIMIT = 128 * 1024  # Linux refuses one argument or environment entry this l
 LAUNCH_LIMIT = 2**20  # all of them together, well inside the kernel's ARG_MAX (a quarter of the stack limit)
 MAX_NPROC = 64
 MODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")  # names the run folder: never a path
+FLAG = re.compile(r"--[A-Za-z0-9][A-Za-z0-9_-]{0,39}")  # a flag named in an error message: printable, one line
 SMOKE = {"num_clip": 1, "size": "384*256"}  # the seeds' "quick validation": one clip, the smallest size
 
 
@@ -128,8 +129,9 @@ def plan_problem(doc: dict) -> str | None:
     for i, item in enumerate(doc["argv"]):
         if not isinstance(item, str):
             return f"argv[{i}] must be a string"
-        after = f" (the value of {doc['argv'][i - 1]})" if i and isinstance(doc["argv"][i - 1], str) and doc["argv"][i - 1].startswith("--") else ""
-        if problem := _launch_string_problem(f"argv[{i}]{after[:60]}", item):
+        flag = doc["argv"][i - 1] if i else None
+        of_flag = f" (the value of {flag})" if isinstance(flag, str) and FLAG.fullmatch(flag) else ""
+        if problem := _launch_string_problem(f"argv[{i}]{of_flag}", item):
             return problem
     for name, value in env.items():
         if not name or "=" in name or not isinstance(value, str):
@@ -139,7 +141,8 @@ def plan_problem(doc: dict) -> str | None:
     if sum(len(os.fsencode(a)) + 1 for a in [*doc["argv"], *(f"{k}={v}" for k, v in env.items())]) > LAUNCH_LIMIT:
         return f"argv and env together are over {LAUNCH_LIMIT // 2**20} MiB"
     config = doc.get("config")
-    if config is not None and (not isinstance(config, dict) or not (config.get("num_clip") is None or _is_int(config["num_clip"], 0, 10**9))):
+    num_clip = config.get("num_clip") if isinstance(config, dict) else None
+    if config is not None and (not isinstance(config, dict) or not (num_clip is None or _is_int(num_clip, 0, 10**9))):
         return "config must be an object whose num_clip is an integer"
     prediction = doc.get("prediction")
     gpus = (prediction or {}).get("gpus") if isinstance(prediction, dict) else None

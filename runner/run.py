@@ -13,10 +13,10 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import shutil
 import threading
 import time
 import uuid
@@ -187,7 +187,7 @@ class _Log:
 
 def execute(plan: dict, options: RunOptions) -> RunResult:
     """Run one attempt of a plan; never raises for what the job does (that is the result)."""
-    folder = new_run_folder(options.out_dir, plan.get("mode", "run"))  # an unwritable --out-dir: InputError, nothing launched
+    folder = new_run_folder(options.out_dir, plan.get("mode", "run"))  # unwritable: InputError, nothing launched
     port = _free_port(int(plan.get("master_port", 29500)))
     argv = torchrun_argv(plan, port, options.entry, options.shim)
     cookie = uuid.uuid4().hex
@@ -202,7 +202,8 @@ def execute(plan: dict, options: RunOptions) -> RunResult:
         log = _Log(folder.inference_log)
     except OSError as e:  # the disk filled since the folder was made: still nothing launched
         shutil.rmtree(folder.root, ignore_errors=True)
-        raise InputError(f"--out-dir {options.out_dir}: cannot write the run folder ({e.strerror}); free space or choose another folder") from None
+        raise InputError(f"--out-dir {options.out_dir}: cannot write the run folder ({e.strerror}); "
+                         "free space or choose another folder") from None
     try:
         if options.not_ready:
             log.write(f"[avatardoctor] LAUNCHED WITH --force although checks failed: {', '.join(options.not_ready)}\n")
