@@ -64,11 +64,14 @@ class RunFolder:
     def write_reserved(self, path: Path, data: bytes) -> None:
         """Write a small file into the reserve's blocks, already allocated, when it fits; the reserve is gone after."""
         if self.reserve.is_file() and len(data) <= self.reserve.stat().st_size:
-            with open(self.reserve, "r+b") as f:  # overwriting allocated blocks needs no free space
-                f.write(data)
-                f.truncate(len(data))
-            os.replace(self.reserve, path)
-            return
+            try:
+                with open(self.reserve, "r+b") as f:  # overwriting allocated blocks needs no free space
+                    f.write(data)
+                    f.truncate(len(data))
+                os.replace(self.reserve, path)
+                return
+            except OSError:  # a copy-on-write filesystem needs new blocks even to overwrite: free the reserve instead
+                pass
         self.reserve.unlink(missing_ok=True)
         path.write_bytes(data)
 
@@ -93,8 +96,8 @@ def new_run_folder(out_dir: Path, mode: str, now: datetime | None = None) -> Run
         folder = RunFolder(root)
         try:
             folder.ranks.mkdir(parents=True)
-            with open(folder.reserve, "wb") as f:
-                os.posix_fallocate(f.fileno(), 0, RESERVE_BYTES)
+            # written, not fallocate()d (which some filesystems refuse), and random: a compressing one stores zeros in nothing
+            folder.reserve.write_bytes(os.urandom(RESERVE_BYTES))
         except OSError as e:
             with contextlib.suppress(OSError):
                 shutil.rmtree(root)

@@ -106,6 +106,16 @@ def test_the_disk_filling_mid_run_stops_the_job_and_records_the_outcome(tmp_path
     assert no_survivors(mark) == []
 
 
+def test_a_rank_record_the_full_disk_cannot_take_does_not_change_how_the_rank_ends(tmp_path):
+    from avatardoctor.runner.shim import Recorder
+
+    with tmpfs(tmp_path / "disk", "64k") as disk:
+        recorder = Recorder(0, disk)
+        recorder.doc["events"] = [{"event": "x" * 100}] * 2000  # 200 kB: more than the disk holds
+        recorder.write()  # raises nothing: the record is lost, the rank's exit is its own
+        assert list(disk.iterdir()) == []
+
+
 def test_a_log_on_a_device_that_is_always_full_stops_the_job_with_a_clear_outcome(tmp_path, monkeypatch):
     """/dev/full is a real device whose every write fails with ENOSPC: the writer's fault, injected."""
     import avatardoctor.runner.run as run_module
