@@ -265,7 +265,6 @@ def demo_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, npro
     plan = demo_plan(ckpt, nproc)
     plan["master_port"] = ctx.config.master_port
     console.print("plan: " + plan["reasons"][0])
-    out_dir.mkdir(parents=True, exist_ok=True)
     with console.status("starting") as status:
         options = _run_options(out_dir, sample_hz, hang_timeout, out_dir, ["-m", "avatardoctor.runner.demo_entry"], status, no_shim, memory_history)
         result = execute(plan, options)

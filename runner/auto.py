@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
+import re
 from pathlib import Path
 
 from avatardoctor.files import FileTooLarge, read_limited
@@ -12,6 +15,11 @@ from avatardoctor.runner.run import RunOptions, RunResult, execute
 from avatardoctor.upstream import GRADIO_ENV, GRADIO_LACKS, GRADIO_PORT, GRADIO_SERVER_PORT
 
 PLAN_LIMIT = 16 * 2**20
+ARG_LIMIT = 128 * 1024  # Linux refuses one argument or environment entry this long or longer (MAX_ARG_STRLEN)
+LAUNCH_LIMIT = 2**20  # all of them together, well inside the kernel's ARG_MAX (a quarter of the stack limit)
+MAX_NPROC = 64
+MODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")  # names the run folder: never a path
+FLAG = re.compile(r"--[A-Za-z0-9][A-Za-z0-9_-]{0,39}")  # a flag named in an error message: printable, one line
 SMOKE = {"num_clip": 1, "size": "384*256"}  # the seeds' "quick validation": one clip, the smallest size
 
 
@@ -80,9 +88,73 @@ def run_saved_plan(path: Path, options: RunOptions, gradio: bool = False, log=pr
         raise InputError(f"--plan {path}: not valid JSON ({str(e)[:80]})") from None
     if not isinstance(doc, dict) or doc.get("schema") != "avatardoctor.plan/1" or not isinstance(doc.get("argv"), list):
         raise InputError(f"--plan {path}: not a plan with arguments (write one with `avatardoctor plan -o FILE`)")
-    if not all(isinstance(a, str) for a in doc["argv"]) or not isinstance(doc.get("nproc"), int):
-        raise InputError(f"--plan {path}: argv must be a list of strings and nproc an integer")
+    problem = plan_problem(doc)
+    if problem:
+        raise InputError(f"--plan {path}: {problem} (write a plan with `avatardoctor plan -o FILE`)")
     return execute(_serve(doc, log) if gradio else doc, options)
+
+
+def _is_int(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _launch_string_problem(field: str, text: str) -> str | None:
+    """What the kernel (or the encoding to it) would refuse in one argument or environment entry."""
+    if "\0" in text:
+        return f"{field} contains a NUL character, which no argument or environment entry can carry"
+    try:
+        size = len(os.fsencode(text))
+    except UnicodeError:
+        return f"{field} contains characters that cannot be encoded for the command line"
+    if size >= ARG_LIMIT:
+        return f"{field} is {size} bytes; one argument must stay under {ARG_LIMIT // 1024} KiB"
+    return None
+
+
+def plan_problem(doc: dict) -> str | None:
+    """The first field of a saved plan that would fail the launch or the run folder, or None: checked
+    before anything is created, so that a bad plan leaves nothing behind."""
+    if not _is_int(doc.get("nproc"), 1, MAX_NPROC):
+        return f"nproc must be an integer from 1 to {MAX_NPROC}"
+    if not _is_int(doc.get("master_port", 29500), 1, 65535):
+        return "master_port must be an integer from 1 to 65535"
+    if "mode" in doc and not (isinstance(doc["mode"], str) and MODE.fullmatch(doc["mode"])):
+        return "mode must be a short name of letters, digits, - and _ (it names the run folder)"
+    env = doc.get("env") or {}
+    if not isinstance(doc.get("env", {}), (dict, type(None))):
+        return "env must be an object of names to strings"
+    for i, item in enumerate(doc["argv"]):
+        if not isinstance(item, str):
+            return f"argv[{i}] must be a string"
+        flag = doc["argv"][i - 1] if i else None
+        of_flag = f" (the value of {flag})" if isinstance(flag, str) and FLAG.fullmatch(flag) else ""
+        if problem := _launch_string_problem(f"argv[{i}]{of_flag}", item):
+            return problem
+    for name, value in env.items():
+        if not name or "=" in name or not isinstance(value, str):
+            return f"env {name[:40]!r} must be a name without '=' with a string value"
+        if problem := _launch_string_problem(f"env {name[:40]!r}", f"{name}={value}"):
+            return problem
+    if sum(len(os.fsencode(a)) + 1 for a in [*doc["argv"], *(f"{k}={v}" for k, v in env.items())]) > LAUNCH_LIMIT:
+        return f"argv and env together are over {LAUNCH_LIMIT // 2**20} MiB"
+    config = doc.get("config")
+    num_clip = config.get("num_clip") if isinstance(config, dict) else None
+    if config is not None and (not isinstance(config, dict) or not (num_clip is None or _is_int(num_clip, 0, 10**9))):
+        return "config must be an object whose num_clip is an integer"
+    prediction = doc.get("prediction")
+    gpus = (prediction or {}).get("gpus") if isinstance(prediction, dict) else None
+    if prediction is not None and (not isinstance(prediction, dict) or not isinstance(gpus, (list, type(None)))):
+        return "prediction must be an object with a list of gpus"
+    for i, gpu in enumerate(gpus or []):
+        if not isinstance(gpu, dict) or not _is_int(gpu.get("index"), 0, 1023):
+            return f"prediction.gpus[{i}] must be an object with an integer index"
+        if any(gpu.get(key) is not None and not _is_number(gpu[key]) for key in ("peak_gib", "usable_gib")):
+            return f"prediction.gpus[{i}]: peak_gib and usable_gib must be numbers"
+    return None
 
 
 def demo_plan(ckpt: Path, nproc: int = 5) -> dict:
@@ -134,5 +206,6 @@ def gradio_plan(doc: dict, port: int = GRADIO_SERVER_PORT) -> tuple[dict, str | 
             argv.append(doc["argv"][i])
         i += 1
     argv += ["--num_clip", GRADIO_NUM_CLIP, "--server_port", str(port), "--server_name", "0.0.0.0"]
-    served = {**doc, "argv": argv, "env": {**doc.get("env", {}), **GRADIO_ENV}, "server_port": port, "master_port": master}
+    env = {**(doc.get("env") or {}), **GRADIO_ENV}  # a validated plan may say env: null
+    served = {**doc, "argv": argv, "env": env, "server_port": port, "master_port": master}
     return served, "; ".join(notes) or None

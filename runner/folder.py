@@ -2,14 +2,23 @@
 
 A new folder per attempt, never an earlier one reused: `runs/<YYYYmmdd-HHMMSS>-<mode>/`, with
 `-2`, `-3`... appended when two attempts start within one second.
+
+Each folder holds a small pre-allocated `.reserve` while the job runs: when the disk fills, the
+runner stops the job and writes debug_info.json into those blocks, so the outcome is still recorded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+
+from avatardoctor.errors import InputError
+
+RESERVE_BYTES = 256 * 1024  # room for debug_info.json (the short form when the whole one is larger)
 
 
 @dataclass(frozen=True)
@@ -48,18 +57,51 @@ class RunFolder:
     def ranks(self) -> Path:
         return self.logs / "ranks"
 
+    @property
+    def reserve(self) -> Path:
+        return self.root / ".reserve"
+
+    def write_reserved(self, path: Path, data: bytes) -> None:
+        """Write a small file into the reserve's blocks, already allocated, when it fits; the reserve is gone after."""
+        if self.reserve.is_file() and len(data) <= self.reserve.stat().st_size:
+            try:
+                with open(self.reserve, "r+b") as f:  # overwriting allocated blocks needs no free space
+                    f.write(data)
+                    f.truncate(len(data))
+                os.replace(self.reserve, path)
+                return
+            except OSError:  # a copy-on-write filesystem needs new blocks even to overwrite: free the reserve instead
+                pass
+        self.reserve.unlink(missing_ok=True)
+        path.write_bytes(data)
+
 
 def new_run_folder(out_dir: Path, mode: str, now: datetime | None = None) -> RunFolder:
-    """Create a fresh folder for one attempt; an existing one is never written into."""
+    """Create a fresh folder for one attempt, with its reserve; an existing one is never written into.
+    An --out-dir that cannot be created or written, or a disk without room for the reserve, is an
+    InputError (nothing has been launched yet) and leaves no folder behind."""
     stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--out-dir {out_dir}: cannot create it ({e.strerror}); choose a writable folder") from None
     for n in range(1, 1000):
         root = out_dir / (f"{stamp}-{mode}" if n == 1 else f"{stamp}-{mode}-{n}")
         try:
             os.mkdir(root)  # atomic: two runners never share a folder
         except FileExistsError:
             continue
+        except OSError as e:
+            raise InputError(f"--out-dir {out_dir}: cannot write there ({e.strerror}); choose a writable folder") from None
         folder = RunFolder(root)
-        folder.ranks.mkdir(parents=True)
+        try:
+            folder.ranks.mkdir(parents=True)
+            # written, not fallocate()d (which some filesystems refuse), and random: a compressing one stores zeros in nothing
+            folder.reserve.write_bytes(os.urandom(RESERVE_BYTES))
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(root)
+            raise InputError(f"--out-dir {out_dir}: cannot write a run folder there ({e.strerror}); "
+                             "free space or choose another folder") from None
         return folder
-    raise FileExistsError(f"{out_dir}: no free run folder name for {stamp}-{mode}")
+    raise InputError(f"--out-dir {out_dir}: no free run folder name for {stamp}-{mode}; remove old run folders")

@@ -13,11 +13,13 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,13 +27,17 @@ from pathlib import Path
 import psutil
 
 from avatardoctor import __version__
+from avatardoctor.errors import InputError
 from avatardoctor.runner.classify import Failure, classify
 from avatardoctor.runner.folder import RunFolder, new_run_folder
+from avatardoctor.runner.lines import LINE_CAP, BoundedLines
 from avatardoctor.runner.logparse import LogTracker
 from avatardoctor.runner.sampler import MemorySampler
 
 GRACE_S = 10.0
 TAIL_LINES = 4000  # the classifier sees the last lines; the whole log is on disk
+TAIL_LINE_CHARS = 4096  # of each, its head: errors are short lines, and 4000 capped lines stay under 16 MiB
+JOB_COOKIE = "AVATARDOCTOR_JOB"  # in every job process's environment, so that one that left the tree is still the job's
 IDLE_UTILISATION = 5.0  # % : below this a silent job is considered hung, not busy
 # The reaper reads the PIDs of torchrun's descendants as the runner reports them (ranks may run in
 # sessions of their own, out of reach of torchrun's process group); when the pipe closes, because
@@ -83,23 +89,48 @@ def _free_port(planned: int) -> int:
     return planned if bind_error(planned) is None else (free_port_near(planned) or planned)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 class _Stopper:
     """Stops the job once: SIGINT, a grace period, SIGTERM, then SIGKILL, to torchrun's process group
-    and to every descendant seen (ranks may sit in sessions of their own)."""
+    and to every job process seen: torchrun's descendants (ranks sit in sessions of their own), every
+    process in a session the job started, and every process whose environment carries the job's cookie
+    (a daemon that double-forked out of the tree and into a session of its own)."""
 
-    def __init__(self, proc: subprocess.Popen):
-        self.proc, self.lock, self.done = proc, threading.Lock(), False
+    def __init__(self, proc: subprocess.Popen, cookie: str):
+        self.proc, self.cookie, self.lock, self.done = proc, cookie, threading.Lock(), False
         self.descendants: set[int] = set()
+        self.not_job: set[int] = set()  # PIDs whose environment was read and lacks the cookie: read each once
 
     def track(self) -> set[int]:
-        """Note torchrun's descendants; returns the ones not seen before."""
+        """Note the job's processes; returns the ones not seen before."""
         try:
             found = {c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)}
         except psutil.Error:
-            return set()
+            found = set()
+        known = found | self.descendants | {self.proc.pid}
+        sessions = {sid for sid in map(_session, known) if sid in known}  # sessions whose leader is the job's
+        current = set(psutil.pids()) - {os.getpid()}
+        self.not_job &= current  # forget PIDs that ended: a reused one is read again
+        for pid in current - known - self.not_job:
+            if _session(pid) in sessions or self._has_cookie(pid):
+                found.add(pid)
+            else:
+                self.not_job.add(pid)
         new = found - self.descendants
         self.descendants |= found
         return new
+
+    def _has_cookie(self, pid: int) -> bool:
+        try:
+            return psutil.Process(pid).environ().get(JOB_COOKIE) == self.cookie
+        except psutil.Error:  # gone, or another user's process: not ours to stop
+            return False
 
     def _signal(self, sig: int) -> None:
         for kill, target in [(os.killpg, self.proc.pid)] + [(os.kill, p) for p in self.descendants]:
@@ -113,57 +144,92 @@ class _Stopper:
             if self.done:
                 return
             self.done = True
-        self.track()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+            self.track()  # again each round: a process may fork while the job winds down
             self._signal(sig)
             try:
                 self.proc.wait(GRACE_S)
             except subprocess.TimeoutExpired:
                 continue
-            if not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in self.descendants):
+            if not any(map(_alive, self.descendants)):
                 return
+        self.track()
         self._signal(signal.SIGKILL)
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
+class _Log:
+    """inference.log, a line per write; when the disk fills it stops writing and says so (`full`)."""
+
+    def __init__(self, path: Path):
+        self.file = open(path, "w", encoding="utf-8")
+        self.full = threading.Event()
+
+    def write(self, text: str) -> None:
+        if self.full.is_set():
+            return
+        try:
+            self.file.write(text)
+            self.file.flush()
+        except OSError:
+            self.full.set()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # a full disk fails the last flush once more
+            self.file.close()
 
 
 def execute(plan: dict, options: RunOptions) -> RunResult:
     """Run one attempt of a plan; never raises for what the job does (that is the result)."""
-    folder = new_run_folder(options.out_dir, plan.get("mode", "run"))
+    folder = new_run_folder(options.out_dir, plan.get("mode", "run"))  # unwritable: InputError, nothing launched
     port = _free_port(int(plan.get("master_port", 29500)))
     argv = torchrun_argv(plan, port, options.entry, options.shim)
-    folder.plan_json.write_text(json.dumps({**plan, "master_port": port}, indent=2) + "\n")
-    env = {**os.environ, **plan.get("env", {}), "PYTHONUNBUFFERED": "1", "AVATARDOCTOR_RANK_DIR": str(folder.ranks.resolve()),  # the ranks run elsewhere
-           "AVATARDOCTOR_MEMORY_HISTORY": "1" if options.memory_history else "0"}  # fmt: skip
+    cookie = uuid.uuid4().hex
+    env = {**os.environ, **(plan.get("env") or {}), "PYTHONUNBUFFERED": "1", "AVATARDOCTOR_RANK_DIR": str(folder.ranks.resolve()),  # the ranks run elsewhere
+           "AVATARDOCTOR_MEMORY_HISTORY": "1" if options.memory_history else "0", JOB_COOKIE: cookie}  # fmt: skip
     started_wall, started = datetime.now(timezone.utc), time.monotonic()
     tracker = LogTracker(int(plan["nproc"]), (plan.get("config") or {}).get("num_clip"))
     tail: collections.deque = collections.deque(maxlen=TAIL_LINES)
     interrupted = threading.Event()
-    with open(folder.inference_log, "w", encoding="utf-8") as log:
+    try:
+        folder.plan_json.write_text(json.dumps({**plan, "master_port": port}, indent=2) + "\n")
+        log = _Log(folder.inference_log)
+    except OSError as e:  # the disk filled since the folder was made: still nothing launched
+        shutil.rmtree(folder.root, ignore_errors=True)
+        raise InputError(f"--out-dir {options.out_dir}: cannot write the run folder ({e.strerror}); "
+                         "free space or choose another folder") from None
+    try:
         if options.not_ready:
             log.write(f"[avatardoctor] LAUNCHED WITH --force although checks failed: {', '.join(options.not_ready)}\n")
         proc = subprocess.Popen(argv, cwd=options.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         reaper = subprocess.Popen([sys.executable, "-c", REAPER, str(proc.pid)], stdin=subprocess.PIPE, start_new_session=True)
-        stopper = _Stopper(proc)
+        stopper = _Stopper(proc, cookie)
         sampler = MemorySampler(folder, options.sample_hz, root_pid=proc.pid, gpu_indices=_gpu_indices(plan))
         sampler.start()
         previous = {sig: signal.signal(sig, lambda *_: (interrupted.set(), threading.Thread(target=stopper.stop, daemon=True).start()))
                     for sig in (signal.SIGINT, signal.SIGTERM)} if threading.current_thread() is threading.main_thread() else {}  # fmt: skip
 
-        disk_full = threading.Event()
-
         def read_output() -> None:
-            for raw in iter(proc.stdout.readline, b""):
-                line = raw.decode("utf-8", errors="replace").rstrip("\n")
-                at = time.monotonic() - started
-                tracker.feed(line, at)
-                tail.append((at, line))
-                if disk_full.is_set():
-                    continue
-                try:
-                    log.write(f"[+{at:9.3f}s] {line}\n")
-                    log.flush()
-                except OSError:  # the disk filled: stop the job rather than run on unrecorded
-                    disk_full.set()
-                    threading.Thread(target=stopper.stop, daemon=True).start()
+            """Lines capped at LINE_CAP bytes as they come (a rank may print a gigabyte without a newline)."""
+            lines = BoundedLines(b"")
+            for chunk in iter(lambda: proc.stdout.read1(LINE_CAP), b""):
+                for raw in lines.feed(chunk):
+                    record(raw)
+            if (last := lines.finish()) is not None:
+                record(last)
+
+        def record(raw: bytes) -> None:
+            line = raw.decode("utf-8", errors="replace")
+            at = time.monotonic() - started
+            tracker.feed(line, at)
+            tail.append((at, line[:TAIL_LINE_CHARS]))
+            log.write(f"[+{at:9.3f}s] {line}\n")
 
         reader = threading.Thread(target=read_output, daemon=True)
         reader.start()
@@ -171,6 +237,8 @@ def execute(plan: dict, options: RunOptions) -> RunResult:
         try:
             while proc.poll() is None:
                 time.sleep(0.2)
+                if _disk_full(log, sampler):  # stop rather than run on unrecorded
+                    stopper.stop()
                 new = stopper.track()
                 if new:
                     reaper.stdin.write((" ".join(map(str, new)) + "\n").encode())
@@ -186,27 +254,32 @@ def execute(plan: dict, options: RunOptions) -> RunResult:
         finally:
             stopper.stop()
             sampler.stop()
-            if disk_full.is_set():
-                with contextlib.suppress(OSError):  # the unwritable buffer fails to flush once more
-                    log.close()
             reaper.stdin.close()  # the job is over: let the reaper go
             reaper.wait(5)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+    finally:
+        log.close()
     seconds = time.monotonic() - started
-    tracker.write_phases_csv(folder.phases_csv)
+    disk_full = _disk_full(log, sampler)
+    with contextlib.suppress(OSError):  # on a full disk, what was written stays; debug_info.json has the reserve
+        tracker.write_phases_csv(folder.phases_csv)
     failure = classify(list(tail), proc.returncode, hung=hung, interrupted=interrupted.is_set(),
                        phases=tracker.phases(), nproc=int(plan["nproc"]))  # fmt: skip
-    if disk_full.is_set():
+    if disk_full:
         failure = Failure("disk-full", f"the disk under {folder.root} filled while recording: the job was stopped",
-                          "free space there, or pass --out-dir on a larger disk")  # fmt: skip
+                          "free space there, or pass --out-dir on a larger disk; `avatardoctor report` draws the report later")  # fmt: skip
     visible = _gpu_indices(plan)
     if failure.gpu is not None and visible and failure.gpu < len(visible):
         failure = dataclasses.replace(failure, gpu=visible[failure.gpu])  # the job's GPU n is CUDA_VISIBLE_DEVICES[n]
     peaks = sampler.peaks_mib()
     _write_debug_info(folder, plan, argv, failure, proc.returncode, peaks, tracker, started_wall, seconds, options, sampler.source_used)
-    report = _render_report(folder)
+    report = None if disk_full else _render_report(folder)
     return RunResult(folder, failure, proc.returncode, peaks, report)
+
+
+def _disk_full(log: _Log, sampler: MemorySampler) -> bool:
+    return log.full.is_set() or sampler.write_error is not None
 
 
 def _dump_stacks(folder: RunFolder, pids: set[int], log) -> None:
@@ -247,12 +320,15 @@ def _write_debug_info(folder, plan, argv, failure, code, peaks, tracker, started
         {"gpu": gpu, "measured_peak_gib": round(mib / 1024, 3), "predicted_peak_gib": (predicted.get(gpu) or {}).get("peak_gib")}
         for gpu, mib in sorted(peaks.items())
     ]
-    doc = {
+    outcome = {
         "schema": "avatardoctor.debug/1",
         "avatardoctor_version": __version__,
         "outcome": failure.cls,
         "failure": None if failure.cls == "success" else failure.to_dict(),
         "exit_code": code,
+    }
+    doc = {
+        **outcome,
         "forced": bool(options.not_ready),
         "not_ready_checks": options.not_ready,
         "started": started_wall.isoformat(timespec="seconds"),
@@ -265,7 +341,13 @@ def _write_debug_info(folder, plan, argv, failure, code, peaks, tracker, started
         "cwd": str(options.cwd),
         "python": sys.version.split()[0],
     }
-    folder.debug_json.write_text(json.dumps(doc, indent=2) + "\n")
+    # Into the reserve's blocks; the outcome alone when the whole document does not fit on a full disk.
+    for version in (doc, outcome):
+        try:
+            folder.write_reserved(folder.debug_json, (json.dumps(version, indent=2) + "\n").encode())
+            return
+        except OSError:
+            continue
 
 
 def _rank_summaries(folder: RunFolder) -> list[dict]:
@@ -290,5 +372,6 @@ def _render_report(folder: RunFolder) -> Path | None:
     try:
         return render_report(folder.root)
     except (InputError, OSError, ValueError) as e:  # a report that cannot be drawn must not hide the run's result
-        (folder.root / "report-error.txt").write_text(f"the report could not be rendered: {e}\n")
+        with contextlib.suppress(OSError):
+            (folder.root / "report-error.txt").write_text(f"the report could not be rendered: {e}\n")
         return None

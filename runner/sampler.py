@@ -7,12 +7,15 @@ of a process tree from psutil in the same format with gpu `cpu`, so every later 
 Sampling runs on its own thread against a monotonic clock (sample k at start + k/hz, so it never
 drifts); a sample that overruns skips the slots it missed instead of bursting to catch up. Each
 sample's rows reach the kernel in one unbuffered write, so whatever kills the runner, each CSV is
-whole up to its last line.
+whole up to its last line. When the disk fills, a row written in part is cut back, writing stops
+(`write_error` says why; the runner then stops the job) and the peaks are still kept in memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import io
 import math
 import os
@@ -63,6 +66,25 @@ def _csv_bytes(rows) -> bytes:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
+
+
+def next_slot(previous: int, elapsed_s: float, hz: float) -> int:
+    """The slot of the next sample, slot k being due k/hz seconds after the start: the one after `previous`
+    or, when a slow sample ran past later slots, the first still ahead (missed slots are skipped, not made up)."""
+    return max(previous + 1, math.floor(elapsed_s * hz) + 1)
+
+
+def _append_whole(file: IO[bytes], data: bytes) -> None:
+    """All of data or none of it: a short write (the disk filled in mid-row) is cut back and raises."""
+    at = file.tell()
+    try:
+        written = file.write(data)
+        if written != len(data):
+            raise OSError(errno.ENOSPC, f"{file.name}: wrote {written} of {len(data)} bytes")
+    except OSError:
+        with contextlib.suppress(OSError):  # a device (not a file) cannot be cut back: nothing to keep whole
+            file.truncate(at)
+        raise
 
 
 class _NvmlSource:
@@ -197,6 +219,7 @@ class MemorySampler:
         self._source = self._open_source(source, root_pid, gpu_indices)
         self.started_monotonic: float | None = None  # time.monotonic() at elapsed_s == 0, to align phases
         self.samples_taken = 0
+        self.write_error: OSError | None = None  # the disk filled (or the folder went away): nothing more is written
         self.thread_cpu_seconds = 0.0  # CPU time of the sampling thread (time.thread_time), for overhead
         self._sample_seconds = 0.0
         self._lock = threading.Lock()  # guards _peaks and _last, read by the live view and hang detector
@@ -237,10 +260,13 @@ class MemorySampler:
     def start(self) -> None:
         if self._thread is not None or self._stopping.is_set():
             raise RuntimeError("a MemorySampler starts once")
-        self.folder.logs.mkdir(parents=True, exist_ok=True)
-        for path, columns in (self.folder.gpu_memory_csv, MEMORY_COLUMNS), (self.folder.gpu_processes_csv, PROCESS_COLUMNS):
-            self._files.append(open(path, "wb", buffering=0))  # unbuffered: each write() goes straight to the kernel
-            self._files[-1].write(_csv_bytes([columns]))
+        try:
+            self.folder.logs.mkdir(parents=True, exist_ok=True)
+            for path, columns in (self.folder.gpu_memory_csv, MEMORY_COLUMNS), (self.folder.gpu_processes_csv, PROCESS_COLUMNS):
+                self._files.append(open(path, "wb", buffering=0))  # unbuffered: each write() goes straight to the kernel
+                _append_whole(self._files[-1], _csv_bytes([columns]))
+        except OSError as err:  # still sampled: the peaks are kept in memory
+            self.write_error = err
         self.started_monotonic = time.monotonic()
         # A daemon, so that a driver call that never returns cannot keep the runner from exiting.
         self._thread = threading.Thread(target=self._run, name="avatardoctor-memory-sampler", daemon=True)
@@ -271,8 +297,7 @@ class MemorySampler:
             self._sample_seconds += time.monotonic() - began
             self.samples_taken += 1
             self.thread_cpu_seconds = time.thread_time() - cpu_at_start
-            # The next slot still ahead: slots missed by a slow sample are skipped, not made up.
-            slot = max(slot + 1, math.floor((time.monotonic() - self.started_monotonic) * self.hz) + 1)
+            slot = next_slot(slot, time.monotonic() - self.started_monotonic, self.hz)
             self._stopping.wait(self.started_monotonic + slot / self.hz - time.monotonic())
 
     def _sample(self, elapsed: float, with_processes: bool) -> None:
@@ -280,10 +305,14 @@ class MemorySampler:
         stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         elapsed = round(elapsed, 3)
         rows = [(gpu, uuid, _round(used), _round(total), _round(utilisation)) for gpu, uuid, used, total, utilisation in readings]
-        memory_file, process_file = self._files
-        memory_file.write(_csv_bytes([stamp, elapsed, *row] for row in rows))
-        if processes:
-            process_file.write(_csv_bytes([stamp, elapsed, gpu, pid, name, _round(used)] for gpu, pid, name, used in processes))
+        if self.write_error is None:
+            memory_file, process_file = self._files
+            try:
+                _append_whole(memory_file, _csv_bytes([stamp, elapsed, *row] for row in rows))
+                if processes:
+                    _append_whole(process_file, _csv_bytes([stamp, elapsed, gpu, pid, name, _round(used)] for gpu, pid, name, used in processes))
+            except OSError as err:
+                self.write_error = err
         with self._lock:
             for gpu, _, used, total, utilisation in rows:
                 self._last[gpu] = {"memory_used_mib": used, "memory_total_mib": total, "utilization_pct": utilisation, "elapsed_s": elapsed}

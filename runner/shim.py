@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from avatardoctor.runner.lines import BoundedLines
 from avatardoctor.runner.logparse import LogTracker
 
 MIB = 2**20
@@ -69,9 +70,13 @@ class Recorder:
         self.write()
 
     def write(self) -> None:
+        """The record, atomically; a full disk loses the record, never changes how the rank ends."""
         tmp = self.out / f".rank{self.rank}.json.tmp"
-        tmp.write_text(json.dumps(self.doc, indent=1))
-        os.replace(tmp, self.out / f"rank{self.rank}.json")
+        try:
+            tmp.write_text(json.dumps(self.doc, indent=1))
+            os.replace(tmp, self.out / f"rank{self.rank}.json")
+        except OSError:
+            tmp.unlink(missing_ok=True)
 
 
 class Phases:
@@ -88,16 +93,14 @@ class Phases:
 
 
 class PhaseWatcher(io.TextIOBase):
-    """Passes a stream through unchanged and hands each complete line to the phase tracker."""
+    """Passes a stream through unchanged and hands each complete line, capped, to the phase tracker."""
 
     def __init__(self, stream, phases: Phases):
-        self.stream, self.phases, self.partial = stream, phases, ""
+        self.stream, self.phases, self.lines = stream, phases, BoundedLines("")
 
     def write(self, text: str) -> int:
         n = self.stream.write(text)
-        self.partial += text
-        *lines, self.partial = self.partial.split("\n")
-        for line in lines:
+        for line in self.lines.feed(text):
             self.phases.line(line)
         return n
 

@@ -1,10 +1,13 @@
 """The memory sampler on a machine without a GPU: the psutil path for real (a real process tree, a
-real SIGKILL), its timing, its thread safety, and the fallback from NVML. The NVML path needs a GPU
-and is not exercised here."""
+real SIGKILL), its schedule, its thread safety, a full disk, and the fallback from NVML. The NVML path
+needs a GPU and is not exercised here. No assertion counts samples against the wall clock (a busy
+machine delays any thread): the schedule is tested as a function of the clock, rates in
+tests/bench/bench_sampler.py."""
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import itertools
 import math
@@ -19,11 +22,13 @@ from pathlib import Path
 
 import psutil
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from avatardoctor.reports.runfolder import read_memory_csv
 from avatardoctor.runner import sampler as sampler_module
 from avatardoctor.runner.folder import RunFolder
-from avatardoctor.runner.sampler import MEMORY_COLUMNS, PROCESS_COLUMNS, MemorySampler, NvmlUnavailable
+from avatardoctor.runner.sampler import MEMORY_COLUMNS, PROCESS_COLUMNS, MemorySampler, NvmlUnavailable, next_slot
 
 # A sampling thread that dies of an exception fails the test that started it.
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
@@ -72,6 +77,14 @@ def new_sampler(folder):
         sampler.stop()
 
 
+def wait_for(condition, what: str, timeout_s: float = 60.0) -> None:
+    """Poll until condition() holds; the timeout only guards against a hang, it measures nothing."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} never happened"
+        time.sleep(0.02)
+
+
 @pytest.fixture
 def process_tree():
     root = subprocess.Popen([sys.executable, "-c", ROOT], stdout=subprocess.PIPE, text=True)
@@ -86,22 +99,23 @@ def test_a_process_tree_sampled_at_20_hz(folder, new_sampler, process_tree):
     sampler = new_sampler(hz=20, root_pid=process_tree.pid, source="psutil")
     sampler.start()
     assert process_tree.stdout.readline().strip() == "ready"  # the grandchild holds its 200 MiB
-    time.sleep(max(0.0, 1.5 - (time.monotonic() - sampler.started_monotonic)))
+    wait_for(lambda: sampler.peaks_mib().get("cpu", 0) >= ALLOCATION_MIB, "the grandchild's memory counted")
     during = sampler.last()["cpu"]
+    # and in the per-process file, written at the first sample of each second
+    wait_for(lambda: max((float(p["used_mib"]) for p in read_rows(folder.gpu_processes_csv)[1]), default=0) >= ALLOCATION_MIB, "a listing")
     sampler.stop()
     duration = time.monotonic() - sampler.started_monotonic
 
     header, rows = read_rows(folder.gpu_memory_csv)
     assert header == MEMORY_COLUMNS == ["time", "elapsed_s", "gpu", "uuid", "memory_used_mib", "memory_total_mib", "utilization_pct"]
-    expected = duration * 20
-    assert 0.8 * expected <= len(rows) <= expected + 2
+    assert 1 <= len(rows) <= duration * 20 + 1  # never more than the schedule's slots: no burst
     assert sampler.samples_taken == len(rows)
     elapsed = [float(r["elapsed_s"]) for r in rows]
-    assert elapsed[0] < 0.05 and all(b > a for a, b in itertools.pairwise(elapsed))
+    assert elapsed[0] >= 0 and all(b > a for a, b in itertools.pairwise(elapsed))
     assert {r["gpu"] for r in rows} == {"cpu"}
     assert all(r["time"].endswith("+00:00") and len(r["time"].split("T")[1]) == len("07:15:49.573+00:00") for r in rows)
     used = [float(r["memory_used_mib"]) for r in rows]
-    assert max(used) - used[0] >= ALLOCATION_MIB
+    assert max(used) >= ALLOCATION_MIB
     assert sampler.peaks_mib() == {"cpu": max(used)}
     assert during["memory_used_mib"] >= ALLOCATION_MIB and during["memory_total_mib"] > during["memory_used_mib"]
     assert 0 <= during["utilization_pct"] <= 100
@@ -122,18 +136,15 @@ def test_a_rank_killed_with_sigkill_does_not_stop_the_sampler(folder, new_sample
     sampler = new_sampler(hz=20, root_pid=process_tree.pid, source="psutil")
     sampler.start()
     assert process_tree.stdout.readline().strip() == "ready"
-    deadline = time.monotonic() + 3
-    while sampler.peaks_mib().get("cpu", 0) < ALLOCATION_MIB:  # the grandchild joins the tree at the next listing
-        assert time.monotonic() < deadline, "the grandchild's memory was never counted"
-        time.sleep(0.05)
+    # the grandchild joins the tree at the next listing
+    wait_for(lambda: sampler.peaks_mib().get("cpu", 0) >= ALLOCATION_MIB, "the grandchild's memory counted")
     grandchild = max(psutil.Process(process_tree.pid).children(recursive=True), key=lambda p: p.memory_info().rss)
     grandchild.send_signal(signal.SIGKILL)
-    time.sleep(0.5)
+    wait_for(lambda: sampler.last()["cpu"]["memory_used_mib"] < sampler.peaks_mib()["cpu"] - 150, "a sample after the kill")
     after = sampler.last()["cpu"]
     sampler.stop()
-    assert after["memory_used_mib"] < sampler.peaks_mib()["cpu"] - 150
     _, rows = read_rows(folder.gpu_memory_csv)
-    assert float(rows[-1]["elapsed_s"]) >= after["elapsed_s"] - 0.051
+    assert float(rows[-1]["elapsed_s"]) >= after["elapsed_s"]  # sampling went on past the kill, into the file
 
 
 def test_utilisation_is_the_trees_share_of_the_cores_over_each_second(folder, new_sampler):
@@ -141,7 +152,7 @@ def test_utilisation_is_the_trees_share_of_the_cores_over_each_second(folder, ne
     try:
         sampler = new_sampler(hz=10, root_pid=busy.pid, source="psutil")
         sampler.start()
-        time.sleep(1.35)
+        wait_for(lambda: sampler.last().get("cpu", {}).get("elapsed_s", 0) > 1.05, "a sample in the second second")
         sampler.stop()
     finally:
         busy.kill()
@@ -151,7 +162,8 @@ def test_utilisation_is_the_trees_share_of_the_cores_over_each_second(folder, ne
     after = [float(r["utilization_pct"]) for r in rows if float(r["elapsed_s"]) > 1.05]
     assert set(first_second) == {0.0}  # the first cpu_percent() call only primes the counter
     one_core = 100 / psutil.cpu_count()
-    assert after and all(0.3 * one_core <= u <= 1.05 * one_core for u in after), after  # one process spinning
+    # One process spinning: some of one core, never more (how much a busy machine gives it is not the sampler's).
+    assert after and all(0 < u <= 1.05 * one_core for u in after), after
 
 
 def run_until_killed(folder: RunFolder, tmp_path: Path) -> None:
@@ -169,7 +181,8 @@ def run_until_killed(folder: RunFolder, tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "started"
-        time.sleep(0.5)
+        # rows reach the file as they are taken, while the process lives (not at exit, which SIGKILL skips)
+        wait_for(lambda: folder.gpu_memory_csv.read_bytes().count(b"\n") > 3, "rows in the file")
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -182,7 +195,7 @@ def test_the_csv_is_whole_when_the_sampler_process_is_killed(folder, tmp_path):
     assert text.endswith("\n")  # a last line without its end would be a line cut off
     lines = list(csv.reader(io.StringIO(text)))
     assert lines[0] == MEMORY_COLUMNS
-    assert len(lines) - 1 >= 25  # ~50 samples in 0.5 s at 100 Hz: rows reach the file as they are taken
+    assert len(lines) - 1 >= 3
     for line in lines[1:]:
         assert len(line) == len(MEMORY_COLUMNS) and line[2] == "cpu"
         assert float(line[1]) >= 0 and float(line[4]) > 0 and float(line[5]) > 0
@@ -191,37 +204,44 @@ def test_the_csv_is_whole_when_the_sampler_process_is_killed(folder, tmp_path):
     assert read_memory_csv(folder.gpu_memory_csv).notes == []
 
 
-def slow_reads(monkeypatch, seconds: float) -> None:
-    read = sampler_module._PsutilSource.read
+def schedule(hz: float, sample_s: float, samples: int, late_s: float = 0.0) -> list[int]:
+    """The slots a sampler takes on an ideal clock: each sample costs sample_s, each wake-up comes late_s late."""
+    slots, slot, now = [0], 0, 0.0
+    for _ in range(samples - 1):
+        slot = next_slot(slot, now + sample_s, hz)
+        now = slot / hz + late_s
+        slots.append(slot)
+    return slots
 
-    def slow(self, with_processes):
-        time.sleep(seconds)
-        return read(self, with_processes)
 
-    monkeypatch.setattr(sampler_module._PsutilSource, "read", slow)
+def test_the_schedule_does_not_drift_with_the_cost_of_a_sample():
+    # 30 ms of a 50 ms period: sleeping a period after each sample would drift to 80 ms
+    assert schedule(hz=20, sample_s=0.03, samples=20) == list(range(20))
+    assert schedule(hz=20, sample_s=0.03, samples=5, late_s=0.015) == [0, 1, 2, 3, 4]  # late wake-ups do not add up
 
 
-def sample_for(new_sampler, hz: float, seconds: float) -> list[float]:
-    sampler = new_sampler(hz=hz, source="psutil")
+def test_a_sample_that_overruns_skips_the_missed_slots():
+    # each sample takes 2.4 periods: slots 0, 3, 6, ..., no burst to catch up and no drift either
+    assert schedule(hz=20, sample_s=0.12, samples=6) == [0, 3, 6, 9, 12, 15]
+    assert next_slot(4, elapsed_s=10.0, hz=10) == 101  # a sampler stalled for seconds resumes at the next slot ahead
+
+
+@settings(deadline=None)
+@given(previous=st.integers(0, 10**6), hz=st.floats(0.1, 100), behind=st.floats(0, 1e4))
+def test_the_next_slot_is_the_first_after_both_the_last_and_the_clock(previous, hz, behind):
+    elapsed = previous / hz + behind
+    slot = next_slot(previous, elapsed, hz)
+    assert slot > previous and slot > math.floor(elapsed * hz)
+    assert slot - 1 <= max(previous, math.floor(elapsed * hz))  # the first such: none skipped that was still ahead
+
+
+def test_samples_land_in_the_file_in_order_while_the_clock_runs(new_sampler):
+    sampler = new_sampler(hz=100, source="psutil")
     sampler.start()
-    time.sleep(seconds)
+    wait_for(lambda: sampler.samples_taken >= 3, "three samples")
     sampler.stop()
-    return [float(r["elapsed_s"]) for r in read_rows(sampler.folder.gpu_memory_csv)[1]]
-
-
-def test_the_schedule_does_not_drift_with_the_cost_of_a_sample(new_sampler, monkeypatch):
-    slow_reads(monkeypatch, 0.03)  # 30 ms of a 50 ms period: sleeping a period after each would give 80 ms
-    elapsed = sample_for(new_sampler, hz=20, seconds=1.0)
-    assert 18 <= len(elapsed) <= 22
-    assert all(abs(e * 20 - round(e * 20)) < 0.3 for e in elapsed[1:])  # every sample on its slot k/20
-
-
-def test_a_sample_that_overruns_skips_the_missed_slots(new_sampler, monkeypatch):
-    slow_reads(monkeypatch, 0.12)  # each sample takes 2.4 periods: slots 0, 3, 6, ... (150 ms apart)
-    elapsed = sample_for(new_sampler, hz=20, seconds=1.0)
-    gaps = [b - a for a, b in itertools.pairwise(elapsed)]
-    assert 5 <= len(elapsed) <= 8
-    assert all(0.14 <= gap <= 0.2 for gap in gaps), gaps  # no burst to catch up, no drift either
+    elapsed = [float(r["elapsed_s"]) for r in read_rows(sampler.folder.gpu_memory_csv)[1]]
+    assert len(elapsed) == sampler.samples_taken >= 3 and all(b > a for a, b in itertools.pairwise(elapsed))
 
 
 def test_stop_is_idempotent_and_ends_the_files(folder, new_sampler):
@@ -232,14 +252,46 @@ def test_stop_is_idempotent_and_ends_the_files(folder, new_sampler):
 
     sampler = new_sampler(hz=100, source="psutil")
     sampler.start()
-    time.sleep(0.2)
+    wait_for(lambda: sampler.samples_taken >= 2, "two samples")
     sampler.stop()
     assert not any(t.name == "avatardoctor-memory-sampler" for t in threading.enumerate())  # joined, not left running
     size = folder.gpu_memory_csv.stat().st_size
     sampler.stop()
     time.sleep(0.1)
     assert folder.gpu_memory_csv.stat().st_size == size
-    assert sampler.samples_taken >= 10 and sampler.mean_sample_seconds > 0 and sampler.thread_cpu_seconds > 0
+    assert sampler.samples_taken >= 2 and sampler.mean_sample_seconds > 0 and sampler.thread_cpu_seconds > 0
+
+
+class FullDiskFolder(RunFolder):
+    """The memory CSV on /dev/full: a real device on which every write fails with ENOSPC."""
+
+    @property
+    def gpu_memory_csv(self) -> Path:
+        return Path("/dev/full")
+
+
+def test_a_full_disk_stops_the_writing_not_the_sampling(tmp_path, new_sampler):
+    sampler = MemorySampler(FullDiskFolder(tmp_path / "run"), hz=100, source="psutil")
+    try:
+        sampler.start()
+        wait_for(lambda: sampler.samples_taken >= 2, "two samples")
+    finally:
+        sampler.stop()
+    assert sampler.write_error is not None and sampler.write_error.errno == errno.ENOSPC
+    assert sampler.peaks_mib()["cpu"] > 0  # still measured: the runner records the peaks in debug_info.json
+
+
+def test_a_row_written_in_part_is_cut_back(tmp_path):
+    class HalfWrites(io.FileIO):  # what write(2) does when the disk fills in mid-row
+        def write(self, data):
+            return super().write(bytes(data)[: len(data) // 2])
+
+    path = tmp_path / "gpu_memory.csv"
+    path.write_bytes(b"time,elapsed_s\n")
+    with HalfWrites(path, "a") as f, pytest.raises(OSError) as err:
+        sampler_module._append_whole(f, b"2026-12-02T04:00:00.000+00:00,0.1\n")
+    assert err.value.errno == errno.ENOSPC
+    assert path.read_bytes() == b"time,elapsed_s\n"  # whole to its last line
 
 
 @pytest.mark.parametrize("hz", [0.09, 100.5, 0, -1, math.nan, math.inf])
@@ -259,15 +311,15 @@ def test_peaks_and_last_are_safe_to_read_while_sampling(new_sampler):
     errors: list[Exception] = []
 
     def read_constantly():
-        try:
-            while time.monotonic() < deadline:
+        try:  # until ten samples were written while two readers ask all the time
+            while sampler.samples_taken < 10 and time.monotonic() < deadline:
                 last, peaks = sampler.last(), sampler.peaks_mib()
                 seen.append((last, peaks))
         except Exception as err:  # any failure of a reader is the finding
             errors.append(err)
 
     sampler.start()
-    deadline = time.monotonic() + 0.5  # ~50 samples written while two readers ask all the time
+    deadline = time.monotonic() + 60  # only against a hang
     readers = [threading.Thread(target=read_constantly) for _ in range(2)]
     for r in readers:
         r.start()
@@ -276,7 +328,8 @@ def test_peaks_and_last_are_safe_to_read_while_sampling(new_sampler):
     sampler.stop()
     assert errors == []
     seen = [(last, peaks) for last, peaks in seen if last]
-    assert len({last["cpu"]["elapsed_s"] for last, _ in seen}) >= 10  # the readers contend for the GIL: slots get skipped
+    assert sampler.samples_taken >= 10
+    assert len({last["cpu"]["elapsed_s"] for last, _ in seen}) >= 2  # the readers saw the samples change under them
     for last, peaks in seen:
         assert set(last["cpu"]) == {"memory_used_mib", "memory_total_mib", "utilization_pct", "elapsed_s"}
         assert peaks["cpu"] >= last["cpu"]["memory_used_mib"]  # the peak, read later, is never below a sample

@@ -7,7 +7,9 @@ It starts a small process tree (CHILDREN sleeping Python processes, one of them 
 own), samples it at each rate for SECONDS into a temporary run folder, and prints, per rate: the
 samples taken, the mean wall time of one sample, the sampling thread's CPU time per sample
 (time.thread_time, which includes waking up between samples) and that CPU time as a share of one
-core. The psutil path re-lists the tree once a second by walking /proc, so its cost grows with the
+core, and how well the schedule held: samples against the slots the clock allowed, and the share taken
+within 30% of a period of their slot (the figures tests/test_runner_sampler.py no longer asserts: a
+busy machine moves them). The psutil path re-lists the tree once a second by walking /proc, so its cost grows with the
 number of processes on the machine, which is printed too. `--source nvml` measures the GPU path
 (it needs a GPU). Not collected by pytest: timings belong here, not in unit tests.
 """
@@ -15,6 +17,7 @@ number of processes on the machine, which is printed too. `--source nvml` measur
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import subprocess
 import sys
@@ -46,7 +49,11 @@ def measure(root_pid: int, hz: float, seconds: float, source: str) -> dict:
         sampler.start()
         time.sleep(seconds)
         sampler.stop()
+        with open(sampler.folder.gpu_memory_csv) as f:
+            elapsed = [float(row["elapsed_s"]) for row in csv.DictReader(f)]
     return {
+        "slots": int(seconds * hz) + 1,
+        "on_slot_pct": 100 * sum(abs(e * hz - round(e * hz)) < 0.3 for e in elapsed) / max(len(elapsed), 1),
         "hz": hz,
         "samples": sampler.samples_taken,
         "wall_ms": sampler.mean_sample_seconds * 1e3,
@@ -71,7 +78,7 @@ def main() -> None:
         for hz in (float(r) for r in args.rates.split(",")):
             r = measure(tree.pid, hz, args.seconds, args.source)
             print(f"{r['hz']:6g} Hz: {r['samples']:5d} samples, {r['wall_ms']:.3f} ms wall and {r['cpu_ms']:.3f} ms CPU "
-                  f"per sample, {r['core_pct']:.2f}% of one core")  # fmt: skip
+                  f"per sample, {r['core_pct']:.2f}% of one core; {r['slots']} slots, {r['on_slot_pct']:.0f}% of samples on theirs")  # fmt: skip
     finally:
         for member in psutil.Process(tree.pid).children(recursive=True):
             member.kill()
