@@ -31,6 +31,7 @@ from avatardoctor.errors import InputError
 from avatardoctor.runner.classify import Failure, classify
 from avatardoctor.runner.folder import RunFolder, new_run_folder
 from avatardoctor.runner.lines import LINE_CAP, BoundedLines
+from avatardoctor.runner.liveness import Liveness
 from avatardoctor.runner.logparse import LogTracker
 from avatardoctor.runner.sampler import MemorySampler
 
@@ -38,7 +39,7 @@ GRACE_S = 10.0
 TAIL_LINES = 4000  # the classifier sees the last lines; the whole log is on disk
 TAIL_LINE_CHARS = 4096  # of each, its head: errors are short lines, and 4000 capped lines stay under 16 MiB
 JOB_COOKIE = "AVATARDOCTOR_JOB"  # in every job process's environment, so that one that left the tree is still the job's
-IDLE_UTILISATION = 5.0  # % : below this a silent job is considered hung, not busy
+LIVENESS_PERIOD_S = 1.0  # how often the job's CPU and GPU use are read for the hang detector
 # The reaper reads the PIDs of torchrun's descendants as the runner reports them (ranks may run in
 # sessions of their own, out of reach of torchrun's process group); when the pipe closes, because
 # the runner exited or died, it kills the group and every PID it was told about.
@@ -219,6 +220,7 @@ def execute(plan: dict, options: RunOptions) -> RunResult:
             """Lines capped at LINE_CAP bytes as they come (a rank may print a gigabyte without a newline)."""
             lines = BoundedLines(b"")
             for chunk in iter(lambda: proc.stdout.read1(LINE_CAP), b""):
+                liveness.output(time.monotonic() - started)  # a tqdm bar redrawn with \r ends no line
                 for raw in lines.feed(chunk):
                     record(raw)
             if (last := lines.finish()) is not None:
@@ -231,9 +233,10 @@ def execute(plan: dict, options: RunOptions) -> RunResult:
             tail.append((at, line[:TAIL_LINE_CHARS]))
             log.write(f"[+{at:9.3f}s] {line}\n")
 
+        liveness = Liveness()
         reader = threading.Thread(target=read_output, daemon=True)
         reader.start()
-        hung = False
+        hung, observed_s = False, 0.0
         try:
             while proc.poll() is None:
                 time.sleep(0.2)
@@ -245,9 +248,14 @@ def execute(plan: dict, options: RunOptions) -> RunResult:
                     reaper.stdin.flush()
                 if options.on_progress:
                     options.on_progress(tracker, sampler, plan)
-                if _is_hung(tracker, sampler, started, options.hang_timeout_s):
+                now = time.monotonic() - started
+                if now - observed_s >= LIVENESS_PERIOD_S:
+                    liveness.observe(now, stopper.descendants | {proc.pid}, _gpu_utilisation(sampler))
+                    observed_s = now
+                if liveness.silent_for(now) >= options.hang_timeout_s:
                     hung = True
-                    log.write(f"[avatardoctor] no output for {options.hang_timeout_s:.0f} s at ~0% utilisation: stopping the job\n")
+                    log.write(f"[avatardoctor] no output, no CPU work and ~0% GPU use for {options.hang_timeout_s:.0f} s: "
+                              "stopping the job\n")  # fmt: skip
                     _dump_stacks(folder, stopper.descendants, log)
                     stopper.stop()
             reader.join(5)
@@ -306,12 +314,10 @@ def _gpu_indices(plan: dict) -> list[int] | None:
     return [int(x) for x in visible.split(",") if x.strip().isdigit()] if visible else None
 
 
-def _is_hung(tracker: LogTracker, sampler: MemorySampler, started: float, timeout_s: float) -> bool:
-    last = tracker.last_output_s if tracker.last_output_s is not None else 0.0
-    if time.monotonic() - started - last < timeout_s:
-        return False
-    busy = [s.get("utilization_pct") or 0 for s in sampler.last().values() if sampler.source_used == "nvml"]
-    return not busy or max(busy) < IDLE_UTILISATION  # silent and idle; on CPU, silence alone
+def _gpu_utilisation(sampler: MemorySampler) -> list[float]:
+    if sampler.source_used != "nvml":
+        return []
+    return [s.get("utilization_pct") or 0.0 for s in sampler.last().values()]
 
 
 def _write_debug_info(folder, plan, argv, failure, code, peaks, tracker, started_wall, seconds, options, source) -> None:
