@@ -17,7 +17,7 @@ import pytest
 from avatardoctor.errors import InputError
 from avatardoctor.reports.plots import min_max_buckets
 from avatardoctor.reports.render import render_compare, render_report
-from runfixture import PROMPT, make_run
+from runfixture import make_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
