@@ -29,6 +29,7 @@ from rich.table import Table
 from avatardoctor.errors import InputError
 from avatardoctor.files import FileTooLarge, read_limited
 from avatardoctor.estimates import DEFAULT_TERMS, EstimateTerms
+from avatardoctor.predict import PHASES
 from avatardoctor.units import GIB, MIB, gib
 
 IMPORT_SCHEMA = "avatardoctor.measurements/1"
@@ -41,7 +42,6 @@ MAX_VALUE = 2**50  # 1 PiB: no GPU holds more, and every such integer is exact a
 MIN_MEASUREMENTS = 3
 RESIDUAL_FLOOR_BYTES = 0.1 * GIB  # the context band never claims more precision than this
 ROLES = ("dit", "vae", "single")
-PHASES = ("load", "fp8", "text", "denoise", "decode")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from functools import lru_cache
 from importlib.resources import files
 
 from avatardoctor.ckpt.safetensors_file import DTYPE_SIZES
+from avatardoctor.upstream import LORA_RANK, fp8_converted, lora_target
 
 REFERENCE = "wan2.2-s2v-14b"
 # wav2vec2-large-xlsr-53 (on the CPU) is not in the reference tensor lists: 315,472,545 F32
@@ -68,19 +69,30 @@ def dit_units(tensors: Iterable[TensorSpec]) -> DitUnits:
 
 @dataclass(frozen=True)
 class DitShape:
-    """What the KV caches and --fp8 depend on, read from the tensors."""
+    """What the KV caches, the LoRA merge and --fp8 depend on, read from the tensors."""
 
     layers: int  # transformer blocks
     dim: int  # model width: heads x head dim (a KV cache entry is 2 x dim per token per layer)
-    linear: Size  # 2-D `.weight` tensors: the Linear layers --fp8 stores at 1 byte per parameter
+    fp8: Size  # the weights --fp8 converts (every nn.Linear but upstream's ignore list): 2 bytes -> 1 each
+    largest_fp8_layer: int  # parameters of the largest converted layer: the conversion's temporary
+    lora_params: int  # PEFT's rank-128 adapters on upstream's target modules (A: r x in, B: out x r)
+    largest_lora_target: int  # parameters of the largest target layer: the merge's delta temporary
 
 
 def dit_shape(tensors: Iterable[TensorSpec]) -> DitShape:
     tensors = list(tensors)
     blocks = {int(m.group(1)) for name, _, _ in tensors if (m := _BLOCK.match(name))}
     dim = next(shape[0] for name, _, shape in tensors if name.endswith("self_attn.k.weight"))
-    linear = size_of(t for t in tensors if t[0].endswith(".weight") and len(t[2]) == 2)
-    return DitShape(layers=len(blocks), dim=dim, linear=linear)
+    converted = [t for t in tensors if fp8_converted(t[0], t[2])]
+    targets = [shape for name, _, shape in tensors if lora_target(name, shape)]
+    return DitShape(
+        layers=len(blocks),
+        dim=dim,
+        fp8=size_of(converted),
+        largest_fp8_layer=max((math.prod(t[2]) for t in converted), default=0),
+        lora_params=sum(LORA_RANK * (out + inp) for out, inp in targets),
+        largest_lora_target=max((out * inp for out, inp in targets), default=0),
+    )
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ class LaunchConfig:
     num_clip: int = 10000  # the scripts' value; upstream caps it by the audio's length
     image: Path | None = None  # the reference image: its aspect sets the real height and width
     audio: Path | None = None  # the driving audio: its length caps the clips
+    audio_seconds: float | None = None  # what if the audio lasts this long: instead of --audio's length
     prompt: str | None = None
     gradio: bool = False  # launched through gradio_app.py, whose start-up asserts are laxer
     explicit: frozenset[str] = frozenset()  # the fields the user set with a flag: the planner keeps them

@@ -9,6 +9,9 @@ memory, is TIGHT when the band straddles it, and WON'T FIT otherwise; the run's 
 
 from __future__ import annotations
 
+import math
+import os
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -19,27 +22,34 @@ from avatardoctor.estimates import EstimateTerms
 from avatardoctor.machine.model import Gpu
 from avatardoctor.units import GIB
 from avatardoctor.upstream import (
+    FP8_CONVERSION_BYTES_PER_PARAM,
     FRAMES_PER_LATENT,
     LATENT_FRAMES_PER_BLOCK,
+    LORA_BYTES_PER_PARAM,
     MULTI_PROCESS_MODES,
     Violation,
+    audio_feature_bytes,
+    clips_for_audio,
     cond_capacity,
     padded_size,
     tokens_per_frame,
     violations,
 )
 
-PHASES = ("load", "fp8", "text", "denoise", "decode")
-PHASE_NAMES = {"load": "loading", "fp8": "fp8 conversion", "text": "text encoding", "denoise": "denoising", "decode": "decode"}
+PHASES = ("load", "lora", "fp8", "audio", "text", "denoise", "decode")
+PHASE_NAMES = {"load": "loading", "lora": "LoRA merge", "fp8": "fp8 conversion", "audio": "audio encoding",
+               "text": "text encoding", "denoise": "denoising", "decode": "decode"}  # fmt: skip
 COMPONENTS = (
-    "weights", "root_unshard", "inflight_blocks", "t5", "vae",
-    "kv_cache", "cond_cache", "activations", "decode", "context",
+    "weights", "lora", "root_unshard", "inflight_blocks", "t5", "vae",
+    "kv_cache", "cond_cache", "activations", "decode", "audio_features", "context",
 )  # fmt: skip
 COMPONENT_NAMES = {
-    "weights": "DiT weights", "root_unshard": "FSDP root unshard", "inflight_blocks": "in-flight blocks",
-    "t5": "T5", "vae": "VAE", "kv_cache": "KV cache", "cond_cache": "conditioning cache",
-    "activations": "activations", "decode": "VAE decode", "context": "CUDA context",
+    "weights": "DiT weights", "lora": "LoRA adapters (fp32)", "root_unshard": "FSDP root unshard",
+    "inflight_blocks": "in-flight blocks", "t5": "T5", "vae": "VAE", "kv_cache": "KV cache",
+    "cond_cache": "conditioning cache", "activations": "activations", "decode": "VAE decode",
+    "audio_features": "audio features", "context": "CUDA context",
 }  # fmt: skip
+SINGLE_KV_CACHES = 4  # causal_s2v_pipeline.py builds exactly four, one per step
 VERDICTS = ("fits", "tight", "wont-fit")
 VERDICT_WORDS = {"fits": "FITS", "tight": "TIGHT", "wont-fit": "WON'T FIT", "wont-run": "WON'T RUN"}
 VIDEO_FRAMES_PER_DECODE = 12  # Live Avatar streams latents through the VAE 12 video frames at a time
@@ -180,6 +190,15 @@ def _verdict(peak: float, band: float, usable: float) -> str:
 
 
 @dataclass(frozen=True)
+class Inputs:
+    """What the prediction reads beyond the configuration: the image's size, the audio's length, the LoRA's."""
+
+    image_hw: tuple[int, int] | None = None
+    audio_seconds: float | None = None  # None: unknown (no --audio, no --audio-seconds)
+    lora_params: int | None = None  # from the LoRA file's headers; None: the reference's target modules
+
+
+@dataclass(frozen=True)
 class Prediction:
     config: LaunchConfig
     geometry: Geometry
@@ -189,6 +208,8 @@ class Prediction:
     missing_gpus: int = 0  # ranks with no GPU to run on
     notes: tuple[str, ...] = field(default_factory=tuple)
     refusals: tuple[Violation, ...] = ()  # upstream's rules this launch breaks: it cannot run, whatever the memory
+    inputs: Inputs = field(default_factory=lambda: Inputs())
+    host: HostPrediction | None = None
 
     @property
     def memory_verdict(self) -> str:
@@ -231,6 +252,8 @@ class Prediction:
             "width": self.geometry.width,
             "latent_frames": self.geometry.latent_frames,
             "sizes_from": self.sizes_source,
+            "audio_seconds": self.inputs.audio_seconds,
+            "host": self.host.to_dict() if self.host else None,
             "estimates_from": self.terms.source,
             "gpus": [g.to_dict() for g in self.gpus],
         }
@@ -241,66 +264,91 @@ def _kv_bytes(summary: ComponentSummary, tokens: int) -> float:
     return 2 * summary.dit_shape.layers * tokens * summary.dit_shape.dim * 2
 
 
+FP8_MIN_CC = (8, 9)
+
+
 def predict_rank(
-    rank: int, gpu: Gpu, config: LaunchConfig, summary: ComponentSummary, terms: EstimateTerms, geo: Geometry
-) -> GpuPrediction:
+    rank: int, gpu: Gpu, config: LaunchConfig, summary: ComponentSummary, terms: EstimateTerms, geo: Geometry,
+    inputs: Inputs = Inputs(),
+) -> GpuPrediction:  # fmt: skip
+    """Each phase as upstream allocates it (docs/memory-model.md, one table per mode, each term cited)."""
     multi = config.mode in MULTI_PROCESS_MODES
     kind = "single" if not multi else ("dit" if rank in config.dit_ranks else "vae")
     role = {"single": "single GPU", "dit": f"DiT rank {rank}", "vae": f"VAE rank {rank}"}[kind]
-    n = config.num_gpus_dit
-    dit, root = summary.dit.bytes, summary.dit_units.root.bytes
-    block = max((b.bytes for b in summary.dit_units.blocks), default=0)
-    fp8_saving = summary.dit_shape.linear.bytes / 2 if config.fp8 else 0
+    shape = summary.dit_shape
     sharded = config.dit_fsdp and multi
+    # Upstream's FSDP shards over the whole world group, the VAE rank included (--mode fsdp); the seed
+    # articles' arithmetic shards over the DiT GPUs only (--mode seed-4gpu). Neither runs upstream.
+    seeds = config.mode == "seed-4gpu"
+    world = config.num_gpus_dit if seeds else config.nproc
+    outside = sharded and seeds and kind == "vae"  # the seeds keep their VAE GPU out of the group
+    dit = 0 if outside else summary.dit.bytes / world if sharded else summary.dit.bytes  # TPP: a full copy each
+    fp8 = config.fp8 and gpu.compute_capability >= FP8_MIN_CC  # without FP8 the launch can only run in bf16
+    dit_run = dit - (shape.fp8.params / (world if sharded else 1) if fp8 else 0)
+    lora = 0.0
+    if config.lora_path:
+        adapters = inputs.lora_params if inputs.lora_params is not None else shape.lora_params
+        # PEFT holds the adapters in fp32; merging a layer makes its fp32 delta and the bf16 sum beside it
+        lora = adapters * LORA_BYTES_PER_PARAM + shape.largest_lora_target * (LORA_BYTES_PER_PARAM + 2)
+    conversion = shape.largest_fp8_layer * FP8_CONVERSION_BYTES_PER_PARAM if fp8 else 0
+    root = summary.dit_units.root.bytes
+    block = max((b.bytes for b in summary.dit_units.blocks), default=0)
     t5 = summary.t5.bytes
-    t5_on_gpu = 0 if config.t5_cpu else (t5 / n + summary.t5_root.bytes if config.t5_fsdp and multi else t5)
-    t5_at_load = t5 / n if config.t5_fsdp and multi else 0  # shard_fn puts the shards on the GPU at init
-    t5_after = t5_on_gpu if not config.offload_model else t5_at_load  # offload moves T5 back after encoding
-    vae = summary.vae.bytes
+    t5_encoding = 0 if config.t5_cpu else (t5 / world + summary.t5_root.bytes if config.t5_fsdp and multi else t5)
+    t5_at_load = t5 / world if config.t5_fsdp and multi else 0  # shard_fn puts the shards on the GPU at init
+    t5_kept = t5_encoding if not config.offload_model else t5_at_load  # offload moves T5 back after encoding
+    vae = summary.vae.params * 2  # held in bf16 on the GPU, whatever the file's dtype
     context = terms.context_bytes + (terms.nccl_bytes_per_peer * (config.nproc - 1) if multi else 0)
+    seconds = inputs.audio_seconds or 0.0
+    features = audio_feature_bytes(seconds)  # on every rank, from the audio encoding to the end
+    encoder = summary.wav2vec2.params * 2 + terms.audio_encoding_bytes_per_second * seconds  # bf16, whole audio
     tokens_clip = geo.latent_frames * geo.tokens_per_frame
     live_tokens = LATENT_FRAMES_PER_BLOCK * geo.tokens_per_frame
-    activations = terms.activation_bytes_per_token_dim * live_tokens * summary.dit_shape.dim
+    cond_tokens = cond_capacity(config.mode)
+    # Every layer's attention concatenates the whole KV cache and the conditioning cache (k and v, bf16)
+    attention_concat = 2 * (tokens_clip + cond_tokens) * shape.dim * 2
+    activations = terms.activation_bytes_per_token_dim * live_tokens * shape.dim + attention_concat
     decode = terms.decode_bytes_per_pixel * geo.height * geo.width * VIDEO_FRAMES_PER_DECODE
-    cond = _kv_bytes(summary, cond_capacity(config.mode))  # preallocated whole, whatever the prefill uses
+    cond = _kv_bytes(summary, cond_tokens)  # preallocated whole, whatever the prefill uses
 
-    if sharded and kind == "dit":
-        w_load, w_run = dit / n, (dit - fp8_saving) / n
-    elif sharded:  # the VAE rank is outside the DiT's FSDP group
-        w_load = w_run = 0
-    else:  # TPP: a full copy on every rank, the VAE rank's unused unless offloaded
-        w_load, w_run = dit, dit - fp8_saving
-        if kind == "vae" and config.offload_model:
-            w_load = w_run = 0
-    offloaded = config.offload_model and kind == "single"
-    phases: dict[str, dict[str, float]] = {
-        "load": {"weights": w_load, "t5": t5_at_load, "vae": vae, "context": context},
-    }
-    if config.fp8 and w_load:
-        # Linear layers convert one at a time after the bf16 load: one block's fp8 copy is extra.
-        phases["fp8"] = {"weights": w_load + block / 2, "t5": t5_at_load, "vae": vae, "context": context}
-    phases["text"] = {"weights": 0 if offloaded else w_run, "t5": t5_on_gpu, "vae": 0 if offloaded else vae, "context": context}
+    phases: dict[str, dict[str, float]] = {"load": {"weights": dit, "t5": t5_at_load, "vae": vae, "context": context}}
+    if lora:
+        phases["lora"] = {"weights": dit, "lora": lora, "t5": t5_at_load, "vae": vae, "context": context}
+    if conversion:  # one Linear at a time: its new bf16 weight beside the old, then the fp8 copy
+        phases["fp8"] = {"weights": dit + conversion, "t5": t5_at_load, "vae": vae, "context": context}
+    # Nothing leaves the GPU before the inputs are encoded: the audio first (wav2vec2 on the GPU), then T5.
+    resident = {"weights": dit_run, "t5": t5_at_load, "vae": vae, "context": context}
+    phases["audio"] = {**resident, "audio_features": features + encoder}
+    phases["text"] = {**resident, "t5": t5_encoding, "audio_features": features}
     if kind in ("dit", "single"):
-        caches = 1 if kind == "dit" or config.offload_kv_cache else config.sample_steps
-        online = kind == "single" and config.enable_online_decode
+        single = kind == "single"
+        caches = 1 if not single or config.offload_kv_cache else SINGLE_KV_CACHES  # single: always 4, whatever the steps
+        online = single and config.enable_online_decode
         phases["denoise"] = {
-            "weights": w_run,
+            "weights": dit_run,
             "root_unshard": root if sharded else 0,
             "inflight_blocks": 2 * block if sharded else 0,  # FSDP's limit_all_gathers allows two
-            "t5": t5_after,
-            "vae": vae if (not offloaded or online) else 0,
+            "t5": 0 if single else t5_kept,  # one GPU: T5 and the VAE go to the CPU whatever --offload_model says
+            "vae": vae if (online or not single) else 0,
             "kv_cache": caches * _kv_bytes(summary, tokens_clip),
             "cond_cache": cond,
             "activations": activations,
             "decode": decode if online else 0,
+            "audio_features": features,
             "context": context,
         }
-    if kind in ("vae", "single"):
-        phases["decode"] = {"weights": 0 if offloaded else w_run, "t5": t5_after, "vae": vae, "decode": decode, "context": context}
+    if kind == "vae":  # its DiT copy goes to the CPU inside the loop only with --offload_model True
+        phases["decode"] = {"weights": 0 if config.offload_model else dit_run, "t5": t5_kept, "vae": vae,
+                            "decode": decode, "audio_features": features, "context": context}  # fmt: skip
+    elif kind == "single" and not config.enable_online_decode:
+        # The final decode of every clip: the KV caches are gone, the DiT and the shared cond cache stay.
+        phases["decode"] = {"weights": dit_run, "vae": vae, "cond_cache": cond, "decode": decode,
+                            "audio_features": features, "context": context}  # fmt: skip
     bands = {
         p: terms.context_band_bytes
         + terms.activation_band * c.get("activations", 0)
         + terms.decode_band * c.get("decode", 0)
+        + terms.audio_band * max(c.get("audio_features", 0) - features, 0)
         for p, c in phases.items()
     }
     usable = gpu.free_bytes - terms.fragmentation * gpu.total_bytes
@@ -311,12 +359,106 @@ def predict(
     config: LaunchConfig, rank_gpus: tuple[Gpu, ...], summary: ComponentSummary, terms: EstimateTerms
 ) -> Prediction:
     image_hw, note = reference_hw(config)
+    inputs = Inputs(image_hw, audio_seconds(config), lora_params(config))
     geo = geometry(config, image_hw)
-    gpus = tuple(predict_rank(r, g, config, summary, terms, geo) for r, g in enumerate(rank_gpus[: config.nproc]))
+    gpus = tuple(predict_rank(r, g, config, summary, terms, geo, inputs) for r, g in enumerate(rank_gpus[: config.nproc]))
     missing = max(0, config.nproc - len(rank_gpus))
     refusals = tuple(v for v in violations(config, image_hw) if v.fatal)
     notes = (note,) if note else ()
-    return Prediction(config, geo, gpus, summary.source, terms, missing_gpus=missing, notes=notes, refusals=refusals)
+    if inputs.audio_seconds is None:
+        notes += ("no --audio (or --audio-seconds): the audio features, which grow with its length, are left out",)
+    host = predict_host(config, summary, geo, inputs.audio_seconds)
+    return Prediction(config, geo, gpus, summary.source, terms, missing_gpus=missing, notes=notes, refusals=refusals,
+                      inputs=inputs, host=host)  # fmt: skip
+
+
+VIDEO_SAVE_COPIES = 3.25  # estimate: the fp32 video, save_video's clamped and grid copies, its uint8 frames
+
+
+@dataclass(frozen=True)
+class HostPrediction:
+    """Host RAM at its two peaks (docs/memory-model.md, "Host RAM"): every process building T5 at once, and
+    the saving rank holding the whole video in fp32 while it writes the MP4."""
+
+    processes: int
+    load_per_process: float  # T5 built in fp32 on the CPU, then its bf16 state dict loaded; wav2vec2 in fp32
+    parked: float  # the bf16 DiT parked on the CPU (one GPU with --enable-online-decode and offloading)
+    frames: int | None  # frames of the whole video; None: the audio's length is unknown
+    frame_bytes: int  # one decoded frame, fp32 RGB
+
+    @property
+    def load_bytes(self) -> float:
+        return self.processes * self.load_per_process + self.parked
+
+    @property
+    def save_bytes(self) -> float | None:
+        return None if self.frames is None else self.frames * self.frame_bytes * VIDEO_SAVE_COPIES + self.parked
+
+    @property
+    def peak_bytes(self) -> float:
+        return max(self.load_bytes, self.save_bytes or 0.0)
+
+    @property
+    def binding(self) -> str:
+        return "save" if (self.save_bytes or 0.0) > self.load_bytes else "load"
+
+    def to_dict(self) -> dict:
+        gib_ = lambda b: None if b is None else round(b / GIB, 3)  # noqa: E731
+        return {"processes": self.processes, "load_per_process_gib": gib_(self.load_per_process),
+                "load_gib": gib_(self.load_bytes), "video_frames": self.frames, "save_gib": gib_(self.save_bytes),
+                "peak_gib": gib_(self.peak_bytes), "binding": self.binding}  # fmt: skip
+
+
+def predict_host(config: LaunchConfig, summary: ComponentSummary, geo: Geometry, seconds: float | None) -> HostPrediction:
+    t5_fp32 = summary.t5.params * 4  # with torch.device('cpu'): the encoder built in fp32, then .to(bf16)
+    t5_load = max(t5_fp32, 2 * summary.t5.bytes)  # and torch.load's bf16 state dict beside the bf16 model
+    per_process = t5_load + summary.wav2vec2.bytes  # wav2vec2 from_pretrained on the CPU, fp32
+    parked = summary.dit.bytes if config.mode == "single" and config.enable_online_decode and config.offload_model else 0
+    frames = None
+    if seconds is not None:
+        clips = min(config.num_clip, clips_for_audio(seconds, config.infer_frames))
+        frames = clips * config.infer_frames
+    return HostPrediction(config.nproc, per_process, parked, frames, geo.height * geo.width * 3 * 4)
+
+
+def audio_seconds(config: LaunchConfig) -> float | None:
+    """--audio-seconds, else --audio's length from its header (soundfile reads no samples for it)."""
+    if config.audio_seconds is not None:
+        return config.audio_seconds
+    if config.audio is None or not _regular(config.audio):
+        return None
+    import soundfile
+
+    try:
+        info = soundfile.info(str(config.audio))
+    except (RuntimeError, OSError, ValueError, TypeError):  # input.audio says why
+        return None
+    return info.frames / info.samplerate if info.samplerate > 0 and info.frames >= 0 else None
+
+
+def lora_params(config: LaunchConfig) -> int | None:
+    """The adapters' parameters from a local LoRA file's header (lora_A and lora_B tensors); None for a
+    hub id or an unreadable file: the reference's target modules at rank 128 stand in."""
+    from avatardoctor.ckpt.safetensors_file import CkptFileError, read_header
+
+    if not config.lora_path:
+        return None
+    path = Path(config.liveavatar or ".") / config.lora_path
+    if not _regular(path):
+        return None
+    try:
+        header = read_header(path)
+    except CkptFileError:  # la.lora says why
+        return None
+    counted = [math.prod(t.shape) for t in header.tensors if "lora_A" in t.name or "lora_B" in t.name]
+    return sum(counted) if counted else None
+
+
+def _regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def with_changes(config: LaunchConfig, **changes) -> LaunchConfig:

@@ -9,6 +9,7 @@ the bottom layer: the checks, the prediction, the planner and the runner read up
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -163,6 +164,44 @@ def largest_size_that_fits(mode: str, image_hw: tuple[int, int] | None) -> str |
     # The most pixels rendered; of the sizes that render as many, the smallest budget (no size is wasted).
     fitting = [(h * w, -area(s), s) for (h, w), s in rendered if cond_tokens(h, w) <= cond_capacity(mode)]
     return max(fitting)[2] if fitting else None
+
+
+# ---- what the load does to the DiT (docs/upstream.md, "Memory-relevant facts") ---------------------
+
+LORA_RANK = 128  # s2v_causal_sft.yaml lora_rank; PEFT 0.17.1 holds the adapters in fp32 until the merge
+LORA_TARGETS = re.compile(r"\.(q|k|v|o|ffn\.0|ffn\.2)\.weight$")  # lora_target_modules "q,k,v,o,ffn.0,ffn.2"
+LORA_BYTES_PER_PARAM = 4
+# --fp8 converts every nn.Linear but these (the entry's ignore_keys); nn.Embedding weights are 2-D too
+FP8_IGNORED = ("text_embedding", "time_embedding", "time_projection", "head.head", "casual_audio_encoder.encoder.final_linear")
+NOT_LINEAR = ("trainable_cond_mask",)  # an nn.Embedding
+FP8_CONVERSION_BYTES_PER_PARAM = 3  # per layer, at once: the new layer's bf16 weight beside the old, then its fp8 copy
+
+
+def lora_target(name: str, shape: tuple[int, ...]) -> bool:
+    return len(shape) == 2 and LORA_TARGETS.search(name) is not None
+
+
+def fp8_converted(name: str, shape: tuple[int, ...]) -> bool:
+    return (
+        name.endswith(".weight") and len(shape) == 2
+        and not any(key in name for key in FP8_IGNORED) and not any(name.startswith(n) for n in NOT_LINEAR)
+    )  # fmt: skip
+
+
+# Audio: wav2vec2 runs on the GPU over the whole audio; the bucketed features of every layer stay there
+AUDIO_FEATURE_LAYERS, AUDIO_FEATURE_DIM = 25, 1024  # wav2vec2-large: 24 layers + the embedding output
+VIDEO_FPS = 25  # cfg.sample_fps: the saved video's rate, and the audio features' rate
+WAV2VEC2_FRAMES_PER_SECOND = 50  # wav2vec2's frame rate over 16 kHz audio
+
+
+def audio_feature_bytes(seconds: float) -> float:
+    """audio_embed_bucket on every rank for the whole run: every layer's features at the video's rate, bf16."""
+    return AUDIO_FEATURE_LAYERS * AUDIO_FEATURE_DIM * VIDEO_FPS * 2 * seconds
+
+
+def clips_for_audio(seconds: float, infer_frames: int) -> int:
+    """Clips upstream makes for this much audio: int(seconds * 25 / frames) + 1 caps --num_clip."""
+    return int(seconds * VIDEO_FPS / infer_frames) + 1
 
 
 # ---- start-up rules -------------------------------------------------------------------------------

@@ -86,7 +86,7 @@ def test_a_known_bias_is_learned_through_the_history(env):
     assert terms.decode_band < DEFAULT_TERMS.decode_band
     assert terms.source == "calibrated from 12 runs" and terms.runs == 12
     assert terms.fragmentation == DEFAULT_TERMS.fragmentation
-    assert f"context: fitted {gib(terms.context_bytes)} per GPU (default 0.35 GiB per GPU)" in lines
+    assert f"context: fitted {gib(terms.context_bytes)} per GPU (default 0.75 GiB per GPU)" in lines
     assert f"activations: fitted {terms.activation_bytes_per_token_dim:.1f} bytes per token per dim (default 46.0 bytes per token per dim)" in lines
     assert current_terms(env) == terms
 
@@ -225,7 +225,7 @@ def good_item(**changes) -> dict:
     ({"schema": IMPORT_SCHEMA, "measurements": [good_item(nccl_peers=True)]}, "nccl_peers: must be an integer"),
     ({"schema": IMPORT_SCHEMA, "measurements": [good_item(token_dims=-1.0)]}, "token_dims: must be a number"),
     ({"schema": IMPORT_SCHEMA, "measurements": [good_item(run_id="")]}, "run_id: must be a non-empty string"),
-    ({"schema": IMPORT_SCHEMA, "measurements": [good_item(phase="sampling")]}, "phase: must be one of load, fp8"),
+    ({"schema": IMPORT_SCHEMA, "measurements": [good_item(phase="sampling")]}, "phase: must be one of load, lora, fp8"),
     ({"schema": IMPORT_SCHEMA, "measurements": [good_item(processes=4, nccl_peers=4)]}, "processes: must be at least 1"),
     ({"schema": IMPORT_SCHEMA, "measurements": [good_item(recorded_at="yesterday")]}, "recorded_at: must be an ISO 8601"),
     ({"schema": IMPORT_SCHEMA, "measurements": [good_item(recorded_at="2026-05-09T07:35:25")]}, "with its UTC offset"),
@@ -267,7 +267,7 @@ def test_the_report_is_json_and_renders_default_against_calibrated(env):
     text = out.getvalue()
     assert "terms: calibrated from 12 runs" in text
     context_row = next(line for line in text.splitlines() if line.strip().startswith("context  "))
-    assert context_row.split() == ["context", "0.35", "GiB", "per", "GPU", *gib(report["terms"]["context_bytes"]).split(), "per", "GPU"]
+    assert context_row.split() == ["context", "0.75", "GiB", "per", "GPU", *gib(report["terms"]["context_bytes"]).split(), "per", "GPU"]
     assert "bytes per token per dim" in text and "bytes per output pixel" in text
     assert "  bands: residual RMS" in text
 

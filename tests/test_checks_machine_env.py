@@ -179,13 +179,35 @@ def test_master_port_privileged():
 # ---- host ------------------------------------------------------------------------------------
 
 
-def test_ram_estimate_from_the_reference_sizes():
+T5_BF16, WAV2VEC2_FP32 = 11361820672, 315472545 * 4
+
+
+def test_ram_at_the_load_every_process_builds_t5_in_fp32():
+    """t5.py:441-445 builds the encoder in fp32 on the CPU, then torch.load reads the bf16 state dict: about
+    21 GiB per process, for every TPP rank starting together; wav2vec2 loads on the CPU in fp32."""
     r = host.check_ram.run(make_ctx("5xH800-healthy"))
-    assert r.status is Status.PASS and r.data["estimate"] is True
-    # five ranks, each with T5 (10.58 GiB) and wav2vec2 (1.18 GiB) on the CPU
-    assert r.data["need_bytes"] == 5 * (11361820672 + 315472545 * 4)
+    assert r.status is Status.PASS and r.data["estimate"] is True and r.data["binding"] == "load"
+    assert r.data["need_bytes"] == 5 * (2 * T5_BF16 + WAV2VEC2_FP32)
     single = host.check_ram.run(make_ctx("5xH800-healthy", mode="single"))
-    assert single.data["need_bytes"] == 11361820672 + 315472545 * 4 + 32591511218  # + the offloaded DiT
+    assert single.data["need_bytes"] == 2 * T5_BF16 + WAV2VEC2_FP32  # --offload_model keeps the DiT on the GPU
+    online = host.check_ram.run(make_ctx("5xH800-healthy", mode="single", enable_online_decode=True))
+    assert online.data["need_bytes"] == 2 * T5_BF16 + WAV2VEC2_FP32 + 32591511218  # ... but parks it with online decode
+
+
+def test_ram_at_the_save_the_whole_video_in_fp32_grows_with_the_audio():
+    """tpp.py:1130-1136 keeps every decoded frame in fp32 on the CPU; save_video copies it (utils.py:104-111)."""
+    m = machine("5xH800-healthy")
+    m = dataclasses.replace(m, host=dataclasses.replace(m.host, ram_total_bytes=512 * 2**30, ram_available_bytes=500 * 2**30))
+    hour = host.check_ram.run(make_ctx(m, mode="single", audio_seconds=3600))
+    frames = (int(3600 * 25 / 48) + 1) * 48
+    assert hour.data["binding"] == "save" and hour.data["save_bytes"] == frames * 384 * 704 * 12 * 3.25
+    assert hour.status is Status.FAIL and "the save (the whole video in fp32)" in hour.summary
+    assert hour.remedy.startswith("shorter audio per run")
+    minute = host.check_ram.run(make_ctx(m, mode="single", audio_seconds=60))
+    assert minute.status is Status.PASS and minute.data["binding"] == "load"
+    assert any(d.startswith("save: 1,536 frames at 704x384") for d in minute.details)
+    unknown = host.check_ram.run(make_ctx("5xH800-healthy", mode="single"))
+    assert unknown.data["save_bytes"] is None and any("unknown without --audio" in d for d in unknown.details)
 
 
 def test_ram_too_small_and_too_busy():

@@ -57,7 +57,7 @@ def test_demo_is_the_seeds_box_and_is_not_ready():
     assert r.returncode == 1, r.stderr
     assert r.stderr == ""
     assert "machine: catalogue 5x4090 · mode: tpp (default for 5 visible GPUs), 5 processes" in r.stdout
-    assert "[✗] fit.peak" in r.stdout and "the bf16 load alone is 31.42 GiB" in " ".join(r.stdout.split())
+    assert "[✗] fit.peak" in r.stdout and "the bf16 load alone is 31.58 GiB" in " ".join(r.stdout.split())
     assert "[!] topo.p2p" in r.stdout
     assert r.stdout.rstrip().splitlines()[-1].startswith("Not ready: ")
     assert "\x1b[" not in r.stdout

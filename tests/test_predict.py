@@ -129,10 +129,90 @@ def test_kv_and_conditioning_caches_from_the_tensor_shapes():
     assert round(gib(offloaded["kv_cache"]), 2) == 9.67
 
 
-def test_fp8_halves_the_linear_weights_after_a_bf16_load():
+def test_fp8_converts_the_linear_layers_but_upstreams_ignore_list_after_a_bf16_load():
+    """entry:484-494: every nn.Linear but text_embedding, time_embedding, time_projection, head.head and the
+    audio encoder's final linear; trainable_cond_mask is an nn.Embedding."""
     p = prediction("5xH800", "tpp").gpus[0]
     assert round(gib(p.phases["load"]["weights"]), 2) == 30.35
-    assert round(gib(p.phases["denoise"]["weights"]), 2) == 15.27
+    assert round(gib(p.phases["denoise"]["weights"]), 2) == 15.51  # all 2-D weights halved would be 15.27
+    assert SUMMARY.dit_shape.largest_fp8_layer == 13824 * 5120  # ffn.0: the conversion's temporary, x3 bytes
+    assert round(gib(p.phases["fp8"]["weights"] - p.phases["load"]["weights"]), 3) == 0.198
+
+
+def test_without_fp8_hardware_the_fit_is_judged_in_bf16():
+    """5xA6000 with --fp8: gpu.fp8 fails, and the memory must be the bf16 launch's: WON'T FIT, not FITS."""
+    p = prediction("5xA6000", "tpp", fp8=True)
+    assert p.verdict == "wont-fit" and round(gib(p.gpus[0].phases["denoise"]["weights"]), 2) == 30.35
+
+
+def test_lora_adapters_are_held_in_fp32_before_the_merge():
+    """448 target modules (q, k, v, o, ffn.0, ffn.2; the audio injector's too), rank 128: 676,331,520 parameters."""
+    assert SUMMARY.dit_shape.lora_params == 676_331_520
+    p = prediction("5xH800", "tpp").gpus[4]
+    lora = p.phases["lora"]["lora"]
+    assert lora == 676_331_520 * 4 + 13824 * 5120 * 6  # the adapters, then one layer's fp32 delta and its bf16 sum
+    assert round(gib(lora), 2) == 2.92
+    assert "lora" not in prediction("5xH800", "tpp", lora_path="").gpus[0].phases
+
+
+def test_lora_size_comes_from_the_lora_files_header_when_it_is_there(tmp_path):
+    from avatardoctor.ckpt.safetensors_file import write_safetensors
+
+    write_safetensors(tmp_path / "lora.safetensors",
+                      [("blocks.0.self_attn.q.lora_A.weight", "BF16", (128, 5120)),
+                       ("blocks.0.self_attn.q.lora_B.weight", "BF16", (5120, 128))], lambda n: bytes(n))  # fmt: skip
+    p = prediction("5xH800", "tpp", lora_path=str(tmp_path / "lora.safetensors")).gpus[0]
+    assert p.phases["lora"]["lora"] == 2 * 128 * 5120 * 4 + 13824 * 5120 * 6
+
+
+def test_the_vae_is_held_in_bf16():
+    assert round(gib(prediction("5xH800", "tpp").gpus[4].phases["decode"]["vae"]), 3) == round(gib(SUMMARY.vae.params * 2), 3)
+    assert SUMMARY.vae.bytes == 2 * SUMMARY.vae.params * 2  # the file is fp32
+
+
+def test_audio_features_stay_on_every_rank_and_grow_with_the_audio():
+    """25 layers x 1024 x 25 fps x bf16 = 1.22 MiB per second of audio, from the audio encoding to the end."""
+    hour = prediction("5xH800", "tpp", audio_seconds=3600)
+    for g in hour.gpus:
+        assert round(g.phases["text"]["audio_features"] / 2**20 / 3600, 2) == 1.22
+        assert g.phases["audio"]["audio_features"] > g.phases["text"]["audio_features"]  # wav2vec2 on the GPU
+    assert round(gib(hour.gpus[0].phases["denoise"]["audio_features"]), 2) == 4.29
+    assert "audio_features" in hour.to_dict()["gpus"][0]["components"] and hour.to_dict()["audio_seconds"] == 3600
+    assert any("no --audio" in n for n in prediction("5xH800", "tpp").notes)
+
+
+def test_audio_length_is_read_from_the_audio_header(tmp_path):
+    import numpy as np
+    import soundfile
+
+    soundfile.write(tmp_path / "speech.wav", np.zeros(16000 * 3, dtype="float32"), 16000)
+    p = prediction("5xH800", "tpp", audio=tmp_path / "speech.wav")
+    assert p.inputs.audio_seconds == 3.0
+
+
+def test_single_gpu_phases_as_upstream_allocates_them():
+    """Text: nothing offloaded yet (DiT and VAE on the GPU with T5). Denoise: 4 KV caches whatever the steps,
+    T5 and VAE on the CPU. Final decode: the DiT and the shared conditioning cache stay (single.py:1151-1152)."""
+    g = prediction("1xH200", "single", sample_steps=2).gpus[0]
+    assert g.phases["text"]["weights"] > 0 and g.phases["text"]["vae"] > 0 and g.phases["text"]["t5"] > 0
+    assert round(gib(g.phases["denoise"]["kv_cache"]), 2) == round(4 * 9.668, 2)
+    assert g.phases["denoise"]["t5"] == 0 and g.phases["denoise"]["vae"] == 0
+    assert g.phases["decode"]["weights"] > 0 and round(gib(g.phases["decode"]["cond_cache"]), 2) == 2.14
+    assert "kv_cache" not in g.phases["decode"]
+
+
+def test_tpp_offload_model_keeps_the_vae_ranks_dit_until_the_loop():
+    """Every rank loads, merges and converts its full DiT; --offload_model moves the VAE rank's copy out only
+    inside the generation loop (tpp.py:1104-1109)."""
+    vae = prediction("5xH800", "tpp", offload_model=True).gpus[4]
+    assert vae.phases["load"]["weights"] == SUMMARY.dit.bytes and vae.phases["text"]["weights"] > 0
+    assert vae.phases["decode"]["weights"] == 0
+
+
+def test_attention_concatenates_the_whole_kv_and_cond_cache_per_layer():
+    g = prediction("5xH800", "tpp").gpus[0]
+    concat = 2 * (12 * 1056 + 3000) * 5120 * 2
+    assert g.phases["denoise"]["activations"] == pytest.approx(DEFAULT_TERMS.activation_bytes_per_token_dim * 3 * 1056 * 5120 + concat)
 
 
 def test_the_image_aspect_sets_the_geometry(tmp_path):

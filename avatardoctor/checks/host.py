@@ -15,7 +15,8 @@ from avatardoctor.checks.base import (
     warned,
 )
 from avatardoctor.checks.topology import p2p_ok, talking_pairs
-from avatardoctor.units import GIB, MIB, gib
+from avatardoctor.predict import VIDEO_SAVE_COPIES
+from avatardoctor.units import GIB, MIB, gib, plural
 
 SHM_MIN_BYTES = 256 * MIB  # below this NCCL's shared-memory segments fail to allocate
 SHM_COMFORT_BYTES = GIB  # what `docker run --shm-size=1g` gives; --ipc=host gives the host's
@@ -23,52 +24,47 @@ DISK_MIN_BYTES = GIB
 DISK_COMFORT_BYTES = 10 * GIB  # torch.compile's cache, the LoRA download, videos, run logs
 
 
-def host_ram_need(ctx: CheckContext) -> tuple[int, list[str]]:
-    """ESTIMATE of host RAM in use at once, with the reasons, from the packaged component sizes.
-
-    Upstream builds T5 on the CPU in every process (it moves to the GPU only to encode), runs
-    wav2vec2 on the CPU, and loads the DiT straight onto the GPU (from_pretrained with device_map);
-    with offload_model the DiT also parks in host RAM between phases. (With --dit_fsdp, a mode
-    still to come, from_pretrained has no device_map: every rank builds the whole bf16 DiT in host
-    RAM before sharding it.)
-    """
-    s, cfg = ctx.components, ctx.config
-    per_rank = s.t5.bytes + s.wav2vec2.bytes
-    lines = [
-        f"each of the {cfg.nproc} process{'es' if cfg.nproc > 1 else ''} builds T5 ({gib(s.t5.bytes)}) on the CPU "
-        f"and runs wav2vec2 ({gib(s.wav2vec2.bytes)}) there (sizes from the {s.source})"
-    ]
-    need = cfg.nproc * per_rank
-    if cfg.offload_model:
-        need += s.dit.bytes
-        lines.append(f"--offload_model True parks the bf16 DiT ({gib(s.dit.bytes)}) in host RAM between phases")
-    lines.append(
-        f"plus the page cache of the {gib(s.dit.bytes)} DiT shards, shared by all ranks (reclaimable, but "
-        "without it every rank reads them from disk again)"
-    )
-    return need, lines
-
-
 @check("host.ram", "Host")
 def check_ram(ctx: CheckContext) -> Outcome:
+    """Host RAM at its two peaks, from the configuration and the audio's length (avatardoctor.predict's
+    HostPrediction): the load, when every process builds T5 in fp32 at once, and the save, when the
+    saving rank holds the whole video in fp32. An estimate: the page cache and Python come on top."""
     h = ctx.machine.host
     if h.ram_total_bytes is None:
         return skipped(f"no host RAM facts for {ctx.machine.source} (record the real box with `avatardoctor machine record`)")
-    need, lines = host_ram_need(ctx)
+    p = ctx.prediction
+    host = p.host
+    s, cfg = ctx.components, ctx.config
     available = h.ram_available_bytes if h.ram_available_bytes is not None else h.ram_total_bytes
-    details = [f"{gib(h.ram_total_bytes)} total, {gib(available)} available", *lines]
-    data = {"need_bytes": need, "total_bytes": h.ram_total_bytes, "available_bytes": available, "estimate": True}
-    summary = f"about {gib(need, 1)} needed ({ctx.config.mode}), {gib(available, 1)} available"
-    if h.ram_total_bytes < need:
-        return failed(
-            summary + ": the host cannot hold it",
-            details,
-            remedy="add RAM, or use a mode with fewer processes (--mode single) or without --offload-model",
-            data=data,
+    details = [
+        f"{gib(h.ram_total_bytes)} total, {gib(available)} available",
+        f"load: {plural(host.processes, 'process')} at once, each building T5 in fp32 on the CPU then loading its "
+        f"bf16 state dict, and wav2vec2 ({gib(host.load_per_process)} each): {gib(host.load_bytes)} (sizes from the {s.source})",
+    ]
+    if host.parked:
+        details.append(f"--enable-online-decode with offloading parks the bf16 DiT ({gib(host.parked)}) in host RAM")
+    if host.save_bytes is None:
+        details.append("save: unknown without --audio (or --audio-seconds): the whole video is held in fp32 on the saving rank")
+    else:
+        details.append(
+            f"save: {host.frames:,} frames at {p.geometry.width}x{p.geometry.height} held in fp32 on the saving rank, "
+            f"about {VIDEO_SAVE_COPIES:g} copies while it writes: {gib(host.save_bytes)}"
         )
-    if available < need:
+    details.append(f"plus the page cache of the {gib(s.dit.bytes)} DiT shards (reclaimable)")
+    data = {"need_bytes": host.peak_bytes, "load_bytes": host.load_bytes, "save_bytes": host.save_bytes,
+            "binding": host.binding, "total_bytes": h.ram_total_bytes, "available_bytes": available, "estimate": True}  # fmt: skip
+    at = "the load (every process builds T5 at once)" if host.binding == "load" else "the save (the whole video in fp32)"
+    summary = f"about {gib(host.peak_bytes, 1)} needed at {at} ({cfg.mode}), {gib(available, 1)} available"
+    if h.ram_total_bytes < host.peak_bytes:
+        remedy = (
+            "shorter audio per run (or fewer --num-clip), or add RAM: the video is saved only at the end"
+            if host.binding == "save"
+            else "add RAM or swap, or start fewer processes at once (--mode single)"
+        )
+        return failed(summary + ": the host cannot hold it, and the kernel kills a rank", details, remedy, data)
+    if available < host.peak_bytes:
         return warned(
-            summary + ": other programs hold the rest, the load may swap or be OOM-killed",
+            summary + ": other programs hold the rest, the run may swap or be OOM-killed",
             details,
             remedy="close what holds host RAM (`ps aux --sort=-rss | head`) before launching",
             data=data,
