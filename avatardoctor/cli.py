@@ -65,6 +65,7 @@ def config_options(fn):
         click.option("--sample-solver", help="Sampler (upstream runs euler only)."),
         click.option("--num-gpus-dit", type=click.IntRange(min=1), help="GPUs running the DiT (tpp: 4)."),
         click.option("--ulysses-size", type=click.IntRange(min=1), help="Sequence parallel size (upstream: 1)."),
+        click.option("--compile/--no-compile", default=None, help="ENABLE_COMPILE for the launch (scripts: true; eager holds more activations)."),
         click.option("--fp8/--no-fp8", default=None, help="Convert the DiT's Linear layers to FP8 (scripts pass --fp8)."),
         click.option("--offload-model", type=_str2bool, metavar="BOOL", help="Swap models between CPU and GPU (True/False)."),
         click.option("--lora-path", help="--lora_path_dmd: a local file or a Hugging Face repo id."),

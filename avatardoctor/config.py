@@ -58,6 +58,7 @@ class LaunchConfig:
     audio: Path | None = None  # the driving audio: its length caps the clips
     audio_seconds: float | None = None  # what if the audio lasts this long: instead of --audio's length
     prompt: str | None = None
+    compile: bool = True  # ENABLE_COMPILE (the scripts' true): eager PyTorch holds about twice the activations
     gradio: bool = False  # launched through gradio_app.py, whose start-up asserts are laxer
     explicit: frozenset[str] = frozenset()  # the fields the user set with a flag: the planner keeps them
 

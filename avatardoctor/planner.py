@@ -223,7 +223,7 @@ def plan_document(plan: Plan, ctx) -> dict:
     env = {
         "CUDA_VISIBLE_DEVICES": ",".join(str(g.index) for g in gpus),
         "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # so CUDA numbers GPUs as NVML and this plan do
-        "NCCL_DEBUG": "WARN", "NCCL_DEBUG_SUBSYS": "OFF", "ENABLE_COMPILE": "true",
+        "NCCL_DEBUG": "WARN", "NCCL_DEBUG_SUBSYS": "OFF", "ENABLE_COMPILE": "true" if cfg.compile else "false",
         "TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC": HEARTBEAT_S,
     }  # fmt: skip
     pairs = [ctx.machine.pair(a.index, b.index) for a, b in zip(gpus, gpus[1:])]

@@ -49,6 +49,7 @@ COMPONENT_NAMES = {
     "cond_cache": "conditioning cache", "activations": "activations", "decode": "VAE decode",
     "audio_features": "audio features", "context": "CUDA context",
 }  # fmt: skip
+EAGER_ACTIVATIONS = 2.0  # ENABLE_COMPILE=false: Wan2.2's own peak-memory table implies ~90 bytes/token/dim, not 46
 SINGLE_KV_CACHES = 4  # causal_s2v_pipeline.py builds exactly four, one per step
 VERDICTS = ("fits", "tight", "wont-fit")
 VERDICT_WORDS = {"fits": "FITS", "tight": "TIGHT", "wont-fit": "WON'T FIT", "wont-run": "WON'T RUN"}
@@ -106,6 +107,12 @@ class GpuPrediction:
 
     def total(self, phase: str) -> float:
         return sum(self.phases[phase].values())
+
+    def reserved(self, phase: str) -> float:
+        """What NVML shows at a phase: PyTorch's caching allocator keeps what earlier phases allocated (no
+        empty_cache() follows the LoRA merge or the fp8 conversion), so the most allocated so far."""
+        order = list(self.phases)
+        return max(self.total(p) for p in order[: order.index(phase) + 1])
 
     @property
     def phase(self) -> str:
@@ -180,6 +187,7 @@ class GpuPrediction:
             "verdict": self.verdict,
             "components": {c: gib(self.components.get(c, 0)) for c in COMPONENTS},
             "phases_gib": {p: gib(self.total(p)) for p in self.phases},
+            "phases_reserved_gib": {p: gib(self.reserved(p)) for p in self.phases},
         }
 
 
@@ -307,7 +315,8 @@ def predict_rank(
     cond_tokens = cond_capacity(config.mode)
     # Every layer's attention concatenates the whole KV cache and the conditioning cache (k and v, bf16)
     attention_concat = 2 * (tokens_clip + cond_tokens) * shape.dim * 2
-    activations = terms.activation_bytes_per_token_dim * live_tokens * shape.dim + attention_concat
+    live = terms.activation_bytes_per_token_dim * live_tokens * shape.dim * (1 if config.compile else EAGER_ACTIVATIONS)
+    activations = live + attention_concat
     decode = terms.decode_bytes_per_pixel * geo.height * geo.width * VIDEO_FRAMES_PER_DECODE
     cond = _kv_bytes(summary, cond_tokens)  # preallocated whole, whatever the prefill uses
 

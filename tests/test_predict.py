@@ -418,3 +418,17 @@ def test_fit_peak_never_says_fits_for_what_upstream_stops():
     assert r.status is Status.FAIL and r.summary.startswith("WON'T RUN: upstream's code stops this launch (cond_cache")
     assert "memory alone: FITS" in r.summary
     assert r.remedy == "--size 704*384 (the largest that fits for an image of the --size aspect) (see la.asserts)"
+
+
+def test_eager_pytorch_holds_about_twice_the_live_activations():
+    compiled = prediction("5xH800", "tpp").gpus[0].phases["denoise"]["activations"]
+    eager = prediction("5xH800", "tpp", compile=False).gpus[0].phases["denoise"]["activations"]
+    concat = 2 * (12 * 1056 + 3000) * 5120 * 2
+    assert eager - concat == pytest.approx(2 * (compiled - concat))
+
+
+def test_nvml_sees_what_the_allocator_reserved_earlier():
+    """No empty_cache() after the LoRA merge or the fp8 conversion: NVML shows the most allocated so far."""
+    g = prediction("5xH800", "tpp").gpus[0]
+    assert g.reserved("text") == g.total("lora") > g.total("text")
+    assert g.to_dict()["phases_reserved_gib"]["denoise"] == round(g.total("denoise") / GIB, 3)
