@@ -432,3 +432,15 @@ def test_nvml_sees_what_the_allocator_reserved_earlier():
     g = prediction("5xH800", "tpp").gpus[0]
     assert g.reserved("text") == g.total("lora") > g.total("text")
     assert g.to_dict()["phases_reserved_gib"]["denoise"] == round(g.total("denoise") / GIB, 3)
+
+
+def test_offload_model_is_never_offered_for_a_shortfall_at_the_load():
+    """TPP with --offload_model True still loads, merges and converts the full DiT on every rank."""
+    for spec in ("5x4090", "5x3090", "5x5090", "5xA6000"):
+        m = catalogue_machine(spec)
+        cfg = resolve_config(5, "tpp")
+        p = predict(cfg, m.gpus, SUMMARY, DEFAULT_TERMS)
+        binding = p.binding
+        if binding and binding.binding_phase in ("load", "lora", "fp8"):
+            change = smallest_change(cfg, m.gpus, SUMMARY, DEFAULT_TERMS)
+            assert change is None or change.flags != "--offload-model True", spec
