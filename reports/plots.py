@@ -72,7 +72,7 @@ def timeline_png(
         ax.axhline(limit_gib, color="#dc2626", lw=1.2, label=f"usable {limit_gib:.2f} GiB")
     if predicted_gib is not None:
         ax.axhline(predicted_gib, color="#7c3aed", lw=1.2, ls="--", label=f"predicted peak {predicted_gib:.2f} GiB")
-    if len(samples):
+    if samples["used_mib"].notna().any():  # a GPU whose values were all [N/A] has no peak to mark
         peak = samples.loc[samples["used_mib"].idxmax()]
         ax.annotate(f"peak {peak.used_mib / MIB_PER_GIB:.2f} GiB", (peak.elapsed_s, peak.used_mib / MIB_PER_GIB),
                     xytext=(0, 8), textcoords="offset points", ha="center", fontsize=8)  # fmt: skip
@@ -92,6 +92,19 @@ def overlay_png(path: Path, title: str, runs: list[tuple[str, pd.DataFrame]]) ->
     for (label, samples), colour in zip(runs, ("#1d4ed8", "#ea580c", "#16a34a")):
         reduced = min_max_buckets(samples)
         ax.plot(reduced["elapsed_s"], reduced["hi"] / MIB_PER_GIB, color=colour, lw=1.2, label=label)
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="lower right", fontsize=8)
+    _save(fig, path)
+
+
+def peaks_png(path: Path, title: str, gpus: list[str], series: list[tuple[float | None, ...]], labels: list[str]) -> None:
+    """Many GPUs at once: each one's measured peak (one marker series per run), GPU by GPU."""
+    fig, ax = _axes(title)
+    x = np.arange(len(gpus))
+    for values, label, colour in zip(series, labels, ("#1d4ed8", "#ea580c")):
+        ax.plot(x, [np.nan if v is None else v for v in values], ".", color=colour, ms=4, label=label)
+    ax.set_xlabel(f"GPU ({len(gpus)}, from {gpus[0]} to {gpus[-1]})")
+    ax.set_ylabel("measured peak (GiB)")
     ax.set_ylim(bottom=0)
     ax.legend(loc="lower right", fontsize=8)
     _save(fig, path)
