@@ -13,6 +13,14 @@ class UnreadableFile(Exception):
     """A file the report does not read; str() is the reason, e.g. 'not a regular file'."""
 
 
+class FileTooBig(UnreadableFile):
+    """A regular file over the reader's limit, left unread."""
+
+    def __init__(self, size: int, limit: int):
+        super().__init__(f"{size / 2**20:.1f} MiB, over the {limit / 2**20:g} MiB limit")
+        self.size = size
+
+
 def inside(path: Path, folder: Path) -> bool:
     """Whether path, its links resolved, lies in folder (its links resolved too)."""
     return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
@@ -32,7 +40,7 @@ def open_regular(path: Path, limit: int, within: Path | None = None) -> tuple[Bi
         raise UnreadableFile("not a regular file")
     if info.st_size > limit:
         os.close(fd)
-        raise UnreadableFile(f"{info.st_size / 2**20:.1f} MiB, over the {limit / 2**20:g} MiB limit")
+        raise FileTooBig(info.st_size, limit)
     return os.fdopen(fd, "rb"), info.st_size
 
 

@@ -122,7 +122,7 @@ def _timeline_images(timeline: Timeline, run: RunFolder | None, summary: dict, o
     failed = (summary.get("failure") or {}).get("gpu")
     drawn = drawn_gpus({g: r["measured_peak_gib"] for g, r in rows.items()}, failed)
     images = _overview(out, "timeline", {g: [r["measured_peak_gib"]] for g, r in rows.items()}, ["measured"], drawn, summary["notes"])
-    by_gpu = dict(list(timeline.samples.groupby("gpu", sort=False)))
+    by_gpu = timeline.by_gpu()
     for position, gpu in enumerate(drawn):
         row = rows[gpu]
         limit = row["usable_gib"] if row["usable_gib"] is not None else row["total_gib"]
@@ -216,7 +216,7 @@ def render_compare(a: Path, b: Path, out: Path, force: bool = False) -> Path:
     notes = [f"A: {n}" for n in sa["notes"]] + [f"B: {n}" for n in sb["notes"]]
     peaks = {r["gpu"]: [r["a"]["measured_peak_gib"], r["b"]["measured_peak_gib"]] for r in rows}
     drawn = drawn_gpus({g: max((p for p in v if p is not None), default=None) for g, v in peaks.items()})
-    by_gpu = [dict(list(t.samples.groupby("gpu", sort=False))) for t in (ta, tb)]
+    by_gpu = [ta.by_gpu(), tb.by_gpu()]
     no_samples = pd.DataFrame({"elapsed_s": [], "used_mib": []})
     with _writing(out, "-o"):
         images = _overview(out, "compare", peaks, [f"A: {a.name}", f"B: {b.name}"], drawn, notes)

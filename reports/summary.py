@@ -27,7 +27,7 @@ def gpu_rows(timeline: Timeline, run: RunFolder | None) -> list[dict]:
     rows = []
     phases = run.phases if run else pd.DataFrame(columns=["phase", "start_s", "end_s"])
     predicted = run.predicted if run else {}
-    by_gpu = dict(list(timeline.samples.groupby("gpu", sort=False)))
+    by_gpu = timeline.by_gpu()
     for gpu in timeline.gpus:
         s = by_gpu[gpu]
         peak = s.loc[s["used_mib"].idxmax()] if s["used_mib"].notna().any() else None  # all [N/A]: no peak

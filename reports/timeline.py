@@ -47,6 +47,10 @@ class Timeline:
     def gpus(self) -> list[str]:
         return sorted(self.samples["gpu"].unique(), key=lambda g: (not g.isdigit(), int(g) if g.isdigit() else 0, g))
 
+    def by_gpu(self) -> dict[str, pd.DataFrame]:
+        """Each GPU's samples (gpu may be a categorical column: only GPUs with samples)."""
+        return {str(g): frame for g, frame in self.samples.groupby("gpu", sort=False, observed=True)}
+
     @classmethod
     def empty(cls, notes: list[str]) -> Timeline:
         return cls(pd.DataFrame({c: pd.Series(dtype="float64" if c != "gpu" else "object") for c in COLUMNS}), notes=notes)
