@@ -232,9 +232,10 @@ def split_lines(layout: Layout, first: int, lines: list[str], skipped: Skipped) 
 
 def gpu_index(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """(whether each value is a whole number, the number where it is a GPU's index, else -1)."""
-    if pd.api.types.is_integer_dtype(values):  # the C parser read every value as a number: the fast path
-        number = values.to_numpy()
-        return np.ones(len(values), dtype=bool), np.where((number >= 0) & (number <= MAX_GPU_INDEX), number, -1)
+    if pd.api.types.is_numeric_dtype(values):  # the C parser read every value as a number: the fast path
+        number = values.to_numpy(dtype="float64")
+        whole = np.isfinite(number) & (number == np.floor(number))  # not 1.5
+        return whole, np.where(whole & (number >= 0) & (number <= MAX_GPU_INDEX), number, -1)
     text = values.astype(str).str.strip()
     digits = text.str.fullmatch("[0-9]+").to_numpy()
     short = digits & (text.str.len() <= len(str(MAX_GPU_INDEX))).to_numpy()  # 10**30 is no GPU's and no int64

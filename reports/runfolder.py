@@ -169,6 +169,9 @@ def _csv(path: Path, root: Path, limit: int, columns: list[str], notes: list[str
         return None
     try:
         data = read_regular(path, limit, within=root)
+        if data.strip() and not data.endswith((b"\n", b"\r")):  # the run was killed mid-write: "12" of "12345"
+            notes.append(f"last line of {path.name} is cut off (no line end): skipped")
+            data = data[: data.rfind(b"\n") + 1]
         frame = pd.read_csv(io.BytesIO(data), on_bad_lines="skip", encoding_errors="replace", skipinitialspace=True,
                             dtype=str, keep_default_na=False)  # fmt: skip
     except UnreadableFile as e:

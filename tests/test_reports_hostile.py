@@ -169,3 +169,12 @@ def test_hundreds_of_gpus_give_a_bounded_page(tmp_path):
     assert "timeline-gpu319.png" in s["images"] and "timeline-gpu0.png" not in s["images"]  # the highest peaks
     assert any("320 GPUs: timelines drawn for 16" in n for n in s["notes"]), s["notes"]
     assert index.read_text().count("<tr>") > 320
+
+
+def test_a_memory_log_cut_mid_number_by_a_crash_does_not_draw_a_false_drop(tmp_path):
+    run = make_run(tmp_path / "r", gpus=1, seconds=5)
+    memory = run / "logs" / "gpu_memory.csv"
+    memory.write_text(memory.read_text() + "2026-11-20T09:00:05Z,5.0,0,GPU-00000000-0000-0000-0000-000000000000,1")
+    s = summary(render_report(run))
+    assert s["gpus"][0]["samples"] == 50
+    assert "last line of gpu_memory.csv is cut off (no line end): skipped" in s["notes"]
