@@ -215,7 +215,7 @@ def split_lines(layout: Layout, first: int, lines: list[str], skipped: Skipped) 
     width, header, (suffix, suffixes) = len(layout.columns), layout.header, layout.mark
     kept, numbers = [], []
     for number, line in enumerate(lines, first):
-        if line.count(",") == width - 1 and line != header:  # the fast path: almost every line
+        if line.count(",") == width - 1 and line != header and (width > 1 or line.strip()):  # the fast path: almost every line
             if suffixes and line.count(suffix) < suffixes and "[" not in line and "N/A" not in line:
                 skipped.add("junk", [number], [line])  # a value cut mid-number
                 continue
@@ -259,7 +259,8 @@ def parse_chunk(layout: Layout, first: int, lines: list[str], skipped: Skipped) 
     # next lines). A column stays strings only where some value is not a number ([N/A], junk).
     table = pd.read_csv(io.StringIO(text), sep=",", header=None, names=range(len(layout.columns)), usecols=list(wanted),
                         dtype={i: str for i, c in wanted.items() if c not in (*MEMORY_FIELDS, "index")},
-                        skipinitialspace=True, quoting=csv.QUOTE_NONE, na_filter=False, engine="c").rename(columns=wanted)  # fmt: skip
+                        skipinitialspace=True, quoting=csv.QUOTE_NONE, na_filter=False, skip_blank_lines=False,
+                        engine="c").rename(columns=wanted)  # fmt: skip
     del text
     good, rows = np.ones(len(table), dtype=bool), {"line": numbers}
     missing = np.zeros(len(table), dtype=np.int8)  # at most 3 memory columns
@@ -272,6 +273,10 @@ def parse_chunk(layout: Layout, first: int, lines: list[str], skipped: Skipped) 
         good &= readable | na
         missing += na
         memory[column] = np.where(readable, number, np.nan)
+    used, total, free = (memory.get(c) for c in MEMORY_FIELDS)
+    rows["used_mib"] = used if used is not None else total - free
+    rows["total_mib"] = total if total is not None else used + free if free is not None and used is not None else np.full(len(table), np.nan)
+    good &= ~(rows["used_mib"] < 0) & ~(rows["total_mib"] > MAX_MIB)  # free > total: neither can be right
     if "timestamp" in table:
         stamps = pd.to_datetime(table["timestamp"], format=TIMESTAMP_FORMAT, errors="coerce")
         good &= (stamps.dt.year >= 1970).to_numpy()  # pandas reads "/11/20 09:14..." as year 0
@@ -294,9 +299,6 @@ def parse_chunk(layout: Layout, first: int, lines: list[str], skipped: Skipped) 
     if layout.label_column:
         rows["label"] = np.full(len(table), -1, dtype=np.int16)
         rows["label"][good] = layout.labels.encode(table[layout.label_column][good])
-    used, total, free = (memory.get(c) for c in MEMORY_FIELDS)
-    rows["used_mib"] = used if used is not None else total - free
-    rows["total_mib"] = total if total is not None else used + free if free is not None and used is not None else np.full(len(table), np.nan)
     rows["missing"] = missing
     return {k: v[good] for k, v in rows.items()}
 
@@ -430,7 +432,7 @@ def _read(path: Path, text: TextIO, encoding: str, fields: list[str] | None, not
     if "memory.used" not in columns:
         notes.append(f"no memory.used column in {name}: used = memory.total - memory.free")
     ns = rows.pop("ns", None)
-    start = None if ns is None else pd.Timestamp(ns[0]).to_pydatetime()
+    start = None if ns is None else pd.Timestamp(ns[0]).to_pydatetime(warn=False)  # ns -> µs
     times_s = None if ns is None else (ns - ns[0]) / 1e9
     del ns
     gpu, keep = gpu_numbers(layout, rows, times_s, notes)
