@@ -178,3 +178,14 @@ def test_a_memory_log_cut_mid_number_by_a_crash_does_not_draw_a_false_drop(tmp_p
     s = summary(render_report(run))
     assert s["gpus"][0]["samples"] == 50
     assert "last line of gpu_memory.csv is cut off (no line end): skipped" in s["notes"]
+
+
+def test_dollar_signs_in_names_and_phases_are_drawn_as_text_not_math(tmp_path):
+    run = make_run(tmp_path / "r$\\foo$", gpus=1, seconds=5)
+    (run / "logs" / "phases.csv").write_text("phase,start_s,end_s\n$\\frac$,0,5\n")
+    (run / "debug_info.json").write_text(json.dumps({"gpu_names": {"0": "$\\foo$ $x^$"}}))
+    memory = run / "logs" / "gpu_memory.csv"
+    memory.write_text(memory.read_text().replace("GPU-00000000", "$\\bar$"))
+    s = summary(render_report(run))
+    assert s["phases"][0]["phase"] == "$\\frac$" and s["images"] == ["timeline-gpu0.png"]
+    render_compare(run, run, tmp_path / "cmp")

@@ -31,7 +31,8 @@ UNITS = ["", " [MiB]", " [GiB]", " [KiB]", " [%]", " [MB]", " []"]
 INDEXES = ["0", "1", "4", "1023", "1024", "-1", "999999999", "99999999999999999999999", "1.5", "²", "0x1", "", "[N/A]", " 3 "]
 MEMORY = ["0", "1234", "81559", "1234 MiB", "10.5 GiB", "[N/A]", "[Not Supported]", "N/A", "inf", "-5", "1e300", "nan", "12",
           "", "1234 MiB MiB", "١٢٣"]  # fmt: skip
-TEXT = ["NVIDIA H800", "GPU-0f1e2d3c-aaaa", "GPU-0f1e2d3c-bbbb", "00000000:3B:00.0", "<script>", "/../../../x", "a" * 300, ""]
+TEXT = ["NVIDIA H800", "GPU-0f1e2d3c-aaaa", "GPU-0f1e2d3c-bbbb", "00000000:3B:00.0", "<script>", "/../../../x", "a" * 300, "",
+        "$\\foo$", "\u202e", "{{ x }}"]  # fmt: skip
 STAMPS = ["2026/11/20 09:14:02.123", "2026/11/20 09:14:03.100", "2026/11/20 09:14:01.000", "1969/01/01 00:00:00.000",
           "9999/12/31 23:59:59.999", "/11/20 09:14:02", "garbage"]  # fmt: skip
 JUNK = ["Unable to determine the device handle for GPU0000:3B:00.0: Unknown Error", "", "   ", "\x00\x01", '"unterminated, quote',
