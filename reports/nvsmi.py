@@ -33,6 +33,7 @@ from .timeline import label as display_label
 
 MAX_BYTES = 2 * 1024**3  # a 2-hour, 8-GPU log at 10 Hz is ~30 MB; 2 GiB is no single run's log
 CHUNK_CHARS = 8 * 2**20  # text parsed at a time
+MAX_LINE_CHARS = 64 * 2**10  # a sample line is ~60 characters; a longer one is cut to this while read (it is junk)
 MAX_SAMPLES = 50_000_000  # rows kept (~40 bytes each while read): 24 h of 8 GPUs at 10 Hz is 7 M
 MAX_GPUS = MAX_GPU_INDEX + 1  # different uuids (or rows per sample) read as different GPUs
 MAX_LABELS = 4096  # different GPU names kept; past it a GPU is shown without one
@@ -129,7 +130,7 @@ def line_chunks(text: TextIO, encoding: str, name: str, notes: list[str]) -> Ite
     while block := text.read(CHUNK_CHARS):
         replaced += block.count("\ufffd")
         lines = (rest + block).split("\n")
-        rest = lines.pop()
+        rest = lines.pop()[:MAX_LINE_CHARS]  # 2 GiB without a line end must not be gathered into one string
         yield number, lines
         number += len(lines)
     if replaced:

@@ -26,6 +26,8 @@ JSON_LIMIT = 64 * 2**20
 MEMORY_CSV_LIMIT = 256 * 2**20  # 5 GPUs at 10 Hz for 2 hours is ~30 MB
 PHASES_CSV_LIMIT = 16 * 2**20  # a run has a few dozen phases
 MAX_PHASES = 1000  # more bands than a plot can show
+TEXT_COLUMNS = ("time", "gpu", "uuid", "phase")  # the others are numbers where readable (not a string per cell)
+READ_COLUMNS = (*TEXT_COLUMNS, "elapsed_s", "memory_used_mib", "memory_total_mib", "start_s", "end_s")
 MEMORY_CSV = Path("logs") / "gpu_memory.csv"
 PHASES_CSV = Path("logs") / "phases.csv"
 CONFIG_KEYS = ("mode", "nproc", "size", "infer_frames", "num_clip", "sample_steps", "fp8", "offload_model",
@@ -173,7 +175,7 @@ def _csv(path: Path, root: Path, limit: int, columns: list[str], notes: list[str
             notes.append(f"last line of {path.name} is cut off (no line end): skipped")
             data = data[: data.rfind(b"\n") + 1]
         frame = pd.read_csv(io.BytesIO(data), on_bad_lines="skip", encoding_errors="replace", skipinitialspace=True,
-                            dtype=str, keep_default_na=False)  # fmt: skip
+                            usecols=lambda c: c in READ_COLUMNS, dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False)  # fmt: skip
     except UnreadableFile as e:
         notes.append(f"{path.name} could not be read ({e})")
         return None
