@@ -195,9 +195,10 @@ def _numbers(column: pd.Series, low: float, high: float) -> pd.Series:
     return values.where((values >= low) & (values <= high))
 
 
-def read_memory_csv(path: Path, root: Path) -> Timeline:
+def read_memory_csv(path: Path, root: Path | None = None) -> Timeline:
+    """logs/gpu_memory.csv; links are followed only within root (default: the file's own folder)."""
     notes: list[str] = []
-    frame = _csv(path, root, MEMORY_CSV_LIMIT, ["elapsed_s", "gpu", "memory_used_mib"], notes)
+    frame = _csv(path, root or path.parent, MEMORY_CSV_LIMIT, ["elapsed_s", "gpu", "memory_used_mib"], notes)
     if frame is None:
         return Timeline.empty(notes)
     gpu = frame["gpu"].map(gpu_id)
