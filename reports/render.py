@@ -65,8 +65,10 @@ def prepare_output(out: Path, force: bool, flag: str) -> None:
 def _write_file(path: Path, data: str | bytes) -> None:
     """Written beside, then renamed over: a link at path is replaced, never written through."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)  # a link planted there is removed; O_EXCL | O_NOFOLLOW: nothing is written through one
     try:
-        tmp.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "wb") as f:
+            f.write(data if isinstance(data, bytes) else data.encode("utf-8"))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -101,6 +103,7 @@ def _oom_point(summary: dict, gpu: str) -> tuple[float, str] | None:
 
 
 def _image(out: Path, name: str, label: str, draw) -> dict:
+    (out / name).unlink(missing_ok=True)  # a link there is removed, not drawn through
     draw(out / name)
     return {"label": label, "file": name, "data": _png_b64(out / name)}
 

@@ -92,8 +92,8 @@ def test_links_in_the_output_folder_are_replaced_not_written_through(tmp_path):
     render_report(run)
     victim = tmp_path / "victim.txt"
     victim.write_text("keep")
-    for name in ("index.html", "summary.json", "report.md", "timeline-gpu0.png"):
-        (run / "report" / name).unlink()
+    for name in ("index.html", "summary.json", "report.md", "timeline-gpu0.png", f".index.html.tmp-{os.getpid()}"):
+        (run / "report" / name).unlink(missing_ok=True)
         (run / "report" / name).symlink_to(victim)
     render_report(run, force=True)
     assert victim.read_text() == "keep" and not (run / "report" / "index.html").is_symlink()
