@@ -1,39 +1,56 @@
 """Reads a GPU memory log written by `nvidia-smi --query-gpu=... --format=csv -l N` into a Timeline.
 
-Any query field list in any order, with or without header, units and index/uuid columns. Input that
-is not a sample (nvidia-smi error lines, repeated headers, a last line cut off by a crash) is skipped,
-and every such decision becomes a one-line note; only a file that cannot be read, or a headerless
-file whose memory column cannot be found, raises InputError.
+Any query field list in any order, with or without header, units and index/uuid columns; UTF-8 (with or
+without a BOM) or UTF-16. Input that is not a sample (nvidia-smi error lines, repeated headers, a line
+cut off by a crash, an index that is no GPU's) is skipped, and every such decision becomes a one-line
+note; only a file that cannot be read, or a headerless file whose memory column cannot be found,
+raises InputError. The log is read CHUNK_CHARS at a time into typed arrays: memory stays a fraction of
+the log's size, never a multiple (never the whole text, or a Python string per line).
 `parse_mib` and `unavailable` are the unit helpers, meant for any other "1234 MiB" / "[N/A]" column.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
+import itertools
 import re
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import pandas as pd
 
 from avatardoctor.errors import InputError
 
-from .timeline import Timeline
+from .inputs import FileTooBig, UnreadableFile, open_regular
+from .timeline import MAX_GPU_INDEX, MAX_MIB, Timeline
+from .timeline import label as display_label
 
 MAX_BYTES = 2 * 1024**3  # a 2-hour, 8-GPU log at 10 Hz is ~30 MB; 2 GiB is no single run's log
+CHUNK_CHARS = 8 * 2**20  # text parsed at a time
+MAX_LINE_CHARS = 64 * 2**10  # a sample line is ~60 characters; a longer one is cut to this while read (it is junk)
+MAX_SAMPLES = 50_000_000  # rows kept (~40 bytes each while read): 24 h of 8 GPUs at 10 Hz is 7 M
+MAX_GPUS = MAX_GPU_INDEX + 1  # different uuids (or rows per sample) read as different GPUs
+MAX_LABELS = 4096  # different GPU names kept; past it a GPU is shown without one
 TIMESTAMP_FORMAT = "%Y/%m/%d %H:%M:%S.%f"  # nvidia-smi's, e.g. 2026/11/20 09:14:02.123
 ASSUMED_INTERVAL_S = 1.0  # the seed command's `-l 1`, used when the log has no timestamps
 ALIASES = {"gpu_name": "name", "gpu_uuid": "uuid", "gpu_bus_id": "pci.bus_id"}  # query name -> header name
 IDENTITY_FIELDS = ("uuid", "pci.bus_id")  # tell GPUs apart when there is no index column
 MEMORY_FIELDS = ("memory.used", "memory.total", "memory.free")
 READ_FIELDS = ("timestamp", "index", *IDENTITY_FIELDS, "name", *MEMORY_FIELDS)
+MIB_PER_UNIT = {"KiB": 2.0**-10, "MiB": 1.0, "GiB": 2.0**10, "TiB": 2.0**20}  # " B" could be in a GPU's name
+BOMS = ((codecs.BOM_UTF8, "utf-8-sig", "UTF-8"), (codecs.BOM_UTF16_LE, "utf-16", "UTF-16"), (codecs.BOM_UTF16_BE, "utf-16", "UTF-16"))
 
 HEADER_FIELD = re.compile(r"[A-Za-z_][\w.]*( \[[^\]]*\])?")  # "memory.used [MiB]"
 TIMESTAMP_VALUE = re.compile(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d+")
 MIB_VALUE = re.compile(r"\d+ MiB")
 UUID_VALUE = re.compile(r"(GPU|MIG)-[0-9A-Fa-f-]+")
+INDEX_VALUE = r"[0-9]{1,4}"
 
 
 def parse_mib(values: pd.Series) -> pd.Series:
@@ -56,31 +73,15 @@ def field_name(header_field: str) -> str:
     return ALIASES.get(name, name)
 
 
+def field_unit(header_field: str) -> str | None:
+    """'memory.used [MiB]' -> 'MiB'; None without a unit."""
+    unit = re.search(r"\[([^\]]*)\]\s*$", header_field)
+    return unit[1].strip() if unit else None
+
+
 def is_header(line: str) -> bool:
     fields = [f.strip() for f in line.split(",")]
     return all(HEADER_FIELD.fullmatch(f) for f in fields) and any("." in f or f in READ_FIELDS for f in fields)
-
-
-def read_lines(path: Path, notes: list[str]) -> list[str]:
-    """The file's lines, decoded leniently; a last line without a line end is dropped (cut off)."""
-    try:
-        size = path.stat().st_size
-        if size > MAX_BYTES:
-            raise InputError(f"{path}: {size / 1024**3:.1f} GiB is too big for a GPU memory log (limit 2 GiB)")
-        raw = path.read_bytes()
-    except OSError as e:
-        raise InputError(f"cannot read {path}: {e.strerror or e}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("utf-8", errors="replace")
-        notes.append(f"{path.name} is not valid UTF-8: {text.count(chr(0xFFFD))} undecodable byte sequence(s) replaced")
-    lines = text.splitlines()
-    if lines and lines[-1].strip() and not text.endswith(("\n", "\r")):
-        # nvidia-smi ends every line; without the end, a value may be cut mid-number ("12" of "12345")
-        notes.append(f"last line {len(lines)} of {path.name} is cut off (no line end): skipped")
-        lines.pop()
-    return lines
 
 
 def infer_fields(path: Path, data_lines: list[str]) -> tuple[list[str], str]:
@@ -107,24 +108,200 @@ def infer_fields(path: Path, data_lines: list[str]) -> tuple[list[str], str]:
     return names, f"{path.name} has no header: read {read} (guessed from the values)"
 
 
-def split_lines(name: str, lines: list[str], width: int, header: str | None, notes: list[str]):
-    """The lines with the header's field count, their line numbers, and the numbers of junk lines."""
-    kept, numbers, junk, blank, headers = [], [], [], [], []
-    for number, line in enumerate(lines, 1):
-        if line.count(",") == width - 1 and line != header:  # the fast path: almost every line
+def open_text(path: Path) -> tuple[TextIO, str]:
+    """The log as text (its encoding from its BOM: UTF-8 without one), and the encoding's name."""
+    try:
+        raw, _ = open_regular(path, MAX_BYTES)
+    except FileTooBig as e:
+        raise InputError(f"{path}: {e.size / 1024**3:.1f} GiB is too big for a GPU memory log (limit 2 GiB)") from None
+    except UnreadableFile as e:
+        raise InputError(f"cannot read {path}: {e}") from None
+    buffered = io.BufferedReader(raw)
+    start = buffered.peek(4)[:4]
+    encoding, name = next(((enc, name) for bom, enc, name in BOMS if start.startswith(bom)), ("utf-8", "UTF-8"))
+    return io.TextIOWrapper(buffered, encoding=encoding, errors="replace", newline=None), name
+
+
+def line_chunks(text: TextIO, encoding: str, name: str, notes: list[str]) -> Iterator[tuple[int, list[str]]]:
+    """(number of the first line, the lines) about CHUNK_CHARS at a time. A last line without a line
+    end is dropped: nvidia-smi ends every line, so it was cut off (a value cut mid-number, `12` of
+    `12345 MiB`, would draw a false drop at the very moment the reader is looking at)."""
+    number, rest, replaced = 1, "", 0
+    while block := text.read(CHUNK_CHARS):
+        replaced += block.count("\ufffd")
+        lines = (rest + block).split("\n")
+        rest = lines.pop()[:MAX_LINE_CHARS]  # 2 GiB without a line end must not be gathered into one string
+        yield number, lines
+        number += len(lines)
+    if replaced:
+        notes.append(f"{name} is not valid {encoding}: {replaced} undecodable byte sequence(s) replaced")
+    if rest.strip():
+        notes.append(f"last line {number} of {name} is cut off (no line end): skipped")
+    elif rest:
+        yield number, [rest]
+
+
+class Interner:
+    """Text values -> 0, 1, ... in order of first appearance; past `limit` different ones, -1."""
+
+    def __init__(self, limit: int):
+        self.codes: dict[str, int] = {}
+        self.values: list[str] = []
+        self.limit = limit
+
+    def encode(self, values: pd.Series) -> np.ndarray:
+        codes, uniques = pd.factorize(values)
+        known = [self.codes.get(u, -1) for u in uniques]
+        for i, u in enumerate(uniques):
+            if known[i] < 0 and len(self.codes) < self.limit:
+                known[i] = self.codes[u] = len(self.codes)
+                self.values.append(u)
+        return np.asarray(known, dtype=np.int16)[codes] if len(codes) else np.zeros(0, dtype=np.int16)
+
+
+@dataclass
+class Skipped:
+    """Lines that are not samples, by kind: how many, and the first (line number, text)."""
+
+    count: Counter = field(default_factory=Counter)
+    first: dict = field(default_factory=dict)
+
+    def add(self, kind: str, numbers, texts) -> None:
+        if len(numbers):
+            self.count[kind] += len(numbers)
+            if kind not in self.first or numbers[0] < self.first[kind][0]:
+                self.first[kind] = (int(numbers[0]), texts[0])
+
+
+@dataclass
+class Layout:
+    """How every line of one log is read, settled by its first lines."""
+
+    name: str
+    columns: list[str]
+    header: str | None
+    units: dict[str, tuple[float, str]]  # memory column -> (MiB per unit, " MiB": the suffix its values may carry)
+    mark: tuple[str, int]  # (" MiB", how many times a whole line holds it); ("", 0) when the log is nounits
+    identity: Interner = field(default_factory=lambda: Interner(MAX_GPUS))
+    labels: Interner = field(default_factory=lambda: Interner(MAX_LABELS))
+
+    @property
+    def label_column(self) -> str | None:  # what the report calls each GPU
+        return next((c for c in ("name", *IDENTITY_FIELDS) if c in self.columns), None)
+
+    @property
+    def identity_column(self) -> str | None:
+        return next((c for c in IDENTITY_FIELDS if c in self.columns), None) if "index" not in self.columns else None
+
+
+def memory_units(columns: list[str], units: list[str | None], head: list[str]) -> tuple[dict[str, tuple[float, str]], tuple[str, int]]:
+    """Each memory column's (MiB per unit, " MiB" suffix its values may carry), the unit the header's or
+    MiB; and, where the first lines' values carry it ("1234 MiB"), how many times a line holds the
+    suffix: a line with fewer, and no [N/A] to explain it, was cut mid-number ("12" of "12345 MiB")."""
+    rows = [line for line in head if line.count(",") + 1 == len(columns)]
+    found, mark = {}, ("", 0)
+    for c in MEMORY_FIELDS:
+        if c in columns:
+            i = columns.index(c)
+            unit = units[i] or "MiB"
+            found[c] = (MIB_PER_UNIT.get(unit, np.nan), f" {unit}")
+            values = [v for v in (row.split(",")[i].strip() for row in rows) if not v.startswith("[") and v != "N/A"]
+            if sum(v.endswith(f" {unit}") for v in values) > len(values) / 2:
+                mark = (f" {unit}", Counter(row.count(f" {unit}") for row in rows).most_common(1)[0][0])
+    return found, mark
+
+
+def split_lines(layout: Layout, first: int, lines: list[str], skipped: Skipped) -> tuple[list[str], np.ndarray]:
+    """The lines with the header's field count, and their line numbers; others are counted."""
+    width, header, (suffix, suffixes) = len(layout.columns), layout.header, layout.mark
+    kept, numbers = [], []
+    for number, line in enumerate(lines, first):
+        if line.count(",") == width - 1 and line != header and (width > 1 or line.strip()):  # the fast path: almost every line
+            if suffixes and line.count(suffix) < suffixes and "[" not in line and "N/A" not in line:
+                skipped.add("junk", [number], [line])  # a value cut mid-number
+                continue
             kept.append(line)
             numbers.append(number)
         elif line == header:
-            headers.append(number)
+            skipped.add("repeated header" if skipped.count["header"] else "header", [number], [line])
         elif line.strip():
-            junk.append(number)
+            skipped.add("junk", [number], [line])
         else:
-            blank.append(number)
-    if len(headers) > 1:
-        notes.append(f"{len(headers) - 1} repeated header(s) in {name} skipped (logs appended?), first at line {headers[1]}")
-    if blank:
-        notes.append(f"{len(blank)} blank line(s) in {name} skipped, first at line {blank[0]}")
-    return kept, np.array(numbers, dtype=np.int64), junk
+            skipped.add("blank", [number], [line])
+    return kept, np.array(numbers, dtype=np.uint32)  # a 2 GiB log has under 2**32 lines
+
+
+def gpu_index(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(whether each value is a whole number, the number where it is a GPU's index, else -1)."""
+    if pd.api.types.is_numeric_dtype(values):  # the C parser read every value as a number: the fast path
+        number = values.to_numpy(dtype="float64")
+        whole = np.isfinite(number) & (number == np.floor(number))  # not 1.5
+        return whole, np.where(whole & (number >= 0) & (number <= MAX_GPU_INDEX), number, -1)
+    text = values.astype(str).str.strip()
+    digits = text.str.fullmatch("[0-9]+").to_numpy()
+    short = digits & (text.str.len() <= len(str(MAX_GPU_INDEX))).to_numpy()  # 10**30 is no GPU's and no int64
+    number = np.where(short, pd.to_numeric(text.where(short, "-1")).to_numpy(), -1)
+    return digits, np.where(number <= MAX_GPU_INDEX, number, -1)
+
+
+def parse_chunk(layout: Layout, first: int, lines: list[str], skipped: Skipped) -> dict[str, np.ndarray] | None:
+    """The chunk's samples as typed arrays: line, ns (timestamp), gpu (index or identity code), label
+    code, used_mib, total_mib, missing (memory values not available). A row whose memory, timestamp or
+    index cannot be read is a junk line."""
+    kept, numbers = split_lines(layout, first, lines, skipped)
+    if not kept:
+        return None
+    wanted = {layout.columns.index(c): c for c in READ_FIELDS if c in layout.columns}  # position -> field, first occurrence
+    text = "\n".join(kept)
+    del kept
+    for suffix in {suffix for _, suffix in layout.units.values()}:
+        text = text.replace(suffix, "")  # so the C parser reads memory columns as numbers, fast
+    # The line filter leaves clean text for pandas' C parser (QUOTE_NONE: a stray quote cannot swallow the
+    # next lines). A column stays strings only where some value is not a number ([N/A], junk).
+    table = pd.read_csv(io.StringIO(text), sep=",", header=None, names=range(len(layout.columns)), usecols=list(wanted),
+                        dtype={i: str for i, c in wanted.items() if c not in (*MEMORY_FIELDS, "index")},
+                        skipinitialspace=True, quoting=csv.QUOTE_NONE, na_filter=False, skip_blank_lines=False,
+                        engine="c").rename(columns=wanted)  # fmt: skip
+    del text
+    good, rows = np.ones(len(table), dtype=bool), {"line": numbers}
+    missing = np.zeros(len(table), dtype=np.int8)  # at most 3 memory columns
+    memory = {}
+    for column, (scale, _) in layout.units.items():
+        number = parse_mib(table[column]).to_numpy() * scale
+        na = np.zeros(len(table), dtype=bool)
+        na[np.isnan(number)] = unavailable(table[column][np.isnan(number)]).to_numpy()
+        readable = (number >= 0) & (number <= MAX_MIB)  # not inf, -5 or 1e300
+        good &= readable | na
+        missing += na
+        memory[column] = np.where(readable, number, np.nan)
+    used, total, free = (memory.get(c) for c in MEMORY_FIELDS)
+    rows["used_mib"] = used if used is not None else total - free
+    rows["total_mib"] = total if total is not None else used + free if free is not None and used is not None else np.full(len(table), np.nan)
+    good &= ~(rows["used_mib"] < 0) & ~(rows["total_mib"] > MAX_MIB)  # free > total: neither can be right
+    if "timestamp" in table:
+        stamps = pd.to_datetime(table["timestamp"], format=TIMESTAMP_FORMAT, errors="coerce")
+        good &= (stamps.dt.year >= 1970).to_numpy()  # pandas reads "/11/20 09:14..." as year 0
+        rows["ns"] = stamps.to_numpy(dtype="datetime64[ns]").view(np.int64)
+    if "index" in table:
+        whole, index = gpu_index(table["index"])
+        good &= whole  # "[Unknown Error]", "1.5": junk; a number that is no GPU's index: said below
+        rows["gpu"] = index.astype(np.int16)
+    skipped.add("junk", numbers[~good], [lines[n - first] for n in numbers[~good][:1]])
+    if "index" in table:
+        no_gpu = good & (rows["gpu"] < 0)
+        skipped.add("index", numbers[no_gpu], [lines[n - first] for n in numbers[no_gpu][:1]])
+        good &= ~no_gpu
+    elif layout.identity_column:
+        rows["gpu"] = np.full(len(table), -1, dtype=np.int16)
+        rows["gpu"][good] = layout.identity.encode(table[layout.identity_column][good])
+        too_many = good & (rows["gpu"] < 0)
+        skipped.add("identity", numbers[too_many], [lines[n - first] for n in numbers[too_many][:1]])
+        good &= ~too_many
+    if layout.label_column:
+        rows["label"] = np.full(len(table), -1, dtype=np.int16)
+        rows["label"][good] = layout.labels.encode(table[layout.label_column][good])
+    rows["missing"] = missing
+    return {k: v[good] for k, v in rows.items()}
 
 
 def sampling_interval(times_s: np.ndarray) -> float:
@@ -135,33 +312,35 @@ def sampling_interval(times_s: np.ndarray) -> float:
     return float(np.quantile(steps, 0.97)) if steps.size else ASSUMED_INTERVAL_S
 
 
-def gpu_numbers(name: str, table: pd.DataFrame, times_s: np.ndarray | None, numbers: np.ndarray, notes: list[str]):
+def gpu_numbers(layout: Layout, rows: dict[str, np.ndarray], times_s: np.ndarray | None, notes: list[str]):
     """Each row's GPU number, and which rows to keep (not the rows of a sample missing a GPU's row)."""
-    every_row = np.ones(len(table), dtype=bool)
-    if "index" in table:
-        return table["index"].astype("int64").to_numpy(), every_row
-    for column in IDENTITY_FIELDS:
-        if column in table:
-            notes.append(f"no index column in {name}: GPUs numbered 0, 1, ... by first appearance of their {column}")
-            return pd.factorize(table[column])[0], every_row
+    name, count = layout.name, len(rows["line"])
+    every_row = np.ones(count, dtype=bool)
+    if "gpu" in rows:
+        if layout.identity_column:
+            notes.append(f"no index column in {name}: GPUs numbered 0, 1, ... by first appearance of their {layout.identity_column}")
+        return rows["gpu"], every_row
     if times_s is None:
         notes.append(f"no index or timestamp column in {name}: read as one GPU (log index to tell GPUs apart)")
-        return np.zeros(len(table), dtype=np.int64), every_row
+        return np.zeros(count, dtype=np.int16), every_row
     # nvidia-smi writes a sample as consecutive rows, one per GPU in index order, ms apart; a new sample
     # starts after a gap of over half the sampling interval, or where the clock went back.
     steps = np.diff(times_s, prepend=-np.inf)
     starts = (steps > sampling_interval(times_s) / 2) | (steps < 0)
     sample = np.cumsum(starts) - 1
-    position = np.arange(len(table)) - np.flatnonzero(starts)[sample]
+    position = np.arange(count) - np.flatnonzero(starts)[sample]
     sizes = np.bincount(sample)
     gpus = int(np.bincount(sizes).argmax())  # the usual number of rows per sample
     keep = sizes[sample] == gpus
-    layout = "one row per sample, read as one GPU" if gpus == 1 else f"GPU = position of the row within each sample ({gpus} GPUs)"
-    notes.append(f"no index column in {name}: {layout}")
+    if gpus > MAX_GPUS:  # not one sample of many GPUs: rows too close in time to tell samples apart
+        notes.append(f"no index column in {name}: samples of {gpus} rows cannot be told apart, read as one GPU (log index)")
+        return np.zeros(count, dtype=np.int16), every_row
+    layout_note = "one row per sample, read as one GPU" if gpus == 1 else f"GPU = position of the row within each sample ({gpus} GPUs)"
+    notes.append(f"no index column in {name}: {layout_note}")
     if not keep.all():
         missed = f"{(sizes != gpus).sum()} sample(s) in {name} without exactly {gpus} rows skipped (a GPU's row missing?)"
-        notes.append(f"{missed}, first at line {numbers[~keep][0]}")
-    return position, keep
+        notes.append(f"{missed}, first at line {rows['line'][~keep][0]}")
+    return position.astype(np.int16), keep
 
 
 def monotonic_elapsed(name: str, times_s: np.ndarray, numbers: np.ndarray, notes: list[str]) -> np.ndarray:
@@ -179,86 +358,104 @@ def monotonic_elapsed(name: str, times_s: np.ndarray, numbers: np.ndarray, notes
     return times_s + np.cumsum(np.where(back, interval - steps, 0.0))
 
 
-def sample_rows(name: str, lines: list[str], columns: list[str], header: str | None, notes: list[str]):
-    """The rows that are samples: their columns as read (strings, or memory as numbers), the memory
-    and time columns typed, and their line numbers. A row whose memory, timestamp or index cannot be
-    read is a junk line too."""
-    kept, numbers, junk = split_lines(name, lines, len(columns), header, notes)
-    wanted = {columns.index(c): c for c in READ_FIELDS if c in columns}  # position -> field, first occurrence
-    # The line filter leaves clean text for pandas' C parser (QUOTE_NONE: a stray quote cannot swallow
-    # the next lines). Without " MiB" it reads memory columns as numbers, fast; a column stays strings
-    # only where some value is not a number ([N/A], junk).
-    table = pd.read_csv(
-        io.StringIO("\n".join(kept).replace(" MiB", "")), sep=",", header=None, names=range(len(columns)),
-        usecols=list(wanted), dtype={i: str for i, c in wanted.items() if c not in MEMORY_FIELDS},
-        skipinitialspace=True, quoting=csv.QUOTE_NONE, na_filter=False, engine="c",
-    ).rename(columns=wanted) if kept else pd.DataFrame({c: pd.Series(dtype=str) for c in wanted.values()})  # fmt: skip
-    typed = pd.DataFrame({c: parse_mib(table[c]) for c in MEMORY_FIELDS if c in table})
-    good, missing = np.ones(len(table), dtype=bool), np.zeros(len(table), dtype=np.int64)
-    for column in list(typed):
-        nan = typed[column].isna().to_numpy()
-        said_na = np.zeros_like(nan)
-        said_na[nan] = unavailable(table[column][nan]).to_numpy()
-        good &= ~nan | said_na
-        missing += said_na
-    if "timestamp" in table:
-        typed["timestamp"] = pd.to_datetime(table["timestamp"], format=TIMESTAMP_FORMAT, errors="coerce")
-        good &= (typed["timestamp"].dt.year >= 1970).to_numpy()  # pandas reads "/11/20 09:14..." as year 0
-    if "index" in table:
-        good &= table["index"].str.isdigit().to_numpy()
-    junk = sorted(junk + numbers[~good].tolist())
-    if junk:
-        excerpt = lines[junk[0] - 1].strip()[:60]
-        notes.append(f"{len(junk)} line(s) in {name} are not samples and were skipped, first line {junk[0]}: '{excerpt}'")
-    if missing[good].sum():
-        notes.append(f"{missing[good].sum()} memory value(s) in {name} not available ([N/A] or similar): left as gaps")
-    return table[good].reset_index(drop=True), typed[good].reset_index(drop=True), numbers[good]
+def skipped_notes(name: str, skipped: Skipped) -> list[str]:
+    notes, first, count = [], skipped.first, skipped.count
+    if count["repeated header"]:
+        notes.append(f"{count['repeated header']} repeated header(s) in {name} skipped (logs appended?), first at line {first['repeated header'][0]}")
+    if count["blank"]:
+        notes.append(f"{count['blank']} blank line(s) in {name} skipped, first at line {first['blank'][0]}")
+    if count["index"]:
+        notes.append(f"{count['index']} line(s) in {name} have an index that is no GPU's (not 0-{MAX_GPU_INDEX}): skipped, "
+                     f"first line {first['index'][0]}")  # fmt: skip
+    if count["identity"]:
+        notes.append(f"{count['identity']} line(s) in {name} name a GPU past the first {MAX_GPUS} different ones: skipped, "
+                     f"first line {first['identity'][0]}")  # fmt: skip
+    if count["junk"]:
+        excerpt = first["junk"][1].strip()[:60]
+        notes.append(f"{count['junk']} line(s) in {name} are not samples and were skipped, first line {first['junk'][0]}: '{excerpt}'")
+    return notes
 
 
 def read_nvidia_smi_csv(path: Path, fields: list[str] | None = None) -> Timeline:
     """The memory timeline in an nvidia-smi CSV log. `fields` names the columns of a headerless log
     (the --query-gpu list, e.g. ["timestamp", "memory.used"]); a header in the file is then ignored."""
     path, notes = Path(path), []
-    lines = read_lines(path, notes)
-    if not any(line.strip() for line in lines):
-        return Timeline.empty(notes + [f"{path.name} is empty: nothing to plot"])
-    header = next((line for line in lines[:20] if is_header(line)), None)  # junk may come first
+    text, encoding = open_text(path)
+    with text:
+        return _read(path, text, encoding, fields, notes)
+
+
+def _read(path: Path, text: TextIO, encoding: str, fields: list[str] | None, notes: list[str]) -> Timeline:
+    name, skipped = path.name, Skipped()
+    chunks = line_chunks(text, encoding, name, notes)
+    head = None
+    for first, lines in chunks:  # the first chunk with a line that is not blank settles the layout
+        if any(line.strip() for line in lines):
+            head = first, lines
+            break
+        skipped.add("blank", range(first, first + len(lines)), [""])
+    if head is None:
+        return Timeline.empty(notes + [f"{name} is empty: nothing to plot"])
+    nonblank = [line for line in head[1][:100_000] if line.strip()][:50]
+    header = next((line for line in nonblank[:20] if is_header(line)), None)  # junk may come first
     if fields:
         columns = [field_name(f) for entry in fields for f in entry.split(",")]
     elif header:
         columns = [field_name(f) for f in header.split(",")]
     else:
-        columns, note = infer_fields(path, [line for line in lines[:50] if line.strip()])
+        columns, note = infer_fields(path, nonblank)
         notes.append(note)
     if "memory.used" not in columns and not {"memory.total", "memory.free"} <= set(columns):
-        return Timeline.empty(notes + [f"no memory.used column in {path.name}: nothing to plot"])
-    table, typed, numbers = sample_rows(path.name, lines, columns, header, notes)
-    if table.empty:
-        return Timeline.empty(notes + [f"no samples in {path.name}: nothing to plot"])
+        return Timeline.empty(notes + [f"no memory.used column in {name}: nothing to plot"])
+    units = [field_unit(f) for f in header.split(",")] if header and not fields else [None] * len(columns)
+    layout = Layout(name, columns, header, *memory_units(columns, units, [line for line in nonblank if line != header]))
+    unknown = [f"{c} [{suffix.strip()}]" for c, (scale, suffix) in layout.units.items() if np.isnan(scale)]
+    if unknown:
+        return Timeline.empty(notes + [f"{', '.join(unknown)} in {name}: not a unit of memory (KiB, MiB, GiB, TiB): nothing to plot"])
 
-    if "memory.used" not in typed:
-        typed["memory.used"] = typed["memory.total"] - typed["memory.free"]
-        notes.append(f"no memory.used column in {path.name}: used = memory.total - memory.free")
-    if "memory.total" not in typed:
-        typed["memory.total"] = typed["memory.used"] + typed["memory.free"] if "memory.free" in typed else np.nan
-    stamps = typed.get("timestamp")
-    times_s = None if stamps is None else (stamps - stamps.iloc[0]).dt.total_seconds().to_numpy()
-    gpu, keep = gpu_numbers(path.name, table, times_s, numbers, notes)
+    parts, count = [], 0
+    for first, lines in itertools.chain([head], chunks):
+        part = parse_chunk(layout, first, lines, skipped)
+        if part is not None and len(part["line"]):
+            parts.append(part)
+            count += len(part["line"])
+        if count >= MAX_SAMPLES:
+            notes.append(f"{name} has over {MAX_SAMPLES:,} samples: read up to line {first + len(lines) - 1}, the rest left unread")
+            break
+    del head, lines
+    notes += skipped_notes(name, skipped)
+    if not parts:
+        return Timeline.empty(notes + [f"no samples in {name}: nothing to plot"])
+    rows = {k: np.concatenate([p.pop(k) for p in parts]) for k in list(parts[0])}  # one column at a time
+    missing = int(rows.pop("missing").sum())
+    if missing:
+        notes.append(f"{missing} memory value(s) in {name} not available ([N/A] or similar): left as gaps")
+    if "memory.used" not in columns:
+        notes.append(f"no memory.used column in {name}: used = memory.total - memory.free")
+    ns = rows.pop("ns", None)
+    start = None if ns is None else pd.Timestamp(ns[0]).to_pydatetime(warn=False)  # ns -> µs
+    times_s = None if ns is None else (ns - ns[0]) / 1e9
+    del ns
+    gpu, keep = gpu_numbers(layout, rows, times_s, notes)
     if times_s is None:  # sample k of a GPU is its k-th row
         elapsed = pd.Series(gpu).groupby(gpu).cumcount().to_numpy() * ASSUMED_INTERVAL_S
-        notes.append(f"no timestamp column in {path.name}: samples assumed {ASSUMED_INTERVAL_S:g} s apart (nvidia-smi -l 1)")
+        notes.append(f"no timestamp column in {name}: samples assumed {ASSUMED_INTERVAL_S:g} s apart (nvidia-smi -l 1)")
     else:
-        elapsed = monotonic_elapsed(path.name, times_s, numbers, notes)
+        elapsed = monotonic_elapsed(name, times_s, rows["line"], notes)
+    del times_s
 
-    gpu_ids = np.array([str(g) for g in range(gpu.max() + 1)], dtype=object)  # 3 -> "3", fast on many rows
-    samples = pd.DataFrame({
-        "elapsed_s": elapsed.astype("float64"), "gpu": gpu_ids[gpu], "used_mib": typed["memory.used"].to_numpy(),
-        "total_mib": typed["memory.total"].to_numpy(dtype="float64"), "gpu_number": gpu,
-    })[keep].sort_values(["gpu_number", "elapsed_s"], kind="stable").drop(columns="gpu_number")  # fmt: skip
-    label = next((c for c in ("name", *IDENTITY_FIELDS) if c in table), None)  # what the report calls each GPU
+    kept = np.flatnonzero(keep)
+    numbers = np.flatnonzero(np.bincount(gpu[kept], minlength=1))  # the GPU numbers that have samples
+    codes = np.zeros(numbers[-1] + 1, dtype=np.int16)
+    codes[numbers] = np.arange(len(numbers))
     gpu_names = {}
-    if label:
-        firsts = pd.DataFrame({"gpu": gpu_ids[gpu], "label": table[label]})[keep].drop_duplicates("gpu")
-        gpu_names = dict(zip(firsts["gpu"], firsts["label"].astype(str), strict=True))
-    start = None if stamps is None else stamps.iloc[0].to_pydatetime()
-    return Timeline(samples.reset_index(drop=True), gpu_names=gpu_names, start=start, notes=notes)
+    if "label" in rows:  # each GPU's label on its first row
+        _, firsts = np.unique(gpu[kept], return_index=True)
+        gpu_names = {str(g): display_label(layout.labels.values[c]) for g, c in zip(numbers, rows["label"][kept[firsts]]) if c >= 0}
+    order = kept[np.argsort(gpu[kept], kind="stable")]  # by GPU, then time: elapsed never goes back in file order
+    samples = pd.DataFrame({
+        "elapsed_s": elapsed[order].astype("float64"),
+        "gpu": pd.Categorical.from_codes(codes[gpu[order]], categories=[str(g) for g in numbers]),
+        "used_mib": rows.pop("used_mib")[order], "total_mib": rows.pop("total_mib")[order],
+    }, copy=False)  # fmt: skip
+    return Timeline(samples, gpu_names=gpu_names, start=start, notes=notes)

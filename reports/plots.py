@@ -31,9 +31,14 @@ def min_max_buckets(samples: pd.DataFrame, buckets: int = BUCKETS) -> pd.DataFra
     )
 
 
+def plain(text: str) -> str:
+    """Text from a file (a GPU name, a phase, a folder name) as matplotlib draws it literally: "$...$" is not math."""
+    return str(text).replace("$", r"\$")
+
+
 def _axes(title: str, ylabel: str = "GPU memory used (GiB)"):
     fig, ax = plt.subplots(figsize=(10, 3.6), dpi=100)
-    ax.set_title(title, loc="left", fontsize=11, pad=22)
+    ax.set_title(plain(title), loc="left", fontsize=11, pad=22)
     ax.set_xlabel("time since start (s)")
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
@@ -63,7 +68,7 @@ def timeline_png(
     for i, row in enumerate(phases.itertuples(index=False)):
         ax.axvspan(row.start_s, row.end_s, color=PHASE_COLOURS[i % len(PHASE_COLOURS)], alpha=0.7, lw=0)
         if (row.end_s - row.start_s) / span >= 0.03:  # narrower bands keep their colour, not a label
-            ax.text((row.start_s + row.end_s) / 2, 1.01 + 0.06 * (i % 2), str(row.phase), transform=ax.get_xaxis_transform(),
+            ax.text((row.start_s + row.end_s) / 2, 1.01 + 0.06 * (i % 2), plain(row.phase), transform=ax.get_xaxis_transform(),
                     ha="center", va="bottom", fontsize=7, clip_on=False)  # fmt: skip
     reduced = min_max_buckets(samples)
     ax.fill_between(reduced["elapsed_s"], reduced["lo"] / MIB_PER_GIB, reduced["hi"] / MIB_PER_GIB, color="#2563eb", alpha=0.25, lw=0)
@@ -72,7 +77,7 @@ def timeline_png(
         ax.axhline(limit_gib, color="#dc2626", lw=1.2, label=f"usable {limit_gib:.2f} GiB")
     if predicted_gib is not None:
         ax.axhline(predicted_gib, color="#7c3aed", lw=1.2, ls="--", label=f"predicted peak {predicted_gib:.2f} GiB")
-    if len(samples):
+    if samples["used_mib"].notna().any():  # a GPU whose values were all [N/A] has no peak to mark
         peak = samples.loc[samples["used_mib"].idxmax()]
         ax.annotate(f"peak {peak.used_mib / MIB_PER_GIB:.2f} GiB", (peak.elapsed_s, peak.used_mib / MIB_PER_GIB),
                     xytext=(0, 8), textcoords="offset points", ha="center", fontsize=8)  # fmt: skip
@@ -91,7 +96,20 @@ def overlay_png(path: Path, title: str, runs: list[tuple[str, pd.DataFrame]]) ->
     fig, ax = _axes(title)
     for (label, samples), colour in zip(runs, ("#1d4ed8", "#ea580c", "#16a34a")):
         reduced = min_max_buckets(samples)
-        ax.plot(reduced["elapsed_s"], reduced["hi"] / MIB_PER_GIB, color=colour, lw=1.2, label=label)
+        ax.plot(reduced["elapsed_s"], reduced["hi"] / MIB_PER_GIB, color=colour, lw=1.2, label=plain(label))
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="lower right", fontsize=8)
+    _save(fig, path)
+
+
+def peaks_png(path: Path, title: str, gpus: list[str], series: list[tuple[float | None, ...]], labels: list[str]) -> None:
+    """Many GPUs at once: each one's measured peak (one marker series per run), GPU by GPU."""
+    fig, ax = _axes(title)
+    x = np.arange(len(gpus))
+    for values, label, colour in zip(series, labels, ("#1d4ed8", "#ea580c")):
+        ax.plot(x, [np.nan if v is None else v for v in values], ".", color=colour, ms=4, label=plain(label))
+    ax.set_xlabel(plain(f"GPU ({len(gpus)}, from {gpus[0]} to {gpus[-1]})"))
+    ax.set_ylabel("measured peak (GiB)")
     ax.set_ylim(bottom=0)
     ax.legend(loc="lower right", fontsize=8)
     _save(fig, path)

@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
 
 import jinja2
+import pandas as pd
 
 from avatardoctor import __version__
 from avatardoctor.errors import InputError
 from avatardoctor.reports import plots
+from avatardoctor.reports.inputs import UnreadableFile, read_regular
 from avatardoctor.reports.runfolder import RunFolder, read_run_folder
 from avatardoctor.reports.summary import SCHEMA, build_summary
-from avatardoctor.reports.timeline import Timeline
+from avatardoctor.reports.timeline import GPU_ID, Timeline
 
 OUTCOME_CLASS = {"success": "ok", None: "unknown"}
+SUMMARY_LIMIT = 64 * 2**20  # an earlier summary.json: what tells our folder from the user's
+MAX_TIMELINES = 16  # each is ~50 KB inline; past this many, the page draws the top ones and an overview
 
 
 def _environment() -> jinja2.Environment:
@@ -34,19 +40,53 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def prepare_output(out: Path, force: bool) -> None:
-    """An output folder that is new, empty, or an earlier report of ours: never the user's files."""
-    if out.exists() and any(out.iterdir()):
-        ours = out / "summary.json"
-        try:
-            is_ours = json.loads(ours.read_text()).get("schema") == SCHEMA
-        except (OSError, ValueError, AttributeError):
-            is_ours = False
-        if not is_ours and not force:
-            raise InputError(f"-o {out}: the folder holds files that are not an avatardoctor report; choose another or pass --force")
-        for old in out.glob("*.png"):
-            old.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+def prepare_output(out: Path, force: bool, flag: str) -> None:
+    """An output folder that is new, empty, or an earlier report of ours: never the user's files, and
+    never reached through a link (a run folder's `report` link would have us write, and delete, elsewhere)."""
+    if out.is_symlink():
+        raise InputError(f"{flag} {out}: is a symbolic link; give the folder it points to, or another")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{flag} {out}: is a file, not a folder; choose another")
+    try:
+        if out.exists() and any(out.iterdir()):
+            try:
+                is_ours = json.loads(read_regular(out / "summary.json", SUMMARY_LIMIT, within=out)).get("schema") == SCHEMA
+            except (UnreadableFile, ValueError, AttributeError, RecursionError):
+                is_ours = False
+            if not is_ours and not force:
+                raise InputError(f"{flag} {out}: the folder holds files that are not an avatardoctor report; choose another or pass --force")
+            for old in out.glob("*.png"):
+                old.unlink()  # a link is removed, never what it points to
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{flag} {out}: cannot write there ({e.strerror or e}); choose another folder") from None
+
+
+def _write_file(path: Path, data: str | bytes) -> None:
+    """Written beside, then renamed over: a link at path is replaced, never written through."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)  # a link planted there is removed; O_EXCL | O_NOFOLLOW: nothing is written through one
+    try:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "wb") as f:
+            f.write(data if isinstance(data, bytes) else data.encode("utf-8"))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def image_name(prefix: str, gpu: str, position: int) -> str:
+    """The PNG's file name: the GPU's id when it is one (0-9999, cpu), else its position; never a path."""
+    return f"{prefix}-gpu{gpu}.png" if GPU_ID.fullmatch(gpu) else f"{prefix}-{position}.png"
+
+
+def drawn_gpus(peaks: dict[str, float | None], first: str | None = None) -> list[str]:
+    """The GPUs that get a timeline, in their order: all of them, or (past MAX_TIMELINES, which would make a
+    page of many MB) the failed GPU and the highest measured peaks."""
+    if len(peaks) <= MAX_TIMELINES:
+        return list(peaks)
+    ranked = sorted(peaks, key=lambda g: (g != first, -(peaks[g] if peaks[g] is not None else -1.0)))
+    chosen = set(ranked[:MAX_TIMELINES])
+    return [g for g in peaks if g in chosen]
 
 
 def _png_b64(path: Path) -> str:
@@ -62,23 +102,40 @@ def _oom_point(summary: dict, gpu: str) -> tuple[float, str] | None:
     return float(failure["at_elapsed_s"]), label
 
 
+def _image(out: Path, name: str, label: str, draw) -> dict:
+    (out / name).unlink(missing_ok=True)  # a link there is removed, not drawn through
+    draw(out / name)
+    return {"label": label, "file": name, "data": _png_b64(out / name)}
+
+
+def _overview(out: Path, prefix: str, peaks: dict[str, list[float | None]], legend: list[str], drawn: list[str], notes: list[str]) -> list[dict]:
+    """Past MAX_TIMELINES GPUs: one figure of every GPU's peak, and a note on which timelines are drawn."""
+    if len(drawn) == len(peaks):
+        return []
+    notes.append(f"{len(peaks)} GPUs: timelines drawn for {len(drawn)} (the failed GPU and the highest measured peaks); "
+                 "every GPU's peak is in the table and the overview figure")  # fmt: skip
+    return [_image(out, f"{prefix}-overview.png", "every GPU's measured peak",
+                   lambda path: plots.peaks_png(path, "measured peak per GPU", list(peaks), list(zip(*peaks.values())), legend))]  # fmt: skip
+
+
 def _timeline_images(timeline: Timeline, run: RunFolder | None, summary: dict, out: Path) -> list[dict]:
-    images = []
     predicted = run.predicted if run else {}
-    phases = run.phases if run else None
-    for row in summary["gpus"]:
-        gpu = row["gpu"]
-        name = f"timeline-gpu{gpu}.png"
+    phases = run.phases if run else pd.DataFrame(columns=["phase", "start_s", "end_s"])
+    rows = {row["gpu"]: row for row in summary["gpus"]}
+    failed = (summary.get("failure") or {}).get("gpu")
+    drawn = drawn_gpus({g: r["measured_peak_gib"] for g, r in rows.items()}, failed)
+    images = _overview(out, "timeline", {g: [r["measured_peak_gib"]] for g, r in rows.items()}, ["measured"], drawn, summary["notes"])
+    by_gpu = timeline.by_gpu()
+    for position, gpu in enumerate(drawn):
+        row = rows[gpu]
         limit = row["usable_gib"] if row["usable_gib"] is not None else row["total_gib"]
         device = "CPU (the job's processes, RSS)" if gpu == "cpu" else f"GPU {gpu}" + (f" · {row['name']}" if row["name"] else "")
-        title = f"{device} · measured peak {row['measured_peak_gib']:.2f} GiB"
-        samples = timeline.samples[timeline.samples["gpu"] == gpu]
-        plots.timeline_png(
-            out / name, title, samples, phases if phases is not None else plots.pd.DataFrame(columns=["phase", "start_s", "end_s"]),
-            limit_gib=limit, predicted_gib=(predicted.get(gpu) or {}).get("peak_gib"), oom=_oom_point(summary, gpu),
+        peak = "no memory values (all [N/A])" if row["measured_peak_gib"] is None else f"measured peak {row['measured_peak_gib']:.2f} GiB"
+        images.append(_image(out, image_name("timeline", gpu, position), f"GPU {gpu}", lambda path: plots.timeline_png(
+            path, f"{device} · {peak}", by_gpu[gpu], phases, limit_gib=limit,
+            predicted_gib=predicted[gpu].peak_gib if gpu in predicted else None, oom=_oom_point(summary, gpu),
             ylabel="host memory used (GiB)" if gpu == "cpu" else "GPU memory used (GiB)",
-        )  # fmt: skip
-        images.append({"label": f"GPU {gpu}", "file": name, "data": _png_b64(out / name)})
+        )))  # fmt: skip
     return images
 
 
@@ -108,10 +165,10 @@ def _write(out: Path, summary: dict, images: list[dict], title: str) -> Path:
     html = _environment().get_template("report.html.j2").render(
         s=summary, images=images, title=title, outcome_class=OUTCOME_CLASS.get(summary["outcome"], "bad")
     )
-    (out / "index.html").write_text(html, encoding="utf-8")
-    (out / "report.md").write_text(_markdown(summary, images, title), encoding="utf-8")
+    _write_file(out / "index.html", html)
+    _write_file(out / "report.md", _markdown(summary, images, title))
     summary = {**summary, "images": [img["file"] for img in images]}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    _write_file(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return out / "index.html"
 
 
@@ -127,41 +184,57 @@ def load(source: Path, fields: list[str] | None = None) -> tuple[Timeline, RunFo
     raise InputError(f"{source}: neither a run folder nor a CSV file")
 
 
+@contextmanager
+def _writing(out: Path, flag: str):
+    """A write that fails part way (disk full, a read-only folder) is one line naming the folder."""
+    try:
+        yield
+    except OSError as e:
+        raise InputError(f"{flag} {out}: cannot write there ({e.strerror or e}); choose another folder") from None
+
+
 def render_report(source: Path, out: Path | None = None, force: bool = False, fields: list[str] | None = None) -> Path:
     timeline, run, kind = load(source, fields)
+    flag = "-o" if out else "report folder"
     out = out or (source / "report" if kind == "run" else source.with_name(f"{source.stem}-report"))
-    prepare_output(out, force)
+    prepare_output(out, force, flag)
     summary = build_summary(source, kind, timeline, run)
-    images = _timeline_images(timeline, run, summary, out)
     title = f"Live Avatar run {source.name}" if kind == "run" else f"GPU memory log {source.name}"
-    return _write(out, summary, images, title)
+    with _writing(out, flag):
+        return _write(out, summary, _timeline_images(timeline, run, summary, out), title)
 
 
 def render_compare(a: Path, b: Path, out: Path, force: bool = False) -> Path:
     """Peaks side by side and the timelines overlaid, GPU by GPU."""
     (ta, ra, ka), (tb, rb, kb) = load(a), load(b)
-    prepare_output(out, force)
+    prepare_output(out, force, "-o")
     sa, sb = build_summary(a, ka, ta, ra), build_summary(b, kb, tb, rb)
     by_gpu_a, by_gpu_b = {g["gpu"]: g for g in sa["gpus"]}, {g["gpu"]: g for g in sb["gpus"]}
     empty = {"measured_peak_gib": None, "predicted_peak_gib": None, "peak_phase": None}
-    rows, images = [], []
+    rows = []
     for gpu in sorted(by_gpu_a.keys() | by_gpu_b.keys(), key=lambda g: (not g.isdigit(), g.zfill(4))):
         ga, gb = by_gpu_a.get(gpu, empty), by_gpu_b.get(gpu, empty)
         diff = gb["measured_peak_gib"] - ga["measured_peak_gib"] if None not in (ga["measured_peak_gib"], gb["measured_peak_gib"]) else None
         rows.append({"gpu": gpu, "a": ga, "b": gb, "diff": None if diff is None else round(diff, 2)})
-        name = f"compare-gpu{gpu}.png"
-        runs = [(f"A: {a.name}", ta.samples[ta.samples["gpu"] == gpu]), (f"B: {b.name}", tb.samples[tb.samples["gpu"] == gpu])]
-        plots.overlay_png(out / name, f"GPU {gpu}: A vs B", runs)
-        images.append({"label": f"GPU {gpu}", "file": name, "data": _png_b64(out / name)})
     notes = [f"A: {n}" for n in sa["notes"]] + [f"B: {n}" for n in sb["notes"]]
-    title = f"{a.name} vs {b.name}"
-    html = _environment().get_template("compare.html.j2").render(a=sa, b=sb, rows=rows, images=images, title=title, notes=notes)
-    (out / "index.html").write_text(html, encoding="utf-8")
-    summary = {"schema": SCHEMA, "compare": [sa, sb], "rows": [{"gpu": r["gpu"], "diff_gib": r["diff"]} for r in rows],
-               "images": [i["file"] for i in images], "notes": notes}  # fmt: skip
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    md = [f"## {title}", "", "| GPU | A measured (GiB) | B measured (GiB) | B - A (GiB) |", "|---|---:|---:|---:|"]
-    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-    md += [f"| {r['gpu']} | {fmt(r['a']['measured_peak_gib'])} | {fmt(r['b']['measured_peak_gib'])} | {fmt(r['diff'])} |" for r in rows]
-    (out / "report.md").write_text("\n".join(md + [""] + [f"![{i['label']}]({i['file']})" for i in images]) + "\n", encoding="utf-8")
+    peaks = {r["gpu"]: [r["a"]["measured_peak_gib"], r["b"]["measured_peak_gib"]] for r in rows}
+    drawn = drawn_gpus({g: max((p for p in v if p is not None), default=None) for g, v in peaks.items()})
+    by_gpu = [ta.by_gpu(), tb.by_gpu()]
+    no_samples = pd.DataFrame({"elapsed_s": [], "used_mib": []})
+    with _writing(out, "-o"):
+        images = _overview(out, "compare", peaks, [f"A: {a.name}", f"B: {b.name}"], drawn, notes)
+        for position, gpu in enumerate(drawn):
+            runs = [(f"{side}: {src.name}", frames.get(gpu, no_samples)) for side, src, frames in zip("AB", (a, b), by_gpu)]
+            images.append(_image(out, image_name("compare", gpu, position), f"GPU {gpu}",
+                                 lambda path: plots.overlay_png(path, f"GPU {gpu}: A vs B", runs)))  # fmt: skip
+        title = f"{a.name} vs {b.name}"
+        html = _environment().get_template("compare.html.j2").render(a=sa, b=sb, rows=rows, images=images, title=title, notes=notes)
+        _write_file(out / "index.html", html)
+        summary = {"schema": SCHEMA, "compare": [sa, sb], "rows": [{"gpu": r["gpu"], "diff_gib": r["diff"]} for r in rows],
+                   "images": [i["file"] for i in images], "notes": notes}  # fmt: skip
+        _write_file(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        md = [f"## {title}", "", "| GPU | A measured (GiB) | B measured (GiB) | B - A (GiB) |", "|---|---:|---:|---:|"]
+        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        md += [f"| {r['gpu']} | {fmt(r['a']['measured_peak_gib'])} | {fmt(r['b']['measured_peak_gib'])} | {fmt(r['diff'])} |" for r in rows]
+        _write_file(out / "report.md", "\n".join(md + [""] + [f"![{i['label']}]({i['file']})" for i in images]) + "\n")
     return out / "index.html"

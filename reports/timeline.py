@@ -3,18 +3,41 @@ logs/gpu_memory.csv, or a plain nvidia-smi CSV log), plus notes on what had to b
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import pandas as pd
 
 COLUMNS = ("elapsed_s", "gpu", "used_mib", "total_mib")
+MAX_GPU_INDEX = 1023  # NVML numbers a node's GPUs from 0; no node has a thousand
+MAX_MIB = 2.0**30  # 1 PiB: no GPU (or host) holds more; larger is a damaged value
+MAX_SECONDS = 1e9  # 30 years: a larger elapsed time is a damaged value
+MAX_LABEL_CHARS = 80  # a GPU name or phase longer than this is cut: it is a title, not a document
+GPU_ID = re.compile(r"[0-9]{1,4}|cpu")
+
+
+def gpu_id(value) -> str | None:
+    """A GPU as reports name it ("0", "1", ... or "cpu") from an index in a file; None if it is none."""
+    if isinstance(value, bool):
+        return None
+    text = str(value).strip() if isinstance(value, (str, int)) else ""
+    if not GPU_ID.fullmatch(text):
+        return None
+    return text if text == "cpu" else str(int(text)) if int(text) <= MAX_GPU_INDEX else None
+
+
+def label(value) -> str:
+    """Text from a file shown as a name or title: one line, at most MAX_LABEL_CHARS."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= MAX_LABEL_CHARS else text[: MAX_LABEL_CHARS - 1] + "…"
 
 
 @dataclass
 class Timeline:
     # One row per sample: elapsed_s (float, seconds since the first sample), gpu (str: "0", "1", ...
-    # or "cpu"), used_mib (float), total_mib (float, NaN where unknown). Sorted by gpu, elapsed_s.
+    # or "cpu"), used_mib (float, NaN where not available), total_mib (float, NaN where unknown).
+    # Sorted by gpu, elapsed_s.
     samples: pd.DataFrame
     gpu_names: dict[str, str] = field(default_factory=dict)  # gpu -> "NVIDIA H800" / uuid, when known
     start: datetime | None = None  # wall-clock time of elapsed_s == 0, when known
@@ -23,6 +46,10 @@ class Timeline:
     @property
     def gpus(self) -> list[str]:
         return sorted(self.samples["gpu"].unique(), key=lambda g: (not g.isdigit(), int(g) if g.isdigit() else 0, g))
+
+    def by_gpu(self) -> dict[str, pd.DataFrame]:
+        """Each GPU's samples (gpu may be a categorical column: only GPUs with samples)."""
+        return {str(g): frame for g, frame in self.samples.groupby("gpu", sort=False, observed=True)}
 
     @classmethod
     def empty(cls, notes: list[str]) -> Timeline:

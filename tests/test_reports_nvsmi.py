@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -272,3 +273,98 @@ def test_a_cut_off_last_line_is_not_also_counted_as_blank(tmp_path):
     assert list(timeline.samples["used_mib"]) == [1000.0]
     assert not any("blank" in n for n in timeline.notes)
     assert any("last line 3 of cut.csv is cut off" in n for n in timeline.notes)
+
+
+@pytest.mark.parametrize("index", ["999999999", "99999999999999999999999", "1024", "-1"])
+def test_an_index_that_is_no_gpus_is_a_skipped_line_not_a_huge_table(tmp_path, index):
+    text = "timestamp, index, memory.used [MiB]\n2026/11/20 09:14:02.000, 0, 10 MiB\n" f"2026/11/20 09:14:02.000, {index}, 20 MiB\n"
+    t = read_nvidia_smi_csv(log(tmp_path, text))
+    assert t.gpus == ["0"] and t.samples["used_mib"].tolist() == [10.0]
+    assert_note(t, "1 line(s) in gpu_log.csv have an index that is no GPU's (not 0-1023): skipped, first line 3")
+
+
+@pytest.mark.parametrize("index", ["²", "1.5", "0x1", "[N/A]"])
+def test_an_index_that_is_not_a_number_is_junk(tmp_path, index):
+    text = "timestamp, index, memory.used [MiB]\n2026/11/20 09:14:02.000, 1, 10 MiB\n" f"2026/11/20 09:14:02.000, {index}, 20 MiB\n"
+    t = read_nvidia_smi_csv(log(tmp_path, text))
+    assert t.gpus == ["1"] and t.samples["used_mib"].tolist() == [10.0]
+    assert_note(t, "1 line(s) in gpu_log.csv are not samples", "first line 3")
+
+
+def test_blank_lines_before_the_log(tmp_path):
+    for body in (SEED_HEADER + "\n" + "\n".join(seed_rows(2, 1)), "\n".join(seed_rows(2, 1))):
+        t = read_nvidia_smi_csv(log(tmp_path, "\n" * 60 + body + "\n"))
+        assert t.samples["used_mib"].tolist() == [1000.0, 1001.0]
+        assert_note(t, "60 blank line(s) in gpu_log.csv skipped, first at line 1")
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-le", "utf-16-be"])
+def test_a_bom_or_utf16_log_has_its_header(tmp_path, encoding):
+    text = "\n".join([SEED_HEADER, *seed_rows(2, 1)]) + "\n"
+    raw = text.encode(encoding)
+    if encoding in ("utf-16-le", "utf-16-be"):  # Windows' "Unicode" redirection writes the BOM
+        raw = ("\ufeff" + text).encode(encoding)
+    t = read_nvidia_smi_csv(log(tmp_path, raw))
+    assert t.samples["used_mib"].tolist() == [1000.0, 1001.0]
+    assert not any("no header" in n for n in t.notes)
+
+
+@pytest.mark.parametrize("unit, values, mib", [("GiB", "10.5 GiB", 10752.0), ("GiB", "10.5", 10752.0), ("KiB", "2048 KiB", 2.0), ("MiB", "7", 7.0)])
+def test_the_headers_unit_is_honoured(tmp_path, unit, values, mib):
+    t = read_nvidia_smi_csv(log(tmp_path, f"timestamp, memory.used [{unit}]\n2026/11/20 09:14:02.000, {values}\n"))
+    assert t.samples["used_mib"].tolist() == [mib]
+
+
+def test_a_unit_that_is_not_memory_is_said_not_guessed(tmp_path):
+    t = read_nvidia_smi_csv(log(tmp_path, "timestamp, memory.used [%]\n2026/11/20 09:14:02.000, 50 %\n"))
+    assert t.samples.empty
+    assert_note(t, "memory.used [%] in gpu_log.csv: not a unit of memory")
+
+
+def test_a_row_cut_mid_number_inside_the_log_is_skipped(tmp_path):
+    rows = seed_rows(3, 1)
+    rows[1] = rows[1].split(" MiB")[0][:-3]  # "2026/11/20 09:14:03.100, 1" of "... 1001 MiB"; then the log went on
+    t = read_nvidia_smi_csv(log(tmp_path, "\n".join([SEED_HEADER, *rows]) + "\n"))
+    assert t.samples["used_mib"].tolist() == [1000.0, 1002.0]
+    assert_note(t, "1 line(s) in gpu_log.csv are not samples", "first line 3")
+
+
+@pytest.mark.parametrize("value", ["inf", "-5", "1e300", "nan"])
+def test_memory_values_no_gpu_can_hold_are_junk(tmp_path, value):
+    t = read_nvidia_smi_csv(log(tmp_path, f"timestamp, index, memory.used [MiB]\n2026/11/20 09:14:02.000, 0, 5 MiB\n2026/11/20 09:14:03.000, 0, {value} MiB\n"))
+    assert t.samples["used_mib"].tolist() == [5.0]
+
+
+def test_the_log_is_read_in_chunks_with_the_same_result(tmp_path, monkeypatch):
+    lines = [SEED_HEADER, *seed_rows(40, 3)]
+    lines[50:50] = ["", "Unable to determine the device handle for GPU0000:3B:00.0: Unknown Error", SEED_HEADER]
+    path = log(tmp_path, "\n".join(lines) + "\n2026/11/20 09:14:4")
+    whole = read_nvidia_smi_csv(path)
+    monkeypatch.setattr(nvsmi, "CHUNK_CHARS", 100)  # a line crosses every chunk boundary
+    chunked = read_nvidia_smi_csv(path)
+    pd.testing.assert_frame_equal(whole.samples, chunked.samples)
+    assert whole.notes == chunked.notes and len(whole.samples) == 120
+
+
+def test_the_samples_kept_are_bounded_and_the_note_says_so(tmp_path, monkeypatch):
+    monkeypatch.setattr(nvsmi, "CHUNK_CHARS", 100)
+    monkeypatch.setattr(nvsmi, "MAX_SAMPLES", 10)
+    t = read_nvidia_smi_csv(log(tmp_path, "\n".join([SEED_HEADER, *seed_rows(40, 1)]) + "\n"))
+    assert 10 <= len(t.samples) < 40
+    assert_note(t, "gpu_log.csv has over 10 samples: read up to line", "the rest left unread")
+
+
+def test_thousands_of_uuids_are_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(nvsmi, "MAX_GPUS", 3)
+    text = "timestamp, uuid, memory.used [MiB]\n" + "".join(f"2026/11/20 09:14:02.000, GPU-{i:04d}, {i} MiB\n" for i in range(5))
+    t = read_nvidia_smi_csv(log(tmp_path, text))
+    assert t.gpus == ["0", "1", "2"]
+    assert_note(t, "2 line(s) in gpu_log.csv name a GPU past the first 3 different ones")
+
+
+@pytest.mark.parametrize("make", [lambda p: os.mkfifo(p), lambda p: p.symlink_to("/dev/zero"), lambda p: p.mkdir()])
+def test_only_a_regular_file_is_read(tmp_path, make):
+    path = tmp_path / "gpu_log.csv"
+    make(path)
+    with pytest.raises(InputError, match="cannot read .*gpu_log.csv: not a regular file"):
+        read_nvidia_smi_csv(path)
