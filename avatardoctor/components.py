@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib.resources import files
 
-from avatardoctor.ckpt.safetensors_file import DTYPE_SIZES
+from avatardoctor.ckpt.safetensors_file import data_bytes
 
 REFERENCE = "wan2.2-s2v-14b"
 # wav2vec2-large-xlsr-53 (on the CPU) is not in the reference tensor lists: 315,472,545 F32
@@ -43,7 +43,7 @@ def size_of(tensors: Iterable[TensorSpec]) -> Size:
     total = ZERO
     for _, dtype, shape in tensors:
         n = math.prod(shape)
-        total += Size(n, n * DTYPE_SIZES[dtype])
+        total += Size(n, data_bytes(dtype, shape))
     return total
 
 

@@ -157,6 +157,127 @@ def test_header_reader_survives_arbitrary_bytes():
     run()
 
 
+@pytest.mark.parametrize(
+    "header, message",
+    [
+        ({"a": tensor(dtype=["BF16"])}, "unknown dtype"),  # was a TypeError (unhashable list)
+        ({"a": tensor(dtype={"x": 1})}, "unknown dtype"),
+        ({"a": tensor(shape=[2**62] * 2000)}, "overflows a 64-bit size"),  # a product of 38,000 digits: was a ValueError
+        ({"a": tensor(shape=[0, 2**64])}, "non-negative integers"),  # not a usize: the loader refuses it too
+        ({"a": tensor(shape=[2**40, 2**40, 0])}, "overflows a 64-bit size"),  # the loader multiplies in order
+        (b'{"a": {"dtype": "U8", "shape": [' + b"9" * 5000 + b'], "data_offsets": [0, 0]}}', "number out of range"),
+        (b'{"a": {"dtype": "U8", "shape": [' + b"9" * 300 + b'], "data_offsets": [0, 0]}}', "non-negative integers"),
+        (b'{"a": {"dtype": "U8", "shape": [1e400], "data_offsets": [0, 0]}}', "number out of range"),
+        (b'{"a": {"dtype": "U8", "shape": [-0], "data_offsets": [0, 0]}}', "non-negative integers"),
+        (b'{"a": {"dtype": "U8", "shape": [NaN], "data_offsets": [0, 0]}}', "NaN is not JSON"),
+        (b'{"\\ud800x": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}}', "lone UTF-16 surrogate"),
+        ({"a": tensor(dtype="F4", shape=[3], offsets=(0, 2))}, "do not fill whole bytes"),
+    ],
+)
+def test_malformed_header_values_are_one_line_errors(tmp_path, header, message):
+    path = raw_safetensors(tmp_path / "shard.safetensors", header)
+    with pytest.raises(CkptFileError, match=message):
+        read_header(path)
+
+
+@pytest.mark.parametrize("dtype, shape, nbytes", [("C64", (3,), 24), ("F4", (6,), 3), ("F6_E2M3", (4,), 3), ("F8_E5M2FNUZ", (2, 2), 4)])
+def test_every_dtype_the_loader_knows_is_read(tmp_path, dtype, shape, nbytes):
+    path = raw_safetensors(tmp_path / "s.safetensors", {"t": tensor(dtype, shape, (0, nbytes)), "x": tensor("U8", (1,), (nbytes, nbytes + 1))}, bytes(nbytes + 1))
+    assert [(t.dtype, t.nbytes) for t in read_header(path).tensors] == [(dtype, nbytes), ("U8", 1)]
+
+
+def test_a_huge_header_with_a_repeated_name_is_refused_in_linear_time(tmp_path):
+    """160,000 names (a 3 MB header) and a repeat at the end: the quadratic search took minutes (83 s for
+    80,000). The 120 s limit is not a speed measure, only a bound far above linear time on a busy machine."""
+    body = ",".join(f'"t{i}":{{"dtype":"U8","shape":[0],"data_offsets":[0,0]}}' for i in range(160_000))
+    path = raw_safetensors(tmp_path / "big.safetensors", ("{" + body + ',"t7":{}}').encode())
+    code = "import sys, pathlib; from avatardoctor.ckpt.safetensors_file import read_header; read_header(pathlib.Path(sys.argv[1]))"
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert "CkptFileError: big.safetensors: header refused: the name 't7' appears twice" in done.stderr
+
+
+METADATA_VALUES = ["null", "{}", '{"k":"v"}', '{"k":1}', "[]", '{"k":"a","k":"b"}']
+SAFETENSORS_08 = tuple(int(x) for x in __import__("safetensors").__version__.split(".")[:2]) >= (0, 8)
+
+
+@pytest.mark.skipif(not SAFETENSORS_08, reason="the reader follows safetensors 0.8's dtypes and rules")
+def test_header_reader_agrees_with_the_safetensors_loader():
+    """Differential: on generated small files (valid, nearly valid, broken), read_header accepts exactly
+    when safetensors.safe_open does. The one documented difference: a name given twice, which the
+    loader accepts keeping the last value silently, and read_header refuses (which tensor a loader
+    sees would depend on its JSON parser)."""
+    hypothesis = pytest.importorskip("hypothesis")
+    from safetensors import SafetensorError, safe_open
+
+    from avatardoctor.ckpt.safetensors_file import DTYPE_BITS
+
+    st = hypothesis.strategies
+    numbers = st.sampled_from(["0", "1", "2", "3", "-0", "-1", "1.0", "1e400", "18446744073709551616", "4294967296", "2.5"])
+    dims = st.one_of(st.integers(0, 4).map(str), numbers)
+    dtype = st.one_of(st.sampled_from(sorted(DTYPE_BITS)), st.sampled_from(['"C128"', '"bf16"', "[]", "{}", "1", "null"]))
+    name = st.one_of(st.text(min_size=1, max_size=4).map(lambda n: json.dumps(n)), st.sampled_from(['"\\ud800"', '"\\udc00a"', '"\\ud83d\\ude00"', '"__metadata__"']))
+
+    @st.composite
+    def files(draw):
+        entries, position, names = [], 0, []
+        for _ in range(draw(st.integers(0, 3))):
+            d = draw(dtype)
+            shape = draw(st.lists(dims, max_size=3))
+            bits = DTYPE_BITS.get(d, 8)
+            numel = 1
+            for x in shape:
+                numel *= int(x) if x.lstrip("-").isdigit() else 1
+            size = max(0, numel) * bits // 8 + draw(st.sampled_from([0, 0, 0, 1, -1]))
+            begin = position + draw(st.sampled_from([0, 0, 0, 1, -1]))
+            fields = [f'"dtype":{json.dumps(d) if d in DTYPE_BITS else d}', f'"shape":[{",".join(shape)}]', f'"data_offsets":[{begin},{begin + size}]']
+            fields += draw(st.lists(st.sampled_from(['"extra":1', '"extra":-0', '"dtype":"U8"', '"other":1e400']), max_size=1))
+            n = draw(name)
+            names.append(n)
+            entries.append(f"{n}:{{{','.join(draw(st.permutations(fields)))}}}")
+            position = max(position, begin + size)
+        if draw(st.booleans()):
+            entries.append('"__metadata__":' + draw(st.sampled_from(METADATA_VALUES)))
+        header = ("{" + ",".join(draw(st.permutations(entries))) + "}" + draw(st.sampled_from(["", "  ", "\n", "x", "\x00"]))).encode()
+        data = bytes(min(max(0, position + draw(st.sampled_from([0, 0, 0, 1, -1]))), 2**16))  # a huge shape: truncated
+        return struct.pack("<Q", len(header)) + header + data
+
+    @hypothesis.settings(max_examples=300, deadline=None, derandomize=True, database=None)
+    @hypothesis.given(content=files())
+    def run(content):
+        path = Path(os.environ["FUZZ_DIR"]) / "d.safetensors"
+        path.write_bytes(content)
+        try:
+            with safe_open(path, "np"):
+                loader_accepts = True
+        except SafetensorError:
+            loader_accepts = False
+        try:
+            header = read_header(path)
+        except CkptFileError:
+            assert not loader_accepts or _repeats_a_name(content), content
+        else:
+            assert loader_accepts, (content, header)
+
+    run()
+
+
+def _repeats_a_name(content: bytes) -> bool:
+    """Whether any JSON object in the header names a key twice (the documented difference)."""
+    def pairs(items):
+        keys = [k for k, _ in items]
+        if len(set(keys)) != len(keys):
+            raise KeyError("repeat")
+        return dict(items)
+
+    try:
+        json.loads(content[8 : 8 + struct.unpack("<Q", content[:8])[0]].decode("utf-8", "surrogatepass"), object_pairs_hook=pairs)
+    except KeyError:
+        return True
+    except ValueError:
+        return False
+    return False
+
+
 @pytest.fixture(autouse=True)
 def _fuzz_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("FUZZ_DIR", str(tmp_path))
