@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from avatardoctor.checks import run_checks
 from avatardoctor.checks.base import Status
 from avatardoctor.ckpt import layout
 from avatardoctor.ckpt.compare import compare_tensors
-from avatardoctor.ckpt.pth import first_bad_crc, read_pth
+from avatardoctor.ckpt.pth import first_damaged_entry, read_pth
 from avatardoctor.ckpt.safetensors_file import (
     CkptFileError,
     read_header,
@@ -312,7 +313,7 @@ def test_truncated_pth(tmp_path):
 def test_pth_crc_catches_changed_bytes(tmp_path):
     root = write_skeleton(tmp_path / "tiny", tiny=True)
     vae = root / layout.VAE_FILE
-    assert first_bad_crc(vae) is None
+    assert first_damaged_entry(vae) is None
     with zipfile.ZipFile(vae) as z:
         info = z.getinfo("Wan2.1_VAE/data/0")
     with open(vae, "r+b") as f:  # flip one byte inside the first storage's data
@@ -320,7 +321,7 @@ def test_pth_crc_catches_changed_bytes(tmp_path):
         byte = f.read(1)
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte[0] ^ 0xFF]))
-    assert first_bad_crc(vae) == "Wan2.1_VAE/data/0"
+    assert first_damaged_entry(vae) == "entry Wan2.1_VAE/data/0 fails its CRC-32"
 
 
 # ---- the whole folder ------------------------------------------------------------------------------
@@ -572,6 +573,73 @@ def test_deep_catches_a_damaged_pth_entry(tmp_path):
     doc = {c["id"]: c for c in json.loads(run_cli("ckpt", "verify", str(root), "--deep", "--json").stdout)["checks"]}
     assert doc["ckpt.crc"]["status"] == "fail"
     assert doc["ckpt.crc"]["summary"] == "Wan2.1_VAE.pth: entry Wan2.1_VAE/data/3 fails its CRC-32: the file is damaged"
+
+
+def broken_pth(path: Path, how: str) -> None:
+    """A deflated torch.save-like archive whose storage entry is broken: corrupt deflate data, the
+    encryption flag set, or a compression method no zip reader knows (99)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("Wan2.1_VAE/data.pkl", b"\x80\x02}q\x00.")
+        z.writestr("Wan2.1_VAE/data/0", bytes(4096))
+        info = z.getinfo("Wan2.1_VAE/data/0")
+    raw = bytearray(path.read_bytes())
+    local, central = info.header_offset, raw.rindex(b"PK\x01\x02")  # the storage entry's two headers
+    if how == "deflate":
+        start = local + 30 + len(info.filename) + struct.unpack_from("<H", raw, local + 28)[0]
+        raw[start : start + info.compress_size] = b"\xff" * info.compress_size
+    elif how == "encrypted":
+        raw[local + 6] |= 1
+        raw[central + 8] |= 1
+    else:
+        struct.pack_into("<H", raw, local + 8, 99)
+        struct.pack_into("<H", raw, central + 10, 99)
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize(
+    "how, problem",
+    [
+        ("deflate", "entry Wan2.1_VAE/data/0 holds corrupt compressed data"),
+        ("encrypted", "entry Wan2.1_VAE/data/0 is encrypted"),
+        ("method", "entry Wan2.1_VAE/data/0 uses compression method 99"),
+    ],
+)
+def test_deep_reports_an_entry_it_cannot_decompress(tmp_path, how, problem):
+    root = write_skeleton(tmp_path / "tiny", tiny=True)
+    broken_pth(root / layout.VAE_FILE, how)
+    r = run_cli("ckpt", "verify", str(root), "--deep", "--json")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    crc = {c["id"]: c for c in json.loads(r.stdout)["checks"]}["ckpt.crc"]
+    assert crc["status"] == "fail" and crc["summary"].startswith(f"{layout.VAE_FILE}: {problem}")
+    human = run_cli("ckpt", "verify", str(root), "--deep")
+    assert human.returncode == 1 and "Traceback" not in human.stderr and problem in " ".join(human.stdout.split())
+
+
+def without_root_file_powers(*command: str) -> subprocess.CompletedProcess:
+    """Run command as root without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH: file modes bind root too, so a
+    chmod 000 folder is really unreadable (the tests run as root). Skips where setpriv cannot do it."""
+    setpriv = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search", "--"]
+    probe = subprocess.run([*setpriv, "true"], capture_output=True) if AS_ROOT and shutil.which("setpriv") else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("needs root and a setpriv that may drop capabilities (a non-root user: chmod suffices, not written)")
+    return subprocess.run([*setpriv, *command], capture_output=True, text=True, timeout=120)
+
+
+def test_an_unreadable_subfolder_is_reported_not_missing(tmp_path):
+    root = write_skeleton(tmp_path / "tiny", tiny=True)
+    folder = root / layout.BY_KEY["wav2vec2"].files[0].split("/")[0]
+    folder.chmod(0)
+    try:
+        plain = without_root_file_powers(sys.executable, "-m", "avatardoctor", "ckpt", "verify", str(root), "--json")
+        deep = without_root_file_powers(sys.executable, "-m", "avatardoctor", "ckpt", "verify", str(root), "--deep", "--json")
+    finally:
+        folder.chmod(0o755)
+    checks = {c["id"]: c for c in json.loads(plain.stdout)["checks"]}
+    assert not [f for f in checks["ckpt.layout"]["data"]["missing"] if f.startswith(folder.name)]
+    assert "permission denied" in checks["ckpt.wav2vec2"]["summary"], checks["ckpt.wav2vec2"]
+    assert deep.returncode == 1 and "Traceback" not in deep.stderr, deep.stderr
+    sha = {c["id"]: c for c in json.loads(deep.stdout)["checks"]}["ckpt.sha256"]
+    assert sha["status"] == "fail" and f"{folder.name}: a folder that cannot be listed (Permission denied)" in sha["details"]
 
 
 def test_write_manifest_refuses_to_overwrite_before_hashing(tmp_path):
