@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from avatardoctor.errors import InputError
@@ -33,3 +34,18 @@ def read_limited(path: Path, limit: int) -> bytes:
     if len(data) > limit:
         raise FileTooLarge(limit)
     return data
+
+
+SPECIAL_FILES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                 (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))  # fmt: skip
+
+
+def not_regular_file(path: Path | str) -> str | None:
+    """What path is when it is there but not a regular file ("a FIFO (named pipe)"...), seen without
+    opening it: opening a FIFO blocks until a writer comes, a device may never end. None for a regular
+    file (through symlinks) and for a path that cannot be looked at (the open will say why)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    return next((what for is_kind, what in SPECIAL_FILES if is_kind(mode)), None if stat.S_ISREG(mode) else "not a regular file")

@@ -16,6 +16,7 @@ from pathlib import Path
 from avatardoctor.components import ComponentSummary
 from avatardoctor.config import MULTI_PROCESS_MODES, LaunchConfig
 from avatardoctor.errors import InputError
+from avatardoctor.files import not_regular_file
 from avatardoctor.estimates import EstimateTerms
 from avatardoctor.machine.model import Gpu
 from avatardoctor.units import GIB
@@ -78,6 +79,8 @@ def image_size(path: Path) -> tuple[int, int]:
     """(height, width) of the reference image, from its header only (Pillow reads lazily)."""
     from PIL import Image, UnidentifiedImageError
 
+    if kind := not_regular_file(path):  # opening a FIFO would block forever
+        raise InputError(f"--image {path}: {kind}, not an image file")
     try:
         with Image.open(path) as img:
             return img.height, img.width

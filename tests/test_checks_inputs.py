@@ -120,3 +120,21 @@ def test_prompt_hints_are_gentle(prompt, status, hint):
 def test_no_inputs_skip():
     for c in inputs.CHECKS:
         assert run(c).status is Status.SKIP
+
+
+def test_a_fifo_is_refused_without_opening_it(tmp_path):
+    """Opening a FIFO blocks until a writer comes: `check` and `predict --image fifo` hung (the size is read first)."""
+    from test_ckpt_hashing import writer_releasing_any_reader
+
+    from avatardoctor.errors import InputError
+    from avatardoctor.predict import image_size
+
+    fifo = tmp_path / "face.png"
+    os.mkfifo(fifo)
+    with writer_releasing_any_reader(fifo):
+        with pytest.raises(InputError, match="a FIFO"):
+            image_size(fifo)
+        r = run(inputs.check_image, image=fifo)
+        size = run(inputs.check_generation_size, image=fifo)
+    assert r.status is Status.FAIL and r.summary == f"--image {fifo}: a FIFO (named pipe), not an image"
+    assert size.status is Status.SKIP

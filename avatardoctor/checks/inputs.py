@@ -12,6 +12,7 @@ import os
 import re
 
 from avatardoctor.checks.base import CheckContext, Outcome, check, failed, passed, skipped, warned
+from avatardoctor.files import not_regular_file
 from avatardoctor.predict import geometry, image_size
 from avatardoctor.units import file_size
 
@@ -35,8 +36,8 @@ def _open_image(path):
 
     if not os.path.lexists(path):
         return None, "not found"
-    if os.path.isdir(path):
-        return None, "a directory, not an image"
+    if kind := not_regular_file(path):  # only regular files are read: opening a FIFO blocks forever
+        return None, f"{kind}, not an image"
     if os.path.getsize(path) == 0:
         return None, "empty (0 bytes)"
     try:
