@@ -642,6 +642,28 @@ def test_an_unreadable_subfolder_is_reported_not_missing(tmp_path):
     assert sha["status"] == "fail" and f"{folder.name}: a folder that cannot be listed (Permission denied)" in sha["details"]
 
 
+def test_names_from_files_reach_the_terminal_escaped_and_the_json_exact(tmp_path):
+    """A shard name in the index, a file name in the folder, a zip entry name: each may carry escape
+    sequences (clear the screen, retitle the window). Human output shows them as \x1b; JSON keeps them."""
+    root = write_skeleton(tmp_path / "tiny", tiny=True)
+    evil = "\x1b[2J\x1b]0;owned\x07\u202e"
+    index = json.loads((root / layout.UPSTREAM_INDEX).read_text())
+    index["weight_map"]["patch_embedding.weight"] = f"{evil}.safetensors"
+    (root / layout.UPSTREAM_INDEX).write_text(json.dumps(index))
+    (root / f"{evil}notes.txt").write_text("hashed by --deep, so listed\n")
+    with zipfile.ZipFile(root / layout.VAE_FILE, "a") as z:
+        z.writestr(f"{evil}entry", b"x" * 100)
+    human = run_cli("ckpt", "verify", str(root), "--deep", "-v")
+    assert human.returncode == 1 and "Traceback" not in human.stderr, human.stderr
+    assert not {"\x1b", "\x07", "\u202e"} & set(human.stdout + human.stderr)
+    assert "missing: \\x1b[2J\\x1b]0;owned\\x07\\u202e.safetensors" in human.stdout
+    assert "\\x1b[2J\\x1b]0;owned\\x07\\u202enotes.txt" in human.stdout
+    doc = json.loads(run_cli("ckpt", "verify", str(root), "--deep", "--json").stdout)
+    checks = {c["id"]: c for c in doc["checks"]}
+    assert f"{evil}.safetensors" in checks["ckpt.layout"]["data"]["missing"]
+    assert f"{evil}notes.txt" in checks["ckpt.sha256"]["data"]["sha256"]
+
+
 def test_write_manifest_refuses_to_overwrite_before_hashing(tmp_path):
     root = write_skeleton(tmp_path / "tiny", tiny=True)
     manifest = tmp_path / "mine.sha256"
