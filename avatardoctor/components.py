@@ -75,10 +75,13 @@ class DitShape:
     linear: Size  # 2-D `.weight` tensors: the Linear layers --fp8 stores at 1 byte per parameter
 
 
-def dit_shape(tensors: Iterable[TensorSpec]) -> DitShape:
+def dit_shape(tensors: Iterable[TensorSpec]) -> DitShape | None:
+    """None when the tensors have no attention key weight to read the width from (not a Wan DiT)."""
     tensors = list(tensors)
     blocks = {int(m.group(1)) for name, _, _ in tensors if (m := _BLOCK.match(name))}
-    dim = next(shape[0] for name, _, shape in tensors if name.endswith("self_attn.k.weight"))
+    dim = next((shape[0] for name, _, shape in tensors if name.endswith("self_attn.k.weight") and shape), None)
+    if dim is None:
+        return None
     linear = size_of(t for t in tensors if t[0].endswith(".weight") and len(t[2]) == 2)
     return DitShape(layers=len(blocks), dim=dim, linear=linear)
 

@@ -73,13 +73,16 @@ class CheckpointScan:
         dit, t5, vae = (self.components.get(k) for k in ("dit", "t5", "vae"))
         if not (dit and dit.ok and dit.size and not self.index_problems):
             return None
+        shape = dit_shape(self.shard_tensors)
+        if shape is None:  # no attention weights (an empty index, say): nothing to predict from
+            return None
         ref = reference_summary()
         w2v = self.components.get("wav2vec2")
         return ComponentSummary(
             source=f"checkpoint {self.root}",
             dit=dit.size,
             dit_units=dit_units(self.shard_tensors),
-            dit_shape=dit_shape(self.shard_tensors),
+            dit_shape=shape,
             t5=t5.size if t5 and t5.ok and t5.size else ref.t5,
             t5_root=ref.t5_root,  # a .pth gives storage sizes, not names: the reference's split
             vae=vae.size if vae and vae.ok and vae.size else ref.vae,
