@@ -190,7 +190,7 @@ def folder_changes(draw) -> bytes:
 
 @st.composite
 def index_files(draw) -> bytes:
-    weight_map = draw(st.dictionaries(st.text(max_size=8), st.one_of(st.sampled_from([SHARD, "../../etc/passwd", "/abs", "", "x\x1b[2J"]), st.text(max_size=8)), max_size=4))
+    weight_map = draw(st.dictionaries(st.text(max_size=8), st.one_of(st.sampled_from([SHARD, "../../etc/passwd", "/abs", "", "x\x1b[2J", "\ud800.safetensors"]), st.text(max_size=8)), max_size=4))
     doc = {"metadata": {"total_size": draw(st.one_of(st.integers(-5, 10**30), st.text(max_size=3), st.none()))}, "weight_map": weight_map}
     return _mutated(draw, json.dumps(doc).encode())
 
