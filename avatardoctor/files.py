@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -29,7 +30,13 @@ class FileTooLarge(Exception):
 def read_limited(path: Path, limit: int) -> bytes:
     """A small file's bytes, reading at most limit + 1 of them: a huge file is refused unread.
     OSError for a file that cannot be read; FileTooLarge for one over the limit."""
-    with open(path, "rb") as f:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once instead of waiting for a writer
+    with open(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if not stat.S_ISREG(mode):  # only regular files are read: a FIFO or a device may never end
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO or a device?)", str(path))
         data = f.read(limit + 1)
     if len(data) > limit:
         raise FileTooLarge(limit)
