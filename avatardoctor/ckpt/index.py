@@ -58,6 +58,8 @@ def read_index(path: Path) -> ShardIndex:
     for shard in sorted(set(weight_map.values())):
         if _escapes(shard):
             raise fail(f"shard name {shard[:80]!r} points outside the checkpoint folder")
+        if "\0" in shard:  # no file name holds one: os.stat would raise ValueError
+            raise fail(f"shard name {shard[:80]!r} contains a NUL character")
     metadata = doc.get("metadata") or {}
     total = metadata.get("total_size") if isinstance(metadata, dict) else None
     if total is not None and (type(total) is not int or total < 0):

@@ -17,6 +17,9 @@ from avatardoctor.ckpt.safetensors_file import CkptFileError, open_download
 
 ZIP_MAGIC = b"PK\x03\x04"
 CRC_CHUNK = 2**20  # bytes decompressed at a time while checking an entry
+# What zipfile raises for a damaged directory: NotImplementedError for a "zip version" it does not know,
+# ValueError (UnicodeDecodeError) for a name flagged UTF-8 that is not.
+DIRECTORY_ERRORS = (zipfile.BadZipFile, NotImplementedError, ValueError, EOFError)
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ def read_pth(path: Path) -> PthArchive:
         try:
             with zipfile.ZipFile(f) as archive:
                 infos = archive.infolist()
-        except (zipfile.BadZipFile, ValueError, EOFError):
+        except DIRECTORY_ERRORS:
             if magic == ZIP_MAGIC:
                 raise fail(
                     f"truncated or damaged: a zip archive without its central directory ({size:,} bytes): "
@@ -64,7 +67,7 @@ def first_damaged_entry(path: Path) -> str | None:
                 problem = _entry_problem(archive, info)
                 if problem:
                     return f"entry {info.filename} {problem}"
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
+    except (*DIRECTORY_ERRORS, OSError) as e:
         return f"unreadable as a zip archive ({str(e)[:80]})"
     return None
 
