@@ -81,6 +81,12 @@ def data_bytes(dtype: str, shape: Iterable[int]) -> int:
     return math.prod(shape) * DTYPE_BITS[dtype] // 8
 
 
+def _short(value: object, limit: int = 80) -> str:
+    """repr(value), cut to limit characters: a message names a tensor, it does not copy a 1 MB name."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class _HeaderProblem(ValueError):
     """Raised from inside the JSON parser's hooks: the header is refused as the loader refuses it."""
 
@@ -91,10 +97,10 @@ def _object(pairs: list[tuple[str, object]]) -> dict:
     if len(obj) != len(pairs):
         seen: set[str] = set()
         duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise _HeaderProblem(f"the name {duplicate!r} appears twice")
+        raise _HeaderProblem(f"the name {_short(duplicate)} appears twice")
     for key, value in pairs:
         if LONE_SURROGATE.search(key) or (isinstance(value, str) and LONE_SURROGATE.search(value)):
-            raise _HeaderProblem(f"a lone UTF-16 surrogate escape in {key!r}: not valid UTF-8 text")
+            raise _HeaderProblem(f"a lone UTF-16 surrogate escape in {_short(key)}: not valid UTF-8 text")
     return obj
 
 
@@ -130,26 +136,26 @@ def _numel(shape: list[int]) -> int | None:
 
 def _tensor(name: str, spec: object, fail: Callable[[str], Exception]) -> TensorEntry:
     if not isinstance(spec, dict) or not {"dtype", "shape", "data_offsets"} <= spec.keys():
-        raise fail(f"tensor {name!r}: an entry needs dtype, shape and data_offsets")  # others are ignored, as the loader does
+        raise fail(f"tensor {_short(name)}: an entry needs dtype, shape and data_offsets")  # others are ignored, as the loader does
     dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
     if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
-        raise fail(f"tensor {name!r}: unknown dtype {str(dtype)[:20]!r}")
+        raise fail(f"tensor {_short(name)}: unknown dtype {str(dtype)[:20]!r}")
     if not isinstance(shape, list) or not all(type(d) is int and 0 <= d <= U64_MAX for d in shape):
-        raise fail(f"tensor {name!r}: shape must be a list of non-negative integers, not {str(shape)[:40]}")
+        raise fail(f"tensor {_short(name)}: shape must be a list of non-negative integers, not {str(shape)[:40]}")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and 0 <= o <= U64_MAX for o in offsets)):
-        raise fail(f"tensor {name!r}: data_offsets must be [begin, end], non-negative integers")
+        raise fail(f"tensor {_short(name)}: data_offsets must be [begin, end], non-negative integers")
     begin, end = offsets
     if begin > end:
-        raise fail(f"tensor {name!r}: data_offsets [{begin}, {end}] are not an ascending byte range")
+        raise fail(f"tensor {_short(name)}: data_offsets [{begin}, {end}] are not an ascending byte range")
     numel = _numel(shape)
     if numel is None or numel * DTYPE_BITS[dtype] > U64_MAX:
-        raise fail(f"tensor {name!r}: shape {str(shape)[:60]} overflows a 64-bit size")
+        raise fail(f"tensor {_short(name)}: shape {str(shape)[:60]} overflows a 64-bit size")
     if numel * DTYPE_BITS[dtype] % 8:
-        raise fail(f"tensor {name!r}: {numel:,} {dtype} elements do not fill whole bytes")
+        raise fail(f"tensor {_short(name)}: {numel:,} {dtype} elements do not fill whole bytes")
     entry = TensorEntry(name, dtype, tuple(shape), begin, end)
     expected = data_bytes(dtype, shape)
     if entry.nbytes != expected:
-        raise fail(f"tensor {name!r}: {entry.nbytes:,} bytes of data, but {dtype} {list(shape)} needs {expected:,}")
+        raise fail(f"tensor {_short(name)}: {entry.nbytes:,} bytes of data, but {dtype} {_short(list(shape))} needs {expected:,}")
     return entry
 
 
@@ -206,9 +212,9 @@ def read_header(path: Path) -> SafetensorsFile:
     position = 0
     for i, t in enumerate(tensors):
         if t.begin < position:
-            raise fail(f"tensor {t.name!r} overlaps tensor {tensors[i - 1].name!r} (bytes {t.begin:,}-{t.end:,})")
+            raise fail(f"tensor {_short(t.name)} overlaps tensor {_short(tensors[i - 1].name)} (bytes {t.begin:,}-{t.end:,})")
         if t.begin > position:
-            raise fail(f"a gap of {t.begin - position:,} bytes before tensor {t.name!r}: offsets must be contiguous")
+            raise fail(f"a gap of {t.begin - position:,} bytes before tensor {_short(t.name)}: offsets must be contiguous")
         position = t.end
     expected = 8 + header_len + position
     if size < expected:
