@@ -188,7 +188,7 @@ def test_every_dtype_the_loader_knows_is_read(tmp_path, dtype, shape, nbytes):
 
 
 def test_a_huge_header_with_a_repeated_name_is_refused_in_linear_time(tmp_path):
-    """160,000 names (a 3 MB header) and a repeat at the end: the quadratic search took minutes (83 s for
+    """160,000 names (a 9 MB header) and a repeat at the end: the quadratic search took minutes (83 s for
     80,000). The 120 s limit is not a speed measure, only a bound far above linear time on a busy machine."""
     body = ",".join(f'"t{i}":{{"dtype":"U8","shape":[0],"data_offsets":[0,0]}}' for i in range(160_000))
     path = raw_safetensors(tmp_path / "big.safetensors", ("{" + body + ',"t7":{}}').encode())
