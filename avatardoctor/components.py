@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib.resources import files
 
-from avatardoctor.ckpt.safetensors_file import DTYPE_SIZES
+from avatardoctor.ckpt.safetensors_file import data_bytes
 from avatardoctor.upstream import LORA_RANK, fp8_converted, lora_target
 
 REFERENCE = "wan2.2-s2v-14b"
@@ -44,7 +44,7 @@ def size_of(tensors: Iterable[TensorSpec]) -> Size:
     total = ZERO
     for _, dtype, shape in tensors:
         n = math.prod(shape)
-        total += Size(n, n * DTYPE_SIZES[dtype])
+        total += Size(n, data_bytes(dtype, shape))
     return total
 
 
@@ -79,10 +79,13 @@ class DitShape:
     largest_lora_target: int  # parameters of the largest target layer: the merge's delta temporary
 
 
-def dit_shape(tensors: Iterable[TensorSpec]) -> DitShape:
+def dit_shape(tensors: Iterable[TensorSpec]) -> DitShape | None:
+    """None when the tensors have no attention key weight to read the width from (not a Wan DiT)."""
     tensors = list(tensors)
     blocks = {int(m.group(1)) for name, _, _ in tensors if (m := _BLOCK.match(name))}
-    dim = next(shape[0] for name, _, shape in tensors if name.endswith("self_attn.k.weight"))
+    dim = next((shape[0] for name, _, shape in tensors if name.endswith("self_attn.k.weight") and shape), None)
+    if dim is None:
+        return None
     converted = [t for t in tensors if fp8_converted(t[0], t[2])]
     targets = [shape for name, _, shape in tensors if lora_target(name, shape)]
     return DitShape(

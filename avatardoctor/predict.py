@@ -18,6 +18,7 @@ from pathlib import Path
 from avatardoctor.components import ComponentSummary
 from avatardoctor.config import LaunchConfig
 from avatardoctor.errors import InputError
+from avatardoctor.files import not_regular_file
 from avatardoctor.estimates import EstimateTerms
 from avatardoctor.machine.model import Gpu
 from avatardoctor.units import GIB
@@ -71,6 +72,8 @@ def image_size(path: Path) -> tuple[int, int]:
     """(height, width) of the reference image, from its header only (Pillow reads lazily)."""
     from PIL import Image, UnidentifiedImageError
 
+    if kind := not_regular_file(path):  # opening a FIFO would block forever
+        raise InputError(f"--image {path}: {kind}, not an image file")
     try:
         with Image.open(path) as img:
             return img.height, img.width
@@ -434,7 +437,7 @@ def audio_seconds(config: LaunchConfig) -> float | None:
     """--audio-seconds, else --audio's length from its header (soundfile reads no samples for it)."""
     if config.audio_seconds is not None:
         return config.audio_seconds
-    if config.audio is None or not _regular(config.audio):
+    if config.audio is None or not config.audio.is_file() or not_regular_file(config.audio):
         return None
     import soundfile
 
@@ -453,7 +456,7 @@ def lora_params(config: LaunchConfig) -> int | None:
     if not config.lora_path:
         return None
     path = Path(config.liveavatar or ".") / config.lora_path
-    if not _regular(path):
+    if not path.is_file() or not_regular_file(path):
         return None
     try:
         header = read_header(path)
@@ -461,15 +464,3 @@ def lora_params(config: LaunchConfig) -> int | None:
         return None
     counted = [math.prod(t.shape) for t in header.tensors if "lora_A" in t.name or "lora_B" in t.name]
     return sum(counted) if counted else None
-
-
-def _regular(path: Path) -> bool:
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False
-
-
-def with_changes(config: LaunchConfig, **changes) -> LaunchConfig:
-    """The configuration with some flags changed (for what-ifs and the planner)."""
-    return replace(config, **changes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 
 from rich.console import Console
@@ -18,6 +19,25 @@ MARKS = {
     Status.FAIL: ("[✗]", "red"),
     Status.SKIP: ("[-]", "dim"),
 }
+
+
+# What a terminal would act on rather than show: C0/C1 controls (ESC starts the sequences that clear the
+# screen or retitle the window), bidi overrides that reorder a line, and lone surrogates (undecodable
+# file-name bytes, which cannot even be encoded for output).
+UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte os.fsdecode could not decode: show that byte
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """text for a terminal: names from files (tensors, entries, paths) may hold escape sequences; each
+    unprintable character is shown as \\xNN or \\uNNNN instead. JSON output keeps the exact text."""
+    return UNPRINTABLE.sub(lambda m: _escaped(m.group()), text)
 
 
 def report_json(report: CheckReport) -> str:
@@ -39,7 +59,7 @@ def _wrapped(text: str, width: int, indent: int) -> list[str]:
 
 
 def render_human(report: CheckReport, console: Console, verbose: bool = False, title: str | None = None) -> None:
-    console.print(Text(title or _machine_line(report), style="bold"), soft_wrap=True)
+    console.print(Text(printable(title or _machine_line(report)), style="bold"), soft_wrap=True)
     groups: dict[str, list] = {}
     for r in report.results:
         groups.setdefault(r.group, []).append(r)
@@ -51,7 +71,7 @@ def render_human(report: CheckReport, console: Console, verbose: bool = False, t
         console.print(Text(group, style="bold"))
         for r in results:
             mark, style = MARKS[r.status]
-            first, *rest = _wrapped(r.summary, console.width, indent)
+            first, *rest = _wrapped(printable(r.summary), console.width, indent)
             line = Text("  ")
             line.append(mark, style=style)
             line.append(f" {r.id:<{id_width}} ", style="dim" if r.status is Status.SKIP else "")
@@ -60,13 +80,13 @@ def render_human(report: CheckReport, console: Console, verbose: bool = False, t
             for cont in rest:
                 console.print(Text(pad + cont))
             show_details = r.status in (Status.WARN, Status.FAIL) or verbose
-            for detail in r.details if show_details else ():
+            for detail in map(printable, r.details if show_details else ()):
                 # Matrix rows and other preformatted lines keep their spacing; prose wraps.
                 chunks = [detail] if "  " in detail.strip() else _wrapped(detail, console.width, indent + 2)
                 for i, chunk in enumerate(chunks):
                     console.print(Text(pad + ("" if i == 0 else "  ") + chunk, style="dim"))
             if r.remedy:
-                for i, chunk in enumerate(_wrapped(r.remedy, console.width, indent + 2)):
+                for i, chunk in enumerate(_wrapped(printable(r.remedy), console.width, indent + 2)):
                     console.print(Text(pad + ("→ " if i == 0 else "  ") + chunk, style="cyan"))
     console.print()
     fails, warns = report.count(Status.FAIL), report.count(Status.WARN)

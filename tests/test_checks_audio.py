@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -221,7 +222,7 @@ def test_a_file_over_an_hour_is_read_at_its_ends_only(tmp_path):
     write_long(tmp_path / "stream.wav", 8000, minutes * 60, lambda m: 0.01 if m < 6 or m >= minutes - 6 else 0.5)
     result = run(audio.check_silence, tmp_path, "stream.wav")
     assert result.data["windowed"] and "quiet" in result.summary
-    assert any("first and last 5 minutes" in d for d in result.details)
+    assert any("first and last 300 s" in d for d in result.details)
     assert (result.data["lead_s"], result.data["trail_s"]) == (pytest.approx(1.0, abs=0.05), pytest.approx(2.0, abs=0.05))
 
 
@@ -262,3 +263,48 @@ def test_stereo_in_opposite_phase_is_silent_as_the_loader_mixes_it(tmp_path):
     left = tone(2.0, 16000)
     result = run(audio.check_silence, tmp_path, write(tmp_path / "phase.wav", 16000, np.hstack([left, -left])))
     assert result.status is Status.WARN and "is silent" in result.summary
+
+
+def test_a_fifo_is_refused_without_opening_it(tmp_path):
+    from test_ckpt_hashing import writer_releasing_any_reader
+
+    os.mkfifo(tmp_path / "speech.wav")
+    with writer_releasing_any_reader(tmp_path / "speech.wav"):
+        result = run(audio.check_audio, tmp_path, "speech.wav")
+    assert (result.status, result.summary) == (Status.FAIL, "--audio speech.wav is a FIFO (named pipe), not an audio file")
+
+
+def sparse_wav(path: Path, rate: int, channels: int, data_bytes: int) -> Path:
+    """A 16-bit PCM WAV header claiming `rate`, with data_bytes of sparse (zero) samples behind it."""
+    fmt = struct.pack("<HHIIHH", 1, channels, rate, rate * channels * 2 % 2**32, channels * 2, 16)
+    header = b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVEfmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", data_bytes)
+    with open(path, "wb") as f:
+        f.write(header)
+        f.truncate(len(header) + data_bytes)
+    return path
+
+
+def test_an_absurd_rate_is_refused_and_nothing_decodes_beyond_the_bounds(tmp_path):
+    """A sparse 4 GB WAV claiming 2^31-1 Hz: the probe read alone asked numpy for 8 GiB, the levels 8 more.
+    Run under a 3 GiB address-space limit: an unbounded read fails there instead of swapping the machine."""
+    absurd = sparse_wav(tmp_path / "absurd.wav", 2**31 - 1, 2, 2**32 - 64)
+    plausible = sparse_wav(tmp_path / "plausible.wav", 768_000, 8, 2**32 - 64)  # 44 min, 5.5 GB decoded
+    code = f"""
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from pathlib import Path
+from conftest import make_ctx
+from avatardoctor.checks import audio
+for name in ("absurd.wav", "plausible.wav"):
+    ctx = make_ctx("5xH800-healthy", cwd=Path({str(tmp_path)!r}), audio=Path(name))
+    for check in audio.CHECKS:
+        r = check.run(ctx)
+        print(name, r.id, r.status.value, r.summary, r.data.get("windowed") if r.data else None, sep=" | ")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("absurd.wav | input.audio | fail | absurd.wav: its header claims 2,147,483,647 Hz"), lines
+    assert lines[3].startswith("plausible.wav | input.audio | pass"), lines
+    assert lines[4].startswith("plausible.wav | input.audio.silence | warn") and lines[4].endswith("| True"), lines

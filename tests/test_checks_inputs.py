@@ -120,3 +120,33 @@ def test_prompt_hints_are_gentle(prompt, status, hint):
 def test_no_inputs_skip():
     for c in inputs.CHECKS:
         assert run(c).status is Status.SKIP
+
+
+def test_a_fifo_is_refused_without_opening_it(tmp_path):
+    """Opening a FIFO blocks until a writer comes: `check` and `predict --image fifo` hung (the size is read first)."""
+    from test_ckpt_hashing import writer_releasing_any_reader
+
+    from avatardoctor.errors import InputError
+    from avatardoctor.predict import image_size
+
+    fifo = tmp_path / "face.png"
+    os.mkfifo(fifo)
+    with writer_releasing_any_reader(fifo):
+        with pytest.raises(InputError, match="a FIFO"):
+            image_size(fifo)
+        r = run(inputs.check_image, image=fifo)
+        size = run(inputs.check_generation_size, image=fifo)
+    assert r.status is Status.FAIL and r.summary == f"--image {fifo}: a FIFO (named pipe), not an image"
+    assert size.status is Status.SKIP
+
+
+def test_an_image_over_pillows_pixel_limit_is_refused_before_decoding(tmp_path):
+    """10000x10000 is under twice Pillow's limit, where it only warns and decodes 300 MB of pixels."""
+    import struct
+    import zlib
+
+    png = bytearray(portrait(tmp_path / "small.png", (8, 8)).read_bytes())
+    ihdr = b"IHDR" + struct.pack(">II", 10_000, 10_000) + png[24:29]
+    png[12:33] = ihdr + struct.pack(">I", zlib.crc32(ihdr))
+    r = run(inputs.check_image, image=written(tmp_path / "huge.png", bytes(png)))
+    assert r.status is Status.FAIL and "too large to decode safely (Image size (100000000 pixels) exceeds limit" in r.summary

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from avatardoctor.checks import run_checks
 from avatardoctor.checks.base import Status
 from avatardoctor.ckpt import layout
 from avatardoctor.ckpt.compare import compare_tensors
-from avatardoctor.ckpt.pth import first_bad_crc, read_pth
+from avatardoctor.ckpt.pth import first_damaged_entry, read_pth
 from avatardoctor.ckpt.safetensors_file import (
     CkptFileError,
     read_header,
@@ -157,6 +158,127 @@ def test_header_reader_survives_arbitrary_bytes():
     run()
 
 
+@pytest.mark.parametrize(
+    "header, message",
+    [
+        ({"a": tensor(dtype=["BF16"])}, "unknown dtype"),  # was a TypeError (unhashable list)
+        ({"a": tensor(dtype={"x": 1})}, "unknown dtype"),
+        ({"a": tensor(shape=[2**62] * 2000)}, "overflows a 64-bit size"),  # a product of 38,000 digits: was a ValueError
+        ({"a": tensor(shape=[0, 2**64])}, "non-negative integers"),  # not a usize: the loader refuses it too
+        ({"a": tensor(shape=[2**40, 2**40, 0])}, "overflows a 64-bit size"),  # the loader multiplies in order
+        (b'{"a": {"dtype": "U8", "shape": [' + b"9" * 5000 + b'], "data_offsets": [0, 0]}}', "number out of range"),
+        (b'{"a": {"dtype": "U8", "shape": [' + b"9" * 300 + b'], "data_offsets": [0, 0]}}', "non-negative integers"),
+        (b'{"a": {"dtype": "U8", "shape": [1e400], "data_offsets": [0, 0]}}', "number out of range"),
+        (b'{"a": {"dtype": "U8", "shape": [-0], "data_offsets": [0, 0]}}', "non-negative integers"),
+        (b'{"a": {"dtype": "U8", "shape": [NaN], "data_offsets": [0, 0]}}', "NaN is not JSON"),
+        (b'{"\\ud800x": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}}', "lone UTF-16 surrogate"),
+        ({"a": tensor(dtype="F4", shape=[3], offsets=(0, 2))}, "do not fill whole bytes"),
+    ],
+)
+def test_malformed_header_values_are_one_line_errors(tmp_path, header, message):
+    path = raw_safetensors(tmp_path / "shard.safetensors", header)
+    with pytest.raises(CkptFileError, match=message):
+        read_header(path)
+
+
+@pytest.mark.parametrize("dtype, shape, nbytes", [("C64", (3,), 24), ("F4", (6,), 3), ("F6_E2M3", (4,), 3), ("F8_E5M2FNUZ", (2, 2), 4)])
+def test_every_dtype_the_loader_knows_is_read(tmp_path, dtype, shape, nbytes):
+    path = raw_safetensors(tmp_path / "s.safetensors", {"t": tensor(dtype, shape, (0, nbytes)), "x": tensor("U8", (1,), (nbytes, nbytes + 1))}, bytes(nbytes + 1))
+    assert [(t.dtype, t.nbytes) for t in read_header(path).tensors] == [(dtype, nbytes), ("U8", 1)]
+
+
+def test_a_huge_header_with_a_repeated_name_is_refused_in_linear_time(tmp_path):
+    """160,000 names (a 9 MB header) and a repeat at the end: the quadratic search took minutes (83 s for
+    80,000). The 120 s limit is not a speed measure, only a bound far above linear time on a busy machine."""
+    body = ",".join(f'"t{i}":{{"dtype":"U8","shape":[0],"data_offsets":[0,0]}}' for i in range(160_000))
+    path = raw_safetensors(tmp_path / "big.safetensors", ("{" + body + ',"t7":{}}').encode())
+    code = "import sys, pathlib; from avatardoctor.ckpt.safetensors_file import read_header; read_header(pathlib.Path(sys.argv[1]))"
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert "CkptFileError: big.safetensors: header refused: the name 't7' appears twice" in done.stderr
+
+
+METADATA_VALUES = ["null", "{}", '{"k":"v"}', '{"k":1}', "[]", '{"k":"a","k":"b"}']
+SAFETENSORS_08 = tuple(int(x) for x in __import__("safetensors").__version__.split(".")[:2]) >= (0, 8)
+
+
+@pytest.mark.skipif(not SAFETENSORS_08, reason="the reader follows safetensors 0.8's dtypes and rules")
+def test_header_reader_agrees_with_the_safetensors_loader():
+    """Differential: on generated small files (valid, nearly valid, broken), read_header accepts exactly
+    when safetensors.safe_open does. The one documented difference: a name given twice, which the
+    loader accepts keeping the last value silently, and read_header refuses (which tensor a loader
+    sees would depend on its JSON parser)."""
+    hypothesis = pytest.importorskip("hypothesis")
+    from safetensors import SafetensorError, safe_open
+
+    from avatardoctor.ckpt.safetensors_file import DTYPE_BITS
+
+    st = hypothesis.strategies
+    numbers = st.sampled_from(["0", "1", "2", "3", "-0", "-1", "1.0", "1e400", "18446744073709551616", "4294967296", "2.5"])
+    dims = st.one_of(st.integers(0, 4).map(str), numbers)
+    dtype = st.one_of(st.sampled_from(sorted(DTYPE_BITS)), st.sampled_from(['"C128"', '"bf16"', "[]", "{}", "1", "null"]))
+    name = st.one_of(st.text(min_size=1, max_size=4).map(lambda n: json.dumps(n)), st.sampled_from(['"\\ud800"', '"\\udc00a"', '"\\ud83d\\ude00"', '"__metadata__"']))
+
+    @st.composite
+    def files(draw):
+        entries, position, names = [], 0, []
+        for _ in range(draw(st.integers(0, 3))):
+            d = draw(dtype)
+            shape = draw(st.lists(dims, max_size=3))
+            bits = DTYPE_BITS.get(d, 8)
+            numel = 1
+            for x in shape:
+                numel *= int(x) if x.lstrip("-").isdigit() else 1
+            size = max(0, numel) * bits // 8 + draw(st.sampled_from([0, 0, 0, 1, -1]))
+            begin = position + draw(st.sampled_from([0, 0, 0, 1, -1]))
+            fields = [f'"dtype":{json.dumps(d) if d in DTYPE_BITS else d}', f'"shape":[{",".join(shape)}]', f'"data_offsets":[{begin},{begin + size}]']
+            fields += draw(st.lists(st.sampled_from(['"extra":1', '"extra":-0', '"dtype":"U8"', '"other":1e400']), max_size=1))
+            n = draw(name)
+            names.append(n)
+            entries.append(f"{n}:{{{','.join(draw(st.permutations(fields)))}}}")
+            position = max(position, begin + size)
+        if draw(st.booleans()):
+            entries.append('"__metadata__":' + draw(st.sampled_from(METADATA_VALUES)))
+        header = ("{" + ",".join(draw(st.permutations(entries))) + "}" + draw(st.sampled_from(["", "  ", "\n", "x", "\x00"]))).encode()
+        data = bytes(min(max(0, position + draw(st.sampled_from([0, 0, 0, 1, -1]))), 2**16))  # a huge shape: truncated
+        return struct.pack("<Q", len(header)) + header + data
+
+    @hypothesis.settings(max_examples=300, deadline=None, derandomize=True, database=None)
+    @hypothesis.given(content=files())
+    def run(content):
+        path = Path(os.environ["FUZZ_DIR"]) / "d.safetensors"
+        path.write_bytes(content)
+        try:
+            with safe_open(path, "np"):
+                loader_accepts = True
+        except SafetensorError:
+            loader_accepts = False
+        try:
+            header = read_header(path)
+        except CkptFileError:
+            assert not loader_accepts or _repeats_a_name(content), content
+        else:
+            assert loader_accepts, (content, header)
+
+    run()
+
+
+def _repeats_a_name(content: bytes) -> bool:
+    """Whether any JSON object in the header names a key twice (the documented difference)."""
+    def pairs(items):
+        keys = [k for k, _ in items]
+        if len(set(keys)) != len(keys):
+            raise KeyError("repeat")
+        return dict(items)
+
+    try:
+        json.loads(content[8 : 8 + struct.unpack("<Q", content[:8])[0]].decode("utf-8", "surrogatepass"), object_pairs_hook=pairs)
+    except KeyError:
+        return True
+    except ValueError:
+        return False
+    return False
+
+
 @pytest.fixture(autouse=True)
 def _fuzz_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("FUZZ_DIR", str(tmp_path))
@@ -191,7 +313,7 @@ def test_truncated_pth(tmp_path):
 def test_pth_crc_catches_changed_bytes(tmp_path):
     root = write_skeleton(tmp_path / "tiny", tiny=True)
     vae = root / layout.VAE_FILE
-    assert first_bad_crc(vae) is None
+    assert first_damaged_entry(vae) is None
     with zipfile.ZipFile(vae) as z:
         info = z.getinfo("Wan2.1_VAE/data/0")
     with open(vae, "r+b") as f:  # flip one byte inside the first storage's data
@@ -199,7 +321,7 @@ def test_pth_crc_catches_changed_bytes(tmp_path):
         byte = f.read(1)
         f.seek(-1, os.SEEK_CUR)
         f.write(bytes([byte[0] ^ 0xFF]))
-    assert first_bad_crc(vae) == "Wan2.1_VAE/data/0"
+    assert first_damaged_entry(vae) == "entry Wan2.1_VAE/data/0 fails its CRC-32"
 
 
 # ---- the whole folder ------------------------------------------------------------------------------
@@ -451,6 +573,95 @@ def test_deep_catches_a_damaged_pth_entry(tmp_path):
     doc = {c["id"]: c for c in json.loads(run_cli("ckpt", "verify", str(root), "--deep", "--json").stdout)["checks"]}
     assert doc["ckpt.crc"]["status"] == "fail"
     assert doc["ckpt.crc"]["summary"] == "Wan2.1_VAE.pth: entry Wan2.1_VAE/data/3 fails its CRC-32: the file is damaged"
+
+
+def broken_pth(path: Path, how: str) -> None:
+    """A deflated torch.save-like archive whose storage entry is broken: corrupt deflate data, the
+    encryption flag set, or a compression method no zip reader knows (99)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("Wan2.1_VAE/data.pkl", b"\x80\x02}q\x00.")
+        z.writestr("Wan2.1_VAE/data/0", bytes(4096))
+        info = z.getinfo("Wan2.1_VAE/data/0")
+    raw = bytearray(path.read_bytes())
+    local, central = info.header_offset, raw.rindex(b"PK\x01\x02")  # the storage entry's two headers
+    if how == "deflate":
+        start = local + 30 + len(info.filename) + struct.unpack_from("<H", raw, local + 28)[0]
+        raw[start : start + info.compress_size] = b"\xff" * info.compress_size
+    elif how == "encrypted":
+        raw[local + 6] |= 1
+        raw[central + 8] |= 1
+    else:
+        struct.pack_into("<H", raw, local + 8, 99)
+        struct.pack_into("<H", raw, central + 10, 99)
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize(
+    "how, problem",
+    [
+        ("deflate", "entry Wan2.1_VAE/data/0 holds corrupt compressed data"),
+        ("encrypted", "entry Wan2.1_VAE/data/0 is encrypted"),
+        ("method", "entry Wan2.1_VAE/data/0 uses compression method 99"),
+    ],
+)
+def test_deep_reports_an_entry_it_cannot_decompress(tmp_path, how, problem):
+    root = write_skeleton(tmp_path / "tiny", tiny=True)
+    broken_pth(root / layout.VAE_FILE, how)
+    r = run_cli("ckpt", "verify", str(root), "--deep", "--json")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    crc = {c["id"]: c for c in json.loads(r.stdout)["checks"]}["ckpt.crc"]
+    assert crc["status"] == "fail" and crc["summary"].startswith(f"{layout.VAE_FILE}: {problem}")
+    human = run_cli("ckpt", "verify", str(root), "--deep")
+    assert human.returncode == 1 and "Traceback" not in human.stderr and problem in " ".join(human.stdout.split())
+
+
+def without_root_file_powers(*command: str) -> subprocess.CompletedProcess:
+    """Run command as root without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH: file modes bind root too, so a
+    chmod 000 folder is really unreadable (the tests run as root). Skips where setpriv cannot do it."""
+    setpriv = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search", "--"]
+    probe = subprocess.run([*setpriv, "true"], capture_output=True) if AS_ROOT and shutil.which("setpriv") else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip("needs root and a setpriv that may drop capabilities (a non-root user: chmod suffices, not written)")
+    return subprocess.run([*setpriv, *command], capture_output=True, text=True, timeout=120)
+
+
+def test_an_unreadable_subfolder_is_reported_not_missing(tmp_path):
+    root = write_skeleton(tmp_path / "tiny", tiny=True)
+    folder = root / layout.BY_KEY["wav2vec2"].files[0].split("/")[0]
+    folder.chmod(0)
+    try:
+        plain = without_root_file_powers(sys.executable, "-m", "avatardoctor", "ckpt", "verify", str(root), "--json")
+        deep = without_root_file_powers(sys.executable, "-m", "avatardoctor", "ckpt", "verify", str(root), "--deep", "--json")
+    finally:
+        folder.chmod(0o755)
+    checks = {c["id"]: c for c in json.loads(plain.stdout)["checks"]}
+    assert not [f for f in checks["ckpt.layout"]["data"]["missing"] if f.startswith(folder.name)]
+    assert "permission denied" in checks["ckpt.wav2vec2"]["summary"], checks["ckpt.wav2vec2"]
+    assert deep.returncode == 1 and "Traceback" not in deep.stderr, deep.stderr
+    sha = {c["id"]: c for c in json.loads(deep.stdout)["checks"]}["ckpt.sha256"]
+    assert sha["status"] == "fail" and f"{folder.name}: a folder that cannot be listed (Permission denied)" in sha["details"]
+
+
+def test_names_from_files_reach_the_terminal_escaped_and_the_json_exact(tmp_path):
+    """A shard name in the index, a file name in the folder, a zip entry name: each may carry escape
+    sequences (clear the screen, retitle the window). Human output shows them as \x1b; JSON keeps them."""
+    root = write_skeleton(tmp_path / "tiny", tiny=True)
+    evil = "\x1b[2J\x1b]0;owned\x07\u202e"
+    index = json.loads((root / layout.UPSTREAM_INDEX).read_text())
+    index["weight_map"]["patch_embedding.weight"] = f"{evil}.safetensors"
+    (root / layout.UPSTREAM_INDEX).write_text(json.dumps(index))
+    (root / f"{evil}notes.txt").write_text("hashed by --deep, so listed\n")
+    with zipfile.ZipFile(root / layout.VAE_FILE, "a") as z:
+        z.writestr(f"{evil}entry", b"x" * 100)
+    human = run_cli("ckpt", "verify", str(root), "--deep", "-v")
+    assert human.returncode == 1 and "Traceback" not in human.stderr, human.stderr
+    assert not {"\x1b", "\x07", "\u202e"} & set(human.stdout + human.stderr)
+    assert "missing: \\x1b[2J\\x1b]0;owned\\x07\\u202e.safetensors" in human.stdout
+    assert "\\x1b[2J\\x1b]0;owned\\x07\\u202enotes.txt" in human.stdout
+    doc = json.loads(run_cli("ckpt", "verify", str(root), "--deep", "--json").stdout)
+    checks = {c["id"]: c for c in doc["checks"]}
+    assert f"{evil}.safetensors" in checks["ckpt.layout"]["data"]["missing"]
+    assert f"{evil}notes.txt" in checks["ckpt.sha256"]["data"]["sha256"]
 
 
 def test_write_manifest_refuses_to_overwrite_before_hashing(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from avatardoctor.errors import InputError
@@ -39,3 +41,15 @@ def test_read_limited_refuses_a_large_file_without_reading_it(tmp_path):
         read_limited(small, 1)
     with pytest.raises(OSError):
         read_limited(tmp_path / "missing.json", 10)
+
+
+def test_read_limited_refuses_a_fifo_without_waiting_for_a_writer(tmp_path):
+    """`ckpt verify --manifest fifo` (and every other bounded read) waited forever for a writer."""
+    from test_ckpt_hashing import writer_releasing_any_reader
+
+    from avatardoctor.files import read_limited
+
+    fifo = tmp_path / "manifest.sha256"
+    os.mkfifo(fifo)
+    with writer_releasing_any_reader(fifo), pytest.raises(OSError, match="not a regular file"):
+        read_limited(fifo, 10)

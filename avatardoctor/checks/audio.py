@@ -25,6 +25,7 @@ from avatardoctor.checks.base import (
     skipped,
     warned,
 )
+from avatardoctor.files import not_regular_file
 
 GROUP = "Inputs"
 NO_AUDIO = "no --audio given"
@@ -39,6 +40,13 @@ QUIET_PEAK_DBFS = -30.0  # a loudest sample below this means the recording level
 FULL_ANALYSIS_MAX_S = 3600.0  # a longer file: only its first and last EDGE_WINDOW_S are read
 EDGE_WINDOW_S = 300.0
 FRAMES_PER_BLOCK = 500  # 20 ms frames per soundfile block (10 s): a long file is never read whole
+# Decoded float32 bytes, whatever the header claims (a sparse 4 GB WAV "at 2 GHz" asked for 16 GiB):
+FULL_ANALYSIS_MAX_BYTES = 2 * 2**30  # more (1 h of 48 kHz stereo is 1.4 GB): only the edge windows are read
+EDGE_WINDOW_BYTES = 256 * 2**20  # each edge window at most (300 s of 48 kHz stereo is 115 MB)
+BLOCK_BYTES = 16 * 2**20  # one soundfile block at most (at least one 20 ms frame)
+PROBE_BYTES = 16 * 2**20  # the decoding probe of input.audio
+MAX_SAMPLERATE = 768_000  # Hz: the highest rate audio interfaces record; above it the header is damaged
+SAMPLE_BYTES = 4  # float32, as decoded
 
 
 def shown(path: Path | str) -> str:
@@ -64,6 +72,11 @@ class AudioFile:
     def duration_s(self) -> float:
         return self.frames / self.samplerate
 
+    @property
+    def frame_bytes(self) -> int:
+        """One decoded sample of every channel."""
+        return SAMPLE_BYTES * self.channels
+
 
 def ffmpeg(given: Path, *options: str, suffix: str) -> str:
     """A runnable ffmpeg command from the --audio file to a WAV beside it, quoted for the shell."""
@@ -84,6 +97,8 @@ def open_audio(ctx: CheckContext) -> AudioFile | Outcome:
         return failed(f"--audio {name} is a directory, not an audio file", where, "pass --audio the audio file itself", data)
     if not os.access(path, os.R_OK):
         return failed(f"cannot read {name} (permission denied)", where, f"chmod u+r {shlex.quote(name)}", data)
+    if kind := not_regular_file(path):  # only regular files are read: a FIFO blocks the open forever
+        return failed(f"--audio {name} is {kind}, not an audio file", where, "pass --audio the audio file itself", data)
     if os.path.getsize(path) == 0:
         return failed(f"{name} is empty (0 bytes)", where, "export or copy the audio again", data)
     try:
@@ -99,8 +114,14 @@ def open_audio(ctx: CheckContext) -> AudioFile | Outcome:
 
     try:
         with soundfile.SoundFile(str(path)) as sound:
-            sound.read(min(sound.frames, sound.samplerate), dtype="float32")  # the header alone proves little
             audio = AudioFile(given, path, sound.format, sound.subtype, sound.samplerate, sound.channels, sound.frames)
+            if audio.samplerate > MAX_SAMPLERATE:
+                return failed(
+                    f"{name}: its header claims {audio.samplerate:,} Hz, above the {MAX_SAMPLERATE:,} Hz any recorder uses: "
+                    "a damaged or hand-made header", where, "export the audio again (16 kHz or more, mono is enough)", data,
+                )  # fmt: skip
+            probe = min(audio.frames, audio.samplerate, max(1, PROBE_BYTES // audio.frame_bytes))
+            sound.read(probe, dtype="float32")  # the header alone proves little
     except soundfile.SoundFileError as err:
         why = getattr(err, "error_string", str(err)).strip().rstrip(".")
         convert = ffmpeg(given, "-ar", "16000", "-ac", "1", suffix="16k")
@@ -162,7 +183,7 @@ class Levels:
     trail_s: float  # silence after the last sound
     sound_rms_dbfs: float | None  # RMS of the frames above SILENCE_DBFS; None: all silent
     peak_dbfs: float
-    windowed: bool  # only the first and last EDGE_WINDOW_S were read
+    windowed: bool  # only the first and last edge_window were read
 
 
 def dbfs(power) -> float:
@@ -175,7 +196,8 @@ def frame_energy(audio: AudioFile, start: int, stop: int, frame_len: int):
     import soundfile
 
     sums, counts, peak = [np.zeros(0)], [np.zeros(0, dtype=np.int64)], 0.0
-    blocksize = frame_len * FRAMES_PER_BLOCK  # whole frames per block: only the very last frame is partial
+    # whole frames per block: only the very last frame is partial
+    blocksize = frame_len * max(1, min(FRAMES_PER_BLOCK, BLOCK_BYTES // (frame_len * audio.frame_bytes)))
     for block in soundfile.blocks(str(audio.path), blocksize, start=start, stop=stop, dtype="float32", always_2d=True):
         mono = block.mean(axis=1)  # as librosa mixes it
         starts = np.arange(0, len(mono), frame_len)
@@ -185,10 +207,15 @@ def frame_energy(audio: AudioFile, start: int, stop: int, frame_len: int):
     return np.concatenate(sums), np.concatenate(counts), peak
 
 
+def edge_window(audio: AudioFile) -> int:
+    """Samples read at each end of a file too long (or too large decoded) to read whole."""
+    return min(round(EDGE_WINDOW_S * audio.samplerate), EDGE_WINDOW_BYTES // audio.frame_bytes)
+
+
 def measure_levels(audio: AudioFile) -> Levels:
     frame_len = max(1, round(audio.samplerate * FRAME_S))
-    windowed = audio.duration_s > FULL_ANALYSIS_MAX_S
-    window = round(EDGE_WINDOW_S * audio.samplerate)
+    windowed = audio.duration_s > FULL_ANALYSIS_MAX_S or audio.frames * audio.frame_bytes > FULL_ANALYSIS_MAX_BYTES
+    window = edge_window(audio)
     spans = [(0, window), (audio.frames - window, audio.frames)] if windowed else [(0, audio.frames)]
     reads = [frame_energy(audio, start, stop, frame_len) for start, stop in spans]
     loud = [(sums > counts * 10 ** (SILENCE_DBFS / 10)).nonzero()[0] for sums, counts, _ in reads]  # frame indices
@@ -212,7 +239,8 @@ def check_silence(ctx: CheckContext) -> Outcome:
     data = asdict(levels)
     details = [f"silence: a 20 ms frame below {SILENCE_DBFS:g} dBFS (the mono mix, as the loader hears it)"]
     if levels.windowed:
-        details.append(f"longer than {FULL_ANALYSIS_MAX_S / 3600:g} h: only the first and last {EDGE_WINDOW_S / 60:g} minutes were read")
+        details.append(f"over {FULL_ANALYSIS_MAX_S / 3600:g} h or {FULL_ANALYSIS_MAX_BYTES / 2**30:g} GiB decoded: "
+                       f"only the first and last {edge_window(audio) / audio.samplerate:.3g} s were read")  # fmt: skip
     if levels.sound_rms_dbfs is None:
         return warned(f"{audio.name} is silent: no 20 ms frame above {SILENCE_DBFS:g} dBFS", details,
                       "check the recording: a muted input, or stereo channels in opposite phase that cancel in the mono mix?", data)  # fmt: skip

@@ -226,9 +226,9 @@ def check_crc(ctx: CheckContext) -> Outcome:
     deep = ctx.checkpoint.deep if ctx.checkpoint else None
     if deep is None:
         return skipped("archives not read: `avatardoctor ckpt verify DIR --deep`")
-    bad = {name: entry for name, entry in deep.crc.items() if entry}
+    bad = {name: problem for name, problem in deep.crc.items() if problem}
     if bad:
-        lines = [f"{name}: entry {entry} fails its CRC-32" for name, entry in sorted(bad.items())]
+        lines = [f"{name}: {problem}" for name, problem in sorted(bad.items())]
         return failed(lines[0] + ": the file is damaged", lines, f"re-download it: {REDOWNLOAD}", {"damaged": bad})
     return passed(f"zip CRC-32 of every entry in {len(deep.crc)} .pth archive{'s' if len(deep.crc) != 1 else ''} verified", data={"archives": sorted(deep.crc)})
 

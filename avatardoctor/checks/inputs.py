@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 
 from avatardoctor.checks.base import CheckContext, Outcome, check, failed, passed, skipped, warned
+from avatardoctor.files import not_regular_file
 from avatardoctor.predict import geometry, reference_hw
 from avatardoctor.units import file_size
 
@@ -35,15 +37,17 @@ def _open_image(path):
 
     if not os.path.lexists(path):
         return None, "not found"
-    if os.path.isdir(path):
-        return None, "a directory, not an image"
+    if kind := not_regular_file(path):  # only regular files are read: opening a FIFO blocks forever
+        return None, f"{kind}, not an image"
     if os.path.getsize(path) == 0:
         return None, "empty (0 bytes)"
     try:
-        img = Image.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # below twice its limit Pillow warns, then decodes
+            img = Image.open(path)
         img.load()  # decode now: a truncated file fails here, not minutes into the run
         return img, None
-    except Image.DecompressionBombError as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         return None, f"too large to decode safely ({e})"
     except UnicodeEncodeError:
         return None, "the path cannot be encoded for the filesystem (non-UTF-8 name?)"

@@ -3,6 +3,7 @@ CRC-32 of every .pth entry. Reads all 45 GB: run on request only."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from rich.console import Console
 
 from avatardoctor.ckpt.hashing import HashResult, hash_with_progress
 from avatardoctor.ckpt.manifest import read_manifest
-from avatardoctor.ckpt.pth import first_bad_crc
+from avatardoctor.ckpt.pth import first_damaged_entry
 from avatardoctor.ckpt.scan import CheckpointScan
 
 
@@ -19,16 +20,31 @@ class DeepFacts:
     hashed: HashResult
     manifest: dict[str, str] | None  # relative POSIX path -> sha256, from --manifest
     manifest_path: Path | None
-    crc: dict[str, str | None]  # relative archive path -> its first damaged entry, None when sound
+    crc: dict[str, str | None]  # relative archive path -> what is wrong with its first damaged entry, None when sound
 
 
 def gather_deep(scan: CheckpointScan, manifest_path: Path | None, console: Console) -> DeepFacts:
     manifest = read_manifest(manifest_path) if manifest_path else None  # a bad manifest fails before 45 GB of reading
-    files = sorted(p for p in scan.root.rglob("*") if p.is_file())  # every file, not only those the layout names
+    files, unlistable = _every_file(scan.root)  # every file, not only those the layout names
     hashed = hash_with_progress(files, console)
+    hashed = HashResult(hashed.digests, hashed.errors | unlistable)
     archives = [f for f in scan.files if f.suffix in (".pth", ".bin")]
     crc = {}
     with console.status("checking the zip CRC-32 of every .pth entry"):
         for path in archives:
-            crc[path.relative_to(scan.root).as_posix()] = first_bad_crc(path)
+            crc[path.relative_to(scan.root).as_posix()] = first_damaged_entry(path)
     return DeepFacts(hashed, manifest, manifest_path, crc)
+
+
+def _every_file(root: Path) -> tuple[list[Path], dict[Path, str]]:
+    """Every file under root (symlinks to files included, symlinked folders not followed), and each
+    folder that cannot be listed with why: a permission problem is reported, never a traceback."""
+    files: list[Path] = []
+    unlistable: dict[Path, str] = {}
+
+    def note(err: OSError) -> None:
+        unlistable[Path(err.filename)] = f"a folder that cannot be listed ({err.strerror})"
+
+    for folder, _, names in os.walk(root, onerror=note):
+        files += (Path(folder, name) for name in names)
+    return sorted(files), unlistable

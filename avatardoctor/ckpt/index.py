@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from avatardoctor.ckpt.safetensors_file import CkptFileError, SafetensorsFile
+from avatardoctor.ckpt.safetensors_file import LONE_SURROGATE, CkptFileError, SafetensorsFile
 
 INDEX_LIMIT = 64 * 2**20  # a 1,260-tensor index is 110 KB
 
@@ -53,9 +53,13 @@ def read_index(path: Path) -> ShardIndex:
     weight_map = doc["weight_map"]
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
         raise fail("weight_map must map tensor names to shard file names")
+    if any(LONE_SURROGATE.search(k) or LONE_SURROGATE.search(v) for k, v in weight_map.items()):
+        raise fail("weight_map holds a lone UTF-16 surrogate escape (\\udXXX): not valid UTF-8, no file can have that name")
     for shard in sorted(set(weight_map.values())):
         if _escapes(shard):
             raise fail(f"shard name {shard[:80]!r} points outside the checkpoint folder")
+        if "\0" in shard:  # no file name holds one: os.stat would raise ValueError
+            raise fail(f"shard name {shard[:80]!r} contains a NUL character")
     metadata = doc.get("metadata") or {}
     total = metadata.get("total_size") if isinstance(metadata, dict) else None
     if total is not None and (type(total) is not int or total < 0):

@@ -5,6 +5,11 @@ written for skeleton checkpoints, where the data may be left as a sparse hole.
 Hand-written rather than through the safetensors library: verifying needs the raw offsets and
 exact sizes (to say "truncated: N bytes of M"), and a full-size skeleton cannot hold 30 GiB of
 tensors in memory to hand to the library.
+
+It accepts exactly the headers the library's own loader (safetensors 0.8, serde_json underneath)
+accepts, except that a name given twice is refused (the library keeps the last silently: which
+tensor a loader sees then depends on its JSON parser). tests/test_ckpt.py checks this against
+`safetensors.safe_open` on generated files. Everything is linear in the header's length.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,12 +25,16 @@ from pathlib import Path
 from typing import BinaryIO
 
 HEADER_LIMIT = 100_000_000  # bytes; the safetensors reference implementation's own limit
-DTYPE_SIZES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8,
-}  # fmt: skip
+DTYPE_BITS = {
+    "BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8,
+    "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8,
+    "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
+    "I32": 32, "U32": 32, "F32": 32, "C64": 64,
+    "I64": 64, "U64": 64, "F64": 64,
+}  # fmt: skip  # every dtype of safetensors 0.8, in bits: F4 and F6 pack several elements per byte
+U64_MAX = 2**64 - 1  # shapes and offsets are Rust usizes: larger is refused, as the loader does
+LONGEST_U64 = len(str(U64_MAX))
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # a \ud800 escape that is not half of a pair: not UTF-8
 METADATA_KEY = "__metadata__"
 
 
@@ -66,31 +76,86 @@ class SafetensorsFile:
         return self.tensors[-1].end if self.tensors else 0
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
-    keys = [k for k, _ in pairs]
-    if len(keys) != len(set(keys)):
-        duplicate = next(k for k in keys if keys.count(k) > 1)
-        raise ValueError(f"the name {duplicate!r} appears twice")
-    return dict(pairs)
+def data_bytes(dtype: str, shape: Iterable[int]) -> int:
+    """The bytes a tensor of this dtype and shape holds (sub-byte dtypes pack; whole bytes assumed)."""
+    return math.prod(shape) * DTYPE_BITS[dtype] // 8
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """repr(value), cut to limit characters: a message names a tensor, it does not copy a 1 MB name."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _HeaderProblem(ValueError):
+    """Raised from inside the JSON parser's hooks: the header is refused as the loader refuses it."""
+
+
+def _object(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object, refusing a repeated name and the lone surrogates serde_json refuses (linear time)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise _HeaderProblem(f"the name {_short(duplicate)} appears twice")
+    for key, value in pairs:
+        if LONE_SURROGATE.search(key) or (isinstance(value, str) and LONE_SURROGATE.search(value)):
+            raise _HeaderProblem(f"a lone UTF-16 surrogate escape in {_short(key)}: not valid UTF-8 text")
+    return obj
+
+
+def _json_int(text: str) -> int | float:
+    """An integer as serde_json reads it: outside i64/u64 (and -0) it is a float, so never a size."""
+    if len(text.lstrip("-")) <= LONGEST_U64 and text != "-0":
+        value = int(text)
+        if -(2**63) <= value <= U64_MAX:
+            return value
+    return _json_float(text)
+
+
+def _json_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise _HeaderProblem(f"number out of range ({text[:20]}...)")
+    return value
+
+
+def _json_constant(name: str) -> float:
+    raise _HeaderProblem(f"{name} is not JSON")
+
+
+def _numel(shape: list[int]) -> int | None:
+    """The element count, or None where the loader's usize arithmetic overflows (it multiplies in order)."""
+    n = 1
+    for d in shape:
+        n *= d
+        if n > U64_MAX:
+            return None
+    return n
 
 
 def _tensor(name: str, spec: object, fail: Callable[[str], Exception]) -> TensorEntry:
-    if not isinstance(spec, dict) or set(spec) != {"dtype", "shape", "data_offsets"}:
-        raise fail(f"tensor {name!r}: an entry needs exactly dtype, shape and data_offsets")
+    if not isinstance(spec, dict) or not {"dtype", "shape", "data_offsets"} <= spec.keys():
+        raise fail(f"tensor {_short(name)}: an entry needs dtype, shape and data_offsets")  # others are ignored, as the loader does
     dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
-    if dtype not in DTYPE_SIZES:
-        raise fail(f"tensor {name!r}: unknown dtype {str(dtype)[:20]!r}")
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise fail(f"tensor {name!r}: shape must be a list of non-negative integers, not {str(shape)[:40]}")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
-        raise fail(f"tensor {name!r}: data_offsets must be [begin, end]")
+    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
+        raise fail(f"tensor {_short(name)}: unknown dtype {str(dtype)[:20]!r}")
+    if not isinstance(shape, list) or not all(type(d) is int and 0 <= d <= U64_MAX for d in shape):
+        raise fail(f"tensor {_short(name)}: shape must be a list of non-negative integers, not {str(shape)[:40]}")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and 0 <= o <= U64_MAX for o in offsets)):
+        raise fail(f"tensor {_short(name)}: data_offsets must be [begin, end], non-negative integers")
     begin, end = offsets
-    if not 0 <= begin <= end:
-        raise fail(f"tensor {name!r}: data_offsets [{begin}, {end}] are not an ascending byte range")
+    if begin > end:
+        raise fail(f"tensor {_short(name)}: data_offsets [{begin}, {end}] are not an ascending byte range")
+    numel = _numel(shape)
+    if numel is None or numel * DTYPE_BITS[dtype] > U64_MAX:
+        raise fail(f"tensor {_short(name)}: shape {str(shape)[:60]} overflows a 64-bit size")
+    if numel * DTYPE_BITS[dtype] % 8:
+        raise fail(f"tensor {_short(name)}: {numel:,} {dtype} elements do not fill whole bytes")
     entry = TensorEntry(name, dtype, tuple(shape), begin, end)
-    expected = entry.numel * DTYPE_SIZES[dtype]
+    expected = data_bytes(dtype, shape)
     if entry.nbytes != expected:
-        raise fail(f"tensor {name!r}: {entry.nbytes:,} bytes of data, but {dtype} {list(shape)} needs {expected:,}")
+        raise fail(f"tensor {_short(name)}: {entry.nbytes:,} bytes of data, but {dtype} {_short(list(shape))} needs {expected:,}")
     return entry
 
 
@@ -126,9 +191,14 @@ def read_header(path: Path) -> SafetensorsFile:
             raise fail(f"truncated: {size:,} bytes of at least {8 + header_len:,} (the header alone)")
         raw = f.read(header_len)
     try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+        header = json.loads(
+            raw.decode("utf-8"), object_pairs_hook=_object,
+            parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant,
+        )  # fmt: skip
     except RecursionError:
         raise fail("header JSON is nested too deeply: not a safetensors header") from None
+    except _HeaderProblem as e:
+        raise fail(f"header refused: {e}") from None
     except (UnicodeDecodeError, ValueError) as e:
         raise fail(f"header is not valid JSON ({str(e)[:80]})") from None
     if not isinstance(header, dict):
@@ -142,9 +212,9 @@ def read_header(path: Path) -> SafetensorsFile:
     position = 0
     for i, t in enumerate(tensors):
         if t.begin < position:
-            raise fail(f"tensor {t.name!r} overlaps tensor {tensors[i - 1].name!r} (bytes {t.begin:,}-{t.end:,})")
+            raise fail(f"tensor {_short(t.name)} overlaps tensor {_short(tensors[i - 1].name)} (bytes {t.begin:,}-{t.end:,})")
         if t.begin > position:
-            raise fail(f"a gap of {t.begin - position:,} bytes before tensor {t.name!r}: offsets must be contiguous")
+            raise fail(f"a gap of {t.begin - position:,} bytes before tensor {_short(t.name)}: offsets must be contiguous")
         position = t.end
     expected = 8 + header_len + position
     if size < expected:
@@ -160,7 +230,7 @@ def header_for(tensors: Iterable[tuple[str, str, tuple[int, ...]]], metadata: di
     header: dict[str, object] = {METADATA_KEY: metadata} if metadata else {}
     position = 0
     for name, dtype, shape in tensors:
-        nbytes = math.prod(shape) * DTYPE_SIZES[dtype]
+        nbytes = data_bytes(dtype, shape)
         header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [position, position + nbytes]}
         position += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
@@ -184,4 +254,4 @@ def write_safetensors(
             f.truncate(8 + len(header) + data_len)
             return
         for _, dtype, shape in tensors:
-            f.write(data(math.prod(shape) * DTYPE_SIZES[dtype]))
+            f.write(data(data_bytes(dtype, shape)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -63,7 +64,7 @@ class CheckpointScan:
     def files(self) -> list[Path]:
         """Every file the checkpoint should hold that exists (for content hashing)."""
         seen = [f for c in self.components.values() for f in c.files if f not in c.missing]
-        return [self.root / f for f in dict.fromkeys(seen) if (self.root / f).is_file()]
+        return [self.root / f for f in dict.fromkeys(seen) if _is_regular(self.root / f)]
 
     @cached_property
     def summary(self) -> ComponentSummary | None:
@@ -72,13 +73,16 @@ class CheckpointScan:
         dit, t5, vae = (self.components.get(k) for k in ("dit", "t5", "vae"))
         if not (dit and dit.ok and dit.size and not self.index_problems):
             return None
+        shape = dit_shape(self.shard_tensors)
+        if shape is None:  # no attention weights (an empty index, say): nothing to predict from
+            return None
         ref = reference_summary()
         w2v = self.components.get("wav2vec2")
         return ComponentSummary(
             source=f"checkpoint {self.root}",
             dit=dit.size,
             dit_units=dit_units(self.shard_tensors),
-            dit_shape=dit_shape(self.shard_tensors),
+            dit_shape=shape,
             t5=t5.size if t5 and t5.ok and t5.size else ref.t5,
             t5_root=ref.t5_root,  # a .pth gives storage sizes, not names: the reference's split
             vae=vae.size if vae and vae.ok and vae.size else ref.vae,
@@ -91,6 +95,24 @@ def resolve_ckpt_dir(given: str | Path, start_dir: Path) -> Path:
     return Path(os.path.normpath(start_dir / given))
 
 
+def _is_regular(path: Path) -> bool:
+    """A regular file (through symlinks); False, not PermissionError, when a folder on the way is closed."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _absent(path: Path) -> bool:
+    """Nothing there. Not the same as "cannot look": a folder on the way that cannot be searched
+    (permission denied) hides the file, and saying "missing" would send the user to download it again."""
+    try:
+        os.lstat(path)
+    except OSError as e:
+        return e.errno in (errno.ENOENT, errno.ENOTDIR)
+    return False
+
+
 def file_problem(path: Path) -> str | None:
     """Why a required file cannot be used, or None when it is a readable, non-empty file."""
     try:
@@ -98,6 +120,8 @@ def file_problem(path: Path) -> str | None:
     except OSError as e:
         if e.errno == errno.ELOOP:
             return "a symlink loop"
+        if e.errno == errno.EACCES:
+            return "unreadable (permission denied on a folder on the way)"
         if os.path.lexists(path):
             return "a broken symlink"
         return None if e.errno == errno.ENOENT else f"cannot read ({e.strerror})"
@@ -114,7 +138,7 @@ def _present(scan: ComponentScan, root: Path, rel: str) -> bool:
     """Record a required file as missing or broken; True when it can be opened."""
     scan.files.append(rel)
     path = root / rel
-    if not os.path.lexists(path):
+    if _absent(path):
         scan.missing.append(rel)
         return False
     problem = file_problem(path)
@@ -177,7 +201,7 @@ def _scan_folder(scan: ComponentScan, root: Path, component: layout.Component) -
         _present(scan, root, rel)
     if not component.any_of:
         return
-    present = [rel for rel in component.any_of if os.path.lexists(root / rel)]
+    present = [rel for rel in component.any_of if not _absent(root / rel)]
     if not present:
         scan.files.append(component.any_of[0])
         scan.missing.append(" or ".join(component.any_of))

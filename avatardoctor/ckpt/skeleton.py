@@ -9,7 +9,6 @@ at most 4 and real random bytes (a few MB), for tests that read tensor data.
 from __future__ import annotations
 
 import json
-import math
 import os
 import pickle
 import zipfile
@@ -18,7 +17,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from avatardoctor.ckpt import layout
-from avatardoctor.ckpt.safetensors_file import DTYPE_SIZES, write_safetensors
+from avatardoctor.ckpt.safetensors_file import data_bytes, write_safetensors
 from avatardoctor.components import (
     REFERENCE,
     WAV2VEC2_REFERENCE_PARAMS,
@@ -39,7 +38,7 @@ def _shrunk(tensors: tuple[TensorSpec, ...], tiny: bool) -> list[TensorSpec]:
 
 
 def _nbytes(spec: TensorSpec) -> int:
-    return math.prod(spec[2]) * DTYPE_SIZES[spec[1]]
+    return data_bytes(spec[1], spec[2])
 
 
 def _reference_index() -> dict[str, str]:
