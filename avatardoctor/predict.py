@@ -10,9 +10,7 @@ memory, is TIGHT when the band straddles it, and WON'T FIT otherwise; the run's 
 from __future__ import annotations
 
 import math
-import os
-import stat
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from avatardoctor.components import ComponentSummary
