@@ -6,6 +6,7 @@ Heavy modules are imported inside the commands so `--help` and `check` start fas
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 import sys
@@ -27,6 +28,16 @@ def _str2bool(value: str) -> bool:
     if v in ("false", "f", "no", "n", "0"):
         return False
     raise click.BadParameter(f"{value!r} is not a boolean (True/False)")
+
+
+class FiniteRange(click.FloatRange):
+    """click's FloatRange lets NaN through (every comparison with it is false): a number, in range, or an error."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return number
 
 
 def _size_value(ctx, param, value: str | None) -> str | None:
@@ -71,7 +82,7 @@ def config_options(fn):
         click.option("--lora-path", help="--lora_path_dmd: a local file or a Hugging Face repo id."),
         click.option("--image", type=click.Path(path_type=Path), help="The reference image: its aspect sets the real height and width."),
         click.option("--audio", type=click.Path(path_type=Path), help="The driving audio: its length caps the clips."),
-        click.option("--audio-seconds", type=click.FloatRange(min=0, max=7 * 24 * 3600), help="What if the audio lasts this long (s): instead of --audio's length."),
+        click.option("--audio-seconds", type=FiniteRange(min=0, max=7 * 24 * 3600), help="What if the audio lasts this long (s): instead of --audio's length."),
         click.option("--prompt", help="The prompt."),
         click.option("--num-clip", type=click.IntRange(min=1), help="Clips to generate (upstream caps it by the audio's length)."),
         click.option("--t5-cpu", is_flag=True, default=None, help="Keep T5 on the CPU."),
@@ -180,8 +191,8 @@ RUN_OPTIONS = [
     click.option("--no-shim", is_flag=True, help="Run the entry without the per-rank memory shim."),
     click.option("--memory-history", is_flag=True, help="Also save a PyTorch memory snapshot per rank (CUDA; opens in pytorch.org/memory_viz)."),
     click.option("--out-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True, help="Where run folders go."),
-    click.option("--sample-hz", type=click.FloatRange(0.1, 100), default=10.0, show_default=True, help="GPU memory samples per second."),
-    click.option("--hang-timeout", type=click.FloatRange(min=1), default=300.0, show_default=True, help="Seconds of silence at ~0% utilisation that make a hang."),
+    click.option("--sample-hz", type=FiniteRange(0.1, 100), default=10.0, show_default=True, help="GPU memory samples per second."),
+    click.option("--hang-timeout", type=FiniteRange(min=1), default=300.0, show_default=True, help="Seconds without output, CPU work or GPU use that make a hang."),
 ]
 
 
