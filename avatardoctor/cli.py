@@ -216,11 +216,13 @@ def run_command(machine, demo, no_shim, memory_history, out_dir, sample_hz, hang
     """Launch Live Avatar with torchrun, record memory, explain what happened. Exit 0 success, 1 failure, 130 interrupted."""
     from rich.console import Console
 
-    from avatardoctor.runner.auto import auto_run, run_saved_plan
+    from avatardoctor.runner.auto import auto_run, launch_saved_plan
     from avatardoctor.upstream import ENTRY_SCRIPT, GRADIO_ENTRY
 
     if bool(auto) == bool(plan_file):
         raise InputError("run: pass --auto (check, plan and run) or --plan PLAN.json")
+    if machine or demo:
+        raise click.UsageError("run launches on this machine: --machine and --demo are for what-ifs (check, predict, plan)")
     console = Console(stderr=True, highlight=False)
     cwd = config_flags.get("liveavatar") or Path.cwd()
     with console.status("starting") as status:
@@ -229,7 +231,8 @@ def run_command(machine, demo, no_shim, memory_history, out_dir, sample_hz, hang
         if gradio:
             options.hang_timeout_s = float("inf")  # a server idles silently between requests
         if plan_file:
-            results = [run_saved_plan(plan_file, options, gradio=gradio, log=console.print)]
+            overrides = {k: v for k, v in config_flags.items() if v is not None}
+            results = [launch_saved_plan(plan_file, options, overrides, smoke, force, gradio, log=console.print)]
         else:
             from avatardoctor.checks.base import Status
             from avatardoctor.doctor import build_context, diagnose
@@ -249,7 +252,8 @@ def run_command(machine, demo, no_shim, memory_history, out_dir, sample_hz, hang
 @cli.command("demo")
 @run_options
 @click.option("--nproc", type=click.IntRange(2, 8), default=5, show_default=True, help="Ranks: 4 DiT ranks and the VAE rank, as upstream TPP.")
-def demo_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, nproc):
+@click.option("--master-port", type=click.IntRange(1, 65535), help="torchrun --master_port (default: the upstream script's 29102, or the next free one).")
+def demo_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, nproc, master_port):
     """The whole flow on any machine with torch: a tiny real checkpoint, plan, a small real TPP-like run, report."""
     import importlib.util
 
@@ -257,8 +261,7 @@ def demo_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, npro
 
     from avatardoctor.ckpt.demo import cache_dir
     from avatardoctor.ckpt.skeleton import write_skeleton
-    from avatardoctor.runner.auto import demo_plan
-    from avatardoctor.runner.run import execute
+    from avatardoctor.runner.auto import demo_plan, execute_with_port_retry
 
     if importlib.util.find_spec("torch") is None:
         raise InputError("demo: torch is not installed; install the [torch] extra: pip install 'avatardoctor[torch]'")
@@ -271,7 +274,7 @@ def demo_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, npro
     from avatardoctor.doctor import build_context
     from avatardoctor.render import MARKS
 
-    ctx = build_context(mode="tpp", num_gpus_dit=nproc - 1)
+    ctx = build_context(mode="tpp", num_gpus_dit=nproc - 1, master_port=master_port)
     for r in run_checks(ctx, (ports.check_master_port, nccl.check_nccl_env, host.check_shm)).results:
         mark, style = MARKS[r.status]
         console.print(f"check: [{style}]{mark}[/] {r.id} {r.summary}", highlight=False)
@@ -280,7 +283,7 @@ def demo_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, npro
     console.print("plan: " + plan["reasons"][0])
     with console.status("starting") as status:
         options = _run_options(out_dir, sample_hz, hang_timeout, out_dir, ["-m", "avatardoctor.runner.demo_entry"], status, no_shim, memory_history)
-        result = execute(plan, options)
+        result = execute_with_port_retry(plan, options, console.print)
     _say_result(result)
     sys.exit(0 if result.failure.cls == "success" else 1)
 

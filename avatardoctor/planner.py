@@ -11,6 +11,8 @@ la.asserts says whether this image allows it.
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from avatardoctor.machine.catalogue import CARDS, catalogue_machine
 from avatardoctor.machine.model import Gpu
 from avatardoctor.predict import VERDICT_WORDS, Prediction, predict, reference_hw
 from avatardoctor.units import GIB
-from avatardoctor.upstream import ENTRY_SCRIPT, LORA_HUB_ID, LORA_LOCAL, TRAINING_CONFIG, area, violations
+from avatardoctor.upstream import ENTRY_SCRIPT, LORA_HUB_ID, LORA_LOCAL, TRAINING_CONFIG, area, clips_for_audio, violations
 
 PLANNED_SIZES = ("720*400", "704*384", "688*368", "384*256")  # the sizes upstream and the seeds run, largest first
 PLANNED_FRAMES = (48, 36, 24, 12)  # multiples of 12: whole 3-latent-frame blocks
@@ -130,50 +132,119 @@ def lora_for_launch(base: LaunchConfig) -> str | None:
     return base.lora_path
 
 
+# The configuration flags a user may set that the planner otherwise chooses: set, they are constraints.
+CONSTRAINTS = {
+    "size": "--size", "infer_frames": "--infer-frames", "fp8": "--fp8", "t5_cpu": "--t5-cpu",
+    "offload_kv_cache": "--offload-kv-cache", "offload_model": "--offload-model", "master_port": "--master-port",
+    "sample_steps": "--sample-steps", "sample_solver": "--sample-solver", "num_gpus_dit": "--num-gpus-dit",
+    "ulysses_size": "--ulysses-size", "enable_online_decode": "--enable-online-decode", "t5_fsdp": "--t5-fsdp",
+    "compile": "--compile",
+}  # fmt: skip
+KEPT_INPUTS = ("liveavatar", "ckpt_dir", "image", "audio", "audio_seconds", "prompt", "num_clip", "save_file", "gradio")
+
+
+def flag_text(field: str, value) -> str:
+    """A constraint as the user typed it: `--size 384*256`, `--no-fp8`, `--t5-cpu`."""
+    flag = CONSTRAINTS.get(field, "--mode")
+    if isinstance(value, bool) and field != "offload_model":
+        return flag if value else flag.replace("--", "--no-", 1)
+    return f"{flag} {value}"
+
+
+def constraints(base: LaunchConfig) -> dict[str, object]:
+    """What the user set: the planner keeps it and changes only the rest."""
+    fixed = {k: getattr(base, k) for k in CONSTRAINTS if k in base.explicit}
+    if base.mode_reason == "--mode":
+        fixed["mode"] = base.mode
+    return fixed
+
+
+def _without(base: LaunchConfig, field: str) -> LaunchConfig:
+    """The configuration as if the user had not set this one flag."""
+    if field == "mode":
+        return replace(base, mode_reason="planner")
+    return replace(base, explicit=base.explicit - {field})
+
+
 def candidates(base: LaunchConfig, gpus: tuple[Gpu, ...]):
-    """Configurations upstream accepts, best first."""
-    modes = ["tpp", "single"] if len(gpus) >= 5 else ["single"]
+    """Configurations upstream accepts, best first, within the user's constraints."""
+    fixed = constraints(base)
+    modes = [fixed["mode"]] if "mode" in fixed else ["tpp", "single"] if len(gpus) >= 5 else ["single"]
     for mode in modes:
         defaults = resolve_config(len(gpus), mode)
-        keep = {k: getattr(base, k) for k in ("liveavatar", "ckpt_dir", "image", "audio", "prompt", "num_clip", "save_file")}
-        keep |= {"lora_path": lora_for_launch(base), "explicit": base.explicit}
-        start = replace(defaults, **{k: v for k, v in keep.items() if v is not None}, mode_reason="planner")
+        keep = {k: getattr(base, k) for k in KEPT_INPUTS} | {"lora_path": lora_for_launch(base)}
+        flags = {k: v for k, v in fixed.items() if k != "mode"}
+        start = replace(defaults, **{k: v for k, v in keep.items() if v is not None}, **flags,
+                        explicit=base.explicit, mode_reason="planner")  # fmt: skip
         # Every rank converts its DiT, the VAE rank too: fp8 only where every GPU of the launch has it.
-        fp8 = fp8_possible(gpus[: start.nproc]) and (base.fp8 or "fp8" not in base.explicit)
-        fallbacks = [{"fp8": fp8}]
-        if mode == "single":
-            fallbacks += [{"fp8": fp8, "offload_kv_cache": True}]
-        fallbacks += [{**fallbacks[-1], "t5_cpu": True}]
-        for size in PLANNED_SIZES:
-            for frames in PLANNED_FRAMES:
-                for extra in fallbacks:
-                    cfg = replace(start, **{"size": size, "infer_frames": frames, **extra})
+        fp8 = fp8_possible(gpus[: start.nproc]) and bool(fixed.get("fp8", True))
+        steps: list[dict] = [{}]
+        if mode == "single" and "offload_kv_cache" not in fixed:
+            steps.append({"offload_kv_cache": True})
+        if "t5_cpu" not in fixed:
+            steps.append({**steps[-1], "t5_cpu": True})
+        sizes = [fixed["size"]] if "size" in fixed else PLANNED_SIZES
+        frames = [fixed["infer_frames"]] if "infer_frames" in fixed else PLANNED_FRAMES
+        for size in sizes:
+            for count in frames:
+                for extra in steps:
+                    cfg = replace(start, **{"size": size, "infer_frames": count, "fp8": fp8, **extra})
                     if not refused(cfg):
                         yield cfg
+
+
+def _added(chosen: LaunchConfig, gpus, summary, terms) -> list[str]:
+    """A reason line for each fallback the planner added, with the shortfall it fixes."""
+    lines = []
+    for field in ("offload_kv_cache", "t5_cpu"):
+        if getattr(chosen, field) and field not in chosen.explicit:
+            without = predict(replace(chosen, **{field: False}), gpus, summary, terms)
+            g = without.binding
+            short = f": GPU {g.index} short by {-g.headroom_bytes / GIB:.1f} GiB without it" if g and g.headroom_bytes < 0 else ""
+            lines.append(f"added {CONSTRAINTS[field]}{short}")
+    return lines
 
 
 def make_plan(
     base: LaunchConfig, gpus: tuple[Gpu, ...], summary: ComponentSummary, terms: EstimateTerms, skip: frozenset[str] = frozenset()
 ) -> Plan:
     """The first candidate that fits; `skip` names configurations (describe()) already tried and failed."""
-    reasons = []
+    fixed = constraints(base)
     too_old = [g for g in gpus if g.compute_capability < FP8_MIN_CC]
+    reasons = [f"kept your {flag_text(k, v)}" for k, v in fixed.items() if not (k == "fp8" and v and too_old)]
     if base.fp8 and "fp8" in base.explicit and too_old:
         names = ", ".join(f"GPU {g.index} (cc {g.cc})" for g in too_old)
         reasons.append(f"your --fp8 cannot run on {names}: FP8 needs compute capability 8.9 on every rank; planning in bf16")
     if lora_for_launch(base) != base.lora_path:
         reasons.append(f"passing the README's local LoRA file {LORA_LOCAL}: upstream would download the hub id again")
+    tried = 0
     for cfg in candidates(base, gpus):
+        tried += 1
         if describe(cfg) in skip:
             reasons.append(f"skipped {describe(cfg)}: it ran out of memory in an earlier attempt")
             continue
         p = predict(cfg, gpus, summary, terms)
         reasons.append(f"tried {describe(cfg)}: {outcome(p)}")
         if p.verdict == "fits":
+            reasons += _added(cfg, gpus, summary, terms)
             reasons.append(f"chose {describe(cfg)}")
             return Plan(cfg, p, tuple(reasons))
-    reasons.append("nothing upstream accepts fits this machine")
+    if not tried and fixed:
+        refusing = refused(replace(base, mode_reason="planner"))
+        reasons.append(f"upstream refuses what your flags ask ({', '.join(refusing) or 'see la.asserts'})")
+    reasons += _blocking(base, fixed, gpus, summary, terms, skip)
+    reasons.append("nothing upstream accepts fits this machine" + (" within your flags" if fixed else ""))
     return Plan(None, None, tuple(reasons))
+
+
+def _blocking(base, fixed, gpus, summary, terms, skip) -> list[str]:
+    """Which of the user's flags stands in the way: what would fit without each one."""
+    lines = []
+    for field, value in fixed.items():
+        plan = make_plan(_without(base, field), gpus, summary, terms, skip)
+        if plan.chosen:
+            lines.append(f"your {flag_text(field, value)} blocks it: without it, {plan.reasons[-1]}")
+    return lines
 
 
 PLAN_SCHEMA = "avatardoctor.plan/1"
@@ -230,6 +301,7 @@ def plan_document(plan: Plan, ctx) -> dict:
     if any("GeForce" in g.name for g in gpus) and any(p2p_ok(p) and not p.nvlinks for p in pairs):
         env["NCCL_P2P_DISABLE"] = "1"  # GeForce P2P reported by a patched or old driver: known hangs (topo.p2p)
     config = cfg.to_dict()
+    checkout = str(Path(os.path.normpath(ctx.cwd / cfg.liveavatar))) if cfg.liveavatar else None
     doc.update(
         mode=cfg.mode,
         entry=ENTRY_SCRIPT,
@@ -239,5 +311,31 @@ def plan_document(plan: Plan, ctx) -> dict:
         argv=entry_argv(cfg),
         prediction=plan.prediction.to_dict(),
         config=config,
+        checkout=checkout,  # where `run --plan` starts the launch
+        interpreter=sys.executable,
+        machine=machine_identity(ctx.machine, gpus),
+        inputs_note=inputs_note(cfg, plan.prediction),
     )
     return doc
+
+
+def machine_identity(machine, gpus) -> dict:
+    """What the plan was made for: `run --plan` refuses another box (a catalogue or recorded one is never here)."""
+    return {"source": machine.source, "hostname": machine.hostname,
+            "gpus": [{"index": g.index, "name": g.name, "uuid": g.uuid} for g in gpus]}  # fmt: skip
+
+
+def inputs_note(cfg: LaunchConfig, prediction: Prediction | None) -> str | None:
+    """What upstream does about inputs the plan does not name: its bundled examples, and the clip count."""
+    missing = [flag for flag, value in (("--image", cfg.image), ("--audio", cfg.audio), ("--prompt", cfg.prompt)) if value is None]
+    seconds = prediction.inputs.audio_seconds if prediction else None
+    clips = f"{cfg.num_clip:,} clips (--num-clip)"
+    if seconds is not None:
+        clips = f"{min(cfg.num_clip, clips_for_audio(seconds, cfg.infer_frames)):,} clips ({seconds:.1f} s of audio caps --num-clip {cfg.num_clip:,})"
+    if not missing:
+        return f"upstream will make {clips}"
+    examples = {"--image": "examples/boy.jpg", "--audio": "examples/boy.wav", "--prompt": "its example prompt"}
+    used = ", ".join(f"{examples[f]} for {f}" for f in missing)
+    return f"no {'/'.join(missing)}: upstream falls back to {used} (entry:27-60); " + (
+        f"up to {clips}, capped by that audio's length" if cfg.audio is None else f"it will make {clips}"
+    )

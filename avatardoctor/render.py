@@ -175,6 +175,8 @@ def render_plan(doc: dict, console: Console, written=None, shown: int = 12) -> N
         advice = ", ".join(doc.get("hardware_advice", [])) or "none in the catalogue"
         console.print(Text(f"No plan: nothing upstream accepts fits. Hardware where the default configuration fits: {advice}", style="bold red"))
         return
+    if doc.get("inputs_note"):
+        console.print(Text(doc["inputs_note"], style="yellow" if doc["inputs_note"].startswith("no ") else ""))
     console.print(Text(f"torchrun --nproc_per_node {doc['nproc']} --master_port {doc['master_port']} {doc['entry']} ...", style="cyan"))
     console.print(Text("env: " + " ".join(f"{k}={v}" for k, v in doc["env"].items()), style="dim"))
     if written:

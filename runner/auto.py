@@ -36,8 +36,10 @@ def auto_run(ctx, options: RunOptions, max_retries: int, smoke: bool, log, gradi
         doc = plan_document(dataclasses.replace(plan, chosen=chosen), ctx)
         if gradio:
             doc = _serve(doc, log)
+        if doc.get("inputs_note"):
+            log(doc["inputs_note"])
         log(f"attempt {attempt + 1}: {describe(chosen)}")
-        result = execute(doc, options)
+        result = execute_with_port_retry(doc, options, log)
         results.append(result)
         log(f"attempt {attempt + 1}: {result.failure.cls}" + (f" ({result.failure.message})" if result.failure.cls != "success" else ""))
         if result.failure.cls != "oom":
@@ -75,7 +77,8 @@ def _serve(doc: dict, log) -> dict:
     return doc
 
 
-def run_saved_plan(path: Path, options: RunOptions, gradio: bool = False, log=print) -> RunResult:
+def read_plan(path: Path) -> dict:
+    """A saved plan, validated before anything is created (a bad one is one line naming the file and field)."""
     from avatardoctor.errors import InputError
 
     try:
@@ -91,7 +94,126 @@ def run_saved_plan(path: Path, options: RunOptions, gradio: bool = False, log=pr
     problem = plan_problem(doc)
     if problem:
         raise InputError(f"--plan {path}: {problem} (write a plan with `avatardoctor plan -o FILE`)")
-    return execute(_serve(doc, log) if gradio else doc, options)
+    return doc
+
+
+def launch_saved_plan(path: Path, options: RunOptions, overrides: dict, smoke: bool, force: bool, gradio: bool,
+                      log=print) -> RunResult:  # fmt: skip
+    """`run --plan`: on the machine it was made for (or --force), in the checkout it names, with the user's
+    flags over it and the prediction recomputed, or its smoke run; what is launched is what the run
+    folder's plan.json says."""
+    from avatardoctor.errors import InputError
+    from avatardoctor.machine import backend_for
+
+    doc = read_plan(path)
+    if problem := machine_mismatch(doc, backend_for(None).snapshot()):
+        if not force:
+            raise InputError(f"--plan {path}: {problem}; plan again here (`avatardoctor plan -o FILE`), or pass --force")
+        log(f"launching anyway (--force): {problem}")
+    if "liveavatar" not in overrides and isinstance(doc.get("checkout"), str):
+        options.cwd = Path(doc["checkout"])
+    if overrides or smoke:
+        doc = _replanned(doc, path, overrides, smoke, force, log)
+    if doc.get("inputs_note"):
+        log(doc["inputs_note"])
+    return execute_with_port_retry(_serve(doc, log) if gradio else doc, options, log)
+
+
+def _port_lost(result: RunResult) -> bool:
+    f = result.failure
+    return f.cls == "nccl" and "address already in use" in f.message.lower()
+
+
+def execute_with_port_retry(doc: dict, options: RunOptions, log=print) -> RunResult:
+    """Launch; when the master port was taken between the runner's check and torchrun's bind, once more on
+    a port free now (a new run folder); after that, name who holds it."""
+    from avatardoctor.checks.ports import port_holders
+
+    result = execute(doc, options)
+    if not _port_lost(result):
+        return result
+    used = json.loads(result.folder.plan_json.read_text()).get("master_port", doc.get("master_port"))
+    log(f"master port {used} was taken as the job started: once more on a free port")
+    result = execute({**doc, "master_port": used}, options)  # execute moves a held port to the next free one
+    if _port_lost(result):
+        holders = ", ".join(f"PID {pid} ({name})" for pid, name in port_holders(used) if pid) or "another process"
+        result = dataclasses.replace(
+            result, failure=dataclasses.replace(result.failure, remedy=f"{result.failure.remedy}; port {used} is held by {holders}")
+        )
+    return result
+
+
+def _replanned(doc: dict, path: Path, overrides: dict, smoke: bool, force: bool, log) -> dict:
+    """The plan with the user's flags (and the smoke run's) over it, predicted again on this machine."""
+    from avatardoctor.doctor import build_context
+    from avatardoctor.errors import InputError
+    from avatardoctor.planner import Plan
+    from avatardoctor.predict import VERDICT_WORDS
+
+    flags = plan_config(doc, path)
+    gpus = overrides.pop("gpus", None) or (doc.get("env") or {}).get("CUDA_VISIBLE_DEVICES")
+    changed = {**overrides, **(SMOKE if smoke else {})}
+    flags.update(changed)
+    ctx = build_context(None, False, mode=flags.pop("mode"), gpus=gpus, **flags)
+    prediction = ctx.prediction
+    said = ", ".join(f"{k}={v}" for k, v in changed.items())
+    log(f"the plan with {said}{' (the smoke run: one clip at the smallest size)' if smoke else ''}: "
+        f"{VERDICT_WORDS[prediction.verdict]}: {prediction.explanation()}")  # fmt: skip
+    if prediction.verdict in ("wont-fit", "wont-run") and not force:
+        raise InputError(f"--plan {path} with {said}: {VERDICT_WORDS[prediction.verdict]}; pass --force to launch anyway")
+    reasons = (*(doc.get("reasons") or []), f"run --plan {path} with {said}")
+    replanned = plan_document(Plan(ctx.config, prediction, tuple(reasons)), ctx)
+    return {**replanned, "env": {**(doc.get("env") or {}), **replanned["env"]}}  # the plan's own variables stay
+
+
+def machine_mismatch(doc: dict, here) -> str | None:
+    """Why this machine is not the one the plan was made for, or None (a plan without an identity: older
+    or hand-written, is taken as made here)."""
+    planned = doc.get("machine")
+    if not isinstance(planned, dict):
+        return None
+    source = planned.get("source")
+    if source != "nvml":
+        return f"it was planned for {source}, not for this machine"
+    if planned.get("hostname") and here.hostname and planned["hostname"] != here.hostname:
+        return f"it was planned on {planned['hostname']}, this is {here.hostname}"
+    uuids = {g.uuid for g in here.gpus}
+    gone = [g for g in planned.get("gpus") or [] if isinstance(g, dict) and g.get("uuid") not in uuids]
+    if gone:
+        return f"GPU {gone[0].get('index')} ({gone[0].get('name')}, {gone[0].get('uuid')}) it was planned for is not on this machine"
+    return None
+
+
+# The plan's configuration fields a run may rebuild it from, with the type each must have.
+_INT_FIELDS = ("infer_frames", "sample_steps", "num_gpus_dit", "ulysses_size", "num_clip", "master_port")
+_BOOL_FIELDS = ("fp8", "offload_model", "t5_cpu", "t5_fsdp", "offload_kv_cache", "enable_online_decode", "compile")
+_STR_FIELDS = ("size", "ckpt_dir", "sample_solver", "lora_path", "prompt", "liveavatar", "image", "audio")
+SIZE = re.compile(r"\d{1,5}\*\d{1,5}")
+
+
+def plan_config(doc: dict, path: Path) -> dict:
+    """The configuration a saved plan launches, as flags, each field checked: what `run --plan` overrides."""
+    from avatardoctor.config import MODES
+    from avatardoctor.errors import InputError
+
+    config = doc.get("config")
+    if not isinstance(config, dict) or config.get("mode") not in MODES:
+        raise InputError(f"--plan {path}: no configuration to change (plan again with `avatardoctor plan -o FILE`)")
+    flags: dict = {"mode": config["mode"]}
+    for name in _INT_FIELDS + _BOOL_FIELDS + _STR_FIELDS + ("audio_seconds",):
+        value = config.get(name)
+        if value is None:
+            continue
+        good = (
+            _is_int(value, 1, 65535 if name == "master_port" else 10**9) if name in _INT_FIELDS
+            else isinstance(value, bool) if name in _BOOL_FIELDS
+            else _is_number(value) and 0 <= value <= 7 * 24 * 3600 if name == "audio_seconds"
+            else isinstance(value, str) and not _launch_string_problem(name, value) and (name != "size" or SIZE.fullmatch(value))
+        )  # fmt: skip
+        if not good:
+            raise InputError(f"--plan {path}: config.{name} is not a valid value (plan again with `avatardoctor plan -o FILE`)")
+        flags[name] = Path(value) if name in ("liveavatar", "image", "audio") else value
+    return flags
 
 
 def _is_int(value, low: int, high: int) -> bool:

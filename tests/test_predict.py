@@ -444,3 +444,48 @@ def test_offload_model_is_never_offered_for_a_shortfall_at_the_load():
         if binding and binding.binding_phase in ("load", "lora", "fp8"):
             change = smallest_change(cfg, m.gpus, SUMMARY, DEFAULT_TERMS)
             assert change is None or change.flags != "--offload-model True", spec
+
+
+# ---- the user's flags are constraints (issue: the plan is a contract) ---------------------------------
+
+
+def test_plan_keeps_every_flag_the_user_set():
+    m = catalogue_machine("5xH800")
+    base = resolve_config(5, size="384*256", infer_frames=24, fp8=True, t5_cpu=True, master_port=29999)
+    plan = make_plan(base, m.gpus, SUMMARY, DEFAULT_TERMS)
+    c = plan.chosen
+    assert (c.size, c.infer_frames, c.fp8, c.t5_cpu, c.master_port) == ("384*256", 24, True, True, 29999)
+    assert list(plan.reasons[:5]) == ["kept your --size 384*256", "kept your --infer-frames 24", "kept your --fp8",
+                                "kept your --t5-cpu", "kept your --master-port 29999"]  # fmt: skip
+
+
+def test_plan_keeps_an_explicit_mode():
+    m = catalogue_machine("5xH800")
+    plan = make_plan(resolve_config(5, "single"), m.gpus, SUMMARY, DEFAULT_TERMS)
+    assert plan.chosen.mode == "single" and plan.reasons[0] == "kept your --mode single"
+
+
+def test_plan_says_which_fallback_it_added_and_what_it_fixes():
+    m = catalogue_machine("1xL40S")
+    plan = make_plan(resolve_config(1), m.gpus, SUMMARY, DEFAULT_TERMS)
+    assert plan.chosen.offload_kv_cache
+    added = [r for r in plan.reasons if r.startswith("added --offload-kv-cache")]
+    assert added and "GPU 0 short by" in added[0]
+
+
+def test_plan_names_the_flag_that_blocks_a_fit_and_what_would_fit_without_it():
+    m = catalogue_machine("1xL40S")
+    base = resolve_config(1, offload_kv_cache=False, infer_frames=48, size="720*400")
+    plan = make_plan(base, m.gpus, SUMMARY, DEFAULT_TERMS)
+    assert plan.chosen is None
+    blocking = [r for r in plan.reasons if " blocks it: without it, chose " in r]
+    assert any(r.startswith("your --no-offload-kv-cache blocks it: without it, chose single 720*400, 48 frames") for r in blocking)
+    assert any(r.startswith("your --size 720*400 blocks it") for r in blocking)
+    assert plan.reasons[-1] == "nothing upstream accepts fits this machine within your flags"
+
+
+def test_plan_says_when_upstream_refuses_what_the_flags_ask():
+    m = catalogue_machine("5xH800")
+    plan = make_plan(resolve_config(5, size="1280*720"), m.gpus, SUMMARY, DEFAULT_TERMS)
+    assert plan.chosen is None and any("upstream refuses what your flags ask (cond_cache)" in r for r in plan.reasons)
+    assert any(r.startswith("your --size 1280*720 blocks it: without it, chose tpp 720*400") for r in plan.reasons)

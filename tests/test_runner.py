@@ -19,7 +19,7 @@ import pytest
 
 pytest.importorskip("torch", reason="the runner launches torchrun: the [torch] extra; .ci/run installs it")
 
-from avatardoctor.runner.auto import run_saved_plan  # noqa: E402
+from avatardoctor.runner.auto import launch_saved_plan  # noqa: E402
 from avatardoctor.runner.run import RunOptions, execute  # noqa: E402
 
 CHECKOUT = Path(__file__).parent / "fixtures" / "fake_liveavatar"
@@ -219,17 +219,20 @@ def test_a_bad_plan_file_is_a_one_line_error(tmp_path):
 def test_saved_plan_runs(tmp_path):
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps(plan()))
-    assert run_saved_plan(plan_file, options(tmp_path)).failure.cls == "success"
+    assert launch_saved_plan(plan_file, options(tmp_path), {}, False, False, False).failure.cls == "success"
 
 
 def test_the_demo_end_to_end(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "avatardoctor", "demo", "--out-dir", str(tmp_path / "runs")],
+    port = free_port()  # the demo takes --master-port as run does
+    r = subprocess.run([sys.executable, "-m", "avatardoctor", "demo", "--out-dir", str(tmp_path / "runs"), "--master-port", str(port)],
                        capture_output=True, text=True, timeout=240)  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
     assert "outcome: success" in r.stdout and "report: " in r.stdout
     report = Path(r.stdout.split("report: ")[1].strip())
     summary = json.loads((report.parent / "summary.json").read_text())
     assert summary["outcome"] == "success" and summary["clips_done"] == 2
+    launched = json.loads((report.parent.parent / "plan.json").read_text())["master_port"]
+    assert launched == port or (launched > port and "held" in r.stdout + r.stderr)  # taken meanwhile: the next free one
 
 
 def test_a_hang_says_whether_stacks_were_captured(tmp_path):
@@ -361,3 +364,75 @@ def test_rank_records_land_in_the_run_folder_with_a_relative_out_dir(tmp_path, m
     monkeypatch.chdir(tmp_path)  # --out-dir runs, as the CLI's default: relative to where the runner starts
     result = execute(plan(prompt=token()), RunOptions(out_dir=Path("runs"), cwd=checkout(tmp_path), entry=ENTRY))
     assert sorted(p.name for p in (tmp_path / result.folder.ranks).glob("rank*.json")) == ["rank0.json", "rank1.json"]
+
+
+# ---- the plan is a contract: run --plan launches what the plan says, here ---------------------------
+
+
+def single_plan(tmp_path, mark: str) -> Path:
+    doc = {**plan(nproc=1, prompt=mark), "config": {"mode": "single", "num_clip": 2, "prompt": mark},
+           "checkout": str(checkout(tmp_path))}  # fmt: skip
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_run_plan_starts_in_the_checkout_the_plan_names(tmp_path, monkeypatch):
+    path = single_plan(tmp_path, token())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    opts = options(tmp_path)
+    opts.cwd = elsewhere  # as the CLI sets it without --liveavatar
+    result = launch_saved_plan(path, opts, {}, False, False, False)
+    assert result.failure.cls == "success", result.failure
+    assert (checkout(tmp_path) / "output").is_dir() and not (elsewhere / "output").exists()
+
+
+def test_run_plan_smoke_derives_one_small_clip_and_records_what_it_launched(tmp_path):
+    """No GPU here: the recomputed prediction cannot fit, so --force; the run folder's plan is the smoke run's."""
+    path = single_plan(tmp_path, token())
+    saved, lines = path.read_text(), []
+    result = launch_saved_plan(path, options(tmp_path), {}, True, True, False, log=lines.append)
+    assert result.failure.cls == "success", result.failure
+    launched = json.loads(result.folder.plan_json.read_text())
+    argv = launched["argv"]
+    assert argv[argv.index("--num_clip") + 1] == "1" and argv[argv.index("--size") + 1] == "384*256"
+    assert launched["env"]["FAKE_LIVEAVATAR_MODE"] == "success"  # the plan's own variables stay
+    assert any("the smoke run" in line for line in lines) and path.read_text() == saved  # the user's plan untouched
+
+
+def test_run_plan_refuses_a_plan_made_for_another_machine(tmp_path):
+    doc = {**plan(), "machine": {"source": "catalogue:5xH800", "hostname": None, "gpus": []}}
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(doc))
+    r = subprocess.run([sys.executable, "-m", "avatardoctor", "run", "--plan", str(path), "--out-dir", str(tmp_path / "runs")],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and "planned for catalogue:5xH800, not for this machine" in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_run_with_machine_is_a_usage_error():
+    r = subprocess.run([sys.executable, "-m", "avatardoctor", "run", "--auto", "--machine", "5xH800"],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and "--machine and --demo are for what-ifs" in r.stderr
+
+
+def test_run_plan_flags_override_the_plan_and_the_run_folder_says_so(tmp_path):
+    path = single_plan(tmp_path, token())
+    result = launch_saved_plan(path, options(tmp_path), {"infer_frames": 24}, False, True, False, log=lambda line: None)
+    assert result.failure.cls == "success", result.failure
+    launched = json.loads(result.folder.plan_json.read_text())
+    assert launched["argv"][launched["argv"].index("--infer_frames") + 1] == "24"
+    assert launched["config"]["infer_frames"] == 24 and launched["reasons"][-1].endswith("with infer_frames=24")
+    assert launched["prediction"]["verdict"] == "wont-fit"  # recomputed on this GPU-less machine, launched with --force
+
+
+def test_a_master_port_lost_at_launch_is_tried_once_more_then_its_holder_named(tmp_path):
+    lines = []
+    from avatardoctor.runner.auto import execute_with_port_retry
+
+    result = execute_with_port_retry(plan("nccl-port", prompt=token()), options(tmp_path), lines.append)
+    assert result.failure.cls == "nccl" and "is held by" in result.failure.remedy
+    assert any("once more on a free port" in line for line in lines)
+    assert len(list((tmp_path / "runs").iterdir())) == 2  # each attempt in its own folder
