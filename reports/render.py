@@ -20,7 +20,7 @@ from avatardoctor import __version__
 from avatardoctor.errors import InputError
 from avatardoctor.reports import plots
 from avatardoctor.reports.inputs import UnreadableFile, read_regular
-from avatardoctor.reports.runfolder import RunFolder, read_run_folder
+from avatardoctor.reports.runfolder import RunRecord, read_run_folder
 from avatardoctor.reports.summary import SCHEMA, build_summary
 from avatardoctor.reports.timeline import GPU_ID, Timeline
 
@@ -118,7 +118,7 @@ def _overview(out: Path, prefix: str, peaks: dict[str, list[float | None]], lege
                    lambda path: plots.peaks_png(path, "measured peak per GPU", list(peaks), list(zip(*peaks.values())), legend))]  # fmt: skip
 
 
-def _timeline_images(timeline: Timeline, run: RunFolder | None, summary: dict, out: Path) -> list[dict]:
+def _timeline_images(timeline: Timeline, run: RunRecord | None, summary: dict, out: Path) -> list[dict]:
     predicted = run.predicted if run else {}
     phases = run.phases if run else pd.DataFrame(columns=["phase", "start_s", "end_s"])
     rows = {row["gpu"]: row for row in summary["gpus"]}
@@ -172,7 +172,7 @@ def _write(out: Path, summary: dict, images: list[dict], title: str) -> Path:
     return out / "index.html"
 
 
-def load(source: Path, fields: list[str] | None = None) -> tuple[Timeline, RunFolder | None, str]:
+def load(source: Path, fields: list[str] | None = None) -> tuple[Timeline, RunRecord | None, str]:
     """A run folder or a plain nvidia-smi CSV log."""
     if source.is_dir():
         run = read_run_folder(source)

@@ -1,5 +1,6 @@
 """A run folder, as `avatardoctor run` writes it (docs/run-folder.md), read with bounds and
 forgiveness: whatever is missing, damaged or of the wrong type becomes a note, never a traceback.
+The folder's layout is the runner's (avatardoctor.runner.folder.RunFolder): one description of it.
 
     plan.json               avatardoctor.plan/1: configuration and the predicted peaks
     debug_info.json         avatardoctor.debug/1: outcome, failure class, remedy, durations, clips
@@ -21,6 +22,7 @@ import pandas as pd
 
 from avatardoctor.reports.inputs import UnreadableFile, read_regular
 from avatardoctor.reports.timeline import MAX_MIB, MAX_SECONDS, Timeline, gpu_id, label
+from avatardoctor.runner.folder import RunFolder
 
 JSON_LIMIT = 64 * 2**20
 MEMORY_CSV_LIMIT = 256 * 2**20  # 5 GPUs at 10 Hz for 2 hours is ~30 MB
@@ -28,8 +30,6 @@ PHASES_CSV_LIMIT = 16 * 2**20  # a run has a few dozen phases
 MAX_PHASES = 1000  # more bands than a plot can show
 TEXT_COLUMNS = ("time", "gpu", "uuid", "phase")  # the others are numbers where readable (not a string per cell)
 READ_COLUMNS = (*TEXT_COLUMNS, "elapsed_s", "memory_used_mib", "memory_total_mib", "start_s", "end_s")
-MEMORY_CSV = Path("logs") / "gpu_memory.csv"
-PHASES_CSV = Path("logs") / "phases.csv"
 CONFIG_KEYS = ("mode", "nproc", "size", "infer_frames", "num_clip", "sample_steps", "fp8", "offload_model",
                "offload_kv_cache", "t5_cpu", "dit_fsdp", "t5_fsdp", "num_gpus_dit")  # fmt: skip
 FAILURE_TEXT = ("class", "phase", "message", "remedy")
@@ -62,7 +62,9 @@ class RunDebug:
 
 
 @dataclass
-class RunFolder:
+class RunRecord:
+    """What a run folder says, as read."""
+
     path: Path
     timeline: Timeline
     plan: RunPlan = field(default_factory=RunPlan)
@@ -235,12 +237,13 @@ def read_phases(path: Path, root: Path, notes: list[str]) -> pd.DataFrame:
     return phases.reset_index(drop=True)
 
 
-def read_run_folder(path: Path) -> RunFolder:
+def read_run_folder(path: Path) -> RunRecord:
     notes: list[str] = []
-    timeline = read_memory_csv(path / MEMORY_CSV, path)
-    plan = read_plan(_json(path / "plan.json", path, notes))
-    debug = read_debug(_json(path / "debug_info.json", path, notes))
-    phases = read_phases(path / PHASES_CSV, path, notes)
+    layout = RunFolder(path)
+    timeline = read_memory_csv(layout.gpu_memory_csv, path)
+    plan = read_plan(_json(layout.plan_json, path, notes))
+    debug = read_debug(_json(layout.debug_json, path, notes))
+    phases = read_phases(layout.phases_csv, path, notes)
     for gpu, name in debug.gpu_names.items():
         timeline.gpu_names.setdefault(gpu, name)
-    return RunFolder(path, timeline, plan, debug, phases, notes + timeline.notes)
+    return RunRecord(path, timeline, plan, debug, phases, notes + timeline.notes)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from avatardoctor.reports.runfolder import RunDebug, RunFolder, RunPlan
+from avatardoctor.reports.runfolder import RunDebug, RunRecord, RunPlan
 from avatardoctor.reports.timeline import Timeline
 
 SCHEMA = "avatardoctor.report/1"
@@ -23,7 +23,7 @@ def phase_at(phases: pd.DataFrame, t: float) -> str | None:
     return str(hits["phase"].iloc[-1]) if len(hits) else None
 
 
-def gpu_rows(timeline: Timeline, run: RunFolder | None) -> list[dict]:
+def gpu_rows(timeline: Timeline, run: RunRecord | None) -> list[dict]:
     rows = []
     phases = run.phases if run else pd.DataFrame(columns=["phase", "start_s", "end_s"])
     predicted = run.predicted if run else {}
@@ -54,7 +54,7 @@ def gpu_rows(timeline: Timeline, run: RunFolder | None) -> list[dict]:
     return rows
 
 
-def build_summary(source: Path, kind: str, timeline: Timeline, run: RunFolder | None = None) -> dict:
+def build_summary(source: Path, kind: str, timeline: Timeline, run: RunRecord | None = None) -> dict:
     debug, plan = (run.debug, run.plan) if run else (RunDebug(), RunPlan())
     span = float(timeline.samples["elapsed_s"].max() - timeline.samples["elapsed_s"].min()) if len(timeline.samples) else None
     total_s = debug.durations.get("total_s", span)

@@ -341,6 +341,7 @@ def _write_debug_info(folder, plan, argv, failure, code, peaks, tracker, started
         "durations": {"total_s": round(seconds, 1), **{p: round(e - s, 1) for p, s, e in tracker.phases()}},
         "clips_done": tracker.clips_done,
         "gpus": gpus,
+        "gpu_names": _gpu_names(plan),
         "memory_source": source,
         "ranks": _rank_summaries(folder),
         "command": argv,
@@ -354,6 +355,12 @@ def _write_debug_info(folder, plan, argv, failure, code, peaks, tracker, started
             return
         except OSError:
             continue
+
+
+def _gpu_names(plan: dict) -> dict[str, str]:
+    """{NVML index: name} of the GPUs the plan was made for, as the report labels them."""
+    gpus = (plan.get("machine") or {}).get("gpus") if isinstance(plan.get("machine"), dict) else None
+    return {str(g["index"]): g["name"] for g in gpus or [] if isinstance(g, dict) and isinstance(g.get("name"), str)}
 
 
 def _rank_summaries(folder: RunFolder) -> list[dict]:

@@ -436,3 +436,22 @@ def test_a_master_port_lost_at_launch_is_tried_once_more_then_its_holder_named(t
     assert result.failure.cls == "nccl" and "is held by" in result.failure.remedy
     assert any("once more on a free port" in line for line in lines)
     assert len(list((tmp_path / "runs").iterdir())) == 2  # each attempt in its own folder
+
+
+def test_the_run_folder_the_runner_writes_is_the_one_the_report_reads_field_by_field(tmp_path):
+    from avatardoctor.reports.runfolder import read_run_folder
+
+    doc = {**plan(prompt=token()), "machine": {"source": "nvml", "hostname": None,
+                                              "gpus": [{"index": 0, "name": "NVIDIA H800", "uuid": "GPU-0"}]}}  # fmt: skip
+    result = execute(doc, options(tmp_path))
+    debug = json.loads(result.folder.debug_json.read_text())
+    read = read_run_folder(result.folder.root)
+    assert read.notes == []
+    assert read.debug.outcome == debug["outcome"] == "success"
+    assert read.debug.clips_done == debug["clips_done"] == 2
+    assert read.debug.durations["total_s"] == debug["durations"]["total_s"]
+    assert read.debug.gpu_names == debug["gpu_names"] == {"0": "NVIDIA H800"}
+    assert read.plan.config["mode"] == "tpp" and read.plan.config["num_clip"] == 2 and read.plan.prompt == doc["argv"][-1]
+    with open(result.folder.phases_csv) as f:
+        assert list(read.phases["phase"]) == [line.split(",")[0] for line in f.read().splitlines()[1:]]
+    assert read.timeline.gpus == ["cpu"] and len(read.timeline.samples) > 0
