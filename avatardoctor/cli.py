@@ -385,18 +385,31 @@ def report(path, output, compare, fields, force):
 
 
 @cli.command()
+@click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--import", "import_file", type=click.Path(path_type=Path), help="Add measured runs from a JSON file (avatardoctor.measurements/1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration report (avatardoctor.calibration/1).")
-def calibrate(import_file, as_json):
-    """Fit the memory model's estimated terms to measured runs; show default vs calibrated."""
+def calibrate(runs, import_file, as_json):
+    """Fit the memory model's estimated terms to measured runs; show default vs calibrated.
+
+    RUNS: run folders (`avatardoctor calibrate runs/*/`): each GPU run recorded its measured peaks."""
     import json
 
     from rich.console import Console
 
     from avatardoctor.calibration import calibration_report, import_measurements, record, render_calibration
+    from avatardoctor.runner.folder import RunFolder
 
-    if import_file:
-        record(import_measurements(import_file))
+    found = import_measurements(import_file) if import_file else []
+    for run in runs:
+        path = RunFolder(run).measurements_json if run.is_dir() else run
+        if run.is_dir() and not path.is_file():
+            click.echo(f"{run}: no GPU measurements (recorded where NVML sampled the GPUs, for runs that ended)", err=True)
+            continue
+        found += import_measurements(path)
+    if runs and not found and not import_file:
+        raise InputError(f"calibrate: none of the {len(runs)} run folders holds measurements (logs/measurements.json)")
+    if found:
+        record(found)
     report = calibration_report()
     if as_json:
         click.echo(json.dumps(report, indent=2))

@@ -105,9 +105,16 @@ class GpuPrediction:
     bands: dict[str, float]  # phase -> uncertainty (bytes)
     usable_bytes: float
     loaded_phase: str  # the last phase before the first DiT forward
+    estimated: dict[str, dict[str, float]] = field(default_factory=dict)  # phase -> the estimated terms' drivers
 
     def total(self, phase: str) -> float:
         return sum(self.phases[phase].values())
+
+    def calibration_inputs(self, phase: str) -> dict:
+        """What calibration fits against at a phase: the exact terms' bytes, and what drives each estimate."""
+        est = self.estimated.get(phase, {})
+        exact = self.total(phase) - est.get("bytes", 0.0)
+        return {"exact_bytes": int(exact), "token_dims": est.get("token_dims", 0.0), "decode_pixels": est.get("decode_pixels", 0.0)}
 
     def reserved(self, phase: str) -> float:
         """What NVML shows at a phase: PyTorch's caching allocator keeps what earlier phases allocated (no
@@ -189,6 +196,7 @@ class GpuPrediction:
             "components": {c: gib(self.components.get(c, 0)) for c in COMPONENTS},
             "phases_gib": {p: gib(self.total(p)) for p in self.phases},
             "phases_reserved_gib": {p: gib(self.reserved(p)) for p in self.phases},
+            "calibration": {p: self.calibration_inputs(p) for p in self.phases},
         }
 
 
@@ -361,8 +369,15 @@ def predict_rank(
         + terms.audio_band * max(c.get("audio_features", 0) - features, 0)
         for p, c in phases.items()
     }
+    estimated = {}
+    for p, c in phases.items():  # the estimated share of each phase, and what calibration fits it by
+        live_share = live if c.get("activations") else 0.0
+        transient = max(c.get("audio_features", 0) - features, 0)
+        estimated[p] = {"bytes": c.get("context", 0) + live_share + c.get("decode", 0) + transient,
+                        "token_dims": live_tokens * shape.dim if live_share else 0.0,
+                        "decode_pixels": geo.height * geo.width * VIDEO_FRAMES_PER_DECODE if c.get("decode") else 0.0}  # fmt: skip
     usable = gpu.free_bytes - terms.fragmentation * gpu.total_bytes
-    return GpuPrediction(rank, gpu.index, gpu.name, role, kind, phases, bands, usable, "text")
+    return GpuPrediction(rank, gpu.index, gpu.name, role, kind, phases, bands, usable, "text", estimated)
 
 
 def predict(

@@ -54,6 +54,11 @@ class RunFolder:
         return self.logs / "phases.csv"
 
     @property
+    def measurements_json(self) -> Path:
+        """Each GPU's measured peak in calibration's import format (NVML runs only)."""
+        return self.logs / "measurements.json"
+
+    @property
     def ranks(self) -> Path:
         return self.logs / "ranks"
 

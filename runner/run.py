@@ -27,6 +27,7 @@ from pathlib import Path
 import psutil
 
 from avatardoctor import __version__
+from avatardoctor.calibration import IMPORT_SCHEMA, Measurement
 from avatardoctor.errors import InputError
 from avatardoctor.runner.classify import Failure, classify
 from avatardoctor.runner.folder import RunFolder, new_run_folder
@@ -282,6 +283,8 @@ def execute(plan: dict, options: RunOptions) -> RunResult:
         failure = dataclasses.replace(failure, gpu=visible[failure.gpu])  # the job's GPU n is CUDA_VISIBLE_DEVICES[n]
     peaks = sampler.peaks_mib()
     _write_debug_info(folder, plan, argv, failure, proc.returncode, peaks, tracker, started_wall, seconds, options, sampler.source_used)
+    if sampler.source_used == "nvml" and not disk_full:
+        _write_measurements(folder, plan, peaks, sampler.peak_times(), tracker.phases(), started_wall)
     report = None if disk_full else _render_report(folder)
     return RunResult(folder, failure, proc.returncode, peaks, report)
 
@@ -355,6 +358,44 @@ def _write_debug_info(folder, plan, argv, failure, code, peaks, tracker, started
             return
         except OSError:
             continue
+
+
+# The runner's phases (from the log) as the predictor names them; a clip's denoising is "denoise".
+PREDICTED_PHASE = {"load": "load", "lora merge": "lora", "fp8": "fp8", "text encoding": "text", "decode": "decode", "save": "decode"}
+
+
+def measurements(plan: dict, peaks_mib: dict[str, float], peak_at: dict[str, float], phases: list, run_id: str,
+                 recorded_at: str) -> list[Measurement]:  # fmt: skip
+    """Each GPU's measured peak beside the plan's prediction of the phase it peaked in: what calibration fits."""
+    predicted = {str(g.get("index")): g for g in ((plan.get("prediction") or {}).get("gpus") or []) if isinstance(g, dict)}
+    nproc = int(plan["nproc"])
+    found = []
+    for gpu, mib in sorted(peaks_mib.items()):
+        g = predicted.get(gpu)
+        inputs = g.get("calibration") if g else None
+        if not isinstance(inputs, dict):
+            continue
+        at = peak_at.get(gpu)
+        ran = next((name for name, start, end in phases if at is not None and start <= at <= end), None)
+        phase = "denoise" if ran and ran.startswith("clip") else PREDICTED_PHASE.get(ran or "")
+        if phase == "denoise" and phase not in inputs:
+            phase = "decode"  # the TPP VAE rank decodes while the DiT ranks denoise
+        phase = phase if phase in inputs else g.get("phase")  # a phase this role does not have: its predicted peak's
+        terms = inputs.get(phase) or {}
+        role = "single" if nproc == 1 else "vae" if str(g.get("role", "")).startswith("VAE") else "dit"
+        found.append(Measurement(run_id, str(g.get("name")), role, str(phase), int(mib * 2**20), int(terms.get("exact_bytes", 0)),
+                                 nproc, nproc - 1, float(terms.get("token_dims", 0.0)), float(terms.get("decode_pixels", 0.0)),
+                                 recorded_at))  # fmt: skip
+    return found
+
+
+def _write_measurements(folder: RunFolder, plan: dict, peaks, peak_at, phases, started_wall) -> None:
+    """logs/measurements.json in calibration's import format: `avatardoctor calibrate RUN_FOLDER` learns from it."""
+    found = measurements(plan, peaks, peak_at, phases, folder.root.name, started_wall.isoformat(timespec="seconds"))
+    if found:
+        doc = {"schema": IMPORT_SCHEMA, "measurements": [dataclasses.asdict(m) for m in found]}
+        with contextlib.suppress(OSError):  # a full disk: the run's own outcome matters more
+            folder.measurements_json.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def _gpu_names(plan: dict) -> dict[str, str]:

@@ -224,6 +224,7 @@ class MemorySampler:
         self._sample_seconds = 0.0
         self._lock = threading.Lock()  # guards _peaks and _last, read by the live view and hang detector
         self._peaks: dict[str, float] = {}
+        self._peak_at: dict[str, float] = {}  # elapsed_s of each peak: the phase it belongs to
         self._last: dict[str, dict] = {}
         self._stopping = threading.Event()
         self._stop_lock = threading.RLock()  # re-entrant: a signal handler may call stop() inside stop()
@@ -252,6 +253,10 @@ class MemorySampler:
     def peaks_mib(self) -> dict[str, float]:
         with self._lock:
             return dict(self._peaks)
+
+    def peak_times(self) -> dict[str, float]:
+        with self._lock:
+            return dict(self._peak_at)
 
     def last(self) -> dict[str, dict]:
         with self._lock:
@@ -318,3 +323,4 @@ class MemorySampler:
                 self._last[gpu] = {"memory_used_mib": used, "memory_total_mib": total, "utilization_pct": utilisation, "elapsed_s": elapsed}
                 if used is not None and used > self._peaks.get(gpu, -math.inf):
                     self._peaks[gpu] = used
+                    self._peak_at[gpu] = elapsed

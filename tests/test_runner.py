@@ -3,6 +3,7 @@ real one does (and fails as it fails), real signals, real run folders, and no ra
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -19,6 +20,11 @@ import pytest
 
 pytest.importorskip("torch", reason="the runner launches torchrun: the [torch] extra; .ci/run installs it")
 
+from avatardoctor.components import reference_summary  # noqa: E402
+from avatardoctor.config import resolve_config  # noqa: E402
+from avatardoctor.estimates import DEFAULT_TERMS  # noqa: E402
+from avatardoctor.machine.catalogue import catalogue_machine  # noqa: E402
+from avatardoctor.predict import predict  # noqa: E402
 from avatardoctor.runner.auto import launch_saved_plan  # noqa: E402
 from avatardoctor.runner.run import RunOptions, execute  # noqa: E402
 
@@ -455,3 +461,38 @@ def test_the_run_folder_the_runner_writes_is_the_one_the_report_reads_field_by_f
     with open(result.folder.phases_csv) as f:
         assert list(read.phases["phase"]) == [line.split(",")[0] for line in f.read().splitlines()[1:]]
     assert read.timeline.gpus == ["cpu"] and len(read.timeline.samples) > 0
+
+
+def test_a_gpu_run_leaves_measurements_that_calibrate_learns_from(tmp_path):
+    """The NVML path cannot run here: the measurements come from the plan's real prediction and a
+    recorded peak per GPU, as the runner computes them at the end of a GPU run."""
+    from avatardoctor.runner.run import PREDICTED_PHASE, measurements
+
+    m = catalogue_machine("5xH800")
+    cfg = resolve_config(5, "tpp")
+    prediction = predict(cfg, m.gpus, reference_summary(), DEFAULT_TERMS).to_dict()
+    doc = {"nproc": 5, "prediction": prediction}
+    phases = [("load", 0.0, 60.0), ("lora merge", 60.0, 80.0), ("text encoding", 80.0, 100.0), ("clip 1 denoise", 100.0, 200.0)]
+    peaks = {str(i): 40_000.0 + i for i in range(5)}
+    found = measurements(doc, peaks, {str(i): 150.0 for i in range(5)}, phases, "run-1", "2026-12-02T05:00:00+00:00")
+    assert [x.phase for x in found] == ["denoise"] * 4 + ["decode"]  # the VAE rank has no denoise phase: its peak's
+    assert found[0].role == "dit" and found[4].role == "vae" and found[0].nccl_peers == 4 and found[0].token_dims > 0
+    gpu0 = prediction["gpus"][0]["calibration"]["denoise"]
+    assert found[0].exact_bytes == gpu0["exact_bytes"] and found[0].measured_bytes == 40_000 * 2**20
+    assert PREDICTED_PHASE["lora merge"] == "lora"
+
+    run = tmp_path / "runs" / "run-1"
+    (run / "logs").mkdir(parents=True)
+    (run / "logs" / "measurements.json").write_text(json.dumps(
+        {"schema": "avatardoctor.measurements/1", "measurements": [dataclasses.asdict(x) for x in found]}))  # fmt: skip
+    empty = tmp_path / "runs" / "cpu-run"
+    empty.mkdir()
+    env = {**os.environ, "AVATARDOCTOR_HOME": str(tmp_path / "home")}
+    r = subprocess.run([sys.executable, "-m", "avatardoctor", "calibrate", str(run), str(empty), "--json"],
+                       capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "cpu-run: no GPU measurements" in r.stderr
+    assert json.loads(r.stdout)["measurements"] == 5
+    after = subprocess.run([sys.executable, "-m", "avatardoctor", "predict", "--machine", "5xH800", "--json"],
+                           capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert json.loads(after.stdout)["prediction"]["estimates_from"].startswith("calibrated from 1 run")
