@@ -231,8 +231,10 @@ def run_command(machine, demo, no_shim, memory_history, out_dir, sample_hz, hang
         if gradio:
             options.hang_timeout_s = float("inf")  # a server idles silently between requests
         if plan_file:
-            overrides = {k: v for k, v in config_flags.items() if v is not None}
-            results = [launch_saved_plan(plan_file, options, overrides, smoke, force, gradio, log=console.print)]
+            # --liveavatar says where to launch (options.cwd); every other flag changes what is launched
+            overrides = {k: v for k, v in config_flags.items() if v is not None and k != "liveavatar"}
+            results = [launch_saved_plan(plan_file, options, overrides, smoke, force, gradio, console.print,
+                                         config_flags.get("liveavatar"))]  # fmt: skip
         else:
             from avatardoctor.checks.base import Status
             from avatardoctor.doctor import build_context, diagnose

@@ -98,7 +98,7 @@ def read_plan(path: Path) -> dict:
 
 
 def launch_saved_plan(path: Path, options: RunOptions, overrides: dict, smoke: bool, force: bool, gradio: bool,
-                      log=print) -> RunResult:  # fmt: skip
+                      log=print, liveavatar: Path | None = None) -> RunResult:  # fmt: skip
     """`run --plan`: on the machine it was made for (or --force), in the checkout it names, with the user's
     flags over it and the prediction recomputed, or its smoke run; what is launched is what the run
     folder's plan.json says."""
@@ -110,7 +110,7 @@ def launch_saved_plan(path: Path, options: RunOptions, overrides: dict, smoke: b
         if not force:
             raise InputError(f"--plan {path}: {problem}; plan again here (`avatardoctor plan -o FILE`), or pass --force")
         log(f"launching anyway (--force): {problem}")
-    if "liveavatar" not in overrides and isinstance(doc.get("checkout"), str):
+    if liveavatar is None and isinstance(doc.get("checkout"), str):  # no --liveavatar: the plan's checkout
         options.cwd = Path(doc["checkout"])
     if overrides or smoke:
         doc = _replanned(doc, path, overrides, smoke, force, log)

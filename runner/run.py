@@ -44,11 +44,18 @@ LIVENESS_PERIOD_S = 1.0  # how often the job's CPU and GPU use are read for the 
 # The reaper reads the PIDs of torchrun's descendants as the runner reports them (ranks may run in
 # sessions of their own, out of reach of torchrun's process group); when the pipe closes, because
 # the runner exited or died, it kills the group and every PID it was told about.
+# Kills the job when the runner dies (its stdin closes): torchrun's group, every PID the runner reported,
+# and every process carrying the job's cookie, which covers a rank started after the last report.
 REAPER = (
     "import os, signal, sys\n"
-    "pgid, pids = int(sys.argv[1]), set()\n"
+    "pgid, mark, pids = int(sys.argv[1]), sys.argv[2].encode(), set()\n"
     "for line in sys.stdin:\n    pids.update(int(p) for p in line.split())\n"
-    "for kill, target in [(os.killpg, pgid)] + [(os.kill, p) for p in pids]:\n"
+    "for entry in os.listdir('/proc'):\n"
+    "    try:\n"
+    "        with open(f'/proc/{entry}/environ', 'rb') as f:\n"
+    "            if mark in f.read().split(b'\\0'):\n                pids.add(int(entry))\n"
+    "    except (OSError, ValueError):\n        pass\n"
+    "for kill, target in [(os.killpg, pgid)] + [(os.kill, p) for p in pids - {os.getpid()}]:\n"
     "    try:\n        kill(target, signal.SIGKILL)\n    except (ProcessLookupError, PermissionError):\n        pass\n"
 )
 
@@ -210,7 +217,8 @@ def execute(plan: dict, options: RunOptions) -> RunResult:
         if options.not_ready:
             log.write(f"[avatardoctor] LAUNCHED WITH --force although checks failed: {', '.join(options.not_ready)}\n")
         proc = subprocess.Popen(argv, cwd=options.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        reaper = subprocess.Popen([sys.executable, "-c", REAPER, str(proc.pid)], stdin=subprocess.PIPE, start_new_session=True)
+        reaper = subprocess.Popen([sys.executable, "-c", REAPER, str(proc.pid), f"{JOB_COOKIE}={cookie}"],
+                                  stdin=subprocess.PIPE, start_new_session=True)  # fmt: skip
         stopper = _Stopper(proc, cookie)
         sampler = MemorySampler(folder, options.sample_hz, root_pid=proc.pid, gpu_indices=_gpu_indices(plan))
         sampler.start()
