@@ -36,7 +36,7 @@ IMPORT_SCHEMA = "avatardoctor.measurements/1"
 REPORT_SCHEMA = "avatardoctor.calibration/1"
 IMPORT_FLAG = "--import"
 HISTORY_FILE = "history.sqlite3"
-HISTORY_VERSION = 1  # the file's PRAGMA user_version
+HISTORY_VERSION = 2  # the file's PRAGMA user_version; version 1 lacked allocated_bytes and is upgraded on write
 MAX_IMPORT_BYTES = 16 * MIB  # tens of thousands of measurements; stops a wrong file being read whole
 MAX_VALUE = 2**50  # 1 PiB: no GPU holds more, and every such integer is exact as a float
 MIN_MEASUREMENTS = 3
@@ -59,9 +59,13 @@ class Measurement:
     token_dims: float  # live tokens x model dim at that phase (0 when not denoising)
     decode_pixels: float  # output pixels of one decode chunk (0 when not decoding)
     recorded_at: str  # ISO 8601 UTC
+    # PyTorch's own peak allocation on that GPU (the per-rank shim's), 0 when unknown. NVML's reading above
+    # is what the caching allocator reserved: no empty_cache() follows the LoRA merge or the fp8 conversion.
+    allocated_bytes: int = 0
 
 
 FIELDS = tuple(f.name for f in fields(Measurement))
+OPTIONAL = {"allocated_bytes": 0}  # fields an import or a version-1 history may lack
 _TYPES = {f.name: {"str": str, "int": int, "float": float}[f.type] for f in fields(Measurement)}
 
 
@@ -105,7 +109,7 @@ def _unusable(path: Path, err: Exception) -> InputError:
 def _has_table(conn: sqlite3.Connection) -> bool:
     """True if the file holds our table, False if it is empty; anything else is not ours to touch."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version == HISTORY_VERSION:
+    if version in (1, HISTORY_VERSION):
         return True
     if version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
         return False
@@ -125,6 +129,9 @@ def record(measurements: Iterable[Measurement], env: Mapping[str, str] = os.envi
                 conn.execute(f"CREATE TABLE measurements ({columns})")
                 conn.execute("CREATE INDEX measurements_run ON measurements (run_id)")
                 conn.execute(f"PRAGMA user_version = {HISTORY_VERSION}")
+            elif conn.execute("PRAGMA user_version").fetchone()[0] == 1:
+                conn.execute("ALTER TABLE measurements ADD COLUMN allocated_bytes INTEGER NOT NULL DEFAULT 0")
+                conn.execute(f"PRAGMA user_version = {HISTORY_VERSION}")
             conn.executemany("DELETE FROM measurements WHERE run_id = ?", {(row[0],) for row in rows})
             conn.executemany(f"INSERT INTO measurements ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})", rows)
     except (sqlite3.DatabaseError, OSError) as err:
@@ -139,7 +146,11 @@ def history(env: Mapping[str, str] = os.environ) -> list[Measurement]:
         return []
     try:
         with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
-            rows = conn.execute(f"SELECT {', '.join(FIELDS)} FROM measurements ORDER BY rowid").fetchall() if _has_table(conn) else []
+            if not _has_table(conn):
+                return []
+            stored = [row[1] for row in conn.execute("PRAGMA table_info(measurements)")]
+            columns = [name if name in stored else f"{OPTIONAL[name]} AS {name}" for name in FIELDS]
+            rows = conn.execute(f"SELECT {', '.join(columns)} FROM measurements ORDER BY rowid").fetchall()
     except sqlite3.DatabaseError as err:
         raise _unusable(path, err) from None
     return [Measurement(*row) for row in rows]
@@ -233,6 +244,8 @@ def current_terms(env: Mapping[str, str] = os.environ) -> EstimateTerms:
 
 def _checked(item: dict, name: str, at: str) -> str | int | float:
     """One field of an imported measurement, or InputError naming it."""
+    if name not in item and name in OPTIONAL:
+        return OPTIONAL[name]
     if name not in item:
         raise InputError(f"{at}.{name}: missing")
     kind, value = _TYPES[name], item[name]

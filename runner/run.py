@@ -373,8 +373,9 @@ PREDICTED_PHASE = {"load": "load", "lora merge": "lora", "fp8": "fp8", "text enc
 
 
 def measurements(plan: dict, peaks_mib: dict[str, float], peak_at: dict[str, float], phases: list, run_id: str,
-                 recorded_at: str) -> list[Measurement]:  # fmt: skip
-    """Each GPU's measured peak beside the plan's prediction of the phase it peaked in: what calibration fits."""
+                 recorded_at: str, allocated_mib: dict[str, float] | None = None) -> list[Measurement]:  # fmt: skip
+    """Each GPU's measured peak (NVML: what the allocator reserved) beside the plan's prediction of the phase
+    it peaked in, and PyTorch's own allocated peak where the shim saw it: what calibration fits."""
     predicted = {str(g.get("index")): g for g in ((plan.get("prediction") or {}).get("gpus") or []) if isinstance(g, dict)}
     nproc = int(plan["nproc"])
     found = []
@@ -393,13 +394,16 @@ def measurements(plan: dict, peaks_mib: dict[str, float], peak_at: dict[str, flo
         role = "single" if nproc == 1 else "vae" if str(g.get("role", "")).startswith("VAE") else "dit"
         found.append(Measurement(run_id, str(g.get("name")), role, str(phase), int(mib * 2**20), int(terms.get("exact_bytes", 0)),
                                  nproc, nproc - 1, float(terms.get("token_dims", 0.0)), float(terms.get("decode_pixels", 0.0)),
-                                 recorded_at))  # fmt: skip
+                                 recorded_at, int((allocated_mib or {}).get(gpu, 0) * 2**20)))  # fmt: skip
     return found
 
 
 def _write_measurements(folder: RunFolder, plan: dict, peaks, peak_at, phases, started_wall) -> None:
     """logs/measurements.json in calibration's import format: `avatardoctor calibrate RUN_FOLDER` learns from it."""
-    found = measurements(plan, peaks, peak_at, phases, folder.root.name, started_wall.isoformat(timespec="seconds"))
+    visible = _gpu_indices(plan)
+    allocated = {str(visible[r["rank"]] if visible and r["rank"] < len(visible) else r["rank"]): r["max_allocated_mib"]
+                 for r in _rank_summaries(folder) if isinstance(r.get("rank"), int) and isinstance(r.get("max_allocated_mib"), (int, float))}  # fmt: skip
+    found = measurements(plan, peaks, peak_at, phases, folder.root.name, started_wall.isoformat(timespec="seconds"), allocated)
     if found:
         doc = {"schema": IMPORT_SCHEMA, "measurements": [dataclasses.asdict(m) for m in found]}
         with contextlib.suppress(OSError):  # a full disk: the run's own outcome matters more

@@ -15,6 +15,7 @@ import pytest
 from rich.console import Console
 
 from avatardoctor.calibration import (
+    FIELDS,
     IMPORT_SCHEMA,
     MAX_IMPORT_BYTES,
     Measurement,
@@ -277,3 +278,33 @@ def test_the_report_of_an_empty_history_says_what_to_do(env):
     assert (report["runs"], report["measurements"]) == (0, 0)
     assert report["terms"] == report["default_terms"]
     assert report["explanation"][0].startswith("no measurements yet")
+
+
+# ---- allocated beside reserved -----------------------------------------------------------------------------
+
+
+def test_an_import_may_carry_pytorchs_allocated_peak_and_may_omit_it(tmp_path, env):
+    with_it = asdict(measurement()) | {"allocated_bytes": 30 * 2**30}
+    without = {k: v for k, v in asdict(measurement(run_id="run-2")).items() if k != "allocated_bytes"}
+    found = import_measurements(write_import(tmp_path, {"schema": IMPORT_SCHEMA, "measurements": [with_it, without]}))
+    assert [m.allocated_bytes for m in found] == [30 * 2**30, 0]
+    record(found, env)
+    assert [m.allocated_bytes for m in history(env)] == [30 * 2**30, 0]
+
+
+def test_a_version_1_history_is_read_and_upgraded_on_the_next_write(env):
+    path = history_path(env)
+    path.parent.mkdir(parents=True)
+    old = [f for f in FIELDS if f != "allocated_bytes"]
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"CREATE TABLE measurements ({', '.join(old)})")
+        first = asdict(measurement())
+        conn.execute(f"INSERT INTO measurements VALUES ({', '.join('?' * len(old))})", [first[f] for f in old])
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    assert history(env) == [measurement()]  # read as it is, allocated unknown (0)
+    record([replace(measurement(run_id="run-2"), allocated_bytes=5)], env)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    conn.close()
+    assert [(m.run_id, m.allocated_bytes) for m in history(env)] == [("run-1", 0), ("run-2", 5)]

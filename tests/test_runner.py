@@ -474,11 +474,13 @@ def test_a_gpu_run_leaves_measurements_that_calibrate_learns_from(tmp_path):
     doc = {"nproc": 5, "prediction": prediction}
     phases = [("load", 0.0, 60.0), ("lora merge", 60.0, 80.0), ("text encoding", 80.0, 100.0), ("clip 1 denoise", 100.0, 200.0)]
     peaks = {str(i): 40_000.0 + i for i in range(5)}
-    found = measurements(doc, peaks, {str(i): 150.0 for i in range(5)}, phases, "run-1", "2026-12-02T05:00:00+00:00")
+    found = measurements(doc, peaks, {str(i): 150.0 for i in range(5)}, phases, "run-1", "2026-12-02T05:00:00+00:00",
+                         {"0": 36_000.0})  # the shim's torch.cuda.max_memory_allocated of rank 0  # fmt: skip
     assert [x.phase for x in found] == ["denoise"] * 4 + ["decode"]  # the VAE rank has no denoise phase: its peak's
     assert found[0].role == "dit" and found[4].role == "vae" and found[0].nccl_peers == 4 and found[0].token_dims > 0
     gpu0 = prediction["gpus"][0]["calibration"]["denoise"]
     assert found[0].exact_bytes == gpu0["exact_bytes"] and found[0].measured_bytes == 40_000 * 2**20
+    assert found[0].allocated_bytes == 36_000 * 2**20 and found[1].allocated_bytes == 0  # reserved and allocated both
     assert PREDICTED_PHASE["lora merge"] == "lora"
 
     run = tmp_path / "runs" / "run-1"
