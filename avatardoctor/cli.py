@@ -152,7 +152,7 @@ BAR_WIDTH = 12
 
 def live_line(tracker, sampler, plan) -> str:
     """The live view: phase, clips done of total with an ETA, each GPU's memory against its limit."""
-    usable = {str(g["index"]): g.get("usable_gib") for g in ((plan.get("prediction") or {}).get("gpus") or [])}
+    usable = {str(g["index"]): g.get("usable_gib") for g in ((plan.prediction or {}).get("gpus") or [])}
     bars = []
     for gpu, s in sorted(sampler.last().items()):
         used = s["memory_used_mib"] / 1024
@@ -280,9 +280,8 @@ def demo_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, npro
     for r in run_checks(ctx, (ports.check_master_port, nccl.check_nccl_env, host.check_shm)).results:
         mark, style = MARKS[r.status]
         console.print(f"check: [{style}]{mark}[/] {r.id} {r.summary}", highlight=False)
-    plan = demo_plan(ckpt, nproc)
-    plan["master_port"] = ctx.config.master_port
-    console.print("plan: " + plan["reasons"][0])
+    plan = demo_plan(ckpt, nproc, ctx.config.master_port)
+    console.print("plan: " + plan.reasons[0])
     with console.status("starting") as status:
         options = _run_options(out_dir, sample_hz, hang_timeout, out_dir, ["-m", "avatardoctor.runner.demo_entry"], status, no_shim, memory_history)
         result = execute_with_port_retry(plan, options, console.print)

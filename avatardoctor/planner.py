@@ -21,6 +21,7 @@ from avatardoctor.config import LaunchConfig, resolve_config
 from avatardoctor.estimates import EstimateTerms
 from avatardoctor.machine.catalogue import CARDS, catalogue_machine
 from avatardoctor.machine.model import Gpu
+from avatardoctor.planfile import PLAN_SCHEMA, PlanFile, PlannedGpu, PlannedMachine
 from avatardoctor.predict import VERDICT_WORDS, Prediction, predict, reference_hw
 from avatardoctor.units import GIB
 from avatardoctor.upstream import ENTRY_SCRIPT, LORA_HUB_ID, LORA_LOCAL, TRAINING_CONFIG, area, clips_for_audio, violations
@@ -247,7 +248,6 @@ def _blocking(base, fixed, gpus, summary, terms, skip) -> list[str]:
     return lines
 
 
-PLAN_SCHEMA = "avatardoctor.plan/1"
 HEARTBEAT_S = "1800"  # torch.compile's first pass and a long load must not trip the watchdog (default 480 s)
 
 
@@ -279,16 +279,20 @@ def entry_argv(config: LaunchConfig) -> list[str]:
 
 
 def plan_document(plan: Plan, ctx) -> dict:
-    """The plan file: everything a launch needs, and why it was chosen."""
+    """What `plan` prints and writes: the plan file, or, when nothing fits, the reasons and the hardware."""
+    if plan.chosen is None:
+        options = hardware_advice(replace(ctx.config, mode_reason="planner"), ctx.components, ctx.terms)
+        return {"schema": PLAN_SCHEMA, "reasons": list(plan.reasons), "hardware_advice": [o.spec for o in options]}
+    return plan_file(plan, ctx).to_dict()
+
+
+def plan_file(plan: Plan, ctx) -> PlanFile:
+    """The plan file for the chosen configuration: everything a launch needs, and why it was chosen."""
     from avatardoctor.checks.ports import bind_error, free_port_near
     from avatardoctor.checks.topology import p2p_ok
 
-    doc: dict = {"schema": PLAN_SCHEMA, "reasons": list(plan.reasons)}
-    if plan.chosen is None:
-        options = hardware_advice(replace(ctx.config, mode_reason="planner"), ctx.components, ctx.terms)
-        doc["hardware_advice"] = [o.spec for o in options]
-        return doc
     cfg = plan.chosen
+    assert cfg is not None and plan.prediction is not None, "plan_file needs a chosen configuration"
     gpus = ctx.visible.gpus[: cfg.nproc]
     port = cfg.master_port if bind_error(cfg.master_port) is None else free_port_near(cfg.master_port)
     env = {
@@ -300,29 +304,27 @@ def plan_document(plan: Plan, ctx) -> dict:
     pairs = [ctx.machine.pair(a.index, b.index) for a, b in zip(gpus, gpus[1:])]
     if any("GeForce" in g.name for g in gpus) and any(p2p_ok(p) and not p.nvlinks for p in pairs):
         env["NCCL_P2P_DISABLE"] = "1"  # GeForce P2P reported by a patched or old driver: known hangs (topo.p2p)
-    config = cfg.to_dict()
     checkout = str(Path(os.path.normpath(ctx.cwd / cfg.liveavatar))) if cfg.liveavatar else None
-    doc.update(
+    return PlanFile(
         mode=cfg.mode,
-        entry=ENTRY_SCRIPT,
         nproc=cfg.nproc,
-        master_port=port,
+        argv=tuple(entry_argv(cfg)),
+        master_port=port or cfg.master_port,
         env=env,
-        argv=entry_argv(cfg),
+        entry=ENTRY_SCRIPT,
+        reasons=plan.reasons,
         prediction=plan.prediction.to_dict(),
-        config=config,
+        config=cfg.to_dict(),
         checkout=checkout,  # where `run --plan` starts the launch
         interpreter=sys.executable,
         machine=machine_identity(ctx.machine, gpus),
         inputs_note=inputs_note(cfg, plan.prediction),
     )
-    return doc
 
 
-def machine_identity(machine, gpus) -> dict:
+def machine_identity(machine, gpus) -> PlannedMachine:
     """What the plan was made for: `run --plan` refuses another box (a catalogue or recorded one is never here)."""
-    return {"source": machine.source, "hostname": machine.hostname,
-            "gpus": [{"index": g.index, "name": g.name, "uuid": g.uuid} for g in gpus]}  # fmt: skip
+    return PlannedMachine(machine.source, machine.hostname, tuple(PlannedGpu(g.index, g.name, g.uuid) for g in gpus))
 
 
 def inputs_note(cfg: LaunchConfig, prediction: Prediction | None) -> str | None:

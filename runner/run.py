@@ -29,6 +29,7 @@ import psutil
 from avatardoctor import __version__
 from avatardoctor.calibration import IMPORT_SCHEMA, Measurement
 from avatardoctor.errors import InputError
+from avatardoctor.planfile import PlanFile, plan_json
 from avatardoctor.runner.classify import Failure, classify
 from avatardoctor.runner.folder import RunFolder, new_run_folder
 from avatardoctor.runner.lines import LINE_CAP, BoundedLines
@@ -86,10 +87,10 @@ class RunResult:
 SHIM = ["-m", "avatardoctor.runner.shim"]
 
 
-def torchrun_argv(plan: dict, port: int, entry: list[str], shim: bool = False) -> list[str]:
+def torchrun_argv(plan: PlanFile, port: int, entry: list[str], shim: bool = False) -> list[str]:
     """The launch, as a list (never a shell string): a prompt full of $(...), quotes and ; is one item."""
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(plan["nproc"]),
-            "--master_port", str(port), *(SHIM if shim else []), *entry, *plan["argv"]]  # fmt: skip
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(plan.nproc),
+            "--master_port", str(port), *(SHIM if shim else []), *entry, *plan.argv]  # fmt: skip
 
 
 def _free_port(planned: int) -> int:
@@ -194,20 +195,20 @@ class _Log:
             self.file.close()
 
 
-def execute(plan: dict, options: RunOptions) -> RunResult:
+def execute(plan: PlanFile, options: RunOptions) -> RunResult:
     """Run one attempt of a plan; never raises for what the job does (that is the result)."""
-    folder = new_run_folder(options.out_dir, plan.get("mode", "run"))  # unwritable: InputError, nothing launched
-    port = _free_port(int(plan.get("master_port", 29500)))
+    folder = new_run_folder(options.out_dir, plan.mode)  # unwritable: InputError, nothing launched
+    port = _free_port(plan.master_port)
     argv = torchrun_argv(plan, port, options.entry, options.shim)
     cookie = uuid.uuid4().hex
-    env = {**os.environ, **(plan.get("env") or {}), "PYTHONUNBUFFERED": "1", "AVATARDOCTOR_RANK_DIR": str(folder.ranks.resolve()),  # the ranks run elsewhere
+    env = {**os.environ, **plan.env, "PYTHONUNBUFFERED": "1", "AVATARDOCTOR_RANK_DIR": str(folder.ranks.resolve()),  # the ranks run elsewhere
            "AVATARDOCTOR_MEMORY_HISTORY": "1" if options.memory_history else "0", JOB_COOKIE: cookie}  # fmt: skip
     started_wall, started = datetime.now(timezone.utc), time.monotonic()
-    tracker = LogTracker(int(plan["nproc"]), (plan.get("config") or {}).get("num_clip"))
+    tracker = LogTracker(plan.nproc, plan.num_clip)
     tail: collections.deque = collections.deque(maxlen=TAIL_LINES)
     interrupted = threading.Event()
     try:
-        folder.plan_json.write_text(json.dumps({**plan, "master_port": port}, indent=2) + "\n")
+        folder.plan_json.write_text(plan_json(plan.with_(master_port=port)))  # the plan as launched
         log = _Log(folder.inference_log)
     except OSError as e:  # the disk filled since the folder was made: still nothing launched
         shutil.rmtree(folder.root, ignore_errors=True)
@@ -220,7 +221,7 @@ def execute(plan: dict, options: RunOptions) -> RunResult:
         reaper = subprocess.Popen([sys.executable, "-c", REAPER, str(proc.pid), f"{JOB_COOKIE}={cookie}"],
                                   stdin=subprocess.PIPE, start_new_session=True)  # fmt: skip
         stopper = _Stopper(proc, cookie)
-        sampler = MemorySampler(folder, options.sample_hz, root_pid=proc.pid, gpu_indices=_gpu_indices(plan))
+        sampler = MemorySampler(folder, options.sample_hz, root_pid=proc.pid, gpu_indices=plan.visible_gpus)
         sampler.start()
         previous = {sig: signal.signal(sig, lambda *_: (interrupted.set(), threading.Thread(target=stopper.stop, daemon=True).start()))
                     for sig in (signal.SIGINT, signal.SIGTERM)} if threading.current_thread() is threading.main_thread() else {}  # fmt: skip
@@ -282,11 +283,11 @@ def execute(plan: dict, options: RunOptions) -> RunResult:
     with contextlib.suppress(OSError):  # on a full disk, what was written stays; debug_info.json has the reserve
         tracker.write_phases_csv(folder.phases_csv)
     failure = classify(list(tail), proc.returncode, hung=hung, interrupted=interrupted.is_set(),
-                       phases=tracker.phases(), nproc=int(plan["nproc"]))  # fmt: skip
+                       phases=tracker.phases(), nproc=plan.nproc)  # fmt: skip
     if disk_full:
         failure = Failure("disk-full", f"the disk under {folder.root} filled while recording: the job was stopped",
                           "free space there, or pass --out-dir on a larger disk; `avatardoctor report` draws the report later")  # fmt: skip
-    visible = _gpu_indices(plan)
+    visible = plan.visible_gpus
     if failure.gpu is not None and visible and failure.gpu < len(visible):
         failure = dataclasses.replace(failure, gpu=visible[failure.gpu])  # the job's GPU n is CUDA_VISIBLE_DEVICES[n]
     peaks = sampler.peaks_mib()
@@ -320,11 +321,6 @@ def _dump_stacks(folder: RunFolder, pids: set[int], log) -> None:
     log.write(f"[avatardoctor] stacks of {len(pids)} processes in {stacks}\n")
 
 
-def _gpu_indices(plan: dict) -> list[int] | None:
-    visible = (plan.get("env") or {}).get("CUDA_VISIBLE_DEVICES")
-    return [int(x) for x in visible.split(",") if x.strip().isdigit()] if visible else None
-
-
 def _gpu_utilisation(sampler: MemorySampler) -> list[float]:
     if sampler.source_used != "nvml":
         return []
@@ -332,7 +328,7 @@ def _gpu_utilisation(sampler: MemorySampler) -> list[float]:
 
 
 def _write_debug_info(folder, plan, argv, failure, code, peaks, tracker, started_wall, seconds, options, source) -> None:
-    predicted = {str(g["index"]): g for g in ((plan.get("prediction") or {}).get("gpus") or [])}
+    predicted = {str(g["index"]): g for g in ((plan.prediction or {}).get("gpus") or [])}
     gpus = [
         {"gpu": gpu, "measured_peak_gib": round(mib / 1024, 3), "predicted_peak_gib": (predicted.get(gpu) or {}).get("peak_gib")}
         for gpu, mib in sorted(peaks.items())
@@ -372,12 +368,12 @@ def _write_debug_info(folder, plan, argv, failure, code, peaks, tracker, started
 PREDICTED_PHASE = {"load": "load", "lora merge": "lora", "fp8": "fp8", "text encoding": "text", "decode": "decode", "save": "decode"}
 
 
-def measurements(plan: dict, peaks_mib: dict[str, float], peak_at: dict[str, float], phases: list, run_id: str,
+def measurements(plan: PlanFile, peaks_mib: dict[str, float], peak_at: dict[str, float], phases: list, run_id: str,
                  recorded_at: str, allocated_mib: dict[str, float] | None = None) -> list[Measurement]:  # fmt: skip
     """Each GPU's measured peak (NVML: what the allocator reserved) beside the plan's prediction of the phase
     it peaked in, and PyTorch's own allocated peak where the shim saw it: what calibration fits."""
-    predicted = {str(g.get("index")): g for g in ((plan.get("prediction") or {}).get("gpus") or []) if isinstance(g, dict)}
-    nproc = int(plan["nproc"])
+    predicted = {str(g.get("index")): g for g in ((plan.prediction or {}).get("gpus") or []) if isinstance(g, dict)}
+    nproc = plan.nproc
     found = []
     for gpu, mib in sorted(peaks_mib.items()):
         g = predicted.get(gpu)
@@ -398,9 +394,9 @@ def measurements(plan: dict, peaks_mib: dict[str, float], peak_at: dict[str, flo
     return found
 
 
-def _write_measurements(folder: RunFolder, plan: dict, peaks, peak_at, phases, started_wall) -> None:
+def _write_measurements(folder: RunFolder, plan: PlanFile, peaks, peak_at, phases, started_wall) -> None:
     """logs/measurements.json in calibration's import format: `avatardoctor calibrate RUN_FOLDER` learns from it."""
-    visible = _gpu_indices(plan)
+    visible = plan.visible_gpus
     allocated = {str(visible[r["rank"]] if visible and r["rank"] < len(visible) else r["rank"]): r["max_allocated_mib"]
                  for r in _rank_summaries(folder) if isinstance(r.get("rank"), int) and isinstance(r.get("max_allocated_mib"), (int, float))}  # fmt: skip
     found = measurements(plan, peaks, peak_at, phases, folder.root.name, started_wall.isoformat(timespec="seconds"), allocated)
@@ -410,10 +406,9 @@ def _write_measurements(folder: RunFolder, plan: dict, peaks, peak_at, phases, s
             folder.measurements_json.write_text(json.dumps(doc, indent=2) + "\n")
 
 
-def _gpu_names(plan: dict) -> dict[str, str]:
+def _gpu_names(plan: PlanFile) -> dict[str, str]:
     """{NVML index: name} of the GPUs the plan was made for, as the report labels them."""
-    gpus = (plan.get("machine") or {}).get("gpus") if isinstance(plan.get("machine"), dict) else None
-    return {str(g["index"]): g["name"] for g in gpus or [] if isinstance(g, dict) and isinstance(g.get("name"), str)}
+    return {str(g.index): g.name for g in plan.machine.gpus} if plan.machine else {}
 
 
 def _rank_summaries(folder: RunFolder) -> list[dict]:

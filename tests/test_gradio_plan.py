@@ -6,14 +6,15 @@ import socket
 
 import pytest
 
+from avatardoctor.planfile import PlanFile
 from avatardoctor.runner.auto import gradio_plan
 from avatardoctor.upstream import GRADIO_PORT
 
 
-def cli_plan(mode: str = "tpp", explicit=()) -> dict:
-    argv = ["--size", "720*400", "--num_clip", "10000", "--enable_online_decode", "--fp8", "--prompt", "hi", "--audio", "/a.wav"]
-    return {"mode": mode, "nproc": 5 if mode == "tpp" else 1, "master_port": 29102, "env": {"NCCL_DEBUG": "WARN"},
-            "argv": argv, "config": {"explicit": list(explicit)}}  # fmt: skip
+def cli_plan(mode: str = "tpp", explicit=()) -> PlanFile:
+    argv = ("--size", "720*400", "--num_clip", "10000", "--enable_online_decode", "--fp8", "--prompt", "hi", "--audio", "/a.wav")
+    return PlanFile(mode=mode, nproc=5 if mode == "tpp" else 1, argv=argv, master_port=29102, env={"NCCL_DEBUG": "WARN"},
+                    config={"explicit": list(explicit)})  # fmt: skip
 
 
 def free(port: int) -> bool:
@@ -27,10 +28,10 @@ def free(port: int) -> bool:
 
 def test_flags_the_gradio_entry_refuses_are_dropped_and_the_scripts_flags_kept():
     doc, _ = gradio_plan(cli_plan(), 0)
-    assert "--enable_online_decode" not in doc["argv"]  # gradio_app.py's argparse has no such flag
-    assert "--fp8" in doc["argv"] and "--prompt" not in doc["argv"] and "--audio" not in doc["argv"]
-    assert doc["argv"][doc["argv"].index("--num_clip") + 1] == "100"
-    assert doc["env"] == {"NCCL_DEBUG": "WARN", "TORCH_NCCL_BLOCKING_WAIT": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "0",
+    assert "--enable_online_decode" not in doc.argv  # gradio_app.py's argparse has no such flag
+    assert "--fp8" in doc.argv and "--prompt" not in doc.argv and "--audio" not in doc.argv
+    assert doc.argv[doc.argv.index("--num_clip") + 1] == "100"
+    assert doc.env == {"NCCL_DEBUG": "WARN", "TORCH_NCCL_BLOCKING_WAIT": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "0",
                           "TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC": "86400"}  # fmt: skip
 
 
@@ -38,11 +39,11 @@ def test_flags_the_gradio_entry_refuses_are_dropped_and_the_scripts_flags_kept()
 def test_the_gradio_scripts_master_port_unless_the_user_chose_one(mode):
     doc, note = gradio_plan(cli_plan(mode), 0)
     if free(GRADIO_PORT[mode]):
-        assert doc["master_port"] == GRADIO_PORT[mode]
+        assert doc.master_port == GRADIO_PORT[mode]
     else:  # this machine's own job holds it: the next free one, and the note says who
-        assert doc["master_port"] != GRADIO_PORT[mode] and f"master port {GRADIO_PORT[mode]} is held" in note
+        assert doc.master_port != GRADIO_PORT[mode] and f"master port {GRADIO_PORT[mode]} is held" in note
     chosen, _ = gradio_plan(cli_plan(mode, explicit=["master_port"]), 0)
-    assert chosen["master_port"] == 29102
+    assert chosen.master_port == 29102
 
 
 def test_a_held_gradio_master_port_moves_to_a_free_one_and_says_so():
@@ -53,4 +54,4 @@ def test_a_held_gradio_master_port_moves_to_a_free_one_and_says_so():
         except OSError:
             pass  # already held by another process on this machine: held all the same
         doc, note = gradio_plan(cli_plan("tpp"), 0)
-    assert doc["master_port"] != GRADIO_PORT["tpp"] and f"master port {GRADIO_PORT['tpp']} is held" in note
+    assert doc.master_port != GRADIO_PORT["tpp"] and f"master port {GRADIO_PORT['tpp']} is held" in note

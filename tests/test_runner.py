@@ -25,8 +25,10 @@ from avatardoctor.config import resolve_config  # noqa: E402
 from avatardoctor.estimates import DEFAULT_TERMS  # noqa: E402
 from avatardoctor.machine.catalogue import catalogue_machine  # noqa: E402
 from avatardoctor.predict import predict  # noqa: E402
-from avatardoctor.runner.auto import launch_saved_plan  # noqa: E402
-from avatardoctor.runner.run import RunOptions, execute  # noqa: E402
+from avatardoctor.planfile import PlanFile  # noqa: E402
+from avatardoctor.runner.auto import execute_with_port_retry, launch_saved_plan  # noqa: E402
+from avatardoctor.runner.run import RunOptions  # noqa: E402
+from avatardoctor.runner.run import execute as execute_plan  # noqa: E402
 
 CHECKOUT = Path(__file__).parent / "fixtures" / "fake_liveavatar"
 ENTRY = ["minimal_inference/s2v_streaming_interact.py"]
@@ -46,6 +48,11 @@ def plan(mode: str = "success", nproc: int = 2, port: int | None = None, prompt:
         "argv": ["--num_clip", "2", "--infer_frames", "48", "--size", "384*256", "--prompt", prompt],
         "prediction": {"verdict": "fits", "gpus": []}, "config": {"mode": "tpp", "num_clip": 2},
     }  # fmt: skip
+
+
+def execute(doc: dict, opts: RunOptions):
+    """The runner on a plan written here as a dict, read through the plan file's own reader."""
+    return execute_plan(PlanFile.from_dict(doc, "test plan"), opts)
 
 
 def checkout(tmp_path) -> Path:
@@ -276,10 +283,10 @@ def test_gradio_serves_on_a_free_port_and_records_until_stopped(tmp_path):
         held.bind(("0.0.0.0", 0))
         held.listen()
         taken = held.getsockname()[1]
-        doc, note = gradio_plan(plan(prompt="x"), taken)
-    assert doc["server_port"] != taken and f"server port {taken} is held" in note
-    assert "--prompt" not in doc["argv"] and doc["argv"][-4:] == ["--server_port", str(doc["server_port"]), "--server_name", "0.0.0.0"]
-    assert doc["env"]["TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC"] == "86400"
+        doc, note = gradio_plan(PlanFile.from_dict(plan(prompt="x"), "test plan"), taken)
+    assert doc.server_port != taken and f"server port {taken} is held" in note
+    assert "--prompt" not in doc.argv and list(doc.argv[-4:]) == ["--server_port", str(doc.server_port), "--server_name", "0.0.0.0"]
+    assert doc.env["TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC"] == "86400"
     mark = token()
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps({**plan(prompt=mark), "argv": [*plan(prompt=mark)["argv"], "--base_seed", mark]}))
@@ -318,7 +325,7 @@ def test_the_live_view_shows_phase_clips_eta_and_memory_bars():
     tracker = LogTracker(1, 4)
     for at, line in [(1.0, "complete prepare conditional inputs"), (2.0, "100%|██████████| 4/4 [00:01<00:00]")]:
         tracker.feed(line, at)
-    line = live_line(tracker, Sampler(), {"prediction": {"gpus": [{"index": 0, "usable_gib": 80.0}]}})
+    line = live_line(tracker, Sampler(), PlanFile(mode="single", nproc=1, argv=(), prediction={"gpus": [{"index": 0, "usable_gib": 80.0}]}))
     assert "0: ██████░░░░░░ 40.0/80.0 GiB" in line and "clips " in line
 
 
@@ -329,7 +336,7 @@ def test_an_oom_raises_the_next_plans_estimate_by_the_shortfall(tmp_path):
     from conftest import make_ctx
 
     ctx = make_ctx("5xH800-healthy")
-    doc = {"prediction": {"gpus": [{"index": 2, "peak_gib": 40.0}]}}
+    doc = PlanFile(mode="tpp", nproc=5, argv=(), prediction={"gpus": [{"index": 2, "peak_gib": 40.0}]})
     oom = Failure("oom", "CUDA out of memory", None, gpu=2, tried_to_allocate_mib=2048.0)
     result = RunResult(folder=None, failure=oom, exit_code=1, peaks_mib={"2": 41 * 1024.0}, report=None)
     lines = []
@@ -436,9 +443,7 @@ def test_run_plan_flags_override_the_plan_and_the_run_folder_says_so(tmp_path):
 
 def test_a_master_port_lost_at_launch_is_tried_once_more_then_its_holder_named(tmp_path):
     lines = []
-    from avatardoctor.runner.auto import execute_with_port_retry
-
-    result = execute_with_port_retry(plan("nccl-port", prompt=token()), options(tmp_path), lines.append)
+    result = execute_with_port_retry(PlanFile.from_dict(plan("nccl-port", prompt=token()), "test plan"), options(tmp_path), lines.append)
     assert result.failure.cls == "nccl" and "is held by" in result.failure.remedy
     assert any("once more on a free port" in line for line in lines)
     assert len(list((tmp_path / "runs").iterdir())) == 2  # each attempt in its own folder
@@ -471,7 +476,7 @@ def test_a_gpu_run_leaves_measurements_that_calibrate_learns_from(tmp_path):
     m = catalogue_machine("5xH800")
     cfg = resolve_config(5, "tpp")
     prediction = predict(cfg, m.gpus, reference_summary(), DEFAULT_TERMS).to_dict()
-    doc = {"nproc": 5, "prediction": prediction}
+    doc = PlanFile(mode="tpp", nproc=5, argv=(), prediction=prediction)
     phases = [("load", 0.0, 60.0), ("lora merge", 60.0, 80.0), ("text encoding", 80.0, 100.0), ("clip 1 denoise", 100.0, 200.0)]
     peaks = {str(i): 40_000.0 + i for i in range(5)}
     found = measurements(doc, peaks, {str(i): 150.0 for i in range(5)}, phases, "run-1", "2026-12-02T05:00:00+00:00",

@@ -19,10 +19,11 @@ from harness import EXAMPLES, LONG, corpus_files, fuzz_settings, run_cli
 from hypothesis import given
 from hypothesis import strategies as st
 
-from avatardoctor.runner.auto import gradio_plan, plan_problem
+from avatardoctor.planfile import PlanFile, plan_problem
+from avatardoctor.runner.auto import gradio_plan
 from avatardoctor.runner.folder import new_run_folder
 from avatardoctor.runner.lines import LINE_CAP
-from avatardoctor.runner.run import _gpu_indices, torchrun_argv
+from avatardoctor.runner.run import torchrun_argv
 from avatardoctor.runner.shim import Phases, PhaseWatcher, Recorder
 
 FAKE_CHECKOUT = Path(__file__).parents[1] / "fixtures" / "fake_liveavatar"
@@ -78,13 +79,14 @@ def refused_or_launchable(folder: Path, path: Path, doc) -> None:
         assert r.exit_code == 2 and r.output.startswith(f"Error: --plan {path}: ") and r.output.count("\n") == 1, r.output
         assert not out.exists() and not (folder / "escaped").exists()
         return
-    argv = torchrun_argv(doc, int(doc.get("master_port", 29500)), ["entry.py"])
-    env = {**os.environ, **(doc.get("env") or {})}
+    plan = PlanFile.from_dict(doc, str(path))  # the reader run --plan uses: a plan it accepts is whole
+    argv = torchrun_argv(plan, plan.master_port, ["entry.py"])
+    env = {**os.environ, **plan.env}
     subprocess.run(["/bin/true", *argv[1:]], env=env, check=True)  # E2BIG, a NUL or an unencodable string would raise
-    run_folder = new_run_folder(out, doc.get("mode", "run"))
+    run_folder = new_run_folder(out, plan.mode)
     assert run_folder.root.resolve().parent == out.resolve()
-    _gpu_indices(doc)
-    gradio_plan(doc, port=0)
+    assert plan.visible_gpus is None or all(i >= 0 for i in plan.visible_gpus)
+    gradio_plan(plan, port=0)
 
 
 @fuzz_settings(ci_examples=60)
@@ -181,7 +183,7 @@ def test_the_runner_records_any_output_and_a_disk_that_fills_at_any_write(chunks
         run_module._Log.write = failing_write
         try:
             plan = {**BASE, "nproc": 1, "master_port": 29500}
-            result = execute(plan, RunOptions(out_dir=folder / "runs", sample_hz=20, cwd=folder, entry=[str(script)], shim=False))
+            result = execute(PlanFile.from_dict(plan, "plan"), RunOptions(out_dir=folder / "runs", sample_hz=20, cwd=folder, entry=[str(script)], shim=False))
         finally:
             run_module._Log.write = real_write
         debug = json.loads(result.folder.debug_json.read_text())
