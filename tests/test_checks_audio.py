@@ -287,8 +287,8 @@ def sparse_wav(path: Path, rate: int, channels: int, data_bytes: int) -> Path:
 def test_an_absurd_rate_is_refused_and_nothing_decodes_beyond_the_bounds(tmp_path):
     """A sparse 4 GB WAV claiming 2^31-1 Hz: the probe read alone asked numpy for 8 GiB, the levels 8 more.
     Run under a 3 GiB address-space limit: an unbounded read fails there instead of swapping the machine."""
-    absurd = sparse_wav(tmp_path / "absurd.wav", 2**31 - 1, 2, 2**32 - 64)
-    plausible = sparse_wav(tmp_path / "plausible.wav", 768_000, 8, 2**32 - 64)  # 44 min, 5.5 GB decoded
+    sparse_wav(tmp_path / "absurd.wav", 2**31 - 1, 2, 2**32 - 64)
+    sparse_wav(tmp_path / "plausible.wav", 768_000, 8, 2**32 - 64)  # 44 min, 5.5 GB decoded
     code = f"""
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
