@@ -258,9 +258,10 @@ def _checked(item: dict, name: str, at: str) -> str | int | float:
     return kind(value)
 
 
-def import_measurements(path: Path) -> list[Measurement]:
-    """Measurements from a JSON file {"schema": IMPORT_SCHEMA, "measurements": [{field: value}]}, checked field by field."""
-    where = f"{IMPORT_FLAG} {path}"
+def import_measurements(path: Path, named: str = IMPORT_FLAG) -> list[Measurement]:
+    """Measurements from a JSON file {"schema": IMPORT_SCHEMA, "measurements": [{field: value}]}, checked field by
+    field; errors name the file as the user gave it (`named`: the flag, or "" for a positional argument)."""
+    where = f"{named} {path}".strip()
     try:
         data = read_limited(path, MAX_IMPORT_BYTES)
     except OSError as err:

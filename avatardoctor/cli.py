@@ -280,6 +280,10 @@ def demo_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, npro
     for r in run_checks(ctx, (ports.check_master_port, nccl.check_nccl_env, host.check_shm)).results:
         mark, style = MARKS[r.status]
         console.print(f"check: [{style}]{mark}[/] {r.id} {r.summary}", highlight=False)
+    try:  # the demo's ranks write their outputs in --out-dir: it is their working folder
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--out-dir {out_dir}: cannot create it ({e.strerror}); choose another folder") from None
     plan = demo_plan(ckpt, nproc, ctx.config.master_port)
     console.print("plan: " + plan.reasons[0])
     with console.status("starting") as status:
@@ -406,7 +410,7 @@ def calibrate(runs, import_file, as_json):
         if run.is_dir() and not path.is_file():
             click.echo(f"{run}: no GPU measurements (recorded where NVML sampled the GPUs, for runs that ended)", err=True)
             continue
-        found += import_measurements(path)
+        found += import_measurements(path, named="")
     if runs and not found and not import_file:
         raise InputError(f"calibrate: none of the {len(runs)} run folders holds measurements (logs/measurements.json)")
     if found:

@@ -207,7 +207,8 @@ def _added(chosen: LaunchConfig, gpus, summary, terms) -> list[str]:
 
 
 def make_plan(
-    base: LaunchConfig, gpus: tuple[Gpu, ...], summary: ComponentSummary, terms: EstimateTerms, skip: frozenset[str] = frozenset()
+    base: LaunchConfig, gpus: tuple[Gpu, ...], summary: ComponentSummary, terms: EstimateTerms, skip: frozenset[str] = frozenset(),
+    explain: bool = True,
 ) -> Plan:
     """The first candidate that fits; `skip` names configurations (describe()) already tried and failed."""
     fixed = constraints(base)
@@ -233,7 +234,8 @@ def make_plan(
     if not tried and fixed:
         refusing = refused(replace(base, mode_reason="planner"))
         reasons.append(f"upstream refuses what your flags ask ({', '.join(refusing) or 'see la.asserts'})")
-    reasons += _blocking(base, fixed, gpus, summary, terms, skip)
+    if explain:  # one level only: each flag dropped alone, not every combination of them
+        reasons += _blocking(base, fixed, gpus, summary, terms, skip)
     reasons.append("nothing upstream accepts fits this machine" + (" within your flags" if fixed else ""))
     return Plan(None, None, tuple(reasons))
 
@@ -242,7 +244,7 @@ def _blocking(base, fixed, gpus, summary, terms, skip) -> list[str]:
     """Which of the user's flags stands in the way: what would fit without each one."""
     lines = []
     for field, value in fixed.items():
-        plan = make_plan(_without(base, field), gpus, summary, terms, skip)
+        plan = make_plan(_without(base, field), gpus, summary, terms, skip, explain=False)
         if plan.chosen:
             lines.append(f"your {flag_text(field, value)} blocks it: without it, {plan.reasons[-1]}")
     return lines

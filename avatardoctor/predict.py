@@ -9,7 +9,9 @@ memory, is TIGHT when the band straddles it, and WON'T FIT otherwise; the run's 
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,6 +68,26 @@ class Geometry:
         return tokens_per_frame(self.height, self.width)
 
 
+def read_per_file_version(read):
+    """A header reader run once per version of a file (its path, mtime and size): `check`, the planner and
+    the what-ifs predict dozens of times, each reading the same --image, --audio and LoRA headers."""
+
+    @functools.lru_cache(maxsize=16)
+    def cached(path: str, version: tuple[int, int]):
+        return read(Path(path))
+
+    @functools.wraps(read)
+    def once(path: Path):
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            return read(path)  # says why itself
+        return cached(str(path), (st.st_mtime_ns, st.st_size))
+
+    return once
+
+
+@read_per_file_version
 def image_size(path: Path) -> tuple[int, int]:
     """(height, width) of the reference image, from its header only (Pillow reads lazily)."""
     from PIL import Image, UnidentifiedImageError
@@ -452,10 +474,15 @@ def audio_seconds(config: LaunchConfig) -> float | None:
         return config.audio_seconds
     if config.audio is None or not config.audio.is_file() or not_regular_file(config.audio):
         return None
+    return _audio_header_seconds(config.audio)
+
+
+@read_per_file_version
+def _audio_header_seconds(path: Path) -> float | None:
     import soundfile
 
     try:
-        info = soundfile.info(str(config.audio))
+        info = soundfile.info(str(path))
     except (RuntimeError, OSError, ValueError, TypeError):  # input.audio says why
         return None
     return info.frames / info.samplerate if info.samplerate > 0 and info.frames >= 0 else None
@@ -464,13 +491,18 @@ def audio_seconds(config: LaunchConfig) -> float | None:
 def lora_params(config: LaunchConfig) -> int | None:
     """The adapters' parameters from a local LoRA file's header (lora_A and lora_B tensors); None for a
     hub id or an unreadable file: the reference's target modules at rank 128 stand in."""
-    from avatardoctor.ckpt.safetensors_file import CkptFileError, read_header
-
     if not config.lora_path:
         return None
     path = Path(config.liveavatar or ".") / config.lora_path
     if not path.is_file() or not_regular_file(path):
         return None
+    return _lora_file_params(path)
+
+
+@read_per_file_version
+def _lora_file_params(path: Path) -> int | None:
+    from avatardoctor.ckpt.safetensors_file import CkptFileError, read_header
+
     try:
         header = read_header(path)
     except CkptFileError:  # la.lora says why

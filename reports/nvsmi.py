@@ -287,16 +287,13 @@ def parse_chunk(layout: Layout, first: int, lines: list[str], skipped: Skipped) 
         good &= whole  # "[Unknown Error]", "1.5": junk; a number that is no GPU's index: said below
         rows["gpu"] = index.astype(np.int16)
     skipped.add("junk", numbers[~good], [lines[n - first] for n in numbers[~good][:1]])
-    if "index" in table:
-        no_gpu = good & (rows["gpu"] < 0)
-        skipped.add("index", numbers[no_gpu], [lines[n - first] for n in numbers[no_gpu][:1]])
-        good &= ~no_gpu
-    elif layout.identity_column:
+    if "index" not in table and layout.identity_column:
         rows["gpu"] = np.full(len(table), -1, dtype=np.int16)
         rows["gpu"][good] = layout.identity.encode(table[layout.identity_column][good])
-        too_many = good & (rows["gpu"] < 0)
-        skipped.add("identity", numbers[too_many], [lines[n - first] for n in numbers[too_many][:1]])
-        good &= ~too_many
+    if "index" in table or layout.identity_column:  # -1: an index no GPU has, or one uuid past the bound
+        no_gpu = good & (rows["gpu"] < 0)
+        skipped.add("index" if "index" in table else "identity", numbers[no_gpu], [lines[n - first] for n in numbers[no_gpu][:1]])
+        good &= ~no_gpu
     if layout.label_column:
         rows["label"] = np.full(len(table), -1, dtype=np.int16)
         rows["label"][good] = layout.labels.encode(table[layout.label_column][good])

@@ -197,6 +197,9 @@ class _Log:
 
 def execute(plan: PlanFile, options: RunOptions) -> RunResult:
     """Run one attempt of a plan; never raises for what the job does (that is the result)."""
+    if not options.cwd.is_dir():  # checked before anything is created: a missing checkout leaves no folder
+        raise InputError(f"the Live Avatar checkout {options.cwd} is not a folder: pass --liveavatar DIR "
+                         "(run --plan starts in the plan's checkout without it)")  # fmt: skip
     folder = new_run_folder(options.out_dir, plan.mode)  # unwritable: InputError, nothing launched
     port = _free_port(plan.master_port)
     argv = torchrun_argv(plan, port, options.entry, options.shim)

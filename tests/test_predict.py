@@ -434,18 +434,6 @@ def test_nvml_sees_what_the_allocator_reserved_earlier():
     assert g.to_dict()["phases_reserved_gib"]["denoise"] == round(g.total("denoise") / GIB, 3)
 
 
-def test_offload_model_is_never_offered_for_a_shortfall_at_the_load():
-    """TPP with --offload_model True still loads, merges and converts the full DiT on every rank."""
-    for spec in ("5x4090", "5x3090", "5x5090", "5xA6000"):
-        m = catalogue_machine(spec)
-        cfg = resolve_config(5, "tpp")
-        p = predict(cfg, m.gpus, SUMMARY, DEFAULT_TERMS)
-        binding = p.binding
-        if binding and binding.binding_phase in ("load", "lora", "fp8"):
-            change = smallest_change(cfg, m.gpus, SUMMARY, DEFAULT_TERMS)
-            assert change is None or change.flags != "--offload-model True", spec
-
-
 # ---- the user's flags are constraints (issue: the plan is a contract) ---------------------------------
 
 
@@ -489,3 +477,36 @@ def test_plan_says_when_upstream_refuses_what_the_flags_ask():
     plan = make_plan(resolve_config(5, size="1280*720"), m.gpus, SUMMARY, DEFAULT_TERMS)
     assert plan.chosen is None and any("upstream refuses what your flags ask (cond_cache)" in r for r in plan.reasons)
     assert any(r.startswith("your --size 1280*720 blocks it: without it, chose tpp 720*400") for r in plan.reasons)
+
+
+def test_the_input_headers_are_read_once_per_file_version(tmp_path, monkeypatch):
+    """check, the planner and the what-ifs predict dozens of times: the image is opened once, and again
+    only when the file changes."""
+    from PIL import Image
+
+    path = tmp_path / "face.png"
+    Image.new("RGB", (640, 480)).save(path)
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda p, *a, **k: opened.append(p) or real_open(p, *a, **k))
+    for _ in range(5):
+        prediction("5xH800", "tpp", image=path)
+    assert len(opened) == 1
+    Image.new("RGB", (480, 640)).save(path)
+    os.utime(path, ns=(1, 1))  # a new version, whatever the clock's resolution
+    assert prediction("5xH800", "tpp", image=path).geometry.height > prediction("5xH800", "tpp").geometry.height
+    assert len(opened) == 2
+
+
+def test_many_flags_that_cannot_fit_are_explained_one_at_a_time(monkeypatch):
+    """Each flag is dropped alone to say which one blocks the fit: never every combination of them."""
+    import avatardoctor.planner as planner
+
+    calls = []
+    real = planner.make_plan
+    monkeypatch.setattr(planner, "make_plan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    m = catalogue_machine("1x4090")
+    base = resolve_config(1, size="720*400", infer_frames=48, t5_cpu=False, offload_kv_cache=False, fp8=False,
+                          sample_steps=4, master_port=29999)  # fmt: skip
+    plan = real(base, m.gpus, SUMMARY, DEFAULT_TERMS)
+    assert plan.chosen is None and len(calls) == 7  # one plan per flag, none of them explaining further
