@@ -27,8 +27,8 @@ from rich.console import Console
 from rich.table import Table
 
 from avatardoctor.errors import InputError
-from avatardoctor.files import FileTooLarge, read_limited
 from avatardoctor.estimates import DEFAULT_TERMS, EstimateTerms
+from avatardoctor.files import FileTooLarge, read_limited
 from avatardoctor.predict import PHASES
 from avatardoctor.units import GIB, MIB, gib
 
@@ -84,12 +84,27 @@ class _Term:
 # last because a history of one layout has the same peer count everywhere, just like the context.
 TERMS = (
     _Term("context_bytes", "context", lambda m: 1.0, lambda v: f"{gib(v)} per GPU", ""),
-    _Term("activation_bytes_per_token_dim", "activations", lambda m: m.token_dims,
-          lambda v: f"{v:.1f} bytes per token per dim", "no measurement peaks while denoising"),
-    _Term("decode_bytes_per_pixel", "decode", lambda m: m.decode_pixels,
-          lambda v: f"{v:.0f} bytes per output pixel", "no measurement peaks while decoding"),
-    _Term("nccl_bytes_per_peer", "NCCL", lambda m: m.nccl_peers,
-          lambda v: f"{gib(v, 3)} per peer", "every measurement is single-GPU (0 peers)"),
+    _Term(
+        "activation_bytes_per_token_dim",
+        "activations",
+        lambda m: m.token_dims,
+        lambda v: f"{v:.1f} bytes per token per dim",
+        "no measurement peaks while denoising",
+    ),
+    _Term(
+        "decode_bytes_per_pixel",
+        "decode",
+        lambda m: m.decode_pixels,
+        lambda v: f"{v:.0f} bytes per output pixel",
+        "no measurement peaks while decoding",
+    ),
+    _Term(
+        "nccl_bytes_per_peer",
+        "NCCL",
+        lambda m: m.nccl_peers,
+        lambda v: f"{gib(v, 3)} per peer",
+        "every measurement is single-GPU (0 peers)",
+    ),
 )
 
 
@@ -102,8 +117,10 @@ def history_path(env: Mapping[str, str] = os.environ) -> Path:
 
 
 def _unusable(path: Path, err: Exception) -> InputError:
-    return InputError(f"calibration history {path}: cannot use it ({err}); if it is damaged, move it away "
-                      f"(mv {path} {path}.bak) to start a new history, or set AVATARDOCTOR_HOME to another folder")
+    return InputError(
+        f"calibration history {path}: cannot use it ({err}); if it is damaged, move it away "
+        f"(mv {path} {path}.bak) to start a new history, or set AVATARDOCTOR_HOME to another folder"
+    )
 
 
 def _has_table(conn: sqlite3.Connection) -> bool:
@@ -133,7 +150,9 @@ def record(measurements: Iterable[Measurement], env: Mapping[str, str] = os.envi
                 conn.execute("ALTER TABLE measurements ADD COLUMN allocated_bytes INTEGER NOT NULL DEFAULT 0")
                 conn.execute(f"PRAGMA user_version = {HISTORY_VERSION}")
             conn.executemany("DELETE FROM measurements WHERE run_id = ?", {(row[0],) for row in rows})
-            conn.executemany(f"INSERT INTO measurements ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})", rows)
+            conn.executemany(
+                f"INSERT INTO measurements ({', '.join(FIELDS)}) VALUES ({', '.join('?' * len(FIELDS))})", rows
+            )
     except (sqlite3.DatabaseError, OSError) as err:
         raise _unusable(path, err) from None
     return path
@@ -160,7 +179,9 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def fit_terms(measurements: Iterable[Measurement], base: EstimateTerms = DEFAULT_TERMS) -> tuple[EstimateTerms, list[str]]:
+def fit_terms(
+    measurements: Iterable[Measurement], base: EstimateTerms = DEFAULT_TERMS
+) -> tuple[EstimateTerms, list[str]]:
     """Fit the learnable terms to the measurements; return the terms and lines saying what happened.
 
     A term no measurement drives, or whose driver the history cannot tell apart from an earlier
@@ -177,10 +198,14 @@ def fit_terms(measurements: Iterable[Measurement], base: EstimateTerms = DEFAULT
     learnable = [t for t in TERMS if any(drivers[t.name])]
     need = max(MIN_MEASUREMENTS, len(learnable) + 1)
     if not ms:
-        return base, [f"no measurements yet: the default terms are in use; feed runs with `avatardoctor calibrate {IMPORT_FLAG} FILE`"]
+        return base, [
+            f"no measurements yet: the default terms are in use; feed runs with `avatardoctor calibrate {IMPORT_FLAG} FILE`"
+        ]
     if len(ms) < need:
-        reason = (f"kept the default terms: {_plural(len(ms), 'measurement')} in the history, the fit needs at least "
-                  f"{need} (one more than the {_plural(len(learnable), 'term')} they drive)")
+        reason = (
+            f"kept the default terms: {_plural(len(ms), 'measurement')} in the history, the fit needs at least "
+            f"{need} (one more than the {_plural(len(learnable), 'term')} they drive)"
+        )
         return base, [reason]
     why = {t.name: f"kept the default {t.show(getattr(base, t.name))}: {t.undriven}" for t in TERMS}
 
@@ -196,8 +221,10 @@ def fit_terms(measurements: Iterable[Measurement], base: EstimateTerms = DEFAULT
             fitted.append(t)
         else:
             y -= getattr(base, t.name) * np.array(drivers[t.name])  # its default share, so no other term absorbs it
-            why[t.name] = (f"kept the default {t.show(getattr(base, t.name))}: the history cannot tell it apart from "
-                           f"{', '.join(f.label for f in fitted)} (its driver never varies on its own)")
+            why[t.name] = (
+                f"kept the default {t.show(getattr(base, t.name))}: the history cannot tell it apart from "
+                f"{', '.join(f.label for f in fitted)} (its driver never varies on its own)"
+            )
     X = np.column_stack([column[t.name] for t in fitted])
     free = list(range(len(fitted)))  # the columns still fitted; a dropped one is held at 0
     coef = np.linalg.lstsq(X, y, rcond=None)[0]
@@ -227,12 +254,17 @@ def fit_terms(measurements: Iterable[Measurement], base: EstimateTerms = DEFAULT
     )
     for t in fitted:
         default = t.show(getattr(base, t.name))
-        why[t.name] = (f"fitted {t.show(values[t.name])} (default {default})" if values[t.name] else
-                       f"held at 0 (default {default}): the fit wanted a negative value; check the exact terms "
-                       f"and the drivers in the measurements")
-    bands = (f"bands: residual RMS {gib(rms, 3)} over {_plural(len(ms), 'measurement')} from {_plural(runs, 'run')}; "
-             f"context band {gib(terms.context_band_bytes)} (2 x RMS, at least {gib(RESIDUAL_FLOOR_BYTES)}), "
-             f"activations ±{terms.activation_band:.0%}, decode ±{terms.decode_band:.0%}")
+        why[t.name] = (
+            f"fitted {t.show(values[t.name])} (default {default})"
+            if values[t.name]
+            else f"held at 0 (default {default}): the fit wanted a negative value; check the exact terms "
+            f"and the drivers in the measurements"
+        )
+    bands = (
+        f"bands: residual RMS {gib(rms, 3)} over {_plural(len(ms), 'measurement')} from {_plural(runs, 'run')}; "
+        f"context band {gib(terms.context_band_bytes)} (2 x RMS, at least {gib(RESIDUAL_FLOOR_BYTES)}), "
+        f"activations ±{terms.activation_band:.0%}, decode ±{terms.decode_band:.0%}"
+    )
     return terms, [*(f"{t.label}: {why[t.name]}" for t in TERMS), bands]
 
 
@@ -253,8 +285,14 @@ def _checked(item: dict, name: str, at: str) -> str | int | float:
         if not isinstance(value, str) or not 0 < len(value) <= 200:
             raise InputError(f"{at}.{name}: must be a non-empty string of at most 200 characters, got {value!r:.60}")
         return value
-    if isinstance(value, bool) or not isinstance(value, (int,) if kind is int else (int, float)) or not 0 <= value <= MAX_VALUE:
-        raise InputError(f"{at}.{name}: must be {'an integer' if kind is int else 'a number'} from 0 to 2**50, got {value!r:.60}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int,) if kind is int else (int, float))
+        or not 0 <= value <= MAX_VALUE
+    ):
+        raise InputError(
+            f"{at}.{name}: must be {'an integer' if kind is int else 'a number'} from 0 to 2**50, got {value!r:.60}"
+        )
     return kind(value)
 
 
@@ -334,8 +372,12 @@ _ROWS = (  # (label, EstimateTerms field, how to show its value)
 def render_calibration(report: dict, console: Console) -> None:
     """The report for people: each term's default and the value in use, then the explanation lines."""
     terms, default = report["terms"], report["default_terms"]
-    console.print(f"history: {report['history']} ({_plural(report['runs'], 'run')}, "
-                  f"{_plural(report['measurements'], 'measurement')}) · terms: {terms['source']}", markup=False, soft_wrap=True)
+    console.print(
+        f"history: {report['history']} ({_plural(report['runs'], 'run')}, "
+        f"{_plural(report['measurements'], 'measurement')}) · terms: {terms['source']}",
+        markup=False,
+        soft_wrap=True,
+    )
     table = Table("term", "default", "in use", box=box.SIMPLE, show_edge=False)
     for label, name, show in _ROWS:
         table.add_row(label, show(default[name]), show(terms[name]))

@@ -66,30 +66,69 @@ def machine_options(fn):
 def config_options(fn):
     """The Live Avatar configuration, in upstream's terms; unset flags take the upstream scripts' values."""
     options = [
-        click.option("--mode", type=click.Choice(MODES), help="Upstream tpp (5 GPUs) or single (default by visible GPU count: 5+ -> tpp), or the seeds' fsdp / seed-4gpu."),
-        click.option("--liveavatar", type=click.Path(path_type=Path), help="The Live Avatar checkout the launch runs in."),
-        click.option("--ckpt-dir", help="The Wan2.2-S2V-14B folder (--ckpt_dir); relative to the checkout, as the launch sees it."),
-        click.option("--master-port", type=int, help="torchrun --master_port (default: the upstream script's, 29102 tpp / 29101 single)."),
+        click.option(
+            "--mode",
+            type=click.Choice(MODES),
+            help="Upstream tpp (5 GPUs) or single (default by visible GPU count: 5+ -> tpp), or the seeds' fsdp / seed-4gpu.",
+        ),
+        click.option(
+            "--liveavatar", type=click.Path(path_type=Path), help="The Live Avatar checkout the launch runs in."
+        ),
+        click.option(
+            "--ckpt-dir",
+            help="The Wan2.2-S2V-14B folder (--ckpt_dir); relative to the checkout, as the launch sees it.",
+        ),
+        click.option(
+            "--master-port",
+            type=int,
+            help="torchrun --master_port (default: the upstream script's, 29102 tpp / 29101 single).",
+        ),
         click.option("--size", callback=_size_value, help="--size as upstream spells it, WIDTH*HEIGHT, e.g. 704*384."),
-        click.option("--infer-frames", type=click.IntRange(min=1), help="Frames per clip (whole blocks of 12; scripts use 48)."),
+        click.option(
+            "--infer-frames", type=click.IntRange(min=1), help="Frames per clip (whole blocks of 12; scripts use 48)."
+        ),
         click.option("--sample-steps", type=click.IntRange(min=1), help="Denoising steps (scripts use 4)."),
         click.option("--sample-solver", help="Sampler (upstream runs euler only)."),
         click.option("--num-gpus-dit", type=click.IntRange(min=1), help="GPUs running the DiT (tpp: 4)."),
         click.option("--ulysses-size", type=click.IntRange(min=1), help="Sequence parallel size (upstream: 1)."),
-        click.option("--compile/--no-compile", default=None, help="ENABLE_COMPILE for the launch (scripts: true; eager holds more activations)."),
-        click.option("--fp8/--no-fp8", default=None, help="Convert the DiT's Linear layers to FP8 (scripts pass --fp8)."),
-        click.option("--offload-model", type=_str2bool, metavar="BOOL", help="Swap models between CPU and GPU (True/False)."),
+        click.option(
+            "--compile/--no-compile",
+            default=None,
+            help="ENABLE_COMPILE for the launch (scripts: true; eager holds more activations).",
+        ),
+        click.option(
+            "--fp8/--no-fp8", default=None, help="Convert the DiT's Linear layers to FP8 (scripts pass --fp8)."
+        ),
+        click.option(
+            "--offload-model", type=_str2bool, metavar="BOOL", help="Swap models between CPU and GPU (True/False)."
+        ),
         click.option("--lora-path", help="--lora_path_dmd: a local file or a Hugging Face repo id."),
-        click.option("--image", type=click.Path(path_type=Path), help="The reference image: its aspect sets the real height and width."),
+        click.option(
+            "--image",
+            type=click.Path(path_type=Path),
+            help="The reference image: its aspect sets the real height and width.",
+        ),
         click.option("--audio", type=click.Path(path_type=Path), help="The driving audio: its length caps the clips."),
-        click.option("--audio-seconds", type=FiniteRange(min=0, max=7 * 24 * 3600), help="What if the audio lasts this long (s): instead of --audio's length."),
+        click.option(
+            "--audio-seconds",
+            type=FiniteRange(min=0, max=7 * 24 * 3600),
+            help="What if the audio lasts this long (s): instead of --audio's length.",
+        ),
         click.option("--prompt", help="The prompt."),
-        click.option("--num-clip", type=click.IntRange(min=1), help="Clips to generate (upstream caps it by the audio's length)."),
+        click.option(
+            "--num-clip", type=click.IntRange(min=1), help="Clips to generate (upstream caps it by the audio's length)."
+        ),
         click.option("--t5-cpu", is_flag=True, default=None, help="Keep T5 on the CPU."),
         click.option("--t5-fsdp", is_flag=True, default=None, help="Shard T5 over the DiT GPUs."),
-        click.option("--offload-kv-cache", is_flag=True, default=None, help="Keep the single-GPU KV caches on the CPU."),
-        click.option("--enable-online-decode", is_flag=True, default=None, help="Decode each clip as it is made (single GPU)."),
-        click.option("--gpus", metavar="LIST", help="The GPUs to use, as CUDA_VISIBLE_DEVICES would name them (e.g. 0,2,3,4,5)."),
+        click.option(
+            "--offload-kv-cache", is_flag=True, default=None, help="Keep the single-GPU KV caches on the CPU."
+        ),
+        click.option(
+            "--enable-online-decode", is_flag=True, default=None, help="Decode each clip as it is made (single GPU)."
+        ),
+        click.option(
+            "--gpus", metavar="LIST", help="The GPUs to use, as CUDA_VISIBLE_DEVICES would name them (e.g. 0,2,3,4,5)."
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -107,7 +146,9 @@ def cli():
 @config_options
 @click.option("--json", "as_json", is_flag=True, help="Print the versioned JSON report (avatardoctor.check/1).")
 @click.option("-v", "--verbose", is_flag=True, help="Show the details of passing checks too.")
-@click.option("--deep", is_flag=True, help="Also run the live communication test on this machine (nccl.live: torchrun ranks).")
+@click.option(
+    "--deep", is_flag=True, help="Also run the live communication test on this machine (nccl.live: torchrun ranks)."
+)
 def check(machine, demo, as_json, verbose, deep, **config_flags):
     """Check the machine, the environment and the configuration. Exit 0 ready, 1 not ready, 2 bad input."""
     from avatardoctor.doctor import build_context, diagnose, with_live_test
@@ -138,7 +179,9 @@ def predict_command(machine, demo, as_json, **config_flags):
 
     ctx = build_context(machine, demo, **config_flags)
     prediction = ctx.prediction
-    change = None if prediction.verdict == "fits" else smallest_change(ctx.config, ctx.rank_gpus, ctx.components, ctx.terms)
+    change = (
+        None if prediction.verdict == "fits" else smallest_change(ctx.config, ctx.rank_gpus, ctx.components, ctx.terms)
+    )
     advice = hardware_advice(ctx.config, ctx.components, ctx.terms)
     if as_json:
         click.echo(prediction_json(prediction, change, advice))
@@ -158,7 +201,11 @@ def live_line(tracker, sampler, plan) -> str:
         used = s["memory_used_mib"] / 1024
         limit = usable.get(gpu) or (s["memory_total_mib"] or 0) / 1024 or None
         filled = min(BAR_WIDTH, round(BAR_WIDTH * used / limit)) if limit else 0
-        bars.append(f"{gpu}: {'█' * filled}{'░' * (BAR_WIDTH - filled)} {used:.1f}/{limit:.1f} GiB" if limit else f"{gpu}: {used:.1f} GiB")
+        bars.append(
+            f"{gpu}: {'█' * filled}{'░' * (BAR_WIDTH - filled)} {used:.1f}/{limit:.1f} GiB"
+            if limit
+            else f"{gpu}: {used:.1f} GiB"
+        )
     clips = f"clips {tracker.clips_done}" + (f"/{tracker.clip_total}" if tracker.clip_total else "")
     first = next((start for name, start, _ in tracker.phases() if name.startswith("clip")), None)
     if first is not None and tracker.clips_done and tracker.clip_total and tracker.last_output_s:
@@ -173,8 +220,16 @@ def _run_options(out_dir, sample_hz, hang_timeout, cwd, entry, status, no_shim=F
     def progress(tracker, sampler, plan):
         status.update(live_line(tracker, sampler, plan))
 
-    return RunOptions(out_dir=out_dir, sample_hz=sample_hz, hang_timeout_s=hang_timeout, cwd=cwd, entry=entry,
-                      on_progress=progress, shim=not no_shim, memory_history=memory_history)  # fmt: skip
+    return RunOptions(
+        out_dir=out_dir,
+        sample_hz=sample_hz,
+        hang_timeout_s=hang_timeout,
+        cwd=cwd,
+        entry=entry,
+        on_progress=progress,
+        shim=not no_shim,
+        memory_history=memory_history,
+    )
 
 
 def _say_result(result) -> None:
@@ -189,10 +244,32 @@ def _say_result(result) -> None:
 
 RUN_OPTIONS = [
     click.option("--no-shim", is_flag=True, help="Run the entry without the per-rank memory shim."),
-    click.option("--memory-history", is_flag=True, help="Also save a PyTorch memory snapshot per rank (CUDA; opens in pytorch.org/memory_viz)."),
-    click.option("--out-dir", type=click.Path(path_type=Path), default=Path("runs"), show_default=True, help="Where run folders go."),
-    click.option("--sample-hz", type=FiniteRange(0.1, 100), default=10.0, show_default=True, help="GPU memory samples per second."),
-    click.option("--hang-timeout", type=FiniteRange(min=1), default=300.0, show_default=True, help="Seconds without output, CPU work or GPU use that make a hang."),
+    click.option(
+        "--memory-history",
+        is_flag=True,
+        help="Also save a PyTorch memory snapshot per rank (CUDA; opens in pytorch.org/memory_viz).",
+    ),
+    click.option(
+        "--out-dir",
+        type=click.Path(path_type=Path),
+        default=Path("runs"),
+        show_default=True,
+        help="Where run folders go.",
+    ),
+    click.option(
+        "--sample-hz",
+        type=FiniteRange(0.1, 100),
+        default=10.0,
+        show_default=True,
+        help="GPU memory samples per second.",
+    ),
+    click.option(
+        "--hang-timeout",
+        type=FiniteRange(min=1),
+        default=300.0,
+        show_default=True,
+        help="Seconds without output, CPU work or GPU use that make a hang.",
+    ),
 ]
 
 
@@ -207,12 +284,39 @@ def run_options(fn):
 @config_options
 @run_options
 @click.option("--auto", is_flag=True, help="Check, plan and run; after an out-of-memory, step down and retry.")
-@click.option("--plan", "plan_file", type=click.Path(path_type=Path), help="Run a saved plan (avatardoctor plan -o FILE).")
-@click.option("--max-retries", type=click.IntRange(min=0), default=2, show_default=True, help="With --auto: attempts after an out-of-memory.")
+@click.option(
+    "--plan", "plan_file", type=click.Path(path_type=Path), help="Run a saved plan (avatardoctor plan -o FILE)."
+)
+@click.option(
+    "--max-retries",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="With --auto: attempts after an out-of-memory.",
+)
 @click.option("--force", is_flag=True, help="Launch although checks fail (recorded loudly in the run folder).")
 @click.option("--smoke", is_flag=True, help="The smallest run the plan allows: one clip at 384*256.")
-@click.option("--gradio", is_flag=True, help="Serve the Gradio entry with the plan (port 7860, or a free one) and record until stopped.")
-def run_command(machine, demo, no_shim, memory_history, out_dir, sample_hz, hang_timeout, auto, plan_file, max_retries, force, smoke, gradio, **config_flags):
+@click.option(
+    "--gradio",
+    is_flag=True,
+    help="Serve the Gradio entry with the plan (port 7860, or a free one) and record until stopped.",
+)
+def run_command(
+    machine,
+    demo,
+    no_shim,
+    memory_history,
+    out_dir,
+    sample_hz,
+    hang_timeout,
+    auto,
+    plan_file,
+    max_retries,
+    force,
+    smoke,
+    gradio,
+    **config_flags,
+):
     """Launch Live Avatar with torchrun, record memory, explain what happened. Exit 0 success, 1 failure, 130 interrupted."""
     from rich.console import Console
 
@@ -222,7 +326,9 @@ def run_command(machine, demo, no_shim, memory_history, out_dir, sample_hz, hang
     if bool(auto) == bool(plan_file):
         raise InputError("run: pass --auto (check, plan and run) or --plan PLAN.json")
     if machine or demo:
-        raise click.UsageError("run launches on this machine: --machine and --demo are for what-ifs (check, predict, plan)")
+        raise click.UsageError(
+            "run launches on this machine: --machine and --demo are for what-ifs (check, predict, plan)"
+        )
     console = Console(stderr=True, highlight=False)
     cwd = config_flags.get("liveavatar") or Path.cwd()
     with console.status("starting") as status:
@@ -233,8 +339,11 @@ def run_command(machine, demo, no_shim, memory_history, out_dir, sample_hz, hang
         if plan_file:
             # --liveavatar says where to launch (options.cwd); every other flag changes what is launched
             overrides = {k: v for k, v in config_flags.items() if v is not None and k != "liveavatar"}
-            results = [launch_saved_plan(plan_file, options, overrides, smoke, force, gradio, console.print,
-                                         config_flags.get("liveavatar"))]  # fmt: skip
+            results = [
+                launch_saved_plan(
+                    plan_file, options, overrides, smoke, force, gradio, console.print, config_flags.get("liveavatar")
+                )
+            ]
         else:
             from avatardoctor.checks.base import Status
             from avatardoctor.doctor import build_context, diagnose
@@ -242,9 +351,13 @@ def run_command(machine, demo, no_shim, memory_history, out_dir, sample_hz, hang
             ctx = build_context(machine, demo, gradio=gradio or None, **config_flags)  # the gradio entry's own rules
             failing = [r.id for r in diagnose(ctx).results if r.status is Status.FAIL]
             if failing and not force:
-                raise click.ClickException(f"not ready: {', '.join(failing)} failed (see `avatardoctor check`; --force launches anyway)")
+                raise click.ClickException(
+                    f"not ready: {', '.join(failing)} failed (see `avatardoctor check`; --force launches anyway)"
+                )
             options.not_ready = failing
-            results = auto_run(ctx, options, 0 if gradio else max_retries, smoke, lambda line: console.print(line), gradio)
+            results = auto_run(
+                ctx, options, 0 if gradio else max_retries, smoke, lambda line: console.print(line), gradio
+            )
     for result in results:
         _say_result(result)
     last = results[-1].failure.cls if results else "nothing-to-run"
@@ -253,8 +366,18 @@ def run_command(machine, demo, no_shim, memory_history, out_dir, sample_hz, hang
 
 @cli.command("demo")
 @run_options
-@click.option("--nproc", type=click.IntRange(2, 8), default=5, show_default=True, help="Ranks: 4 DiT ranks and the VAE rank, as upstream TPP.")
-@click.option("--master-port", type=click.IntRange(1, 65535), help="torchrun --master_port (default: the upstream script's 29102, or the next free one).")
+@click.option(
+    "--nproc",
+    type=click.IntRange(2, 8),
+    default=5,
+    show_default=True,
+    help="Ranks: 4 DiT ranks and the VAE rank, as upstream TPP.",
+)
+@click.option(
+    "--master-port",
+    type=click.IntRange(1, 65535),
+    help="torchrun --master_port (default: the upstream script's 29102, or the next free one).",
+)
 def demo_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, nproc, master_port):
     """The whole flow on any machine with torch: a tiny real checkpoint, plan, a small real TPP-like run, report."""
     import importlib.util
@@ -287,20 +410,35 @@ def demo_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, npro
     plan = demo_plan(ckpt, nproc, ctx.config.master_port)
     console.print("plan: " + plan.reasons[0])
     with console.status("starting") as status:
-        options = _run_options(out_dir, sample_hz, hang_timeout, out_dir, ["-m", "avatardoctor.runner.demo_entry"], status, no_shim, memory_history)
+        options = _run_options(
+            out_dir,
+            sample_hz,
+            hang_timeout,
+            out_dir,
+            ["-m", "avatardoctor.runner.demo_entry"],
+            status,
+            no_shim,
+            memory_history,
+        )
         result = execute_with_port_retry(plan, options, console.print)
     _say_result(result)
     sys.exit(0 if result.failure.cls == "success" else 1)
 
 
 @cli.command("nccl")
-@click.option("--nproc", type=click.IntRange(min=1), help="Ranks on this node (default: this machine's GPUs, or 4 on CPU).")
-@click.option("--backend", type=click.Choice(["nccl", "gloo"]), help="nccl on GPUs (default when there are GPUs), gloo on CPU.")
+@click.option(
+    "--nproc", type=click.IntRange(min=1), help="Ranks on this node (default: this machine's GPUs, or 4 on CPU)."
+)
+@click.option(
+    "--backend", type=click.Choice(["nccl", "gloo"]), help="nccl on GPUs (default when there are GPUs), gloo on CPU."
+)
 @click.option("--nnodes", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--node-rank", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--master-addr", default="127.0.0.1", show_default=True)
 @click.option("--master-port", type=click.IntRange(1, 65535), default=29500, show_default=True)
-@click.option("--timeout", "timeout_s", type=float, default=60.0, show_default=True, help="Seconds a rank may take to join.")
+@click.option(
+    "--timeout", "timeout_s", type=float, default=60.0, show_default=True, help="Seconds a rank may take to join."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as avatardoctor.check/1 JSON.")
 def nccl_command(nproc, backend, nnodes, node_rank, master_addr, master_port, timeout_s, as_json):
     """Prove the ranks can talk as Live Avatar's TPP pipeline does, and measure it (nccl-tests style)."""
@@ -315,7 +453,9 @@ def nccl_command(nproc, backend, nnodes, node_rank, master_addr, master_port, ti
     from avatardoctor.render import render_human
 
     if importlib.util.find_spec("torch") is None:
-        raise InputError("nccl: torch is not installed here; install the [torch] extra (pip install 'avatardoctor[torch]')")
+        raise InputError(
+            "nccl: torch is not installed here; install the [torch] extra (pip install 'avatardoctor[torch]')"
+        )
     ctx = build_context()
     backend = backend or ("nccl" if ctx.visible.gpus else "gloo")
     nproc = nproc or (len(ctx.visible.gpus) if backend == "nccl" else 4)
@@ -325,7 +465,16 @@ def nccl_command(nproc, backend, nnodes, node_rank, master_addr, master_port, ti
     ctx = replace(ctx, nccl=run_test(test), nccl_backend=backend)
     report = run_checks(ctx, live.CHECKS)
     if as_json:
-        click.echo(json.dumps({"schema": "avatardoctor.check/1", "verdict": report.verdict, "checks": [r.to_dict() for r in report.results]}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "schema": "avatardoctor.check/1",
+                    "verdict": report.verdict,
+                    "checks": [r.to_dict() for r in report.results],
+                },
+                indent=2,
+            )
+        )
     else:
         title = f"live test: {nnodes * nproc} ranks ({backend}), node {node_rank} of {nnodes}, master {master_addr}:{master_port}"
         render_human(report, Console(highlight=False), verbose=True, title=title)
@@ -335,7 +484,9 @@ def nccl_command(nproc, backend, nnodes, node_rank, master_addr, master_port, ti
 @cli.command("plan")
 @machine_options
 @config_options
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the plan (avatardoctor.plan/1 JSON) to FILE.")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="Write the plan (avatardoctor.plan/1 JSON) to FILE."
+)
 @click.option("--force", is_flag=True, help="Let -o replace an existing file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan JSON instead of the explanation.")
 def plan_command(machine, demo, output, force, as_json, **config_flags):
@@ -369,8 +520,19 @@ def plan_command(machine, demo, output, force, as_json, **config_flags):
 
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path), required=False)
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="The report folder (default: RUN/report, or LOG-report beside a CSV).")
-@click.option("--compare", nargs=2, type=click.Path(path_type=Path), metavar="RUN_A RUN_B", help="Peaks side by side and timelines overlaid.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="The report folder (default: RUN/report, or LOG-report beside a CSV).",
+)
+@click.option(
+    "--compare",
+    nargs=2,
+    type=click.Path(path_type=Path),
+    metavar="RUN_A RUN_B",
+    help="Peaks side by side and timelines overlaid.",
+)
 @click.option("--fields", help="For a headerless nvidia-smi CSV: its --query-gpu list, e.g. timestamp,memory.used.")
 @click.option("--force", is_flag=True, help="Write into an output folder that holds other files.")
 def report(path, output, compare, fields, force):
@@ -381,7 +543,9 @@ def report(path, output, compare, fields, force):
     if compare:
         if path:
             raise InputError("report: give PATH or --compare RUN_A RUN_B, not both")
-        index = render_compare(*compare, out=output or Path(f"compare-{compare[0].name}-{compare[1].name}"), force=force)
+        index = render_compare(
+            *compare, out=output or Path(f"compare-{compare[0].name}-{compare[1].name}"), force=force
+        )
     elif path:
         index = render_report(path, output, force, field_list)
     else:
@@ -391,7 +555,12 @@ def report(path, output, compare, fields, force):
 
 @cli.command()
 @click.argument("runs", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--import", "import_file", type=click.Path(path_type=Path), help="Add measured runs from a JSON file (avatardoctor.measurements/1).")
+@click.option(
+    "--import",
+    "import_file",
+    type=click.Path(path_type=Path),
+    help="Add measured runs from a JSON file (avatardoctor.measurements/1).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration report (avatardoctor.calibration/1).")
 def calibrate(runs, import_file, as_json):
     """Fit the memory model's estimated terms to measured runs; show default vs calibrated.
@@ -408,7 +577,9 @@ def calibrate(runs, import_file, as_json):
     for run in runs:
         path = RunFolder(run).measurements_json if run.is_dir() else run
         if run.is_dir() and not path.is_file():
-            click.echo(f"{run}: no GPU measurements (recorded where NVML sampled the GPUs, for runs that ended)", err=True)
+            click.echo(
+                f"{run}: no GPU measurements (recorded where NVML sampled the GPUs, for runs that ended)", err=True
+            )
             continue
         found += import_measurements(path, named="")
     if runs and not found and not import_file:
@@ -479,7 +650,11 @@ def list_machines():
 
     click.echo(f"{'MODEL':<11} {'NVML NAME':<26} {'MEMORY':>10}  {'CC':<5} BOX")
     for c in CARDS:
-        box = f"HGX, NVSwitch NV{c.nvlinks_per_pair}" if c.nvlinks_per_pair else f"PCIe Gen{c.pcie_gen}" + ("" if c.pcie_p2p else ", no P2P")
+        box = (
+            f"HGX, NVSwitch NV{c.nvlinks_per_pair}"
+            if c.nvlinks_per_pair
+            else f"PCIe Gen{c.pcie_gen}" + ("" if c.pcie_p2p else ", no P2P")
+        )
         click.echo(f"{c.key:<11} {c.name:<26} {c.total_mib:>6} MiB  {c.cc[0]}.{c.cc[1]:<3} {box}")
     click.echo("\nuse as --machine COUNTxMODEL, e.g. --machine 5x4090 or --machine 8xH100")
 
@@ -491,11 +666,25 @@ def ckpt():
 
 @ckpt.command()
 @click.argument("directory")
-@click.option("--liveavatar", type=click.Path(path_type=Path), help="The checkout the launch starts in: a relative DIRECTORY is resolved there.")
+@click.option(
+    "--liveavatar",
+    type=click.Path(path_type=Path),
+    help="The checkout the launch starts in: a relative DIRECTORY is resolved there.",
+)
 @click.option("--lora-path", help="Also verify this LoRA (a local file, or a Hugging Face repo id).")
-@click.option("--deep", is_flag=True, help="Also hash every file (sha256, in parallel) and check every .pth entry's CRC.")
-@click.option("--manifest", type=click.Path(path_type=Path), help="Compare the hashes with this sha256sum-format file (implies --deep).")
-@click.option("--write-manifest", type=click.Path(path_type=Path), help="Write the hashes as a sha256sum-format file (implies --deep).")
+@click.option(
+    "--deep", is_flag=True, help="Also hash every file (sha256, in parallel) and check every .pth entry's CRC."
+)
+@click.option(
+    "--manifest",
+    type=click.Path(path_type=Path),
+    help="Compare the hashes with this sha256sum-format file (implies --deep).",
+)
+@click.option(
+    "--write-manifest",
+    type=click.Path(path_type=Path),
+    help="Write the hashes as a sha256sum-format file (implies --deep).",
+)
 @click.option("--force", is_flag=True, help="Let --write-manifest replace an existing file.")
 @click.option("--json", "as_json", is_flag=True, help="Print the versioned JSON report (avatardoctor.ckpt/1).")
 @click.option("-v", "--verbose", is_flag=True, help="Show the details of passing checks too.")
@@ -514,7 +703,9 @@ def verify(directory, liveavatar, lora_path, deep, manifest, write_manifest, for
 
     deep = deep or bool(manifest or write_manifest)
     if write_manifest and write_manifest.exists() and not force:  # say so before reading 45 GB, not after
-        raise InputError(f"--write-manifest {write_manifest}: the file exists; pass --force to overwrite it or choose another name")
+        raise InputError(
+            f"--write-manifest {write_manifest}: the file exists; pass --force to overwrite it or choose another name"
+        )
     ctx = checkpoint_context(directory, liveavatar, lora_path)
     checks = ckpt_checks.CHECKS + ((la_checks.lora,) if lora_path else ())
     if deep and not ctx.checkpoint.root_problem:
@@ -554,9 +745,19 @@ def verify(directory, liveavatar, lora_path, deep, manifest, write_manifest, for
 
 @ckpt.command()
 @click.argument("directory", type=click.Path(path_type=Path))
-@click.option("--layout", "which", type=click.Choice(["upstream", "seed"]), default="upstream", show_default=True,
-              help="Live Avatar's real layout, or the one the seed articles describe.")
-@click.option("--tiny", is_flag=True, help="Small shapes with real random data (a few hundred KB) instead of full-size sparse files.")
+@click.option(
+    "--layout",
+    "which",
+    type=click.Choice(["upstream", "seed"]),
+    default="upstream",
+    show_default=True,
+    help="Live Avatar's real layout, or the one the seed articles describe.",
+)
+@click.option(
+    "--tiny",
+    is_flag=True,
+    help="Small shapes with real random data (a few hundred KB) instead of full-size sparse files.",
+)
 def skeleton(directory, which, tiny):
     """Write a Wan2.2-S2V-14B checkpoint with real headers and no weights (sparse files: seconds, almost no disk)."""
     from avatardoctor.ckpt.skeleton import write_skeleton
@@ -567,7 +768,9 @@ def skeleton(directory, which, tiny):
     apparent = sum(p.stat().st_size for p in files)
     on_disk = sum(p.stat().st_blocks * 512 for p in files)
     kind = "tiny" if tiny else "full-size"
-    click.echo(f"wrote a {kind} {which} skeleton to {root}: {len(files)} files, {gib(apparent)} apparent, {mib(on_disk)} on disk")
+    click.echo(
+        f"wrote a {kind} {which} skeleton to {root}: {len(files)} files, {gib(apparent)} apparent, {mib(on_disk)} on disk"
+    )
 
 
 def main() -> None:

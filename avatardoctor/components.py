@@ -122,7 +122,9 @@ def t5_root(tensors: Iterable[TensorSpec]) -> Size:
 @lru_cache(maxsize=4)
 def reference_tensors(component: str) -> tuple[TensorSpec, ...]:
     """The reference's tensors of "dit", "t5" or "vae", in state-dict order."""
-    doc = json.loads((files("avatardoctor") / "data" / "reference" / REFERENCE / f"{component}.tensors.json").read_text())
+    doc = json.loads(
+        (files("avatardoctor") / "data" / "reference" / REFERENCE / f"{component}.tensors.json").read_text()
+    )
     return tuple((name, doc["dtype"], tuple(shape)) for name, shape in doc["tensors"])
 
 

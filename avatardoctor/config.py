@@ -21,11 +21,22 @@ _UPSTREAM = dict(enable_vae_parallel=True, offload_model=False, master_port=SCRI
 _MODE_DEFAULTS = {
     "tpp": dict(_UPSTREAM, num_gpus_dit=4, size=SCRIPT_SIZE["tpp"]),
     "single": dict(
-        num_gpus_dit=1, size=SCRIPT_SIZE["single"], offload_model=True, master_port=SCRIPT_PORT["single"], enable_vae_parallel=False
+        num_gpus_dit=1,
+        size=SCRIPT_SIZE["single"],
+        offload_model=True,
+        master_port=SCRIPT_PORT["single"],
+        enable_vae_parallel=False,
     ),
     "fsdp": dict(_UPSTREAM, num_gpus_dit=4, size="704*384", fp8=False, dit_fsdp=True),
     "seed-4gpu": dict(
-        _UPSTREAM, num_gpus_dit=3, size="704*384", fp8=False, dit_fsdp=True, sample_steps=3, ulysses_size=3, master_port=29103
+        _UPSTREAM,
+        num_gpus_dit=3,
+        size="704*384",
+        fp8=False,
+        dit_fsdp=True,
+        sample_steps=3,
+        ulysses_size=3,
+        master_port=29103,
     ),
 }
 

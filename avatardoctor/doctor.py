@@ -34,8 +34,10 @@ def build_context(
     facts = backend_for(machine, demo).snapshot()
     visible = visible_gpus(env.get("CUDA_VISIBLE_DEVICES"), facts.gpus)
     if gpus is not None and (visible.problem or not visible.gpus):
-        raise InputError(f"--gpus {gpus}: {visible.problem or 'names no GPU'} (this machine's GPUs: "
-                         f"{', '.join(str(g.index) for g in facts.gpus) or 'none'})")  # fmt: skip
+        raise InputError(
+            f"--gpus {gpus}: {visible.problem or 'names no GPU'} (this machine's GPUs: "
+            f"{', '.join(str(g.index) for g in facts.gpus) or 'none'})"
+        )
     if demo and not config_flags.get("ckpt_dir"):
         from avatardoctor.ckpt.demo import demo_checkpoint
 
@@ -43,7 +45,9 @@ def build_context(
     if config_flags.get("liveavatar") and not config_flags.get("ckpt_dir"):
         config_flags["ckpt_dir"] = CKPT_DIR  # what every upstream script passes
     config = resolve_config(len(visible.gpus), mode, **config_flags)
-    ctx = CheckContext(machine=facts, visible=visible, config=config, env=env, cwd=cwd or Path.cwd(), terms=estimate_terms(env))
+    ctx = CheckContext(
+        machine=facts, visible=visible, config=config, env=env, cwd=cwd or Path.cwd(), terms=estimate_terms(env)
+    )
     if config.ckpt_dir:
         ctx = replace(ctx, checkpoint=scan_checkpoint(config.ckpt_dir, ctx.launch_dir))
     return ctx
@@ -60,11 +64,17 @@ def with_live_test(ctx: CheckContext, timeout_s: float = 60.0) -> CheckContext:
 
     backend = "nccl" if ctx.rank_gpus else "gloo"
     nproc = len(ctx.rank_gpus) if ctx.rank_gpus else ctx.config.nproc
-    port = ctx.config.master_port if bind_error(ctx.config.master_port) is None else free_port_near(ctx.config.master_port)
+    port = (
+        ctx.config.master_port if bind_error(ctx.config.master_port) is None else free_port_near(ctx.config.master_port)
+    )
     test = NcclTest(backend, nproc, master_port=port or 29500, timeout_s=timeout_s)
     outcome = run_test(test)
     without_p2p = None
-    if backend == "nccl" and outcome.ok and any(not p2p_ok(ctx.machine.pair(a.index, b.index)) for _, a, b in talking_pairs(ctx)):
+    if (
+        backend == "nccl"
+        and outcome.ok
+        and any(not p2p_ok(ctx.machine.pair(a.index, b.index)) for _, a, b in talking_pairs(ctx))
+    ):
         # Where P2P is off, the figure with NCCL_P2P_DISABLE=1 too: does forcing it change anything?
         without_p2p = run_test(replace(test, env={**test.env, "NCCL_P2P_DISABLE": "1"}))
     return replace(ctx, nccl=outcome, nccl_backend=backend, nccl_without_p2p=without_p2p)
@@ -85,7 +95,9 @@ def diagnose(ctx: CheckContext) -> CheckReport:
     return run_checks(ctx)
 
 
-def checkpoint_context(ckpt_dir: str, liveavatar: Path | None, lora_path: str | None, cwd: Path | None = None) -> CheckContext:
+def checkpoint_context(
+    ckpt_dir: str, liveavatar: Path | None, lora_path: str | None, cwd: Path | None = None
+) -> CheckContext:
     """A context for `ckpt verify`: the checkpoint (and LoRA) alone, no machine."""
     from avatardoctor.machine.model import Machine
     from avatardoctor.visible import Visible

@@ -43,8 +43,13 @@ def read_limited(path: Path, limit: int) -> bytes:
     return data
 
 
-SPECIAL_FILES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-                 (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))  # fmt: skip
+SPECIAL_FILES = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
 
 
 def not_regular_file(path: Path | str) -> str | None:
@@ -55,4 +60,6 @@ def not_regular_file(path: Path | str) -> str | None:
         mode = os.stat(path).st_mode
     except (OSError, ValueError):
         return None
-    return next((what for is_kind, what in SPECIAL_FILES if is_kind(mode)), None if stat.S_ISREG(mode) else "not a regular file")
+    return next(
+        (what for is_kind, what in SPECIAL_FILES if is_kind(mode)), None if stat.S_ISREG(mode) else "not a regular file"
+    )

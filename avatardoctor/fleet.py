@@ -117,7 +117,9 @@ def node_from_report(doc: Any, file: str) -> Node:
     """One row from a parsed `avatardoctor.check/1` document (full, or without machine.pairs)."""
     schema = doc.get("schema") if isinstance(doc, dict) else None
     if schema != CHECK_SCHEMA:
-        raise UnreadableReport(f"schema is {schema!r:.60}, expected {CHECK_SCHEMA!r} (write it with `avatardoctor check --json`)")
+        raise UnreadableReport(
+            f"schema is {schema!r:.60}, expected {CHECK_SCHEMA!r} (write it with `avatardoctor check --json`)"
+        )
     if doc.get("verdict") not in ("ready", "not-ready"):
         raise UnreadableReport(f"verdict must be ready or not-ready, not {doc.get('verdict')!r:.40}")
     checks = doc.get("checks")
@@ -141,7 +143,9 @@ def node_from_report(doc: Any, file: str) -> Node:
         failing=tuple(c["id"] for c in checks if c.get("status") == "fail"),
         driver_version=machine.driver_version,
         busbw_gbs=_busbw(next((c for c in checks if c["id"] == "nccl.live"), None)),
-        processes=tuple(ForeignProcess(g.index, p.pid, p.name, p.used_bytes) for g in machine.gpus for p in g.processes),
+        processes=tuple(
+            ForeignProcess(g.index, p.pid, p.name, p.used_bytes) for g in machine.gpus for p in g.processes
+        ),
     )
 
 
@@ -166,18 +170,30 @@ def _odd_values(nodes: list[Node], kind: str, what: str, value_of: Callable[[Nod
     if runner_up == count:  # a tie: no value is the odd one, so name them all
         spread = ", ".join(f"{v} on {c}" for v, c in counts.most_common())
         return [Outlier(n.hostname, kind, f"{what} {v}, and no majority in the fleet ({spread})") for n, v in valued]
-    return [Outlier(n.hostname, kind, f"{what} {v}, where {count} of {len(valued)} nodes have {usual}")
-            for n, v in valued if v != usual]  # fmt: skip
+    return [
+        Outlier(n.hostname, kind, f"{what} {v}, where {count} of {len(valued)} nodes have {usual}")
+        for n, v in valued
+        if v != usual
+    ]
 
 
-def _below_median(nodes: list[Node], kind: str, what: str, share: float, value_of: Callable[[Node], float | None],
-                  show: Callable[[float], str]) -> list[Outlier]:  # fmt: skip
+def _below_median(
+    nodes: list[Node],
+    kind: str,
+    what: str,
+    share: float,
+    value_of: Callable[[Node], float | None],
+    show: Callable[[float], str],
+) -> list[Outlier]:
     valued = [(n, v) for n in nodes if (v := value_of(n)) is not None]
     if len(valued) < MIN_NODES_FOR_MEDIAN:
         return []
     median = statistics.median(v for _, v in valued)
-    return [Outlier(n.hostname, kind, f"{what} {show(v)}, under {share:.0%} of the fleet median {show(median)}")
-            for n, v in valued if v < share * median]  # fmt: skip
+    return [
+        Outlier(n.hostname, kind, f"{what} {show(v)}, under {share:.0%} of the fleet median {show(median)}")
+        for n, v in valued
+        if v < share * median
+    ]
 
 
 def _per_node(nodes: list[Node]) -> list[Outlier]:
@@ -187,9 +203,19 @@ def _per_node(nodes: list[Node]) -> list[Outlier]:
         if n.verdict == "unreadable":
             found.append(Outlier(n.hostname, "unreadable", f"{n.file}: {n.error}"))
         elif n.verdict == "not-ready":
-            found.append(Outlier(n.hostname, "not-ready", "not ready" + (f": failed {', '.join(n.failing)}" if n.failing else "")))
+            found.append(
+                Outlier(
+                    n.hostname, "not-ready", "not ready" + (f": failed {', '.join(n.failing)}" if n.failing else "")
+                )
+            )
         if n.processes:
-            found.append(Outlier(n.hostname, "foreign-process", "other processes hold GPU memory: " + "; ".join(p.describe() for p in n.processes)))
+            found.append(
+                Outlier(
+                    n.hostname,
+                    "foreign-process",
+                    "other processes hold GPU memory: " + "; ".join(p.describe() for p in n.processes),
+                )
+            )
     return found
 
 
@@ -197,8 +223,11 @@ def _duplicates(nodes: list[Node]) -> list[Outlier]:
     files: dict[str, list[str]] = {}
     for n in nodes:
         files.setdefault(n.hostname, []).append(n.file)
-    return [Outlier(host, "duplicate", f"{len(fs)} reports from one host ({', '.join(fs)}): a rerun, or a copied file?")
-            for host, fs in files.items() if len(fs) > 1]  # fmt: skip
+    return [
+        Outlier(host, "duplicate", f"{len(fs)} reports from one host ({', '.join(fs)}): a rerun, or a copied file?")
+        for host, fs in files.items()
+        if len(fs) > 1
+    ]
 
 
 def merge_fleet(nodes: Sequence[Node]) -> Fleet:
@@ -209,7 +238,9 @@ def merge_fleet(nodes: Sequence[Node]) -> Fleet:
     outliers += _odd_values(readable, "driver", "driver", lambda n: n.driver_version)
     outliers += _odd_values(readable, "gpu-model", "GPUs", lambda n: " + ".join(sorted(n.gpu_models)))
     outliers += _below_median(readable, "low-vram", "least free GPU", LOW_VRAM_SHARE, lambda n: n.free_bytes_min, gib)
-    outliers += _below_median(readable, "slow-busbw", "all_reduce busbw", SLOW_BUSBW_SHARE, lambda n: n.busbw_gbs, lambda x: f"{x:.1f} GB/s")
+    outliers += _below_median(
+        readable, "slow-busbw", "all_reduce busbw", SLOW_BUSBW_SHARE, lambda n: n.busbw_gbs, lambda x: f"{x:.1f} GB/s"
+    )
     position = {n.hostname: i for i, n in enumerate(rows)}
     return Fleet(tuple(rows), tuple(sorted(outliers, key=lambda o: position[o.node])))
 
@@ -229,8 +260,12 @@ VERDICT_STYLES = {"ready": "green", "not-ready": "red", "unreadable": "red"}
 
 def render_fleet(fleet: Fleet, console: Console) -> None:
     """The per-node table, the outliers one per line, and the fleet's verdict."""
-    table = Table(title=f"Fleet: {len(fleet.nodes)} report{'s' if len(fleet.nodes) != 1 else ''}", title_justify="left",
-                  box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
+    table = Table(
+        title=f"Fleet: {len(fleet.nodes)} report{'s' if len(fleet.nodes) != 1 else ''}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
     # Names and figures never wrap (a cut driver version would hide the odd one); models and reasons fold.
     table.add_column("node", no_wrap=True)
     table.add_column("GPUs", overflow="fold")
@@ -240,7 +275,9 @@ def render_fleet(fleet: Fleet, console: Console) -> None:
     table.add_column("verdict", overflow="fold", min_width=12)
     for n in fleet.nodes:
         models = ", ".join(f"{count} x {name.removeprefix('NVIDIA ')}" for name, count in n.gpu_models.items()) or "-"
-        free = f"{n.free_bytes_min / GIB:.2f} / {n.free_bytes_total / GIB:.2f}" if n.free_bytes_total is not None else "-"
+        free = (
+            f"{n.free_bytes_min / GIB:.2f} / {n.free_bytes_total / GIB:.2f}" if n.free_bytes_total is not None else "-"
+        )
         busbw = f"{n.busbw_gbs:.1f}" if n.busbw_gbs is not None else "-"
         why = n.error or ", ".join(n.failing)
         verdict = Text(n.verdict + (f": {why}" if why else ""), style=VERDICT_STYLES[n.verdict])
@@ -253,6 +290,18 @@ def render_fleet(fleet: Fleet, console: Console) -> None:
             console.print(Text(f"  [!] {o.node}: {o.message}", style=style), soft_wrap=True)
     not_ready = [n.hostname for n in fleet.nodes if n.verdict != "ready"]
     if not_ready:
-        console.print(Text(f"Fleet not ready: {len(not_ready)} of {len(fleet.nodes)} nodes ({', '.join(not_ready)}).", style="bold red"), soft_wrap=True)
+        console.print(
+            Text(
+                f"Fleet not ready: {len(not_ready)} of {len(fleet.nodes)} nodes ({', '.join(not_ready)}).",
+                style="bold red",
+            ),
+            soft_wrap=True,
+        )
     else:
-        console.print(Text(f"Fleet ready: all {len(fleet.nodes)} nodes ready{', with outliers' if fleet.outliers else ''}.", style="bold green"), soft_wrap=True)
+        console.print(
+            Text(
+                f"Fleet ready: all {len(fleet.nodes)} nodes ready{', with outliers' if fleet.outliers else ''}.",
+                style="bold green",
+            ),
+            soft_wrap=True,
+        )

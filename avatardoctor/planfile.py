@@ -92,21 +92,28 @@ class PlanFile:
             raise InputError(f"{where}: not a plan with arguments (write one with `avatardoctor plan -o FILE`)")
         if problem := plan_problem(doc):
             raise InputError(f"{where}: {problem} (write a plan with `avatardoctor plan -o FILE`)")
-        optional_str = {k: doc.get(k) if isinstance(doc.get(k), str) else None for k in ("entry", "checkout", "interpreter", "inputs_note")}
+        optional_str = {
+            k: doc.get(k) if isinstance(doc.get(k), str) else None
+            for k in ("entry", "checkout", "interpreter", "inputs_note")
+        }
         return cls(
             mode=doc.get("mode", "run"),
             nproc=doc["nproc"],
             argv=tuple(doc["argv"]),
             master_port=doc.get("master_port", 29500),
             env=dict(doc.get("env") or {}),
-            reasons=tuple(r for r in doc.get("reasons") or [] if isinstance(r, str)) if isinstance(doc.get("reasons"), list) else (),
+            reasons=tuple(r for r in doc.get("reasons") or [] if isinstance(r, str))
+            if isinstance(doc.get("reasons"), list)
+            else (),
             prediction=doc.get("prediction") if isinstance(doc.get("prediction"), dict) else None,
             config=doc.get("config") if isinstance(doc.get("config"), dict) else None,
             machine=_machine(doc.get("machine")),
             server_port=doc["server_port"] if _is_int(doc.get("server_port"), 0, 65535) else None,
-            input_checks=tuple(c for c in doc.get("input_checks") or [] if isinstance(c, dict)) if isinstance(doc.get("input_checks"), list) else (),
+            input_checks=tuple(c for c in doc.get("input_checks") or [] if isinstance(c, dict))
+            if isinstance(doc.get("input_checks"), list)
+            else (),
             **optional_str,
-        )  # fmt: skip
+        )
 
     def config_flags(self, where: str) -> dict:
         """The launched configuration as flags, each field checked: what `run --plan` overrides."""
@@ -121,13 +128,20 @@ class PlanFile:
             if value is None:
                 continue
             good = (
-                _is_int(value, 1, 65535 if name == "master_port" else 10**9) if name in INT_FIELDS
-                else isinstance(value, bool) if name in BOOL_FIELDS
-                else _is_number(value) and 0 <= value <= 7 * 24 * 3600 if name == "audio_seconds"
-                else isinstance(value, str) and not _launch_string_problem(name, value) and (name != "size" or SIZE.fullmatch(value))
-            )  # fmt: skip
+                _is_int(value, 1, 65535 if name == "master_port" else 10**9)
+                if name in INT_FIELDS
+                else isinstance(value, bool)
+                if name in BOOL_FIELDS
+                else _is_number(value) and 0 <= value <= 7 * 24 * 3600
+                if name == "audio_seconds"
+                else isinstance(value, str)
+                and not _launch_string_problem(name, value)
+                and (name != "size" or SIZE.fullmatch(value))
+            )
             if not good:
-                raise InputError(f"{where}: config.{name} is not a valid value (plan again with `avatardoctor plan -o FILE`)")
+                raise InputError(
+                    f"{where}: config.{name} is not a valid value (plan again with `avatardoctor plan -o FILE`)"
+                )
             flags[name] = Path(value) if name in ("liveavatar", "image", "audio") else value
         return flags
 
@@ -195,11 +209,15 @@ def plan_problem(doc: dict) -> str | None:
 def _machine(value) -> PlannedMachine | None:
     if not isinstance(value, dict) or not isinstance(value.get("source"), str):
         return None
-    gpus = tuple(
-        PlannedGpu(g["index"], g["name"], g.get("uuid") if isinstance(g.get("uuid"), str) else None)
-        for g in value.get("gpus") or []
-        if isinstance(g, dict) and _is_int(g.get("index"), 0, 1023) and isinstance(g.get("name"), str)
-    ) if isinstance(value.get("gpus"), list) else ()  # fmt: skip
+    gpus = (
+        tuple(
+            PlannedGpu(g["index"], g["name"], g.get("uuid") if isinstance(g.get("uuid"), str) else None)
+            for g in value.get("gpus") or []
+            if isinstance(g, dict) and _is_int(g.get("index"), 0, 1023) and isinstance(g.get("name"), str)
+        )
+        if isinstance(value.get("gpus"), list)
+        else ()
+    )
     hostname = value.get("hostname") if isinstance(value.get("hostname"), str) else None
     return PlannedMachine(value["source"], hostname, gpus)
 

@@ -24,12 +24,31 @@ from avatardoctor.machine.model import Gpu
 from avatardoctor.planfile import PLAN_SCHEMA, PlanFile, PlannedGpu, PlannedMachine
 from avatardoctor.predict import VERDICT_WORDS, Prediction, predict, reference_hw
 from avatardoctor.units import GIB
-from avatardoctor.upstream import ENTRY_SCRIPT, LORA_HUB_ID, LORA_LOCAL, TRAINING_CONFIG, area, clips_for_audio, violations
+from avatardoctor.upstream import (
+    ENTRY_SCRIPT,
+    LORA_HUB_ID,
+    LORA_LOCAL,
+    TRAINING_CONFIG,
+    area,
+    clips_for_audio,
+    violations,
+)
 
 PLANNED_SIZES = ("720*400", "704*384", "688*368", "384*256")  # the sizes upstream and the seeds run, largest first
 PLANNED_FRAMES = (48, 36, 24, 12)  # multiples of 12: whole 3-latent-frame blocks
 FP8_MIN_CC = (8, 9)
-PRICE_ORDER = ("3090", "4090", "5090", "A6000", "L40S", "A100-40GB", "A100-80GB", "H100", "H800", "H200")  # roughly, per GPU
+PRICE_ORDER = (
+    "3090",
+    "4090",
+    "5090",
+    "A6000",
+    "L40S",
+    "A100-40GB",
+    "A100-80GB",
+    "H100",
+    "H800",
+    "H200",
+)  # roughly, per GPU
 
 
 def refused(config: LaunchConfig) -> list[str]:
@@ -78,7 +97,9 @@ def _single_changes(config: LaunchConfig, gpus: tuple[Gpu, ...]) -> list[tuple[s
     return changes
 
 
-def smallest_change(config: LaunchConfig, gpus: tuple[Gpu, ...], summary: ComponentSummary, terms: EstimateTerms) -> Change | None:
+def smallest_change(
+    config: LaunchConfig, gpus: tuple[Gpu, ...], summary: ComponentSummary, terms: EstimateTerms
+) -> Change | None:
     """The first one-flag change (least quality lost first) that makes every GPU fit."""
     for flags, change in _single_changes(config, gpus):
         changed = replace(config, **change)
@@ -97,7 +118,9 @@ class HardwareOption:
     fp8_dropped: bool  # the card cannot run --fp8: predicted in bf16
 
 
-def hardware_advice(config: LaunchConfig, summary: ComponentSummary, terms: EstimateTerms, count: int = 3) -> list[HardwareOption]:
+def hardware_advice(
+    config: LaunchConfig, summary: ComponentSummary, terms: EstimateTerms, count: int = 3
+) -> list[HardwareOption]:
     """The cheapest catalogue machines on which this configuration fits, cheapest first."""
     options = []
     for key in PRICE_ORDER:
@@ -135,12 +158,21 @@ def lora_for_launch(base: LaunchConfig) -> str | None:
 
 # The configuration flags a user may set that the planner otherwise chooses: set, they are constraints.
 CONSTRAINTS = {
-    "size": "--size", "infer_frames": "--infer-frames", "fp8": "--fp8", "t5_cpu": "--t5-cpu",
-    "offload_kv_cache": "--offload-kv-cache", "offload_model": "--offload-model", "master_port": "--master-port",
-    "sample_steps": "--sample-steps", "sample_solver": "--sample-solver", "num_gpus_dit": "--num-gpus-dit",
-    "ulysses_size": "--ulysses-size", "enable_online_decode": "--enable-online-decode", "t5_fsdp": "--t5-fsdp",
+    "size": "--size",
+    "infer_frames": "--infer-frames",
+    "fp8": "--fp8",
+    "t5_cpu": "--t5-cpu",
+    "offload_kv_cache": "--offload-kv-cache",
+    "offload_model": "--offload-model",
+    "master_port": "--master-port",
+    "sample_steps": "--sample-steps",
+    "sample_solver": "--sample-solver",
+    "num_gpus_dit": "--num-gpus-dit",
+    "ulysses_size": "--ulysses-size",
+    "enable_online_decode": "--enable-online-decode",
+    "t5_fsdp": "--t5-fsdp",
     "compile": "--compile",
-}  # fmt: skip
+}
 KEPT_INPUTS = ("liveavatar", "ckpt_dir", "image", "audio", "audio_seconds", "prompt", "num_clip", "save_file", "gradio")
 
 
@@ -175,8 +207,13 @@ def candidates(base: LaunchConfig, gpus: tuple[Gpu, ...]):
         defaults = resolve_config(len(gpus), mode)
         keep = {k: getattr(base, k) for k in KEPT_INPUTS} | {"lora_path": lora_for_launch(base)}
         flags = {k: v for k, v in fixed.items() if k != "mode"}
-        start = replace(defaults, **{k: v for k, v in keep.items() if v is not None}, **flags,
-                        explicit=base.explicit, mode_reason="planner")  # fmt: skip
+        start = replace(
+            defaults,
+            **{k: v for k, v in keep.items() if v is not None},
+            **flags,
+            explicit=base.explicit,
+            mode_reason="planner",
+        )
         # Every rank converts its DiT, the VAE rank too: fp8 only where every GPU of the launch has it.
         fp8 = fp8_possible(gpus[: start.nproc]) and bool(fixed.get("fp8", True))
         steps: list[dict] = [{}]
@@ -201,13 +238,21 @@ def _added(chosen: LaunchConfig, gpus, summary, terms) -> list[str]:
         if getattr(chosen, field) and field not in chosen.explicit:
             without = predict(replace(chosen, **{field: False}), gpus, summary, terms)
             g = without.binding
-            short = f": GPU {g.index} short by {-g.headroom_bytes / GIB:.1f} GiB without it" if g and g.headroom_bytes < 0 else ""
+            short = (
+                f": GPU {g.index} short by {-g.headroom_bytes / GIB:.1f} GiB without it"
+                if g and g.headroom_bytes < 0
+                else ""
+            )
             lines.append(f"added {CONSTRAINTS[field]}{short}")
     return lines
 
 
 def make_plan(
-    base: LaunchConfig, gpus: tuple[Gpu, ...], summary: ComponentSummary, terms: EstimateTerms, skip: frozenset[str] = frozenset(),
+    base: LaunchConfig,
+    gpus: tuple[Gpu, ...],
+    summary: ComponentSummary,
+    terms: EstimateTerms,
+    skip: frozenset[str] = frozenset(),
     explain: bool = True,
 ) -> Plan:
     """The first candidate that fits; `skip` names configurations (describe()) already tried and failed."""
@@ -216,7 +261,9 @@ def make_plan(
     reasons = [f"kept your {flag_text(k, v)}" for k, v in fixed.items() if not (k == "fp8" and v and too_old)]
     if base.fp8 and "fp8" in base.explicit and too_old:
         names = ", ".join(f"GPU {g.index} (cc {g.cc})" for g in too_old)
-        reasons.append(f"your --fp8 cannot run on {names}: FP8 needs compute capability 8.9 on every rank; planning in bf16")
+        reasons.append(
+            f"your --fp8 cannot run on {names}: FP8 needs compute capability 8.9 on every rank; planning in bf16"
+        )
     if lora_for_launch(base) != base.lora_path:
         reasons.append(f"passing the README's local LoRA file {LORA_LOCAL}: upstream would download the hub id again")
     tried = 0
@@ -256,20 +303,46 @@ HEARTBEAT_S = "1800"  # torch.compile's first pass and a long load must not trip
 def entry_argv(config: LaunchConfig) -> list[str]:
     """The entry's full argument list, as the upstream scripts pass it (a list: never a shell string)."""
     argv = [
-        "--ulysses_size", str(config.ulysses_size), "--task", "s2v-14B", "--size", config.size,
-        "--base_seed", "420", "--training_config", TRAINING_CONFIG, "--num_clip", str(config.num_clip),
-        "--offload_model", str(config.offload_model), "--convert_model_dtype",
-        "--infer_frames", str(config.infer_frames), "--sample_steps", str(config.sample_steps),
-        "--sample_guide_scale", "0", "--sample_solver", config.sample_solver,
-        "--num_gpus_dit", str(config.num_gpus_dit), "--ckpt_dir", config.ckpt_dir or "ckpt/Wan2.2-S2V-14B/",
-    ]  # fmt: skip
+        "--ulysses_size",
+        str(config.ulysses_size),
+        "--task",
+        "s2v-14B",
+        "--size",
+        config.size,
+        "--base_seed",
+        "420",
+        "--training_config",
+        TRAINING_CONFIG,
+        "--num_clip",
+        str(config.num_clip),
+        "--offload_model",
+        str(config.offload_model),
+        "--convert_model_dtype",
+        "--infer_frames",
+        str(config.infer_frames),
+        "--sample_steps",
+        str(config.sample_steps),
+        "--sample_guide_scale",
+        "0",
+        "--sample_solver",
+        config.sample_solver,
+        "--num_gpus_dit",
+        str(config.num_gpus_dit),
+        "--ckpt_dir",
+        config.ckpt_dir or "ckpt/Wan2.2-S2V-14B/",
+    ]
     if config.lora_path:
         argv += ["--load_lora", "--lora_path_dmd", config.lora_path]
     switches = {
-        "--single_gpu": config.nproc == 1, "--enable_vae_parallel": config.enable_vae_parallel and config.nproc > 1,
-        "--fp8": config.fp8, "--dit_fsdp": config.dit_fsdp, "--t5_fsdp": config.t5_fsdp, "--t5_cpu": config.t5_cpu,
-        "--offload_kv_cache": config.offload_kv_cache, "--enable_online_decode": config.enable_online_decode,
-    }  # fmt: skip
+        "--single_gpu": config.nproc == 1,
+        "--enable_vae_parallel": config.enable_vae_parallel and config.nproc > 1,
+        "--fp8": config.fp8,
+        "--dit_fsdp": config.dit_fsdp,
+        "--t5_fsdp": config.t5_fsdp,
+        "--t5_cpu": config.t5_cpu,
+        "--offload_kv_cache": config.offload_kv_cache,
+        "--enable_online_decode": config.enable_online_decode,
+    }
     argv += [flag for flag, on in switches.items() if on]
     # The launch starts in the Live Avatar checkout: input paths are made absolute so they still
     # name the files the user meant.
@@ -300,9 +373,11 @@ def plan_file(plan: Plan, ctx) -> PlanFile:
     env = {
         "CUDA_VISIBLE_DEVICES": ",".join(str(g.index) for g in gpus),
         "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # so CUDA numbers GPUs as NVML and this plan do
-        "NCCL_DEBUG": "WARN", "NCCL_DEBUG_SUBSYS": "OFF", "ENABLE_COMPILE": "true" if cfg.compile else "false",
+        "NCCL_DEBUG": "WARN",
+        "NCCL_DEBUG_SUBSYS": "OFF",
+        "ENABLE_COMPILE": "true" if cfg.compile else "false",
         "TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC": HEARTBEAT_S,
-    }  # fmt: skip
+    }
     pairs = [ctx.machine.pair(a.index, b.index) for a, b in zip(gpus, gpus[1:])]
     if any("GeForce" in g.name for g in gpus) and any(p2p_ok(p) and not p.nvlinks for p in pairs):
         env["NCCL_P2P_DISABLE"] = "1"  # GeForce P2P reported by a patched or old driver: known hangs (topo.p2p)
@@ -331,7 +406,11 @@ def machine_identity(machine, gpus) -> PlannedMachine:
 
 def inputs_note(cfg: LaunchConfig, prediction: Prediction | None) -> str | None:
     """What upstream does about inputs the plan does not name: its bundled examples, and the clip count."""
-    missing = [flag for flag, value in (("--image", cfg.image), ("--audio", cfg.audio), ("--prompt", cfg.prompt)) if value is None]
+    missing = [
+        flag
+        for flag, value in (("--image", cfg.image), ("--audio", cfg.audio), ("--prompt", cfg.prompt))
+        if value is None
+    ]
     seconds = prediction.inputs.audio_seconds if prediction else None
     clips = f"{cfg.num_clip:,} clips (--num-clip)"
     if seconds is not None:

@@ -18,8 +18,8 @@ from pathlib import Path
 from avatardoctor.components import ComponentSummary
 from avatardoctor.config import LaunchConfig
 from avatardoctor.errors import InputError
-from avatardoctor.files import not_regular_file
 from avatardoctor.estimates import EstimateTerms
+from avatardoctor.files import not_regular_file
 from avatardoctor.machine.model import Gpu
 from avatardoctor.units import GIB
 from avatardoctor.upstream import (
@@ -38,18 +38,43 @@ from avatardoctor.upstream import (
 )
 
 PHASES = ("load", "lora", "fp8", "audio", "text", "denoise", "decode")
-PHASE_NAMES = {"load": "loading", "lora": "LoRA merge", "fp8": "fp8 conversion", "audio": "audio encoding",
-               "text": "text encoding", "denoise": "denoising", "decode": "decode"}  # fmt: skip
+PHASE_NAMES = {
+    "load": "loading",
+    "lora": "LoRA merge",
+    "fp8": "fp8 conversion",
+    "audio": "audio encoding",
+    "text": "text encoding",
+    "denoise": "denoising",
+    "decode": "decode",
+}
 COMPONENTS = (
-    "weights", "lora", "root_unshard", "inflight_blocks", "t5", "vae",
-    "kv_cache", "cond_cache", "activations", "decode", "audio_features", "context",
-)  # fmt: skip
+    "weights",
+    "lora",
+    "root_unshard",
+    "inflight_blocks",
+    "t5",
+    "vae",
+    "kv_cache",
+    "cond_cache",
+    "activations",
+    "decode",
+    "audio_features",
+    "context",
+)
 COMPONENT_NAMES = {
-    "weights": "DiT weights", "lora": "LoRA adapters (fp32)", "root_unshard": "FSDP root unshard",
-    "inflight_blocks": "in-flight blocks", "t5": "T5", "vae": "VAE", "kv_cache": "KV cache",
-    "cond_cache": "conditioning cache", "activations": "activations", "decode": "VAE decode",
-    "audio_features": "audio features", "context": "CUDA context",
-}  # fmt: skip
+    "weights": "DiT weights",
+    "lora": "LoRA adapters (fp32)",
+    "root_unshard": "FSDP root unshard",
+    "inflight_blocks": "in-flight blocks",
+    "t5": "T5",
+    "vae": "VAE",
+    "kv_cache": "KV cache",
+    "cond_cache": "conditioning cache",
+    "activations": "activations",
+    "decode": "VAE decode",
+    "audio_features": "audio features",
+    "context": "CUDA context",
+}
 EAGER_ACTIVATIONS = 2.0  # ENABLE_COMPILE=false: Wan2.2's own peak-memory table implies ~90 bytes/token/dim, not 46
 SINGLE_KV_CACHES = 4  # causal_s2v_pipeline.py builds exactly four, one per step
 VERDICTS = ("fits", "tight", "wont-fit")
@@ -108,7 +133,10 @@ def reference_hw(config: LaunchConfig) -> tuple[tuple[int, int] | None, str | No
     try:
         return image_size(config.image), None
     except InputError:
-        return None, f"--image {config.image} is unreadable: the aspect of --size {config.size} is assumed (see input.image)"
+        return (
+            None,
+            f"--image {config.image} is unreadable: the aspect of --size {config.size} is assumed (see input.image)",
+        )
 
 
 def geometry(config: LaunchConfig, image_hw: tuple[int, int] | None) -> Geometry:
@@ -136,7 +164,11 @@ class GpuPrediction:
         """What calibration fits against at a phase: the exact terms' bytes, and what drives each estimate."""
         est = self.estimated.get(phase, {})
         exact = self.total(phase) - est.get("bytes", 0.0)
-        return {"exact_bytes": int(exact), "token_dims": est.get("token_dims", 0.0), "decode_pixels": est.get("decode_pixels", 0.0)}
+        return {
+            "exact_bytes": int(exact),
+            "token_dims": est.get("token_dims", 0.0),
+            "decode_pixels": est.get("decode_pixels", 0.0),
+        }
 
     def reserved(self, phase: str) -> float:
         """What NVML shows at a phase: PyTorch's caching allocator keeps what earlier phases allocated (no
@@ -197,7 +229,9 @@ class GpuPrediction:
             lead = "the bf16 load alone is" if phase == "load" else f"{PHASE_NAMES[phase]} holds"
             what = f"{lead} {total:.2f} GiB ({parts})"
         else:
-            steps = " + ".join(f"{v / GIB:.2f} GiB {COMPONENT_NAMES[c]}" for c, v in sorted(grown.items(), key=lambda kv: -kv[1]))
+            steps = " + ".join(
+                f"{v / GIB:.2f} GiB {COMPONENT_NAMES[c]}" for c, v in sorted(grown.items(), key=lambda kv: -kv[1])
+            )
             what = f"{self.loaded_bytes / GIB:.2f} GiB loaded + {steps} = {total:.2f} GiB at {PHASE_NAMES[phase]}"
         return f"GPU {self.index} ({self.role}): {what} {relation} {usable:.2f} GiB usable ({name})"
 
@@ -284,7 +318,9 @@ class Prediction:
         return {
             "verdict": self.verdict,
             "memory_verdict": self.memory_verdict,
-            "refused_by": [{"rule": v.rule.id, "problem": v.problem, "upstream": v.rule.prevents} for v in self.refusals],
+            "refused_by": [
+                {"rule": v.rule.id, "problem": v.problem, "upstream": v.rule.prevents} for v in self.refusals
+            ],
             "explanation": self.explanation(),
             "mode": self.config.mode,
             "height": self.geometry.height,
@@ -307,9 +343,14 @@ FP8_MIN_CC = (8, 9)
 
 
 def predict_rank(
-    rank: int, gpu: Gpu, config: LaunchConfig, summary: ComponentSummary, terms: EstimateTerms, geo: Geometry,
+    rank: int,
+    gpu: Gpu,
+    config: LaunchConfig,
+    summary: ComponentSummary,
+    terms: EstimateTerms,
+    geo: Geometry,
     inputs: Inputs = Inputs(),
-) -> GpuPrediction:  # fmt: skip
+) -> GpuPrediction:
     """Each phase as upstream allocates it (docs/memory-model.md, one table per mode, each term cited)."""
     multi = config.mode in MULTI_PROCESS_MODES
     kind = "single" if not multi else ("dit" if rank in config.dit_ranks else "vae")
@@ -362,7 +403,9 @@ def predict_rank(
     phases["text"] = {**resident, "t5": t5_encoding, "audio_features": features}
     if kind in ("dit", "single"):
         single = kind == "single"
-        caches = 1 if not single or config.offload_kv_cache else SINGLE_KV_CACHES  # single: always 4, whatever the steps
+        caches = (
+            1 if not single or config.offload_kv_cache else SINGLE_KV_CACHES
+        )  # single: always 4, whatever the steps
         online = single and config.enable_online_decode
         phases["denoise"] = {
             "weights": dit_run,
@@ -378,12 +421,24 @@ def predict_rank(
             "context": context,
         }
     if kind == "vae":  # its DiT copy goes to the CPU inside the loop only with --offload_model True
-        phases["decode"] = {"weights": 0 if config.offload_model else dit_run, "t5": t5_kept, "vae": vae,
-                            "decode": decode, "audio_features": features, "context": context}  # fmt: skip
+        phases["decode"] = {
+            "weights": 0 if config.offload_model else dit_run,
+            "t5": t5_kept,
+            "vae": vae,
+            "decode": decode,
+            "audio_features": features,
+            "context": context,
+        }
     elif kind == "single" and not config.enable_online_decode:
         # The final decode of every clip: the KV caches are gone, the DiT and the shared cond cache stay.
-        phases["decode"] = {"weights": dit_run, "vae": vae, "cond_cache": cond, "decode": decode,
-                            "audio_features": features, "context": context}  # fmt: skip
+        phases["decode"] = {
+            "weights": dit_run,
+            "vae": vae,
+            "cond_cache": cond,
+            "decode": decode,
+            "audio_features": features,
+            "context": context,
+        }
     bands = {
         p: terms.context_band_bytes
         + terms.activation_band * c.get("activations", 0)
@@ -395,9 +450,11 @@ def predict_rank(
     for p, c in phases.items():  # the estimated share of each phase, and what calibration fits it by
         live_share = live if c.get("activations") else 0.0
         transient = max(c.get("audio_features", 0) - features, 0)
-        estimated[p] = {"bytes": c.get("context", 0) + live_share + c.get("decode", 0) + transient,
-                        "token_dims": live_tokens * shape.dim if live_share else 0.0,
-                        "decode_pixels": geo.height * geo.width * VIDEO_FRAMES_PER_DECODE if c.get("decode") else 0.0}  # fmt: skip
+        estimated[p] = {
+            "bytes": c.get("context", 0) + live_share + c.get("decode", 0) + transient,
+            "token_dims": live_tokens * shape.dim if live_share else 0.0,
+            "decode_pixels": geo.height * geo.width * VIDEO_FRAMES_PER_DECODE if c.get("decode") else 0.0,
+        }
     usable = gpu.free_bytes - terms.fragmentation * gpu.total_bytes
     return GpuPrediction(rank, gpu.index, gpu.name, role, kind, phases, bands, usable, "text", estimated)
 
@@ -408,15 +465,27 @@ def predict(
     image_hw, note = reference_hw(config)
     inputs = Inputs(image_hw, audio_seconds(config), lora_params(config))
     geo = geometry(config, image_hw)
-    gpus = tuple(predict_rank(r, g, config, summary, terms, geo, inputs) for r, g in enumerate(rank_gpus[: config.nproc]))
+    gpus = tuple(
+        predict_rank(r, g, config, summary, terms, geo, inputs) for r, g in enumerate(rank_gpus[: config.nproc])
+    )
     missing = max(0, config.nproc - len(rank_gpus))
     refusals = tuple(v for v in violations(config, image_hw) if v.fatal)
     notes = (note,) if note else ()
     if inputs.audio_seconds is None:
         notes += ("no --audio (or --audio-seconds): the audio features, which grow with its length, are left out",)
     host = predict_host(config, summary, geo, inputs.audio_seconds)
-    return Prediction(config, geo, gpus, summary.source, terms, missing_gpus=missing, notes=notes, refusals=refusals,
-                      inputs=inputs, host=host)  # fmt: skip
+    return Prediction(
+        config,
+        geo,
+        gpus,
+        summary.source,
+        terms,
+        missing_gpus=missing,
+        notes=notes,
+        refusals=refusals,
+        inputs=inputs,
+        host=host,
+    )
 
 
 VIDEO_SAVE_COPIES = 3.25  # estimate: the fp32 video, save_video's clamped and grid copies, its uint8 frames
@@ -451,16 +520,26 @@ class HostPrediction:
 
     def to_dict(self) -> dict:
         gib_ = lambda b: None if b is None else round(b / GIB, 3)  # noqa: E731
-        return {"processes": self.processes, "load_per_process_gib": gib_(self.load_per_process),
-                "load_gib": gib_(self.load_bytes), "video_frames": self.frames, "save_gib": gib_(self.save_bytes),
-                "peak_gib": gib_(self.peak_bytes), "binding": self.binding}  # fmt: skip
+        return {
+            "processes": self.processes,
+            "load_per_process_gib": gib_(self.load_per_process),
+            "load_gib": gib_(self.load_bytes),
+            "video_frames": self.frames,
+            "save_gib": gib_(self.save_bytes),
+            "peak_gib": gib_(self.peak_bytes),
+            "binding": self.binding,
+        }
 
 
-def predict_host(config: LaunchConfig, summary: ComponentSummary, geo: Geometry, seconds: float | None) -> HostPrediction:
+def predict_host(
+    config: LaunchConfig, summary: ComponentSummary, geo: Geometry, seconds: float | None
+) -> HostPrediction:
     t5_fp32 = summary.t5.params * 4  # with torch.device('cpu'): the encoder built in fp32, then .to(bf16)
     t5_load = max(t5_fp32, 2 * summary.t5.bytes)  # and torch.load's bf16 state dict beside the bf16 model
     per_process = t5_load + summary.wav2vec2.bytes  # wav2vec2 from_pretrained on the CPU, fp32
-    parked = summary.dit.bytes if config.mode == "single" and config.enable_online_decode and config.offload_model else 0
+    parked = (
+        summary.dit.bytes if config.mode == "single" and config.enable_online_decode and config.offload_model else 0
+    )
     frames = None
     if seconds is not None:
         clips = min(config.num_clip, clips_for_audio(seconds, config.infer_frames))

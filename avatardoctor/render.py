@@ -47,7 +47,9 @@ def report_json(report: CheckReport) -> str:
 def _machine_line(report: CheckReport) -> str:
     m, cfg = report.machine, report.config
     kind, _, name = m.source.partition(":")
-    where = {"catalogue": f"catalogue {name}", "recorded": f"recorded {name}", "nvml": f"this machine ({m.hostname})"}[kind]
+    where = {"catalogue": f"catalogue {name}", "recorded": f"recorded {name}", "nvml": f"this machine ({m.hostname})"}[
+        kind
+    ]
     procs = f"{cfg.nproc} process{'es' if cfg.nproc > 1 else ''}"
     return f"machine: {where} · mode: {cfg.mode} ({cfg.mode_reason}), {procs}"
 
@@ -93,7 +95,9 @@ def render_human(report: CheckReport, console: Console, verbose: bool = False, t
     failing = ", ".join(r.id for r in report.results if r.status is Status.FAIL)
     warnings = f", {warns} warning{'s' if warns > 1 else ''}" if warns else ""
     if fails:
-        verdict = Text(f"Not ready: {fails} check{'s' if fails > 1 else ''} failed ({failing}){warnings}.", style="bold red")
+        verdict = Text(
+            f"Not ready: {fails} check{'s' if fails > 1 else ''} failed ({failing}){warnings}.", style="bold red"
+        )
     elif warns:
         verdict = Text(f"Ready, with {warns} warning{'s' if warns > 1 else ''}.", style="bold yellow")
     else:
@@ -107,7 +111,11 @@ def prediction_json(prediction, change, advice) -> str:
         "prediction": prediction.to_dict(),
         "smallest_change": {"flags": change.flags, "prediction": change.prediction.to_dict()} if change else None,
         "hardware_advice": [
-            {"machine": o.spec, "bf16_only": o.fp8_dropped, "least_headroom_gib": round(o.prediction.binding.headroom_bytes / GIB, 2)}
+            {
+                "machine": o.spec,
+                "bf16_only": o.fp8_dropped,
+                "least_headroom_gib": round(o.prediction.binding.headroom_bytes / GIB, 2),
+            }
             for o in advice
         ],
     }
@@ -123,20 +131,29 @@ def render_prediction(prediction, change, advice, console: Console, machine=None
     geo, cfg = prediction.geometry, prediction.config
     where = machine.source if machine else ""
     console.print(
-        Text(f"{where} · mode {cfg.mode}, {cfg.nproc} process{'es' if cfg.nproc > 1 else ''} · {geo.height}x{geo.width} px, "
-             f"{cfg.infer_frames} frames per clip · {'fp8' if cfg.fp8 else 'bf16'}", style="bold"),
+        Text(
+            f"{where} · mode {cfg.mode}, {cfg.nproc} process{'es' if cfg.nproc > 1 else ''} · {geo.height}x{geo.width} px, "
+            f"{cfg.infer_frames} frames per clip · {'fp8' if cfg.fp8 else 'bf16'}",
+            style="bold",
+        ),
         soft_wrap=True,
-    )  # fmt: skip
+    )
     table = Table(title="Predicted peak per GPU (GiB)", title_justify="left")
     for col in ("GPU", "role", "peak phase", "loaded", "peak", "± band", "usable", "headroom", "verdict"):
         table.add_column(col, justify="left" if col in ("GPU", "role", "peak phase", "verdict") else "right")
     style = {"fits": "green", "tight": "yellow", "wont-fit": "red"}
     for g in prediction.gpus:
         table.add_row(
-            str(g.index), g.role, PHASE_NAMES[g.phase], f"{g.loaded_bytes / GIB:.2f}", f"{g.peak_bytes / GIB:.2f}",
-            f"{g.band_bytes / GIB:.2f}", f"{g.usable_bytes / GIB:.2f}", f"{g.headroom_bytes / GIB:.2f}",
+            str(g.index),
+            g.role,
+            PHASE_NAMES[g.phase],
+            f"{g.loaded_bytes / GIB:.2f}",
+            f"{g.peak_bytes / GIB:.2f}",
+            f"{g.band_bytes / GIB:.2f}",
+            f"{g.usable_bytes / GIB:.2f}",
+            f"{g.headroom_bytes / GIB:.2f}",
             Text(VERDICT_WORDS[g.verdict], style=style[g.verdict]),
-        )  # fmt: skip
+        )
     console.print(table)
     parts = Table(title="At each GPU's peak (GiB)", title_justify="left")
     parts.add_column("component")
@@ -153,11 +170,16 @@ def render_prediction(prediction, change, advice, console: Console, machine=None
         for v in prediction.refusals:
             console.print(Text(f"  {v.rule.id}: {v.problem} -> {v.rule.prevents}", style="red"))
         console.print(Text("remedy: " + "; ".join(dict.fromkeys(v.remedy for v in prediction.refusals)), style="cyan"))
-    console.print(Text(f"sizes from the {prediction.sizes_source}; estimated terms {prediction.terms.source}", style="dim"))
+    console.print(
+        Text(f"sizes from the {prediction.sizes_source}; estimated terms {prediction.terms.source}", style="dim")
+    )
     if change:
         console.print(Text(f"smallest change that fits: {change.flags}", style="cyan"))
     if advice:
-        rows = ", ".join(f"{o.spec} ({o.prediction.binding.headroom_bytes / GIB:.1f} GiB headroom{', bf16' if o.fp8_dropped else ''})" for o in advice)
+        rows = ", ".join(
+            f"{o.spec} ({o.prediction.binding.headroom_bytes / GIB:.1f} GiB headroom{', bf16' if o.fp8_dropped else ''})"
+            for o in advice
+        )
         console.print(Text(f"cheapest catalogue machines where this configuration fits: {rows}", style="dim"))
 
 
@@ -173,11 +195,21 @@ def render_plan(doc: dict, console: Console, written=None, shown: int = 12) -> N
         console.print(Text(line, style="bold" if line.startswith("chose") else ""))
     if "argv" not in doc:
         advice = ", ".join(doc.get("hardware_advice", [])) or "none in the catalogue"
-        console.print(Text(f"No plan: nothing upstream accepts fits. Hardware where the default configuration fits: {advice}", style="bold red"))
+        console.print(
+            Text(
+                f"No plan: nothing upstream accepts fits. Hardware where the default configuration fits: {advice}",
+                style="bold red",
+            )
+        )
         return
     if doc.get("inputs_note"):
         console.print(Text(doc["inputs_note"], style="yellow" if doc["inputs_note"].startswith("no ") else ""))
-    console.print(Text(f"torchrun --nproc_per_node {doc['nproc']} --master_port {doc['master_port']} {doc['entry']} ...", style="cyan"))
+    console.print(
+        Text(
+            f"torchrun --nproc_per_node {doc['nproc']} --master_port {doc['master_port']} {doc['entry']} ...",
+            style="cyan",
+        )
+    )
     console.print(Text("env: " + " ".join(f"{k}={v}" for k, v in doc["env"].items()), style="dim"))
     if written:
         console.print(Text(f"plan written to {written}", style="green"))

@@ -39,9 +39,19 @@ RULE_FILES = (
 
 # argparse choices of --size (width*height), the same in both entries
 SIZES = (
-    "720*1280", "1280*720", "480*832", "832*480", "704*1280", "1280*704",
-    "1024*704", "704*1024", "720*400", "704*384", "688*368", "384*256",
-)  # fmt: skip
+    "720*1280",
+    "1280*720",
+    "480*832",
+    "832*480",
+    "704*1280",
+    "1280*704",
+    "1024*704",
+    "704*1024",
+    "720*400",
+    "704*384",
+    "688*368",
+    "384*256",
+)
 SCRIPT_SIZE = {"tpp": "720*400", "single": "704*384"}  # infinite_inference_{multi,single}_gpu.sh --size
 SCRIPT_PORT = {"tpp": 29102, "single": 29101}  # the CLI scripts' --master_port
 GRADIO_PORT = {"tpp": 29502, "single": 29501}  # the gradio scripts' --master_port
@@ -54,6 +64,7 @@ GRADIO_ENV = {
     "TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC": "86400",
 }
 GRADIO_LACKS = ("--enable_online_decode",)  # CLI entry flags gradio_app.py's argparse refuses
+
 
 # What the entry imports within seconds of the launch (and what the load needs), with requirements.txt's pins
 # ("" for none): (distribution names, the import, pin). Missing fails the launch; off-pin may.
@@ -172,7 +183,13 @@ LORA_RANK = 128  # s2v_causal_sft.yaml lora_rank; PEFT 0.17.1 holds the adapters
 LORA_TARGETS = re.compile(r"\.(q|k|v|o|ffn\.0|ffn\.2)\.weight$")  # lora_target_modules "q,k,v,o,ffn.0,ffn.2"
 LORA_BYTES_PER_PARAM = 4
 # --fp8 converts every nn.Linear but these (the entry's ignore_keys); nn.Embedding weights are 2-D too
-FP8_IGNORED = ("text_embedding", "time_embedding", "time_projection", "head.head", "casual_audio_encoder.encoder.final_linear")
+FP8_IGNORED = (
+    "text_embedding",
+    "time_embedding",
+    "time_projection",
+    "head.head",
+    "casual_audio_encoder.encoder.final_linear",
+)
 NOT_LINEAR = ("trainable_cond_mask",)  # an nn.Embedding
 FP8_CONVERSION_BYTES_PER_PARAM = 3  # per layer, at once: the new layer's bf16 weight beside the old, then its fp8 copy
 
@@ -183,9 +200,11 @@ def lora_target(name: str, shape: tuple[int, ...]) -> bool:
 
 def fp8_converted(name: str, shape: tuple[int, ...]) -> bool:
     return (
-        name.endswith(".weight") and len(shape) == 2
-        and not any(key in name for key in FP8_IGNORED) and not any(name.startswith(n) for n in NOT_LINEAR)
-    )  # fmt: skip
+        name.endswith(".weight")
+        and len(shape) == 2
+        and not any(key in name for key in FP8_IGNORED)
+        and not any(name.startswith(n) for n in NOT_LINEAR)
+    )
 
 
 # Audio: wav2vec2 runs on the GPU over the whole audio; the bucketed features of every layer stay there
@@ -282,23 +301,30 @@ def _frames_remedy(launch: Launch) -> str:
 
 RULES = (
     Rule(
-        "tpp.world_size", MULTI_PROCESS_MODES,
+        "tpp.world_size",
+        MULTI_PROCESS_MODES,
         lambda x: x.config.nproc < 5,
         lambda x: f"{x.config.nproc} processes ({x.config.num_gpus_dit} DiT + 1 VAE)",
         'AssertionError: "At least 5 GPUs are supported for distributed inference."',
-        _four_dit_ranks, entries=("cli",), gpu_layout=True,
+        _four_dit_ranks,
+        entries=("cli",),
+        gpu_layout=True,
         log_texts=("At least 5 GPUs are supported for distributed inference.",),
     ),
     Rule(
-        "tpp.num_gpus_dit", MULTI_PROCESS_MODES,
+        "tpp.num_gpus_dit",
+        MULTI_PROCESS_MODES,
         lambda x: x.config.num_gpus_dit != 4,
         lambda x: f"--num-gpus-dit {x.config.num_gpus_dit}",
         'AssertionError: "Only 4 GPUs are supported for distributed inference."',
-        _four_dit_ranks, entries=("cli",), gpu_layout=True,
+        _four_dit_ranks,
+        entries=("cli",),
+        gpu_layout=True,
         log_texts=("Only 4 GPUs are supported for distributed inference.",),
     ),
     Rule(
-        "tpp.vae_parallel", MULTI_PROCESS_MODES,
+        "tpp.vae_parallel",
+        MULTI_PROCESS_MODES,
         lambda x: not x.config.enable_vae_parallel,
         lambda x: "VAE parallel off",
         'AssertionError: "VAE parallel is required for distributed inference."',
@@ -306,15 +332,18 @@ RULES = (
         log_texts=("VAE parallel is required for distributed inference.",),
     ),
     Rule(
-        "tpp.sample_steps", MULTI_PROCESS_MODES,
+        "tpp.sample_steps",
+        MULTI_PROCESS_MODES,
         lambda x: x.config.sample_steps != x.config.num_gpus_dit,
         lambda x: f"--sample-steps {x.config.sample_steps} with {x.config.num_gpus_dit} DiT GPUs",
         "DiT rank i runs denoising step i: fewer steps leave the last DiT rank waiting for ever (a hang), "
         "more steps send a rank into a step with no KV cache (a crash)",
-        _four_dit_ranks, gpu_layout=True,
+        _four_dit_ranks,
+        gpu_layout=True,
     ),
     Rule(
-        "tpp.dit_fsdp", MULTI_PROCESS_MODES,
+        "tpp.dit_fsdp",
+        MULTI_PROCESS_MODES,
         lambda x: x.config.dit_fsdp,
         lambda x: "--dit_fsdp with TPP (the seed articles' idea)",
         "upstream cannot run this: its FSDP shards over the whole world group, the VAE rank included, "
@@ -322,15 +351,17 @@ RULES = (
         lambda x: "drop --dit_fsdp: upstream TPP keeps a full DiT on each of 5 GPUs",
     ),
     Rule(
-        "single.sample_steps", ("single",),
+        "single.sample_steps",
+        ("single",),
         lambda x: x.config.sample_steps > 4,
         lambda x: f"--sample-steps {x.config.sample_steps} on one GPU",
-        "KeyError: '5' (the single-GPU pipeline builds exactly 4 KV caches, keyed \"1\"..\"4\")",
+        'KeyError: \'5\' (the single-GPU pipeline builds exactly 4 KV caches, keyed "1".."4")',
         lambda x: "--sample-steps 4",
         log_texts=("KeyError: '5'",),
     ),
     Rule(
-        "single.fsdp", ("single",),
+        "single.fsdp",
+        ("single",),
         lambda x: x.config.dit_fsdp or x.config.t5_fsdp,
         lambda x: "--dit_fsdp/--t5_fsdp with one process",
         'AssertionError: "t5_fsdp and dit_fsdp are not supported in non-distributed environments."',
@@ -338,7 +369,8 @@ RULES = (
         log_texts=("t5_fsdp and dit_fsdp are not supported in non-distributed environments.",),
     ),
     Rule(
-        "single.offload_model", ("single",),
+        "single.offload_model",
+        ("single",),
         lambda x: not x.config.offload_model,
         lambda x: "--offload-model False on one GPU",
         "the VAE is moved to the CPU during generation whatever --offload_model says, and back to the GPU for "
@@ -346,15 +378,22 @@ RULES = (
         lambda x: "--offload-model True (the single-GPU script's value)",
     ),
     Rule(
-        "ulysses_size", ALL_MODES,
+        "ulysses_size",
+        ALL_MODES,
         lambda x: x.config.ulysses_size != 1,
-        lambda x: f"--ulysses-size {x.config.ulysses_size} (the seed articles' 'equal to num_gpus_dit' is not upstream)",
+        lambda x: (
+            f"--ulysses-size {x.config.ulysses_size} (the seed articles' 'equal to num_gpus_dit' is not upstream)"
+        ),
         'AssertionError: "Sequence parallel is not supported."',
         lambda x: "--ulysses-size 1",
-        log_texts=("Sequence parallel is not supported.", "sequence parallel are not supported in non-distributed environments."),
+        log_texts=(
+            "Sequence parallel is not supported.",
+            "sequence parallel are not supported in non-distributed environments.",
+        ),
     ),
     Rule(
-        "sample_solver", ALL_MODES,
+        "sample_solver",
+        ALL_MODES,
         lambda x: x.config.sample_solver != "euler",
         lambda x: f"--sample-solver {x.config.sample_solver}",
         'NotImplementedError("Unsupported solver.") after the load and the text encoding',
@@ -362,7 +401,8 @@ RULES = (
         log_texts=("Unsupported solver.",),
     ),
     Rule(
-        "size.choice", ALL_MODES,
+        "size.choice",
+        ALL_MODES,
         lambda x: x.config.size not in SIZES,
         lambda x: f"--size {x.config.size}",
         f"argparse: argument --size: invalid choice (accepted: {', '.join(SIZES)})",
@@ -370,16 +410,21 @@ RULES = (
         log_texts=("argument --size: invalid choice",),
     ),
     Rule(
-        "cond_cache", ALL_MODES,
+        "cond_cache",
+        ALL_MODES,
         lambda x: x.config.size in SIZES and x.cond_tokens > cond_capacity(x.config.mode),
         _size_problem,
         "RuntimeError: The expanded size of the tensor (3000 or 2800) must match the existing size, at the first "
         "prefill, after the whole load (the conditioning cache is preallocated for 720*400)",
         _size_remedy,
-        log_texts=("The expanded size of the tensor (3000) must match", "The expanded size of the tensor (2800) must match"),
+        log_texts=(
+            "The expanded size of the tensor (3000) must match",
+            "The expanded size of the tensor (2800) must match",
+        ),
     ),
     Rule(
-        "infer_frames.min", ALL_MODES,
+        "infer_frames.min",
+        ALL_MODES,
         lambda x: x.config.infer_frames < FRAMES_PER_BLOCK,
         lambda x: f"--infer-frames {x.config.infer_frames} (under {FRAMES_PER_BLOCK}: no whole 3-latent-frame block)",
         "zero denoising blocks per clip: the VAE rank concatenates nothing (a crash) or waits on a broadcast "
@@ -387,7 +432,8 @@ RULES = (
         _frames_remedy,
     ),
     Rule(
-        "tpp.one_block", MULTI_PROCESS_MODES,
+        "tpp.one_block",
+        MULTI_PROCESS_MODES,
         lambda x: FRAMES_PER_BLOCK <= x.config.infer_frames < 2 * FRAMES_PER_BLOCK and x.config.num_clip > 1,
         lambda x: f"--infer-frames {x.config.infer_frames} with TPP (one denoising block per clip)",
         "with one block the VAE rank never broadcasts the reference latents after clip 1: the DiT ranks wait at "
@@ -395,22 +441,25 @@ RULES = (
         lambda x: f"--infer-frames {2 * FRAMES_PER_BLOCK} or more (two blocks per clip)",
     ),
     Rule(
-        "infer_frames.blocks", ALL_MODES,
+        "infer_frames.blocks",
+        ALL_MODES,
         lambda x: x.config.infer_frames >= FRAMES_PER_BLOCK and x.config.infer_frames % FRAMES_PER_BLOCK != 0,
         lambda x: f"--infer-frames {x.config.infer_frames} (not a multiple of {FRAMES_PER_BLOCK})",
         "only whole blocks of 3 latent frames are denoised: the frames past the last block are left undenoised "
         "and the video drifts from the audio",
-        _frames_remedy, severity="warn",
+        _frames_remedy,
+        severity="warn",
     ),
     Rule(
-        "save_path", ALL_MODES,
+        "save_path",
+        ALL_MODES,
         lambda x: not x.config.save_file and not x.config.lora_path,
         lambda x: "no --save_file and no LoRA",
         "the entry derives the output name from --lora_path_dmd: a crash at save time, after the whole generation",
         lambda x: f"--lora-path {LORA_HUB_ID}",
         entries=("cli",),
     ),
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)

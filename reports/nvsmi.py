@@ -44,7 +44,11 @@ IDENTITY_FIELDS = ("uuid", "pci.bus_id")  # tell GPUs apart when there is no ind
 MEMORY_FIELDS = ("memory.used", "memory.total", "memory.free")
 READ_FIELDS = ("timestamp", "index", *IDENTITY_FIELDS, "name", *MEMORY_FIELDS)
 MIB_PER_UNIT = {"KiB": 2.0**-10, "MiB": 1.0, "GiB": 2.0**10, "TiB": 2.0**20}  # " B" could be in a GPU's name
-BOMS = ((codecs.BOM_UTF8, "utf-8-sig", "UTF-8"), (codecs.BOM_UTF16_LE, "utf-16", "UTF-16"), (codecs.BOM_UTF16_BE, "utf-16", "UTF-16"))
+BOMS = (
+    (codecs.BOM_UTF8, "utf-8-sig", "UTF-8"),
+    (codecs.BOM_UTF16_LE, "utf-16", "UTF-16"),
+    (codecs.BOM_UTF16_BE, "utf-16", "UTF-16"),
+)
 
 HEADER_FIELD = re.compile(r"[A-Za-z_][\w.]*( \[[^\]]*\])?")  # "memory.used [MiB]"
 TIMESTAMP_VALUE = re.compile(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d+")
@@ -194,7 +198,9 @@ class Layout:
         return next((c for c in IDENTITY_FIELDS if c in self.columns), None) if "index" not in self.columns else None
 
 
-def memory_units(columns: list[str], units: list[str | None], head: list[str]) -> tuple[dict[str, tuple[float, str]], tuple[str, int]]:
+def memory_units(
+    columns: list[str], units: list[str | None], head: list[str]
+) -> tuple[dict[str, tuple[float, str]], tuple[str, int]]:
     """Each memory column's (MiB per unit, " MiB" suffix its values may carry), the unit the header's or
     MiB; and, where the first lines' values carry it ("1234 MiB"), how many times a line holds the
     suffix: a line with fewer, and no [N/A] to explain it, was cut mid-number ("12" of "12345 MiB")."""
@@ -216,7 +222,9 @@ def split_lines(layout: Layout, first: int, lines: list[str], skipped: Skipped) 
     width, header, (suffix, suffixes) = len(layout.columns), layout.header, layout.mark
     kept, numbers = [], []
     for number, line in enumerate(lines, first):
-        if line.count(",") == width - 1 and line != header and (width > 1 or line.strip()):  # the fast path: almost every line
+        if (
+            line.count(",") == width - 1 and line != header and (width > 1 or line.strip())
+        ):  # the fast path: almost every line
             if suffixes and line.count(suffix) < suffixes and "[" not in line and "N/A" not in line:
                 skipped.add("junk", [number], [line])  # a value cut mid-number
                 continue
@@ -251,17 +259,28 @@ def parse_chunk(layout: Layout, first: int, lines: list[str], skipped: Skipped) 
     kept, numbers = split_lines(layout, first, lines, skipped)
     if not kept:
         return None
-    wanted = {layout.columns.index(c): c for c in READ_FIELDS if c in layout.columns}  # position -> field, first occurrence
+    wanted = {
+        layout.columns.index(c): c for c in READ_FIELDS if c in layout.columns
+    }  # position -> field, first occurrence
     text = "\n".join(kept)
     del kept
     for suffix in {suffix for _, suffix in layout.units.values()}:
         text = text.replace(suffix, "")  # so the C parser reads memory columns as numbers, fast
     # The line filter leaves clean text for pandas' C parser (QUOTE_NONE: a stray quote cannot swallow the
     # next lines). A column stays strings only where some value is not a number ([N/A], junk).
-    table = pd.read_csv(io.StringIO(text), sep=",", header=None, names=range(len(layout.columns)), usecols=list(wanted),
-                        dtype={i: str for i, c in wanted.items() if c not in (*MEMORY_FIELDS, "index")},
-                        skipinitialspace=True, quoting=csv.QUOTE_NONE, na_filter=False, skip_blank_lines=False,
-                        engine="c").rename(columns=wanted)  # fmt: skip
+    table = pd.read_csv(
+        io.StringIO(text),
+        sep=",",
+        header=None,
+        names=range(len(layout.columns)),
+        usecols=list(wanted),
+        dtype={i: str for i, c in wanted.items() if c not in (*MEMORY_FIELDS, "index")},
+        skipinitialspace=True,
+        quoting=csv.QUOTE_NONE,
+        na_filter=False,
+        skip_blank_lines=False,
+        engine="c",
+    ).rename(columns=wanted)
     del text
     good, rows = np.ones(len(table), dtype=bool), {"line": numbers}
     missing = np.zeros(len(table), dtype=np.int8)  # at most 3 memory columns
@@ -276,7 +295,13 @@ def parse_chunk(layout: Layout, first: int, lines: list[str], skipped: Skipped) 
         memory[column] = np.where(readable, number, np.nan)
     used, total, free = (memory.get(c) for c in MEMORY_FIELDS)
     rows["used_mib"] = used if used is not None else total - free
-    rows["total_mib"] = total if total is not None else used + free if free is not None and used is not None else np.full(len(table), np.nan)
+    rows["total_mib"] = (
+        total
+        if total is not None
+        else used + free
+        if free is not None and used is not None
+        else np.full(len(table), np.nan)
+    )
     good &= ~(rows["used_mib"] < 0) & ~(rows["total_mib"] > MAX_MIB)  # free > total: neither can be right
     if "timestamp" in table:
         stamps = pd.to_datetime(table["timestamp"], format=TIMESTAMP_FORMAT, errors="coerce")
@@ -292,7 +317,11 @@ def parse_chunk(layout: Layout, first: int, lines: list[str], skipped: Skipped) 
         rows["gpu"][good] = layout.identity.encode(table[layout.identity_column][good])
     if "index" in table or layout.identity_column:  # -1: an index no GPU has, or one uuid past the bound
         no_gpu = good & (rows["gpu"] < 0)
-        skipped.add("index" if "index" in table else "identity", numbers[no_gpu], [lines[n - first] for n in numbers[no_gpu][:1]])
+        skipped.add(
+            "index" if "index" in table else "identity",
+            numbers[no_gpu],
+            [lines[n - first] for n in numbers[no_gpu][:1]],
+        )
         good &= ~no_gpu
     if layout.label_column:
         rows["label"] = np.full(len(table), -1, dtype=np.int16)
@@ -315,7 +344,9 @@ def gpu_numbers(layout: Layout, rows: dict[str, np.ndarray], times_s: np.ndarray
     every_row = np.ones(count, dtype=bool)
     if "gpu" in rows:
         if layout.identity_column:
-            notes.append(f"no index column in {name}: GPUs numbered 0, 1, ... by first appearance of their {layout.identity_column}")
+            notes.append(
+                f"no index column in {name}: GPUs numbered 0, 1, ... by first appearance of their {layout.identity_column}"
+            )
         return rows["gpu"], every_row
     if times_s is None:
         notes.append(f"no index or timestamp column in {name}: read as one GPU (log index to tell GPUs apart)")
@@ -330,12 +361,20 @@ def gpu_numbers(layout: Layout, rows: dict[str, np.ndarray], times_s: np.ndarray
     gpus = int(np.bincount(sizes).argmax())  # the usual number of rows per sample
     keep = sizes[sample] == gpus
     if gpus > MAX_GPUS:  # not one sample of many GPUs: rows too close in time to tell samples apart
-        notes.append(f"no index column in {name}: samples of {gpus} rows cannot be told apart, read as one GPU (log index)")
+        notes.append(
+            f"no index column in {name}: samples of {gpus} rows cannot be told apart, read as one GPU (log index)"
+        )
         return np.zeros(count, dtype=np.int16), every_row
-    layout_note = "one row per sample, read as one GPU" if gpus == 1 else f"GPU = position of the row within each sample ({gpus} GPUs)"
+    layout_note = (
+        "one row per sample, read as one GPU"
+        if gpus == 1
+        else f"GPU = position of the row within each sample ({gpus} GPUs)"
+    )
     notes.append(f"no index column in {name}: {layout_note}")
     if not keep.all():
-        missed = f"{(sizes != gpus).sum()} sample(s) in {name} without exactly {gpus} rows skipped (a GPU's row missing?)"
+        missed = (
+            f"{(sizes != gpus).sum()} sample(s) in {name} without exactly {gpus} rows skipped (a GPU's row missing?)"
+        )
         notes.append(f"{missed}, first at line {rows['line'][~keep][0]}")
     return position.astype(np.int16), keep
 
@@ -358,18 +397,26 @@ def monotonic_elapsed(name: str, times_s: np.ndarray, numbers: np.ndarray, notes
 def skipped_notes(name: str, skipped: Skipped) -> list[str]:
     notes, first, count = [], skipped.first, skipped.count
     if count["repeated header"]:
-        notes.append(f"{count['repeated header']} repeated header(s) in {name} skipped (logs appended?), first at line {first['repeated header'][0]}")
+        notes.append(
+            f"{count['repeated header']} repeated header(s) in {name} skipped (logs appended?), first at line {first['repeated header'][0]}"
+        )
     if count["blank"]:
         notes.append(f"{count['blank']} blank line(s) in {name} skipped, first at line {first['blank'][0]}")
     if count["index"]:
-        notes.append(f"{count['index']} line(s) in {name} have an index that is no GPU's (not 0-{MAX_GPU_INDEX}): skipped, "
-                     f"first line {first['index'][0]}")  # fmt: skip
+        notes.append(
+            f"{count['index']} line(s) in {name} have an index that is no GPU's (not 0-{MAX_GPU_INDEX}): skipped, "
+            f"first line {first['index'][0]}"
+        )
     if count["identity"]:
-        notes.append(f"{count['identity']} line(s) in {name} name a GPU past the first {MAX_GPUS} different ones: skipped, "
-                     f"first line {first['identity'][0]}")  # fmt: skip
+        notes.append(
+            f"{count['identity']} line(s) in {name} name a GPU past the first {MAX_GPUS} different ones: skipped, "
+            f"first line {first['identity'][0]}"
+        )
     if count["junk"]:
         excerpt = first["junk"][1].strip()[:60]
-        notes.append(f"{count['junk']} line(s) in {name} are not samples and were skipped, first line {first['junk'][0]}: '{excerpt}'")
+        notes.append(
+            f"{count['junk']} line(s) in {name} are not samples and were skipped, first line {first['junk'][0]}: '{excerpt}'"
+        )
     return notes
 
 
@@ -408,7 +455,9 @@ def _read(path: Path, text: TextIO, encoding: str, fields: list[str] | None, not
     layout = Layout(name, columns, header, *memory_units(columns, units, [line for line in nonblank if line != header]))
     unknown = [f"{c} [{suffix.strip()}]" for c, (scale, suffix) in layout.units.items() if np.isnan(scale)]
     if unknown:
-        return Timeline.empty(notes + [f"{', '.join(unknown)} in {name}: not a unit of memory (KiB, MiB, GiB, TiB): nothing to plot"])
+        return Timeline.empty(
+            notes + [f"{', '.join(unknown)} in {name}: not a unit of memory (KiB, MiB, GiB, TiB): nothing to plot"]
+        )
 
     parts, count = [], 0
     for first, lines in itertools.chain([head], chunks):
@@ -417,7 +466,9 @@ def _read(path: Path, text: TextIO, encoding: str, fields: list[str] | None, not
             parts.append(part)
             count += len(part["line"])
         if count >= MAX_SAMPLES:
-            notes.append(f"{name} has over {MAX_SAMPLES:,} samples: read up to line {first + len(lines) - 1}, the rest left unread")
+            notes.append(
+                f"{name} has over {MAX_SAMPLES:,} samples: read up to line {first + len(lines) - 1}, the rest left unread"
+            )
             break
     del head, lines
     notes += skipped_notes(name, skipped)
@@ -448,11 +499,19 @@ def _read(path: Path, text: TextIO, encoding: str, fields: list[str] | None, not
     gpu_names = {}
     if "label" in rows:  # each GPU's label on its first row
         _, firsts = np.unique(gpu[kept], return_index=True)
-        gpu_names = {str(g): display_label(layout.labels.values[c]) for g, c in zip(numbers, rows["label"][kept[firsts]]) if c >= 0}
+        gpu_names = {
+            str(g): display_label(layout.labels.values[c])
+            for g, c in zip(numbers, rows["label"][kept[firsts]])
+            if c >= 0
+        }
     order = kept[np.argsort(gpu[kept], kind="stable")]  # by GPU, then time: elapsed never goes back in file order
-    samples = pd.DataFrame({
-        "elapsed_s": elapsed[order].astype("float64"),
-        "gpu": pd.Categorical.from_codes(codes[gpu[order]], categories=[str(g) for g in numbers]),
-        "used_mib": rows.pop("used_mib")[order], "total_mib": rows.pop("total_mib")[order],
-    }, copy=False)  # fmt: skip
+    samples = pd.DataFrame(
+        {
+            "elapsed_s": elapsed[order].astype("float64"),
+            "gpu": pd.Categorical.from_codes(codes[gpu[order]], categories=[str(g) for g in numbers]),
+            "used_mib": rows.pop("used_mib")[order],
+            "total_mib": rows.pop("total_mib")[order],
+        },
+        copy=False,
+    )
     return Timeline(samples, gpu_names=gpu_names, start=start, notes=notes)

@@ -68,10 +68,25 @@ def timeline_png(
     for i, row in enumerate(phases.itertuples(index=False)):
         ax.axvspan(row.start_s, row.end_s, color=PHASE_COLOURS[i % len(PHASE_COLOURS)], alpha=0.7, lw=0)
         if (row.end_s - row.start_s) / span >= 0.03:  # narrower bands keep their colour, not a label
-            ax.text((row.start_s + row.end_s) / 2, 1.01 + 0.06 * (i % 2), plain(row.phase), transform=ax.get_xaxis_transform(),
-                    ha="center", va="bottom", fontsize=7, clip_on=False)  # fmt: skip
+            ax.text(
+                (row.start_s + row.end_s) / 2,
+                1.01 + 0.06 * (i % 2),
+                plain(row.phase),
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                clip_on=False,
+            )
     reduced = min_max_buckets(samples)
-    ax.fill_between(reduced["elapsed_s"], reduced["lo"] / MIB_PER_GIB, reduced["hi"] / MIB_PER_GIB, color="#2563eb", alpha=0.25, lw=0)
+    ax.fill_between(
+        reduced["elapsed_s"],
+        reduced["lo"] / MIB_PER_GIB,
+        reduced["hi"] / MIB_PER_GIB,
+        color="#2563eb",
+        alpha=0.25,
+        lw=0,
+    )
     ax.plot(reduced["elapsed_s"], reduced["hi"] / MIB_PER_GIB, color="#1d4ed8", lw=1.2, label="used (max per bucket)")
     if limit_gib is not None:
         ax.axhline(limit_gib, color="#dc2626", lw=1.2, label=f"usable {limit_gib:.2f} GiB")
@@ -79,13 +94,28 @@ def timeline_png(
         ax.axhline(predicted_gib, color="#7c3aed", lw=1.2, ls="--", label=f"predicted peak {predicted_gib:.2f} GiB")
     if samples["used_mib"].notna().any():  # a GPU whose values were all [N/A] has no peak to mark
         peak = samples.loc[samples["used_mib"].idxmax()]
-        ax.annotate(f"peak {peak.used_mib / MIB_PER_GIB:.2f} GiB", (peak.elapsed_s, peak.used_mib / MIB_PER_GIB),
-                    xytext=(0, 8), textcoords="offset points", ha="center", fontsize=8)  # fmt: skip
+        ax.annotate(
+            f"peak {peak.used_mib / MIB_PER_GIB:.2f} GiB",
+            (peak.elapsed_s, peak.used_mib / MIB_PER_GIB),
+            xytext=(0, 8),
+            textcoords="offset points",
+            ha="center",
+            fontsize=8,
+        )
         ax.plot([peak.elapsed_s], [peak.used_mib / MIB_PER_GIB], "o", color="#1d4ed8", ms=4)
     if oom is not None:
         at, label = oom
         ax.axvline(at, color="#b91c1c", lw=1.5, ls=":")
-        ax.text(at, 0.5, f" {label}", transform=ax.get_xaxis_transform(), color="#b91c1c", fontsize=8, rotation=90, va="center")
+        ax.text(
+            at,
+            0.5,
+            f" {label}",
+            transform=ax.get_xaxis_transform(),
+            color="#b91c1c",
+            fontsize=8,
+            rotation=90,
+            va="center",
+        )
     ax.set_ylim(bottom=0)
     ax.legend(loc="lower right", fontsize=8)
     _save(fig, path)
@@ -102,7 +132,9 @@ def overlay_png(path: Path, title: str, runs: list[tuple[str, pd.DataFrame]]) ->
     _save(fig, path)
 
 
-def peaks_png(path: Path, title: str, gpus: list[str], series: list[tuple[float | None, ...]], labels: list[str]) -> None:
+def peaks_png(
+    path: Path, title: str, gpus: list[str], series: list[tuple[float | None, ...]], labels: list[str]
+) -> None:
     """Many GPUs at once: each one's measured peak (one marker series per run), GPU by GPU."""
     fig, ax = _axes(title)
     x = np.arange(len(gpus))

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import jinja2
 import pandas as pd
-
-from avatardoctor import __version__
-from avatardoctor.errors import InputError
 from avatardoctor.reports import plots
 from avatardoctor.reports.inputs import UnreadableFile, read_regular
 from avatardoctor.reports.runfolder import RunRecord, read_run_folder
 from avatardoctor.reports.summary import SCHEMA, build_summary
 from avatardoctor.reports.timeline import GPU_ID, Timeline
+
+from avatardoctor import __version__
+from avatardoctor.errors import InputError
 
 OUTCOME_CLASS = {"success": "ok", None: "unknown"}
 SUMMARY_LIMIT = 64 * 2**20  # an earlier summary.json: what tells our folder from the user's
@@ -50,11 +50,15 @@ def prepare_output(out: Path, force: bool, flag: str) -> None:
     try:
         if out.exists() and any(out.iterdir()):
             try:
-                is_ours = json.loads(read_regular(out / "summary.json", SUMMARY_LIMIT, within=out)).get("schema") == SCHEMA
+                is_ours = (
+                    json.loads(read_regular(out / "summary.json", SUMMARY_LIMIT, within=out)).get("schema") == SCHEMA
+                )
             except (UnreadableFile, ValueError, AttributeError, RecursionError):
                 is_ours = False
             if not is_ours and not force:
-                raise InputError(f"{flag} {out}: the folder holds files that are not an avatardoctor report; choose another or pass --force")
+                raise InputError(
+                    f"{flag} {out}: the folder holds files that are not an avatardoctor report; choose another or pass --force"
+                )
             for old in out.glob("*.png"):
                 old.unlink()  # a link is removed, never what it points to
         out.mkdir(parents=True, exist_ok=True)
@@ -108,14 +112,26 @@ def _image(out: Path, name: str, label: str, draw) -> dict:
     return {"label": label, "file": name, "data": _png_b64(out / name)}
 
 
-def _overview(out: Path, prefix: str, peaks: dict[str, list[float | None]], legend: list[str], drawn: list[str], notes: list[str]) -> list[dict]:
+def _overview(
+    out: Path, prefix: str, peaks: dict[str, list[float | None]], legend: list[str], drawn: list[str], notes: list[str]
+) -> list[dict]:
     """Past MAX_TIMELINES GPUs: one figure of every GPU's peak, and a note on which timelines are drawn."""
     if len(drawn) == len(peaks):
         return []
-    notes.append(f"{len(peaks)} GPUs: timelines drawn for {len(drawn)} (the failed GPU and the highest measured peaks); "
-                 "every GPU's peak is in the table and the overview figure")  # fmt: skip
-    return [_image(out, f"{prefix}-overview.png", "every GPU's measured peak",
-                   lambda path: plots.peaks_png(path, "measured peak per GPU", list(peaks), list(zip(*peaks.values())), legend))]  # fmt: skip
+    notes.append(
+        f"{len(peaks)} GPUs: timelines drawn for {len(drawn)} (the failed GPU and the highest measured peaks); "
+        "every GPU's peak is in the table and the overview figure"
+    )
+    return [
+        _image(
+            out,
+            f"{prefix}-overview.png",
+            "every GPU's measured peak",
+            lambda path: plots.peaks_png(
+                path, "measured peak per GPU", list(peaks), list(zip(*peaks.values())), legend
+            ),
+        )
+    ]
 
 
 def _timeline_images(timeline: Timeline, run: RunRecord | None, summary: dict, out: Path) -> list[dict]:
@@ -124,18 +140,40 @@ def _timeline_images(timeline: Timeline, run: RunRecord | None, summary: dict, o
     rows = {row["gpu"]: row for row in summary["gpus"]}
     failed = (summary.get("failure") or {}).get("gpu")
     drawn = drawn_gpus({g: r["measured_peak_gib"] for g, r in rows.items()}, failed)
-    images = _overview(out, "timeline", {g: [r["measured_peak_gib"]] for g, r in rows.items()}, ["measured"], drawn, summary["notes"])
+    images = _overview(
+        out, "timeline", {g: [r["measured_peak_gib"]] for g, r in rows.items()}, ["measured"], drawn, summary["notes"]
+    )
     by_gpu = timeline.by_gpu()
     for position, gpu in enumerate(drawn):
         row = rows[gpu]
         limit = row["usable_gib"] if row["usable_gib"] is not None else row["total_gib"]
-        device = "CPU (the job's processes, RSS)" if gpu == "cpu" else f"GPU {gpu}" + (f" · {row['name']}" if row["name"] else "")
-        peak = "no memory values (all [N/A])" if row["measured_peak_gib"] is None else f"measured peak {row['measured_peak_gib']:.2f} GiB"
-        images.append(_image(out, image_name("timeline", gpu, position), f"GPU {gpu}", lambda path: plots.timeline_png(
-            path, f"{device} · {peak}", by_gpu[gpu], phases, limit_gib=limit,
-            predicted_gib=predicted[gpu].peak_gib if gpu in predicted else None, oom=_oom_point(summary, gpu),
-            ylabel="host memory used (GiB)" if gpu == "cpu" else "GPU memory used (GiB)",
-        )))  # fmt: skip
+        device = (
+            "CPU (the job's processes, RSS)"
+            if gpu == "cpu"
+            else f"GPU {gpu}" + (f" · {row['name']}" if row["name"] else "")
+        )
+        peak = (
+            "no memory values (all [N/A])"
+            if row["measured_peak_gib"] is None
+            else f"measured peak {row['measured_peak_gib']:.2f} GiB"
+        )
+        images.append(
+            _image(
+                out,
+                image_name("timeline", gpu, position),
+                f"GPU {gpu}",
+                lambda path: plots.timeline_png(
+                    path,
+                    f"{device} · {peak}",
+                    by_gpu[gpu],
+                    phases,
+                    limit_gib=limit,
+                    predicted_gib=predicted[gpu].peak_gib if gpu in predicted else None,
+                    oom=_oom_point(summary, gpu),
+                    ylabel="host memory used (GiB)" if gpu == "cpu" else "GPU memory used (GiB)",
+                ),
+            )
+        )
     return images
 
 
@@ -144,15 +182,25 @@ def _markdown(summary: dict, images: list[dict], title: str) -> str:
     lines = [f"## {title}", "", f"Outcome: **{summary['outcome'] or 'unknown'}**"]
     failure = summary.get("failure")
     if failure:
-        lines += ["", f"**{failure.get('class', 'failure')}**" + (f" on GPU {failure['gpu']}" if failure.get("gpu") is not None else "")
-                  + (f" during {failure['phase']}" if failure.get("phase") else "") + (f": {failure['message']}" if failure.get("message") else "")]  # fmt: skip
+        lines += [
+            "",
+            f"**{failure.get('class', 'failure')}**"
+            + (f" on GPU {failure['gpu']}" if failure.get("gpu") is not None else "")
+            + (f" during {failure['phase']}" if failure.get("phase") else "")
+            + (f": {failure['message']}" if failure.get("message") else ""),
+        ]
         if failure.get("remedy"):
             lines.append(f"Remedy: `{failure['remedy']}`")
-    lines += ["", "| GPU | predicted peak (GiB) | measured peak (GiB) | measured - predicted (GiB) | usable (GiB) | headroom (GiB) | phase of the peak |",
-              "|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    lines += [
+        "",
+        "| GPU | predicted peak (GiB) | measured peak (GiB) | measured - predicted (GiB) | usable (GiB) | headroom (GiB) | phase of the peak |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
     for g in summary["gpus"]:
-        lines.append(f"| {g['gpu']} | {fmt(g['predicted_peak_gib'])} | {fmt(g['measured_peak_gib'])} | {fmt(g['delta_gib'])} | "
-                     f"{fmt(g['usable_gib'])} | {fmt(g['headroom_gib'])} | {g['peak_phase'] or '-'} |")  # fmt: skip
+        lines.append(
+            f"| {g['gpu']} | {fmt(g['predicted_peak_gib'])} | {fmt(g['measured_peak_gib'])} | {fmt(g['delta_gib'])} | "
+            f"{fmt(g['usable_gib'])} | {fmt(g['headroom_gib'])} | {g['peak_phase'] or '-'} |"
+        )
     if summary["config"]:
         lines += ["", "Configuration: " + ", ".join(f"`{k}={v}`" for k, v in summary["config"].items())]
     lines += [""] + [f"![{img['label']}]({img['file']})" for img in images]
@@ -162,8 +210,10 @@ def _markdown(summary: dict, images: list[dict], title: str) -> str:
 
 
 def _write(out: Path, summary: dict, images: list[dict], title: str) -> Path:
-    html = _environment().get_template("report.html.j2").render(
-        s=summary, images=images, title=title, outcome_class=OUTCOME_CLASS.get(summary["outcome"], "bad")
+    html = (
+        _environment()
+        .get_template("report.html.j2")
+        .render(s=summary, images=images, title=title, outcome_class=OUTCOME_CLASS.get(summary["outcome"], "bad"))
     )
     _write_file(out / "index.html", html)
     _write_file(out / "report.md", _markdown(summary, images, title))
@@ -214,7 +264,11 @@ def render_compare(a: Path, b: Path, out: Path, force: bool = False) -> Path:
     rows = []
     for gpu in sorted(by_gpu_a.keys() | by_gpu_b.keys(), key=lambda g: (not g.isdigit(), g.zfill(4))):
         ga, gb = by_gpu_a.get(gpu, empty), by_gpu_b.get(gpu, empty)
-        diff = gb["measured_peak_gib"] - ga["measured_peak_gib"] if None not in (ga["measured_peak_gib"], gb["measured_peak_gib"]) else None
+        diff = (
+            gb["measured_peak_gib"] - ga["measured_peak_gib"]
+            if None not in (ga["measured_peak_gib"], gb["measured_peak_gib"])
+            else None
+        )
         rows.append({"gpu": gpu, "a": ga, "b": gb, "diff": None if diff is None else round(diff, 2)})
     notes = [f"A: {n}" for n in sa["notes"]] + [f"B: {n}" for n in sb["notes"]]
     peaks = {r["gpu"]: [r["a"]["measured_peak_gib"], r["b"]["measured_peak_gib"]] for r in rows}
@@ -224,17 +278,37 @@ def render_compare(a: Path, b: Path, out: Path, force: bool = False) -> Path:
     with _writing(out, "-o"):
         images = _overview(out, "compare", peaks, [f"A: {a.name}", f"B: {b.name}"], drawn, notes)
         for position, gpu in enumerate(drawn):
-            runs = [(f"{side}: {src.name}", frames.get(gpu, no_samples)) for side, src, frames in zip("AB", (a, b), by_gpu)]
-            images.append(_image(out, image_name("compare", gpu, position), f"GPU {gpu}",
-                                 lambda path: plots.overlay_png(path, f"GPU {gpu}: A vs B", runs)))  # fmt: skip
+            runs = [
+                (f"{side}: {src.name}", frames.get(gpu, no_samples)) for side, src, frames in zip("AB", (a, b), by_gpu)
+            ]
+            images.append(
+                _image(
+                    out,
+                    image_name("compare", gpu, position),
+                    f"GPU {gpu}",
+                    lambda path: plots.overlay_png(path, f"GPU {gpu}: A vs B", runs),
+                )
+            )
         title = f"{a.name} vs {b.name}"
-        html = _environment().get_template("compare.html.j2").render(a=sa, b=sb, rows=rows, images=images, title=title, notes=notes)
+        html = (
+            _environment()
+            .get_template("compare.html.j2")
+            .render(a=sa, b=sb, rows=rows, images=images, title=title, notes=notes)
+        )
         _write_file(out / "index.html", html)
-        summary = {"schema": SCHEMA, "compare": [sa, sb], "rows": [{"gpu": r["gpu"], "diff_gib": r["diff"]} for r in rows],
-                   "images": [i["file"] for i in images], "notes": notes}  # fmt: skip
+        summary = {
+            "schema": SCHEMA,
+            "compare": [sa, sb],
+            "rows": [{"gpu": r["gpu"], "diff_gib": r["diff"]} for r in rows],
+            "images": [i["file"] for i in images],
+            "notes": notes,
+        }
         _write_file(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         md = [f"## {title}", "", "| GPU | A measured (GiB) | B measured (GiB) | B - A (GiB) |", "|---|---:|---:|---:|"]
         fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-        md += [f"| {r['gpu']} | {fmt(r['a']['measured_peak_gib'])} | {fmt(r['b']['measured_peak_gib'])} | {fmt(r['diff'])} |" for r in rows]
+        md += [
+            f"| {r['gpu']} | {fmt(r['a']['measured_peak_gib'])} | {fmt(r['b']['measured_peak_gib'])} | {fmt(r['diff'])} |"
+            for r in rows
+        ]
         _write_file(out / "report.md", "\n".join(md + [""] + [f"![{i['label']}]({i['file']})" for i in images]) + "\n")
     return out / "index.html"

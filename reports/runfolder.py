@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-
 from avatardoctor.reports.inputs import UnreadableFile, read_regular
 from avatardoctor.reports.timeline import MAX_MIB, MAX_SECONDS, Timeline, gpu_id, label
 from avatardoctor.runner.folder import RunFolder
@@ -30,8 +29,21 @@ PHASES_CSV_LIMIT = 16 * 2**20  # a run has a few dozen phases
 MAX_PHASES = 1000  # more bands than a plot can show
 TEXT_COLUMNS = ("time", "gpu", "uuid", "phase")  # the others are numbers where readable (not a string per cell)
 READ_COLUMNS = (*TEXT_COLUMNS, "elapsed_s", "memory_used_mib", "memory_total_mib", "start_s", "end_s")
-CONFIG_KEYS = ("mode", "nproc", "size", "infer_frames", "num_clip", "sample_steps", "fp8", "offload_model",
-               "offload_kv_cache", "t5_cpu", "dit_fsdp", "t5_fsdp", "num_gpus_dit")  # fmt: skip
+CONFIG_KEYS = (
+    "mode",
+    "nproc",
+    "size",
+    "infer_frames",
+    "num_clip",
+    "sample_steps",
+    "fp8",
+    "offload_model",
+    "offload_kv_cache",
+    "t5_cpu",
+    "dit_fsdp",
+    "t5_fsdp",
+    "num_gpus_dit",
+)
 FAILURE_TEXT = ("class", "phase", "message", "remedy")
 FAILURE_NUMBERS = ("tried_to_allocate_mib", "at_elapsed_s")
 MAX_TEXT_CHARS = 4000  # a failure message or prompt longer than this is cut
@@ -96,7 +108,12 @@ class _Fields:
         value = self.doc.get(key)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or abs(value) > MAX_NUMBER:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or abs(value) > MAX_NUMBER
+        ):
             return self._wrong(key, value, "a number")
         return float(value)
 
@@ -147,13 +164,22 @@ def read_plan(fields: _Fields) -> RunPlan:
         if gpu is not None:
             g = _Fields(entry, f"{fields.where} prediction GPU {gpu}", fields.notes)
             predicted[gpu] = PredictedGpu(g.number("peak_gib"), g.number("usable_gib"), g.text("phase"))
-    return RunPlan(config, prompt if prompt is None or len(prompt) <= MAX_TEXT_CHARS else prompt[:MAX_TEXT_CHARS] + "…", predicted)
+    return RunPlan(
+        config, prompt if prompt is None or len(prompt) <= MAX_TEXT_CHARS else prompt[:MAX_TEXT_CHARS] + "…", predicted
+    )
 
 
 def read_debug(fields: _Fields) -> RunDebug:
     f = fields.object("failure")
-    failure = {k: v for k, v in {**{k: f.text(k) for k in FAILURE_TEXT}, "gpu": gpu_id(f.doc.get("gpu")),
-                                 **{k: f.number(k) for k in FAILURE_NUMBERS}}.items() if v is not None}  # fmt: skip
+    failure = {
+        k: v
+        for k, v in {
+            **{k: f.text(k) for k in FAILURE_TEXT},
+            "gpu": gpu_id(f.doc.get("gpu")),
+            **{k: f.number(k) for k in FAILURE_NUMBERS},
+        }.items()
+        if v is not None
+    }
     durations = fields.object("durations")
     seconds = {k: durations.number(k) for k in durations.doc if isinstance(k, str)}
     names = fields.object("gpu_names").doc
@@ -176,8 +202,15 @@ def _csv(path: Path, root: Path, limit: int, columns: list[str], notes: list[str
         if data.strip() and not data.endswith((b"\n", b"\r")):  # the run was killed mid-write: "12" of "12345"
             notes.append(f"last line of {path.name} is cut off (no line end): skipped")
             data = data[: data.rfind(b"\n") + 1]
-        frame = pd.read_csv(io.BytesIO(data), on_bad_lines="skip", encoding_errors="replace", skipinitialspace=True,
-                            usecols=lambda c: c in READ_COLUMNS, dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False)  # fmt: skip
+        frame = pd.read_csv(
+            io.BytesIO(data),
+            on_bad_lines="skip",
+            encoding_errors="replace",
+            skipinitialspace=True,
+            usecols=lambda c: c in READ_COLUMNS,
+            dtype={c: str for c in TEXT_COLUMNS},
+            keep_default_na=False,
+        )
     except UnreadableFile as e:
         notes.append(f"{path.name} could not be read ({e})")
         return None
@@ -205,11 +238,19 @@ def read_memory_csv(path: Path, root: Path | None = None) -> Timeline:
         return Timeline.empty(notes)
     gpu = frame["gpu"].map(gpu_id)
     total = frame["memory_total_mib"] if "memory_total_mib" in frame else pd.Series("", index=frame.index)
-    samples = pd.DataFrame({"elapsed_s": _numbers(frame["elapsed_s"], -MAX_SECONDS, MAX_SECONDS), "gpu": gpu,
-                            "used_mib": _numbers(frame["memory_used_mib"], 0, MAX_MIB), "total_mib": _numbers(total, 0, MAX_MIB)})  # fmt: skip
+    samples = pd.DataFrame(
+        {
+            "elapsed_s": _numbers(frame["elapsed_s"], -MAX_SECONDS, MAX_SECONDS),
+            "gpu": gpu,
+            "used_mib": _numbers(frame["memory_used_mib"], 0, MAX_MIB),
+            "total_mib": _numbers(total, 0, MAX_MIB),
+        }
+    )
     bad = samples["elapsed_s"].isna() | samples["used_mib"].isna() | samples["gpu"].isna()
     if bad.any():
-        notes.append(f"{int(bad.sum())} unreadable sample(s) in {path.name} skipped (time, GPU index or memory not readable)")
+        notes.append(
+            f"{int(bad.sum())} unreadable sample(s) in {path.name} skipped (time, GPU index or memory not readable)"
+        )
         samples, frame = samples[~bad], frame[~bad]
     backwards = (samples.groupby("gpu")["elapsed_s"].diff() < 0).sum()
     if backwards:
@@ -229,8 +270,13 @@ def read_phases(path: Path, root: Path, notes: list[str]) -> pd.DataFrame:
     phases = _csv(path, root, PHASES_CSV_LIMIT, ["phase", "start_s", "end_s"], notes)
     if phases is None:
         return pd.DataFrame(columns=["phase", "start_s", "end_s"])
-    phases = pd.DataFrame({"phase": phases["phase"].map(label), "start_s": _numbers(phases["start_s"], -MAX_SECONDS, MAX_SECONDS),
-                           "end_s": _numbers(phases["end_s"], -MAX_SECONDS, MAX_SECONDS)}).dropna(subset=["start_s", "end_s"])  # fmt: skip
+    phases = pd.DataFrame(
+        {
+            "phase": phases["phase"].map(label),
+            "start_s": _numbers(phases["start_s"], -MAX_SECONDS, MAX_SECONDS),
+            "end_s": _numbers(phases["end_s"], -MAX_SECONDS, MAX_SECONDS),
+        }
+    ).dropna(subset=["start_s", "end_s"])
     if len(phases) > MAX_PHASES:
         notes.append(f"{len(phases)} phases in {path.name}: the first {MAX_PHASES} shown")
         phases = phases.head(MAX_PHASES)

@@ -7,8 +7,7 @@ import math
 from pathlib import Path
 
 import pandas as pd
-
-from avatardoctor.reports.runfolder import RunDebug, RunRecord, RunPlan
+from avatardoctor.reports.runfolder import RunDebug, RunPlan, RunRecord
 from avatardoctor.reports.timeline import Timeline
 
 SCHEMA = "avatardoctor.report/1"
@@ -56,7 +55,11 @@ def gpu_rows(timeline: Timeline, run: RunRecord | None) -> list[dict]:
 
 def build_summary(source: Path, kind: str, timeline: Timeline, run: RunRecord | None = None) -> dict:
     debug, plan = (run.debug, run.plan) if run else (RunDebug(), RunPlan())
-    span = float(timeline.samples["elapsed_s"].max() - timeline.samples["elapsed_s"].min()) if len(timeline.samples) else None
+    span = (
+        float(timeline.samples["elapsed_s"].max() - timeline.samples["elapsed_s"].min())
+        if len(timeline.samples)
+        else None
+    )
     total_s = debug.durations.get("total_s", span)
     clips = debug.clips_done
     per_minute = clips / (total_s / 60) if clips is not None and total_s else None
@@ -72,8 +75,11 @@ def build_summary(source: Path, kind: str, timeline: Timeline, run: RunRecord | 
         "clips_per_minute": _round(per_minute),
         "start": timeline.start.isoformat() if timeline.start else None,
         "gpus": gpu_rows(timeline, run),
-        "phases": [] if run is None else [
-            {"phase": str(r.phase), "start_s": _round(r.start_s, 1), "end_s": _round(r.end_s, 1)} for r in run.phases.itertuples()
+        "phases": []
+        if run is None
+        else [
+            {"phase": str(r.phase), "start_s": _round(r.start_s, 1), "end_s": _round(r.end_s, 1)}
+            for r in run.phases.itertuples()
         ],
-        "notes": list(dict.fromkeys((run.notes if run else timeline.notes))),
+        "notes": list(dict.fromkeys(run.notes if run else timeline.notes)),
     }

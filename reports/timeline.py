@@ -53,4 +53,6 @@ class Timeline:
 
     @classmethod
     def empty(cls, notes: list[str]) -> Timeline:
-        return cls(pd.DataFrame({c: pd.Series(dtype="float64" if c != "gpu" else "object") for c in COLUMNS}), notes=notes)
+        return cls(
+            pd.DataFrame({c: pd.Series(dtype="float64" if c != "gpu" else "object") for c in COLUMNS}), notes=notes
+        )

@@ -6,9 +6,10 @@ import dataclasses
 import json
 from pathlib import Path
 
+from avatardoctor.runner.run import RunOptions, RunResult, execute
+
 from avatardoctor.planfile import PlanFile, read_plan_file
 from avatardoctor.planner import describe, entry_argv, make_plan, plan_file
-from avatardoctor.runner.run import RunOptions, RunResult, execute
 from avatardoctor.upstream import GRADIO_ENV, GRADIO_LACKS, GRADIO_PORT, GRADIO_SERVER_PORT
 
 SMOKE = {"num_clip": 1, "size": "384*256"}  # the seeds' "quick validation": one clip, the smallest size
@@ -32,7 +33,10 @@ def auto_run(ctx, options: RunOptions, max_retries: int, smoke: bool, log, gradi
         log(f"attempt {attempt + 1}: {describe(chosen)}")
         result = execute_with_port_retry(doc, options, log)
         results.append(result)
-        log(f"attempt {attempt + 1}: {result.failure.cls}" + (f" ({result.failure.message})" if result.failure.cls != "success" else ""))
+        log(
+            f"attempt {attempt + 1}: {result.failure.cls}"
+            + (f" ({result.failure.message})" if result.failure.cls != "success" else "")
+        )
         if result.failure.cls != "oom":
             break
         tried.add(describe(plan.chosen))
@@ -53,10 +57,15 @@ def _learn_from_oom(ctx, doc: PlanFile, result: RunResult, log):
     shortfall = needed_gib - pred
     if shortfall <= 0:
         return ctx
-    log(f"GPU {f.gpu} needed at least {needed_gib:.2f} GiB (held + the failed allocation), {pred:.2f} GiB predicted: "
-        f"the next plan adds {shortfall:.2f} GiB per process")  # fmt: skip
-    terms = dataclasses.replace(ctx.terms, context_bytes=ctx.terms.context_bytes + shortfall * 2**30,
-                                source=f"{ctx.terms.source}, + {shortfall:.2f} GiB measured in an out-of-memory")  # fmt: skip
+    log(
+        f"GPU {f.gpu} needed at least {needed_gib:.2f} GiB (held + the failed allocation), {pred:.2f} GiB predicted: "
+        f"the next plan adds {shortfall:.2f} GiB per process"
+    )
+    terms = dataclasses.replace(
+        ctx.terms,
+        context_bytes=ctx.terms.context_bytes + shortfall * 2**30,
+        source=f"{ctx.terms.source}, + {shortfall:.2f} GiB measured in an out-of-memory",
+    )
     return dataclasses.replace(ctx, terms=terms)
 
 
@@ -68,8 +77,16 @@ def _serve(doc: PlanFile, log) -> PlanFile:
     return doc
 
 
-def launch_saved_plan(path: Path, options: RunOptions, overrides: dict, smoke: bool, force: bool, gradio: bool,
-                      log=print, liveavatar: Path | None = None) -> RunResult:  # fmt: skip
+def launch_saved_plan(
+    path: Path,
+    options: RunOptions,
+    overrides: dict,
+    smoke: bool,
+    force: bool,
+    gradio: bool,
+    log=print,
+    liveavatar: Path | None = None,
+) -> RunResult:
     """`run --plan`: on the machine it was made for (or --force), in the checkout it names, with the user's
     flags over it and the prediction recomputed, or its smoke run; what is launched is what the run
     folder's plan.json says."""
@@ -79,7 +96,9 @@ def launch_saved_plan(path: Path, options: RunOptions, overrides: dict, smoke: b
     doc = read_plan_file(path)
     if problem := machine_mismatch(doc, backend_for(None).snapshot()):
         if not force:
-            raise InputError(f"--plan {path}: {problem}; plan again here (`avatardoctor plan -o FILE`), or pass --force")
+            raise InputError(
+                f"--plan {path}: {problem}; plan again here (`avatardoctor plan -o FILE`), or pass --force"
+            )
         log(f"launching anyway (--force): {problem}")
     if liveavatar is None and doc.checkout:  # no --liveavatar: the plan's checkout
         options.cwd = Path(doc.checkout)
@@ -109,7 +128,10 @@ def execute_with_port_retry(doc: PlanFile, options: RunOptions, log=print) -> Ru
     if _port_lost(result):
         holders = ", ".join(f"PID {pid} ({name})" for pid, name in port_holders(used) if pid) or "another process"
         result = dataclasses.replace(
-            result, failure=dataclasses.replace(result.failure, remedy=f"{result.failure.remedy}; port {used} is held by {holders}")
+            result,
+            failure=dataclasses.replace(
+                result.failure, remedy=f"{result.failure.remedy}; port {used} is held by {holders}"
+            ),
         )
     return result
 
@@ -128,10 +150,14 @@ def _replanned(doc: PlanFile, path: Path, overrides: dict, smoke: bool, force: b
     ctx = build_context(None, False, mode=flags.pop("mode"), gpus=gpus, **flags)
     prediction = ctx.prediction
     said = ", ".join(f"{k}={v}" for k, v in changed.items())
-    log(f"the plan with {said}{' (the smoke run: one clip at the smallest size)' if smoke else ''}: "
-        f"{VERDICT_WORDS[prediction.verdict]}: {prediction.explanation()}")  # fmt: skip
+    log(
+        f"the plan with {said}{' (the smoke run: one clip at the smallest size)' if smoke else ''}: "
+        f"{VERDICT_WORDS[prediction.verdict]}: {prediction.explanation()}"
+    )
     if prediction.verdict in ("wont-fit", "wont-run") and not force:
-        raise InputError(f"--plan {path} with {said}: {VERDICT_WORDS[prediction.verdict]}; pass --force to launch anyway")
+        raise InputError(
+            f"--plan {path} with {said}: {VERDICT_WORDS[prediction.verdict]}; pass --force to launch anyway"
+        )
     replanned = plan_file(Plan(ctx.config, prediction, (*doc.reasons, f"run --plan {path} with {said}")), ctx)
     return replanned.with_(env={**doc.env, **replanned.env})  # the plan's own variables stay
 
@@ -157,15 +183,33 @@ def demo_plan(ckpt: Path, nproc: int = 5, master_port: int = 29500) -> PlanFile:
     """The demo's plan: upstream's TPP layout at the smallest size, on CPU ranks with gloo."""
     from avatardoctor.config import resolve_config
 
-    config = resolve_config(nproc, "tpp", ckpt_dir=str(ckpt), size="384*256", num_clip=2, fp8=False, lora_path="",
-                            prompt="A friendly presenter says hello, soft studio lighting, realistic photo")  # fmt: skip
+    config = resolve_config(
+        nproc,
+        "tpp",
+        ckpt_dir=str(ckpt),
+        size="384*256",
+        num_clip=2,
+        fp8=False,
+        lora_path="",
+        prompt="A friendly presenter says hello, soft studio lighting, realistic photo",
+    )
     config = dataclasses.replace(config, save_file="demo_output.npz")
     return PlanFile(
-        mode="demo", nproc=config.nproc, argv=tuple(entry_argv(config)), master_port=master_port,
-        env={"GLOO_SOCKET_IFNAME": "lo", "ENABLE_COMPILE": "false"}, entry="avatardoctor.runner.demo_entry",
+        mode="demo",
+        nproc=config.nproc,
+        argv=tuple(entry_argv(config)),
+        master_port=master_port,
+        env={"GLOO_SOCKET_IFNAME": "lo", "ENABLE_COMPILE": "false"},
+        entry="avatardoctor.runner.demo_entry",
         reasons=("the built-in demo: TPP at 384*256 on CPU ranks",),
-        config={"mode": "tpp", "nproc": config.nproc, "size": config.size, "num_clip": config.num_clip, "infer_frames": config.infer_frames},
-    )  # fmt: skip
+        config={
+            "mode": "tpp",
+            "nproc": config.nproc,
+            "size": config.size,
+            "num_clip": config.num_clip,
+            "infer_frames": config.infer_frames,
+        },
+    )
 
 
 PER_REQUEST = ("--prompt", "--image", "--audio", "--save_file", "--num_clip")  # the web page supplies these

@@ -25,9 +25,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from avatardoctor.runner.logparse import BAR, segments
+
 from avatardoctor.checks.liveavatar import SEED_REMEDY
 from avatardoctor.config import resolve_config
-from avatardoctor.runner.logparse import BAR, segments
 from avatardoctor.upstream import LORA_DOWNLOAD, LORA_FILE, LORA_LOCAL, RULES, Launch, Rule
 
 MAX_MESSAGE = 300
@@ -44,8 +45,15 @@ class Failure:
     at_elapsed_s: float | None = None
 
     def to_dict(self) -> dict:
-        return {"class": self.cls, "message": self.message, "remedy": self.remedy, "gpu": self.gpu, "phase": self.phase,
-                "tried_to_allocate_mib": self.tried_to_allocate_mib, "at_elapsed_s": self.at_elapsed_s}  # fmt: skip
+        return {
+            "class": self.cls,
+            "message": self.message,
+            "remedy": self.remedy,
+            "gpu": self.gpu,
+            "phase": self.phase,
+            "tried_to_allocate_mib": self.tried_to_allocate_mib,
+            "at_elapsed_s": self.at_elapsed_s,
+        }
 
 
 @dataclass(frozen=True)
@@ -67,14 +75,32 @@ FLASH_ATTN_REMEDY = (
 _KINDS = (
     ("hub-download", re.compile(r"Failed to download from HF Hub")),  # before nccl: it may quote "Connection refused"
     ("oom", re.compile(r"CUDA out of memory|OutOfMemoryError|CUDA error: out of memory")),
-    ("ffmpeg", re.compile(r"FFmpeg execute failed|merge_video_audio failed|No such file or directory: '?ffmpeg\b|ffmpeg: (?:command )?not found")),
-    ("flash-attn", re.compile(r"^\s*assert FLASH_ATTN_2_AVAILABLE")),  # the traceback's code line: a bare AssertionError follows
+    (
+        "ffmpeg",
+        re.compile(
+            r"FFmpeg execute failed|merge_video_audio failed|No such file or directory: '?ffmpeg\b|ffmpeg: (?:command )?not found"
+        ),
+    ),
+    (
+        "flash-attn",
+        re.compile(r"^\s*assert FLASH_ATTN_2_AVAILABLE"),
+    ),  # the traceback's code line: a bare AssertionError follows
     ("assertion", re.compile("|".join(re.escape(text) for text, _ in ASSERT_TEXTS) + r"|^AssertionError\b")),
     ("hang", re.compile(r"Watchdog caught collective operation timeout")),
-    ("nccl", re.compile(r"NCCL (?:error|WARN)|unhandled (?:system|cuda) error|nccl[A-Z]\w*Error|Dist(?:Backend|Network|Store)Error"
-                        r"|[Aa]ddress already in use|Connection refused|Connection reset by peer")),
-    ("missing-file", re.compile(r"No such file or directory|FileNotFoundError:|Incorrect path_or_model_id"
-                                r"|does not appear to have a file named")),
+    (
+        "nccl",
+        re.compile(
+            r"NCCL (?:error|WARN)|unhandled (?:system|cuda) error|nccl[A-Z]\w*Error|Dist(?:Backend|Network|Store)Error"
+            r"|[Aa]ddress already in use|Connection refused|Connection reset by peer"
+        ),
+    ),
+    (
+        "missing-file",
+        re.compile(
+            r"No such file or directory|FileNotFoundError:|Incorrect path_or_model_id"
+            r"|does not appear to have a file named"
+        ),
+    ),
     ("exit", re.compile(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+)")),
     ("summary", re.compile(r"ChildFailedError|SignalException")),  # torchrun's own, after the ranks have spoken
     ("exception", re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception)(?::|$)")),
@@ -84,8 +110,14 @@ ROOT_KINDS = ("oom", "flash-attn", "assertion", "missing-file", "hub-download")
 ALWAYS_FATAL = ("oom", "flash-attn", "assertion")
 
 
-def classify(log_lines: Iterable[tuple[float, str]], exit_code: int | None, hung: bool = False, interrupted: bool = False,
-             phases: list | None = None, nproc: int = 1) -> Failure:  # fmt: skip
+def classify(
+    log_lines: Iterable[tuple[float, str]],
+    exit_code: int | None,
+    hung: bool = False,
+    interrupted: bool = False,
+    phases: list | None = None,
+    nproc: int = 1,
+) -> Failure:
     phases = phases or []
     starts = sorted(start for _, start, _ in phases)
     went_on_after = starts[-2] if len(starts) > 1 else float("-inf")
@@ -94,8 +126,13 @@ def classify(log_lines: Iterable[tuple[float, str]], exit_code: int | None, hung
     roots = sorted((first[k] for k in ROOT_KINDS if k in first), key=lambda s: s.at)
     if exit_code == 0 and not hung and not interrupted and not roots:
         if merge := first.get("ffmpeg"):  # upstream catches it: the run ends well, the MP4 is silent
-            return Failure("no-sound", f"finished without sound: {_cut(merge.text)}", _ffmpeg_remedy(merge.text, nproc),
-                           phase=_phase_at(phases, merge.at), at_elapsed_s=merge.at)  # fmt: skip
+            return Failure(
+                "no-sound",
+                f"finished without sound: {_cut(merge.text)}",
+                _ffmpeg_remedy(merge.text, nproc),
+                phase=_phase_at(phases, merge.at),
+                at_elapsed_s=merge.at,
+            )
         return Failure("success", "the run finished (exit code 0)", None)
     if roots:
         return _explain(roots[0], phases, nproc)
@@ -103,8 +140,13 @@ def classify(log_lines: Iterable[tuple[float, str]], exit_code: int | None, hung
         return Failure("interrupted", "stopped by the user", None, phase=at_end, at_elapsed_s=last_at)
     if hung:
         where = f" during {at_end}" if at_end else ""
-        return Failure("hang", f"the output stopped at {last_at or 0:.1f} s{where} and the job did not finish",
-                       _hang_remedy(nproc), phase=at_end, at_elapsed_s=last_at)  # fmt: skip
+        return Failure(
+            "hang",
+            f"the output stopped at {last_at or 0:.1f} s{where} and the job did not finish",
+            _hang_remedy(nproc),
+            phase=at_end,
+            at_elapsed_s=last_at,
+        )
     errors = sorted((first[k] for k in ("hang", "nccl", "exception") if k in first), key=lambda s: s.at)
     if errors:
         return _explain(errors[0], phases, nproc)
@@ -114,14 +156,18 @@ def classify(log_lines: Iterable[tuple[float, str]], exit_code: int | None, hung
     return Failure("crashed", f"{said}; no error in the log", None, phase=at_end, at_elapsed_s=last_at)
 
 
-def _first_signals(log_lines: Iterable[tuple[float, str]], went_on_after: float) -> tuple[dict[str, _Signal], float | None]:
+def _first_signals(
+    log_lines: Iterable[tuple[float, str]], went_on_after: float
+) -> tuple[dict[str, _Signal], float | None]:
     """The first line of each kind that can explain the end: one per kind, so memory stays flat."""
     first: dict[str, _Signal] = {}
     last_at = None
     for at, line in log_lines:
         last_at = at
         for rank, text in segments(line):
-            frame = text.startswith(("    ", '  File "')) or BAR.match(text)  # a traceback frame quotes code; bars say nothing
+            frame = text.startswith(("    ", '  File "')) or BAR.match(
+                text
+            )  # a traceback frame quotes code; bars say nothing
             kinds = _FRAME_KINDS if frame else _KINDS
             kind = next((k for k, pattern in kinds if pattern.search(text)), None)
             if kind and kind not in first and (kind in ALWAYS_FATAL or at >= went_on_after):
@@ -205,19 +251,27 @@ def _nccl_remedy(text: str, nproc: int) -> str:
         taken = f": {port[1]} is taken (`ss -ltnp 'sport = :{port[1]}'` shows by whom)" if port else ""
         return f"--master-port with a free port{taken}"
     if "connection refused" in text.lower():
-        return ("the ranks could not reach each other or the rendezvous: set NCCL_SOCKET_IFNAME to the interface they "
-                "share (lo on one machine), check MASTER_ADDR, --master-port and firewalls; rerun with NCCL_DEBUG=INFO")  # fmt: skip
-    return (f"rerun with NCCL_DEBUG=INFO to see the failing call; then try NCCL_P2P_DISABLE=1, NCCL_SOCKET_IFNAME=lo "
-            f"(one machine) and a larger /dev/shm (docker --shm-size=16g); "
-            f"`avatardoctor nccl --nproc {nproc}` tests the GPUs without the model")  # fmt: skip
+        return (
+            "the ranks could not reach each other or the rendezvous: set NCCL_SOCKET_IFNAME to the interface they "
+            "share (lo on one machine), check MASTER_ADDR, --master-port and firewalls; rerun with NCCL_DEBUG=INFO"
+        )
+    return (
+        f"rerun with NCCL_DEBUG=INFO to see the failing call; then try NCCL_P2P_DISABLE=1, NCCL_SOCKET_IFNAME=lo "
+        f"(one machine) and a larger /dev/shm (docker --shm-size=16g); "
+        f"`avatardoctor nccl --nproc {nproc}` tests the GPUs without the model"
+    )
 
 
 def _hang_remedy(nproc: int) -> str:
     if nproc == 1:
-        return ("rerun with NCCL_DEBUG=INFO (NCCL starts even for one GPU); with --offload-model True, swapping the "
-                "models through a full host RAM stalls for minutes: check `free -g`")  # fmt: skip
-    return (f"a rank waits for a peer that never answers (TPP hands latents rank to rank): `avatardoctor nccl --nproc {nproc}` "
-            "tests send/recv between these GPUs; try NCCL_P2P_DISABLE=1 on PCIe servers; rerun with NCCL_DEBUG=INFO")  # fmt: skip
+        return (
+            "rerun with NCCL_DEBUG=INFO (NCCL starts even for one GPU); with --offload-model True, swapping the "
+            "models through a full host RAM stalls for minutes: check `free -g`"
+        )
+    return (
+        f"a rank waits for a peer that never answers (TPP hands latents rank to rank): `avatardoctor nccl --nproc {nproc}` "
+        "tests send/recv between these GPUs; try NCCL_P2P_DISABLE=1 on PCIe servers; rerun with NCCL_DEBUG=INFO"
+    )
 
 
 def _ffmpeg_remedy(text: str, nproc: int) -> str:
@@ -228,15 +282,19 @@ def _ffmpeg_remedy(text: str, nproc: int) -> str:
 
 def _exit_remedy(text: str, nproc: int) -> str | None:
     if (code := re.search(r"exitcode: (-?\d+)\) local_rank: (\d+)", text)) and code[1] == "-9":
-        return (f"rank {code[2]} was killed by SIGKILL without an error of its own: usually the kernel's OOM killer (host "
-                "RAM: every TPP rank loads the weights through it); `dmesg | grep -i -e oom -e 'killed process'` confirms it")  # fmt: skip
+        return (
+            f"rank {code[2]} was killed by SIGKILL without an error of its own: usually the kernel's OOM killer (host "
+            "RAM: every TPP rank loads the weights through it); `dmesg | grep -i -e oom -e 'killed process'` confirms it"
+        )
     return None
 
 
 _REMEDIES = {
     "assertion": _assertion_remedy,
     "missing-file": _missing_file_remedy,
-    "hub-download": lambda text, nproc: f"--lora-path {LORA_LOCAL} (download it once where there is network: {LORA_DOWNLOAD})",
+    "hub-download": lambda text, nproc: (
+        f"--lora-path {LORA_LOCAL} (download it once where there is network: {LORA_DOWNLOAD})"
+    ),
     "flash-attn": lambda text, nproc: FLASH_ATTN_REMEDY,
     "nccl": _nccl_remedy,
     "hang": lambda text, nproc: _hang_remedy(nproc),

@@ -81,9 +81,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--training_config", default=None)
     p.add_argument("--num_gpus_dit", type=int, default=4)
     for switch in (
-        "--load_lora", "--convert_model_dtype", "--single_gpu", "--enable_vae_parallel", "--offload_kv_cache",
-        "--enable_online_decode", "--fp8", "--t5_fsdp", "--t5_cpu", "--dit_fsdp",
-    ):  # fmt: skip
+        "--load_lora",
+        "--convert_model_dtype",
+        "--single_gpu",
+        "--enable_vae_parallel",
+        "--offload_kv_cache",
+        "--enable_online_decode",
+        "--fp8",
+        "--t5_fsdp",
+        "--t5_cpu",
+        "--dit_fsdp",
+    ):
         p.add_argument(switch, action="store_true")
     args, _unknown = p.parse_known_args(argv)
     args.sample_steps = args.sample_steps or 40  # upstream's config fallback
@@ -307,7 +315,9 @@ class Decoded:
         return sum(len(m) for m in self.frame_means)
 
 
-def generate(args, model: DemoDiT, geo: Geometry, rank: int, dit_ranks: int, vae_rank: int, device: torch.device) -> Decoded:
+def generate(
+    args, model: DemoDiT, geo: Geometry, rank: int, dit_ranks: int, vae_rank: int, device: torch.device
+) -> Decoded:
     """TPP: step i of every block runs on DiT rank i % dit_ranks (upstream's modulo cycling), each
     handing the latents on with send/recv; the final step's latents go to the VAE rank. With one
     process, every step and the decode run here."""
@@ -337,7 +347,9 @@ def generate(args, model: DemoDiT, geo: Geometry, rank: int, dit_ranks: int, vae
                 target = vae_rank if i == args.sample_steps - 1 else (i + 1) % dit_ranks
                 if target != rank:
                     dist.send(latents.contiguous(), target)
-            sys.stderr.write(tqdm_bar(args.sample_steps, time.perf_counter() - started))  # tpp.py:1061 tqdm(timesteps): every rank, every block
+            sys.stderr.write(
+                tqdm_bar(args.sample_steps, time.perf_counter() - started)
+            )  # tpp.py:1061 tqdm(timesteps): every rank, every block
             sys.stderr.flush()
             if rank == vae_rank:
                 last_dit = (args.sample_steps - 1) % dit_ranks
@@ -385,7 +397,9 @@ def save(args, decoded: Decoded, world: int) -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    say("COMPILE: False")  # the demo never calls torch.compile (upstream inference_utils.py:6 print(f"COMPILE: {COMPILE}"))
+    say(
+        "COMPILE: False"
+    )  # the demo never calls torch.compile (upstream inference_utils.py:6 print(f"COMPILE: {COMPILE}"))
     world = int(os.environ.get("WORLD_SIZE", 1))
     say(f"world_size: {world}")  # upstream entry:354
     local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
@@ -404,7 +418,9 @@ def main(argv: list[str] | None = None) -> None:
         if not args.enable_vae_parallel:
             raise AssertionError("VAE parallel is required for distributed inference.")  # entry:374
         if args.num_gpus_dit != world - 1:
-            raise AssertionError(f"--num_gpus_dit {args.num_gpus_dit}: the demo needs world_size - 1 = {world - 1} DiT ranks")
+            raise AssertionError(
+                f"--num_gpus_dit {args.num_gpus_dit}: the demo needs world_size - 1 = {world - 1} DiT ranks"
+            )
         dit_ranks, vae_rank = args.num_gpus_dit, args.num_gpus_dit
         say("Using TPP distributed inference.")  # entry:377
     else:
@@ -429,14 +445,20 @@ def main(argv: list[str] | None = None) -> None:
             say(f"demo: no DiT index in {args.ckpt_dir}: random weights only")
     weights = unshard_root(args.base_seed, rank, world, device)
     if rank == 0:
-        say(f"demo: root parameter unsharded: {sum(t.numel() for t in weights.values())} values gathered from {world} rank(s)")
+        say(
+            f"demo: root parameter unsharded: {sum(t.numel() for t in weights.values())} values gathered from {world} rank(s)"
+        )
     if args.load_lora and args.lora_path_dmd:
-        say(f"Use LoRA: lora path: {args.lora_path_dmd}, lora rank: {LORA_RANK} , lora alpha:  {LORA_ALPHA}")  # entry:470, upstream's spacing
+        say(
+            f"Use LoRA: lora path: {args.lora_path_dmd}, lora rank: {LORA_RANK} , lora alpha:  {LORA_ALPHA}"
+        )  # entry:470, upstream's spacing
         lora_file = Path(args.lora_path_dmd)
         if lora_file.is_file() and lora_file.suffix == ".safetensors":
             say(describe(load_tensors([lora_file], device), "LoRA", lora_file))
         else:
-            say(f"demo: {args.lora_path_dmd} is not a local .safetensors file; the demo downloads nothing, and merges a random LoRA")
+            say(
+                f"demo: {args.lora_path_dmd} is not a local .safetensors file; the demo downloads nothing, and merges a random LoRA"
+            )
         say(f"Merging LoRA weights from {args.lora_path_dmd}...")  # tpp.py:232
         merge_lora(weights, args.base_seed)
         say("LoRA merged successfully.")  # tpp.py:234

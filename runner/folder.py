@@ -97,7 +97,9 @@ def new_run_folder(out_dir: Path, mode: str, now: datetime | None = None) -> Run
         except FileExistsError:
             continue
         except OSError as e:
-            raise InputError(f"--out-dir {out_dir}: cannot write there ({e.strerror}); choose a writable folder") from None
+            raise InputError(
+                f"--out-dir {out_dir}: cannot write there ({e.strerror}); choose a writable folder"
+            ) from None
         folder = RunFolder(root)
         try:
             folder.ranks.mkdir(parents=True)
@@ -106,7 +108,9 @@ def new_run_folder(out_dir: Path, mode: str, now: datetime | None = None) -> Run
         except OSError as e:
             with contextlib.suppress(OSError):
                 shutil.rmtree(root)
-            raise InputError(f"--out-dir {out_dir}: cannot write a run folder there ({e.strerror}); "
-                             "free space or choose another folder") from None
+            raise InputError(
+                f"--out-dir {out_dir}: cannot write a run folder there ({e.strerror}); "
+                "free space or choose another folder"
+            ) from None
         return folder
     raise InputError(f"--out-dir {out_dir}: no free run folder name for {stamp}-{mode}; remove old run folders")

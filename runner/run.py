@@ -25,17 +25,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
-
-from avatardoctor import __version__
-from avatardoctor.calibration import IMPORT_SCHEMA, Measurement
-from avatardoctor.errors import InputError
-from avatardoctor.planfile import PlanFile, plan_json
 from avatardoctor.runner.classify import Failure, classify
 from avatardoctor.runner.folder import RunFolder, new_run_folder
 from avatardoctor.runner.lines import LINE_CAP, BoundedLines
 from avatardoctor.runner.liveness import Liveness
 from avatardoctor.runner.logparse import LogTracker
 from avatardoctor.runner.sampler import MemorySampler
+
+from avatardoctor import __version__
+from avatardoctor.calibration import IMPORT_SCHEMA, Measurement
+from avatardoctor.errors import InputError
+from avatardoctor.planfile import PlanFile, plan_json
 
 GRACE_S = 10.0
 TAIL_LINES = 4000  # the classifier sees the last lines; the whole log is on disk
@@ -89,8 +89,18 @@ SHIM = ["-m", "avatardoctor.runner.shim"]
 
 def torchrun_argv(plan: PlanFile, port: int, entry: list[str], shim: bool = False) -> list[str]:
     """The launch, as a list (never a shell string): a prompt full of $(...), quotes and ; is one item."""
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(plan.nproc),
-            "--master_port", str(port), *(SHIM if shim else []), *entry, *plan.argv]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(plan.nproc),
+        "--master_port",
+        str(port),
+        *(SHIM if shim else []),
+        *entry,
+        *plan.argv,
+    ]
 
 
 def _free_port(planned: int) -> int:
@@ -198,14 +208,22 @@ class _Log:
 def execute(plan: PlanFile, options: RunOptions) -> RunResult:
     """Run one attempt of a plan; never raises for what the job does (that is the result)."""
     if not options.cwd.is_dir():  # checked before anything is created: a missing checkout leaves no folder
-        raise InputError(f"the Live Avatar checkout {options.cwd} is not a folder: pass --liveavatar DIR "
-                         "(run --plan starts in the plan's checkout without it)")  # fmt: skip
+        raise InputError(
+            f"the Live Avatar checkout {options.cwd} is not a folder: pass --liveavatar DIR "
+            "(run --plan starts in the plan's checkout without it)"
+        )
     folder = new_run_folder(options.out_dir, plan.mode)  # unwritable: InputError, nothing launched
     port = _free_port(plan.master_port)
     argv = torchrun_argv(plan, port, options.entry, options.shim)
     cookie = uuid.uuid4().hex
-    env = {**os.environ, **plan.env, "PYTHONUNBUFFERED": "1", "AVATARDOCTOR_RANK_DIR": str(folder.ranks.resolve()),  # the ranks run elsewhere
-           "AVATARDOCTOR_MEMORY_HISTORY": "1" if options.memory_history else "0", JOB_COOKIE: cookie}  # fmt: skip
+    env = {
+        **os.environ,
+        **plan.env,
+        "PYTHONUNBUFFERED": "1",
+        "AVATARDOCTOR_RANK_DIR": str(folder.ranks.resolve()),  # the ranks run elsewhere
+        "AVATARDOCTOR_MEMORY_HISTORY": "1" if options.memory_history else "0",
+        JOB_COOKIE: cookie,
+    }
     started_wall, started = datetime.now(timezone.utc), time.monotonic()
     tracker = LogTracker(plan.nproc, plan.num_clip)
     tail: collections.deque = collections.deque(maxlen=TAIL_LINES)
@@ -215,19 +233,34 @@ def execute(plan: PlanFile, options: RunOptions) -> RunResult:
         log = _Log(folder.inference_log)
     except OSError as e:  # the disk filled since the folder was made: still nothing launched
         shutil.rmtree(folder.root, ignore_errors=True)
-        raise InputError(f"--out-dir {options.out_dir}: cannot write the run folder ({e.strerror}); "
-                         "free space or choose another folder") from None
+        raise InputError(
+            f"--out-dir {options.out_dir}: cannot write the run folder ({e.strerror}); "
+            "free space or choose another folder"
+        ) from None
     try:
         if options.not_ready:
             log.write(f"[avatardoctor] LAUNCHED WITH --force although checks failed: {', '.join(options.not_ready)}\n")
-        proc = subprocess.Popen(argv, cwd=options.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        reaper = subprocess.Popen([sys.executable, "-c", REAPER, str(proc.pid), f"{JOB_COOKIE}={cookie}"],
-                                  stdin=subprocess.PIPE, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            argv, cwd=options.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        reaper = subprocess.Popen(
+            [sys.executable, "-c", REAPER, str(proc.pid), f"{JOB_COOKIE}={cookie}"],
+            stdin=subprocess.PIPE,
+            start_new_session=True,
+        )
         stopper = _Stopper(proc, cookie)
         sampler = MemorySampler(folder, options.sample_hz, root_pid=proc.pid, gpu_indices=plan.visible_gpus)
         sampler.start()
-        previous = {sig: signal.signal(sig, lambda *_: (interrupted.set(), threading.Thread(target=stopper.stop, daemon=True).start()))
-                    for sig in (signal.SIGINT, signal.SIGTERM)} if threading.current_thread() is threading.main_thread() else {}  # fmt: skip
+        previous = (
+            {
+                sig: signal.signal(
+                    sig, lambda *_: (interrupted.set(), threading.Thread(target=stopper.stop, daemon=True).start())
+                )
+                for sig in (signal.SIGINT, signal.SIGTERM)
+            }
+            if threading.current_thread() is threading.main_thread()
+            else {}
+        )
 
         def read_output() -> None:
             """Lines capped at LINE_CAP bytes as they come (a rank may print a gigabyte without a newline)."""
@@ -267,8 +300,10 @@ def execute(plan: PlanFile, options: RunOptions) -> RunResult:
                     observed_s = now
                 if liveness.silent_for(now) >= options.hang_timeout_s:
                     hung = True
-                    log.write(f"[avatardoctor] no output, no CPU work and ~0% GPU use for {options.hang_timeout_s:.0f} s: "
-                              "stopping the job\n")  # fmt: skip
+                    log.write(
+                        f"[avatardoctor] no output, no CPU work and ~0% GPU use for {options.hang_timeout_s:.0f} s: "
+                        "stopping the job\n"
+                    )
                     _dump_stacks(folder, stopper.descendants, log)
                     stopper.stop()
             reader.join(5)
@@ -285,16 +320,37 @@ def execute(plan: PlanFile, options: RunOptions) -> RunResult:
     disk_full = _disk_full(log, sampler)
     with contextlib.suppress(OSError):  # on a full disk, what was written stays; debug_info.json has the reserve
         tracker.write_phases_csv(folder.phases_csv)
-    failure = classify(list(tail), proc.returncode, hung=hung, interrupted=interrupted.is_set(),
-                       phases=tracker.phases(), nproc=plan.nproc)  # fmt: skip
+    failure = classify(
+        list(tail),
+        proc.returncode,
+        hung=hung,
+        interrupted=interrupted.is_set(),
+        phases=tracker.phases(),
+        nproc=plan.nproc,
+    )
     if disk_full:
-        failure = Failure("disk-full", f"the disk under {folder.root} filled while recording: the job was stopped",
-                          "free space there, or pass --out-dir on a larger disk; `avatardoctor report` draws the report later")  # fmt: skip
+        failure = Failure(
+            "disk-full",
+            f"the disk under {folder.root} filled while recording: the job was stopped",
+            "free space there, or pass --out-dir on a larger disk; `avatardoctor report` draws the report later",
+        )
     visible = plan.visible_gpus
     if failure.gpu is not None and visible and failure.gpu < len(visible):
         failure = dataclasses.replace(failure, gpu=visible[failure.gpu])  # the job's GPU n is CUDA_VISIBLE_DEVICES[n]
     peaks = sampler.peaks_mib()
-    _write_debug_info(folder, plan, argv, failure, proc.returncode, peaks, tracker, started_wall, seconds, options, sampler.source_used)
+    _write_debug_info(
+        folder,
+        plan,
+        argv,
+        failure,
+        proc.returncode,
+        peaks,
+        tracker,
+        started_wall,
+        seconds,
+        options,
+        sampler.source_used,
+    )
     if sampler.source_used == "nvml" and not disk_full:
         _write_measurements(folder, plan, peaks, sampler.peak_times(), tracker.phases(), started_wall)
     report = None if disk_full else _render_report(folder)
@@ -330,10 +386,16 @@ def _gpu_utilisation(sampler: MemorySampler) -> list[float]:
     return [s.get("utilization_pct") or 0.0 for s in sampler.last().values()]
 
 
-def _write_debug_info(folder, plan, argv, failure, code, peaks, tracker, started_wall, seconds, options, source) -> None:
+def _write_debug_info(
+    folder, plan, argv, failure, code, peaks, tracker, started_wall, seconds, options, source
+) -> None:
     predicted = {str(g["index"]): g for g in ((plan.prediction or {}).get("gpus") or [])}
     gpus = [
-        {"gpu": gpu, "measured_peak_gib": round(mib / 1024, 3), "predicted_peak_gib": (predicted.get(gpu) or {}).get("peak_gib")}
+        {
+            "gpu": gpu,
+            "measured_peak_gib": round(mib / 1024, 3),
+            "predicted_peak_gib": (predicted.get(gpu) or {}).get("peak_gib"),
+        }
         for gpu, mib in sorted(peaks.items())
     ]
     outcome = {
@@ -368,11 +430,25 @@ def _write_debug_info(folder, plan, argv, failure, code, peaks, tracker, started
 
 
 # The runner's phases (from the log) as the predictor names them; a clip's denoising is "denoise".
-PREDICTED_PHASE = {"load": "load", "lora merge": "lora", "fp8": "fp8", "text encoding": "text", "decode": "decode", "save": "decode"}
+PREDICTED_PHASE = {
+    "load": "load",
+    "lora merge": "lora",
+    "fp8": "fp8",
+    "text encoding": "text",
+    "decode": "decode",
+    "save": "decode",
+}
 
 
-def measurements(plan: PlanFile, peaks_mib: dict[str, float], peak_at: dict[str, float], phases: list, run_id: str,
-                 recorded_at: str, allocated_mib: dict[str, float] | None = None) -> list[Measurement]:  # fmt: skip
+def measurements(
+    plan: PlanFile,
+    peaks_mib: dict[str, float],
+    peak_at: dict[str, float],
+    phases: list,
+    run_id: str,
+    recorded_at: str,
+    allocated_mib: dict[str, float] | None = None,
+) -> list[Measurement]:
     """Each GPU's measured peak (NVML: what the allocator reserved) beside the plan's prediction of the phase
     it peaked in, and PyTorch's own allocated peak where the shim saw it: what calibration fits."""
     predicted = {str(g.get("index")): g for g in ((plan.prediction or {}).get("gpus") or []) if isinstance(g, dict)}
@@ -391,18 +467,36 @@ def measurements(plan: PlanFile, peaks_mib: dict[str, float], peak_at: dict[str,
         phase = phase if phase in inputs else g.get("phase")  # a phase this role does not have: its predicted peak's
         terms = inputs.get(phase) or {}
         role = "single" if nproc == 1 else "vae" if str(g.get("role", "")).startswith("VAE") else "dit"
-        found.append(Measurement(run_id, str(g.get("name")), role, str(phase), int(mib * 2**20), int(terms.get("exact_bytes", 0)),
-                                 nproc, nproc - 1, float(terms.get("token_dims", 0.0)), float(terms.get("decode_pixels", 0.0)),
-                                 recorded_at, int((allocated_mib or {}).get(gpu, 0) * 2**20)))  # fmt: skip
+        found.append(
+            Measurement(
+                run_id,
+                str(g.get("name")),
+                role,
+                str(phase),
+                int(mib * 2**20),
+                int(terms.get("exact_bytes", 0)),
+                nproc,
+                nproc - 1,
+                float(terms.get("token_dims", 0.0)),
+                float(terms.get("decode_pixels", 0.0)),
+                recorded_at,
+                int((allocated_mib or {}).get(gpu, 0) * 2**20),
+            )
+        )
     return found
 
 
 def _write_measurements(folder: RunFolder, plan: PlanFile, peaks, peak_at, phases, started_wall) -> None:
     """logs/measurements.json in calibration's import format: `avatardoctor calibrate RUN_FOLDER` learns from it."""
     visible = plan.visible_gpus
-    allocated = {str(visible[r["rank"]] if visible and r["rank"] < len(visible) else r["rank"]): r["max_allocated_mib"]
-                 for r in _rank_summaries(folder) if isinstance(r.get("rank"), int) and isinstance(r.get("max_allocated_mib"), (int, float))}  # fmt: skip
-    found = measurements(plan, peaks, peak_at, phases, folder.root.name, started_wall.isoformat(timespec="seconds"), allocated)
+    allocated = {
+        str(visible[r["rank"]] if visible and r["rank"] < len(visible) else r["rank"]): r["max_allocated_mib"]
+        for r in _rank_summaries(folder)
+        if isinstance(r.get("rank"), int) and isinstance(r.get("max_allocated_mib"), (int, float))
+    }
+    found = measurements(
+        plan, peaks, peak_at, phases, folder.root.name, started_wall.isoformat(timespec="seconds"), allocated
+    )
     if found:
         doc = {"schema": IMPORT_SCHEMA, "measurements": [dataclasses.asdict(m) for m in found]}
         with contextlib.suppress(OSError):  # a full disk: the run's own outcome matters more
@@ -424,14 +518,23 @@ def _rank_summaries(folder: RunFolder) -> list[dict]:
             continue
         events = doc.get("events") or []
         peak = lambda key: max((e[key] for e in events if isinstance(e.get(key), (int, float))), default=None)  # noqa: E731
-        ranks.append({"rank": doc.get("rank"), "exit": doc.get("exit"), "max_allocated_mib": peak("max_allocated_mib"),
-                      "max_reserved_mib": peak("max_reserved_mib"), "max_rss_mib": peak("max_rss_mib"), "oom": doc.get("oom")})  # fmt: skip
+        ranks.append(
+            {
+                "rank": doc.get("rank"),
+                "exit": doc.get("exit"),
+                "max_allocated_mib": peak("max_allocated_mib"),
+                "max_reserved_mib": peak("max_reserved_mib"),
+                "max_rss_mib": peak("max_rss_mib"),
+                "oom": doc.get("oom"),
+            }
+        )
     return ranks
 
 
 def _render_report(folder: RunFolder) -> Path | None:
-    from avatardoctor.errors import InputError
     from avatardoctor.reports.render import render_report
+
+    from avatardoctor.errors import InputError
 
     try:
         return render_report(folder.root)

@@ -25,7 +25,6 @@ from datetime import datetime, timezone
 from typing import IO
 
 import psutil
-
 from avatardoctor.runner.folder import RunFolder
 
 MEMORY_COLUMNS = ["time", "elapsed_s", "gpu", "uuid", "memory_used_mib", "memory_total_mib", "utilization_pct"]
@@ -207,8 +206,14 @@ class _PsutilSource:
 
 
 class MemorySampler:
-    def __init__(self, folder: RunFolder, hz: float = 10.0, root_pid: int | None = None,
-                 gpu_indices: list[int] | None = None, source: str = "auto"):  # fmt: skip
+    def __init__(
+        self,
+        folder: RunFolder,
+        hz: float = 10.0,
+        root_pid: int | None = None,
+        gpu_indices: list[int] | None = None,
+        source: str = "auto",
+    ):
         if not MIN_HZ <= hz <= MAX_HZ:  # also refuses NaN
             raise ValueError(f"sampling rate {hz} Hz is outside {MIN_HZ:g} to {MAX_HZ:g} Hz")
         if source not in ("auto", "nvml", "psutil"):
@@ -267,8 +272,13 @@ class MemorySampler:
             raise RuntimeError("a MemorySampler starts once")
         try:
             self.folder.logs.mkdir(parents=True, exist_ok=True)
-            for path, columns in (self.folder.gpu_memory_csv, MEMORY_COLUMNS), (self.folder.gpu_processes_csv, PROCESS_COLUMNS):
-                self._files.append(open(path, "wb", buffering=0))  # unbuffered: each write() goes straight to the kernel
+            for path, columns in (
+                (self.folder.gpu_memory_csv, MEMORY_COLUMNS),
+                (self.folder.gpu_processes_csv, PROCESS_COLUMNS),
+            ):
+                self._files.append(
+                    open(path, "wb", buffering=0)
+                )  # unbuffered: each write() goes straight to the kernel
                 _append_whole(self._files[-1], _csv_bytes([columns]))
         except OSError as err:  # still sampled: the peaks are kept in memory
             self.write_error = err
@@ -309,18 +319,31 @@ class MemorySampler:
         readings, processes = self._source.read(with_processes)
         stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         elapsed = round(elapsed, 3)
-        rows = [(gpu, uuid, _round(used), _round(total), _round(utilisation)) for gpu, uuid, used, total, utilisation in readings]
+        rows = [
+            (gpu, uuid, _round(used), _round(total), _round(utilisation))
+            for gpu, uuid, used, total, utilisation in readings
+        ]
         if self.write_error is None:
             memory_file, process_file = self._files
             try:
                 _append_whole(memory_file, _csv_bytes([stamp, elapsed, *row] for row in rows))
                 if processes:
-                    _append_whole(process_file, _csv_bytes([stamp, elapsed, gpu, pid, name, _round(used)] for gpu, pid, name, used in processes))
+                    _append_whole(
+                        process_file,
+                        _csv_bytes(
+                            [stamp, elapsed, gpu, pid, name, _round(used)] for gpu, pid, name, used in processes
+                        ),
+                    )
             except OSError as err:
                 self.write_error = err
         with self._lock:
             for gpu, _, used, total, utilisation in rows:
-                self._last[gpu] = {"memory_used_mib": used, "memory_total_mib": total, "utilization_pct": utilisation, "elapsed_s": elapsed}
+                self._last[gpu] = {
+                    "memory_used_mib": used,
+                    "memory_total_mib": total,
+                    "utilization_pct": utilisation,
+                    "elapsed_s": elapsed,
+                }
                 if used is not None and used > self._peaks.get(gpu, -math.inf):
                     self._peaks[gpu] = used
                     self._peak_at[gpu] = elapsed

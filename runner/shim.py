@@ -47,8 +47,11 @@ class Recorder:
         return torch
 
     def snapshot(self, event: str) -> None:
-        item = {"event": event, "elapsed_s": round(time.monotonic() - self.started, 3),
-                "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}  # fmt: skip
+        item = {
+            "event": event,
+            "elapsed_s": round(time.monotonic() - self.started, 3),
+            "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        }
         torch = self._torch()
         if torch is not None:
             item.update(
@@ -62,11 +65,14 @@ class Recorder:
         torch = sys.modules["torch"]
         stats = torch.cuda.memory_stats(device)
         self.doc["oom"] = {
-            "device": device, "tried_to_allocate_mib": round(alloc / MIB, 1),
-            "allocated_mib": round(device_allocated / MIB, 1), "free_mib": round(device_free / MIB, 1),
+            "device": device,
+            "tried_to_allocate_mib": round(alloc / MIB, 1),
+            "allocated_mib": round(device_allocated / MIB, 1),
+            "free_mib": round(device_free / MIB, 1),
             "reserved_mib": round(stats.get("reserved_bytes.all.current", 0) / MIB, 1),
-            "segments": stats.get("segment.all.current"), "elapsed_s": round(time.monotonic() - self.started, 3),
-        }  # fmt: skip
+            "segments": stats.get("segment.all.current"),
+            "elapsed_s": round(time.monotonic() - self.started, 3),
+        }
         self.write()
 
     def write(self) -> None:

@@ -22,8 +22,9 @@ def memory_curve(t: np.ndarray, gpu: int) -> np.ndarray:
     return mib + wave + (gpu == 4) * 1800 * (t > 100)
 
 
-def make_run(root: Path, gpus: int = 5, seconds: float = 480.0, hz: float = 10.0, oom_gpu: int | None = 2,
-             with_plan: bool = True) -> Path:  # fmt: skip
+def make_run(
+    root: Path, gpus: int = 5, seconds: float = 480.0, hz: float = 10.0, oom_gpu: int | None = 2, with_plan: bool = True
+) -> Path:
     logs = root / "logs"
     logs.mkdir(parents=True)
     t = np.arange(0, seconds, 1 / hz)
@@ -32,31 +33,60 @@ def make_run(root: Path, gpus: int = 5, seconds: float = 480.0, hz: float = 10.0
         used = memory_curve(t, g)
         if g == oom_gpu:
             used = np.where(t > seconds - 15, used + 4200, used)  # the allocation that failed comes after this
-        frames.append(pd.DataFrame({
-            "time": pd.Timestamp("2026-11-20T09:00:00Z") + pd.to_timedelta(t, unit="s"),
-            "elapsed_s": t.round(3), "gpu": g, "uuid": f"GPU-{g:08d}-0000-0000-0000-000000000000",
-            "memory_used_mib": used.round(0), "memory_total_mib": 81559, "utilization_pct": 97,
-        }))  # fmt: skip
+        frames.append(
+            pd.DataFrame(
+                {
+                    "time": pd.Timestamp("2026-11-20T09:00:00Z") + pd.to_timedelta(t, unit="s"),
+                    "elapsed_s": t.round(3),
+                    "gpu": g,
+                    "uuid": f"GPU-{g:08d}-0000-0000-0000-000000000000",
+                    "memory_used_mib": used.round(0),
+                    "memory_total_mib": 81559,
+                    "utilization_pct": 97,
+                }
+            )
+        )
     pd.concat(frames).sort_values(["elapsed_s", "gpu"], kind="stable").to_csv(logs / "gpu_memory.csv", index=False)
     pd.DataFrame(PHASES, columns=["phase", "start_s", "end_s"]).to_csv(logs / "phases.csv", index=False)
     if with_plan:
         plan = {
-            "schema": "avatardoctor.plan/1", "mode": "tpp", "nproc": gpus,
+            "schema": "avatardoctor.plan/1",
+            "mode": "tpp",
+            "nproc": gpus,
             "argv": ["--size", "720*400", "--prompt", PROMPT],
-            "config": {"mode": "tpp", "nproc": gpus, "size": "720*400", "infer_frames": 48, "fp8": False, "offload_model": False},
-            "prediction": {"verdict": "fits", "gpus": [
-                {"index": g, "peak_gib": 43.5 if g == gpus - 1 else 41.2, "usable_gib": 77.26, "phase": "denoise"} for g in range(gpus)
-            ]},
-        }  # fmt: skip
+            "config": {
+                "mode": "tpp",
+                "nproc": gpus,
+                "size": "720*400",
+                "infer_frames": 48,
+                "fp8": False,
+                "offload_model": False,
+            },
+            "prediction": {
+                "verdict": "fits",
+                "gpus": [
+                    {"index": g, "peak_gib": 43.5 if g == gpus - 1 else 41.2, "usable_gib": 77.26, "phase": "denoise"}
+                    for g in range(gpus)
+                ],
+            },
+        }
         (root / "plan.json").write_text(json.dumps(plan))
     debug = {
-        "schema": "avatardoctor.debug/1", "outcome": "oom" if oom_gpu is not None else "success",
-        "failure": None if oom_gpu is None else {
-            "class": "oom", "gpu": oom_gpu, "phase": "clip 4 denoise", "at_elapsed_s": seconds - 1,
+        "schema": "avatardoctor.debug/1",
+        "outcome": "oom" if oom_gpu is not None else "success",
+        "failure": None
+        if oom_gpu is None
+        else {
+            "class": "oom",
+            "gpu": oom_gpu,
+            "phase": "clip 4 denoise",
+            "at_elapsed_s": seconds - 1,
             "message": "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.31 GiB.",
-            "tried_to_allocate_mib": 2365, "remedy": "--offload-kv-cache or a smaller --size",
+            "tried_to_allocate_mib": 2365,
+            "remedy": "--offload-kv-cache or a smaller --size",
         },
-        "durations": {"total_s": seconds}, "clips_done": 3,
-    }  # fmt: skip
+        "durations": {"total_s": seconds},
+        "clips_done": 3,
+    }
     (root / "debug_info.json").write_text(json.dumps(debug))
     return root

@@ -44,17 +44,48 @@ SIZES = [(384, 704), (480, 832), (512, 512), (704, 1280), (720, 1280)]
 LEARNED = ("context_bytes", "nccl_bytes_per_peer", "activation_bytes_per_token_dim", "decode_bytes_per_pixel")
 
 
-def measurement(run_id="run-1", role="dit", phase="denoise", peers=4, token_dims=0.0, decode_pixels=0.0,
-                exact=30 * GIB, terms=TRUE, noise=0.0, **overrides) -> Measurement:
+def measurement(
+    run_id="run-1",
+    role="dit",
+    phase="denoise",
+    peers=4,
+    token_dims=0.0,
+    decode_pixels=0.0,
+    exact=30 * GIB,
+    terms=TRUE,
+    noise=0.0,
+    **overrides,
+) -> Measurement:
     """A measurement whose peak follows the fit's model with the given terms, plus noise bytes."""
-    measured = (exact + terms.context_bytes + terms.nccl_bytes_per_peer * peers
-                + terms.activation_bytes_per_token_dim * token_dims + terms.decode_bytes_per_pixel * decode_pixels + noise)
-    return replace(Measurement(run_id=run_id, gpu_name="NVIDIA H800", role=role, phase=phase, measured_bytes=round(measured),
-                               exact_bytes=round(exact), processes=peers + 1, nccl_peers=peers, token_dims=token_dims,
-                               decode_pixels=decode_pixels, recorded_at="2026-05-09T07:35:25+00:00"), **overrides)
+    measured = (
+        exact
+        + terms.context_bytes
+        + terms.nccl_bytes_per_peer * peers
+        + terms.activation_bytes_per_token_dim * token_dims
+        + terms.decode_bytes_per_pixel * decode_pixels
+        + noise
+    )
+    return replace(
+        Measurement(
+            run_id=run_id,
+            gpu_name="NVIDIA H800",
+            role=role,
+            phase=phase,
+            measured_bytes=round(measured),
+            exact_bytes=round(exact),
+            processes=peers + 1,
+            nccl_peers=peers,
+            token_dims=token_dims,
+            decode_pixels=decode_pixels,
+            recorded_at="2026-05-09T07:35:25+00:00",
+        ),
+        **overrides,
+    )
 
 
-def synthetic_runs(n_runs=12, seed=7, phases=("load", "denoise", "decode"), peers_choices=(0, 4, 7)) -> list[Measurement]:
+def synthetic_runs(
+    n_runs=12, seed=7, phases=("load", "denoise", "decode"), peers_choices=(0, 4, 7)
+) -> list[Measurement]:
     """Runs of varied layouts and sizes: DiT ranks peak while denoising, the VAE rank while decoding."""
     rng = random.Random(seed)
     out = []
@@ -62,12 +93,23 @@ def synthetic_runs(n_runs=12, seed=7, phases=("load", "denoise", "decode"), peer
         h, w = SIZES[r % len(SIZES)]
         peers = peers_choices[r % len(peers_choices)]
         tokens = 3 * (h // 16) * (w // 16)
-        for rank in range(peers + 1):
+        for _rank in range(peers + 1):
             phase = phases[rng.randrange(len(phases))]
-            drivers = {"denoise": {"token_dims": tokens * 5120.0}, "decode": {"decode_pixels": 12.0 * h * w}}.get(phase, {})
+            drivers = {"denoise": {"token_dims": tokens * 5120.0}, "decode": {"decode_pixels": 12.0 * h * w}}.get(
+                phase, {}
+            )
             role = "single" if peers == 0 else "vae" if phase == "decode" else "dit"
-            out.append(measurement(f"run-{r}", role, phase, peers, exact=rng.uniform(20, 60) * GIB,
-                                   noise=rng.gauss(0, 0.02 * GIB), **drivers))
+            out.append(
+                measurement(
+                    f"run-{r}",
+                    role,
+                    phase,
+                    peers,
+                    exact=rng.uniform(20, 60) * GIB,
+                    noise=rng.gauss(0, 0.02 * GIB),
+                    **drivers,
+                )
+            )
     return out
 
 
@@ -88,14 +130,19 @@ def test_a_known_bias_is_learned_through_the_history(env):
     assert terms.source == "calibrated from 12 runs" and terms.runs == 12
     assert terms.fragmentation == DEFAULT_TERMS.fragmentation
     assert f"context: fitted {gib(terms.context_bytes)} per GPU (default 0.75 GiB per GPU)" in lines
-    assert f"activations: fitted {terms.activation_bytes_per_token_dim:.1f} bytes per token per dim (default 46.0 bytes per token per dim)" in lines
+    assert (
+        f"activations: fitted {terms.activation_bytes_per_token_dim:.1f} bytes per token per dim (default 46.0 bytes per token per dim)"
+        in lines
+    )
     assert current_terms(env) == terms
 
 
 def test_larger_noise_gives_wider_bands(env):
     quiet, _ = fit_terms(synthetic_runs())
     rng = random.Random(3)
-    noisy, _ = fit_terms([replace(m, measured_bytes=m.measured_bytes + round(rng.gauss(0, 0.5 * GIB))) for m in synthetic_runs()])
+    noisy, _ = fit_terms(
+        [replace(m, measured_bytes=m.measured_bytes + round(rng.gauss(0, 0.5 * GIB))) for m in synthetic_runs()]
+    )
     assert noisy.context_band_bytes > quiet.context_band_bytes
     assert noisy.activation_band > quiet.activation_band
 
@@ -119,28 +166,51 @@ def test_one_layout_cannot_separate_nccl_from_the_context():
     # and the context absorbs the rest of the constant.
     terms, lines = fit_terms(synthetic_runs(peers_choices=(4,)))
     assert terms.nccl_bytes_per_peer == DEFAULT_TERMS.nccl_bytes_per_peer
-    assert any(line.startswith("NCCL: kept the default") and "cannot tell it apart from context" in line for line in lines)
+    assert any(
+        line.startswith("NCCL: kept the default") and "cannot tell it apart from context" in line for line in lines
+    )
     expected_context = TRUE.context_bytes + 4 * (TRUE.nccl_bytes_per_peer - DEFAULT_TERMS.nccl_bytes_per_peer)
     assert terms.context_bytes == pytest.approx(expected_context, rel=0.03)
 
 
 def test_too_few_measurements_keep_the_defaults_and_say_why():
-    two_denoising = [measurement(f"run-{i}", token_dims=1e7 * (i + 1)) for i in range(2)]  # context + activations + NCCL
-    four_driving_all = two_denoising + [measurement(f"run-{i}", "vae", "decode", peers=i, decode_pixels=3e6) for i in (2, 3)]
+    two_denoising = [
+        measurement(f"run-{i}", token_dims=1e7 * (i + 1)) for i in range(2)
+    ]  # context + activations + NCCL
+    four_driving_all = two_denoising + [
+        measurement(f"run-{i}", "vae", "decode", peers=i, decode_pixels=3e6) for i in (2, 3)
+    ]
     for ms, need, terms_driven in ((two_denoising, 4, 3), (four_driving_all, 5, 4)):
         terms, lines = fit_terms(ms)
         assert terms is DEFAULT_TERMS
-        assert lines == [(f"kept the default terms: {len(ms)} measurements in the history, the fit needs at least {need} "
-                          f"(one more than the {terms_driven} terms they drive)")]
+        assert lines == [
+            (
+                f"kept the default terms: {len(ms)} measurements in the history, the fit needs at least {need} "
+                f"(one more than the {terms_driven} terms they drive)"
+            )
+        ]
     terms, lines = fit_terms([])
-    assert terms is DEFAULT_TERMS and "no measurements yet" in lines[0] and "avatardoctor calibrate --import FILE" in lines[0]
+    assert (
+        terms is DEFAULT_TERMS
+        and "no measurements yet" in lines[0]
+        and "avatardoctor calibrate --import FILE" in lines[0]
+    )
 
 
 def test_a_coefficient_driven_negative_is_held_at_zero():
     # Peaks that fall as decode pixels grow: the unconstrained fit gives decode a negative slope.
-    ms = [measurement(f"run-{i}", "vae", "decode", peers=0, decode_pixels=pixels,
-                      terms=replace(TRUE, decode_bytes_per_pixel=0.0), noise=-80.0 * pixels)
-          for i, pixels in enumerate([1e6, 2e6, 3e6, 4e6, 5e6])]
+    ms = [
+        measurement(
+            f"run-{i}",
+            "vae",
+            "decode",
+            peers=0,
+            decode_pixels=pixels,
+            terms=replace(TRUE, decode_bytes_per_pixel=0.0),
+            noise=-80.0 * pixels,
+        )
+        for i, pixels in enumerate([1e6, 2e6, 3e6, 4e6, 5e6])
+    ]
     terms, lines = fit_terms(ms)
     assert terms.decode_bytes_per_pixel == 0.0
     assert any(line.startswith("decode: held at 0") for line in lines)
@@ -154,20 +224,27 @@ def test_current_terms_without_a_history_are_the_defaults_and_create_nothing(tmp
 
 
 def test_current_terms_without_a_history_do_not_import_numpy(tmp_path):
-    code = ("import sys; from avatardoctor.calibration import current_terms, DEFAULT_TERMS; "
-            f"assert current_terms({{'AVATARDOCTOR_HOME': {str(tmp_path)!r}}}) is DEFAULT_TERMS; "
-            "assert 'numpy' not in sys.modules, 'numpy imported'")
+    code = (
+        "import sys; from avatardoctor.calibration import current_terms, DEFAULT_TERMS; "
+        f"assert current_terms({{'AVATARDOCTOR_HOME': {str(tmp_path)!r}}}) is DEFAULT_TERMS; "
+        "assert 'numpy' not in sys.modules, 'numpy imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_the_history_lives_where_the_environment_says():
     assert history_path({"AVATARDOCTOR_HOME": "/data/ad", "XDG_DATA_HOME": "/x"}) == Path("/data/ad/history.sqlite3")
     assert str(history_path({"XDG_DATA_HOME": "/x", "HOME": "/h"})) == "/x/avatardoctor/history.sqlite3"
-    assert str(history_path({"XDG_DATA_HOME": "relative", "HOME": "/h"})) == "/h/.local/share/avatardoctor/history.sqlite3"
+    assert (
+        str(history_path({"XDG_DATA_HOME": "relative", "HOME": "/h"})) == "/h/.local/share/avatardoctor/history.sqlite3"
+    )
 
 
 def test_record_then_history_preserves_every_field_and_a_rerecorded_run_replaces_itself(env):
-    first = [measurement("run-a", token_dims=1.5e7), measurement("run-b", "vae", "decode", decode_pixels=3.2e6, peers=0)]
+    first = [
+        measurement("run-a", token_dims=1.5e7),
+        measurement("run-b", "vae", "decode", decode_pixels=3.2e6, peers=0),
+    ]
     path = record(first, env)
     assert path == history_path(env) and path.is_file()
     assert history(env) == first
@@ -213,26 +290,55 @@ def good_item(**changes) -> dict:
     return asdict(measurement()) | changes
 
 
-@pytest.mark.parametrize("doc, expected", [
-    ({"schema": "avatardoctor.measurements/2", "measurements": []}, "schema must be 'avatardoctor.measurements/1'"),
-    ([1, 2], "schema must be"),
-    ({"schema": IMPORT_SCHEMA}, "measurements: must be a list"),
-    ({"schema": IMPORT_SCHEMA, "measurements": [7]}, "measurements[0]: must be an object"),
-    ({"schema": IMPORT_SCHEMA, "measurements": [good_item(), {k: v for k, v in good_item().items() if k != "exact_bytes"}]},
-     "measurements[1].exact_bytes: missing"),
-    ({"schema": IMPORT_SCHEMA, "measurements": [good_item(measured_bytes=-5)]}, "measurements[0].measured_bytes: must be an integer"),
-    ({"schema": IMPORT_SCHEMA, "measurements": [good_item(measured_bytes="25 GiB")]}, "measured_bytes: must be an integer"),
-    ({"schema": IMPORT_SCHEMA, "measurements": [good_item(measured_bytes=2.5e10)]}, "measured_bytes: must be an integer"),
-    ({"schema": IMPORT_SCHEMA, "measurements": [good_item(nccl_peers=True)]}, "nccl_peers: must be an integer"),
-    ({"schema": IMPORT_SCHEMA, "measurements": [good_item(token_dims=-1.0)]}, "token_dims: must be a number"),
-    ({"schema": IMPORT_SCHEMA, "measurements": [good_item(run_id="")]}, "run_id: must be a non-empty string"),
-    ({"schema": IMPORT_SCHEMA, "measurements": [good_item(phase="sampling")]}, "phase: must be one of load, lora, fp8"),
-    ({"schema": IMPORT_SCHEMA, "measurements": [good_item(processes=4, nccl_peers=4)]}, "processes: must be at least 1"),
-    ({"schema": IMPORT_SCHEMA, "measurements": [good_item(recorded_at="yesterday")]}, "recorded_at: must be an ISO 8601"),
-    ({"schema": IMPORT_SCHEMA, "measurements": [good_item(recorded_at="2026-05-09T07:35:25")]}, "with its UTC offset"),
-    ({"schema": IMPORT_SCHEMA, "measurements": [good_item(gpu="H800")]}, "measurements[0].gpu: unknown field"),
-    ('{"schema": "avatardoctor.measurements/1", "measurements": [', "not valid JSON (line 1"),
-])
+@pytest.mark.parametrize(
+    "doc, expected",
+    [
+        ({"schema": "avatardoctor.measurements/2", "measurements": []}, "schema must be 'avatardoctor.measurements/1'"),
+        ([1, 2], "schema must be"),
+        ({"schema": IMPORT_SCHEMA}, "measurements: must be a list"),
+        ({"schema": IMPORT_SCHEMA, "measurements": [7]}, "measurements[0]: must be an object"),
+        (
+            {
+                "schema": IMPORT_SCHEMA,
+                "measurements": [good_item(), {k: v for k, v in good_item().items() if k != "exact_bytes"}],
+            },
+            "measurements[1].exact_bytes: missing",
+        ),
+        (
+            {"schema": IMPORT_SCHEMA, "measurements": [good_item(measured_bytes=-5)]},
+            "measurements[0].measured_bytes: must be an integer",
+        ),
+        (
+            {"schema": IMPORT_SCHEMA, "measurements": [good_item(measured_bytes="25 GiB")]},
+            "measured_bytes: must be an integer",
+        ),
+        (
+            {"schema": IMPORT_SCHEMA, "measurements": [good_item(measured_bytes=2.5e10)]},
+            "measured_bytes: must be an integer",
+        ),
+        ({"schema": IMPORT_SCHEMA, "measurements": [good_item(nccl_peers=True)]}, "nccl_peers: must be an integer"),
+        ({"schema": IMPORT_SCHEMA, "measurements": [good_item(token_dims=-1.0)]}, "token_dims: must be a number"),
+        ({"schema": IMPORT_SCHEMA, "measurements": [good_item(run_id="")]}, "run_id: must be a non-empty string"),
+        (
+            {"schema": IMPORT_SCHEMA, "measurements": [good_item(phase="sampling")]},
+            "phase: must be one of load, lora, fp8",
+        ),
+        (
+            {"schema": IMPORT_SCHEMA, "measurements": [good_item(processes=4, nccl_peers=4)]},
+            "processes: must be at least 1",
+        ),
+        (
+            {"schema": IMPORT_SCHEMA, "measurements": [good_item(recorded_at="yesterday")]},
+            "recorded_at: must be an ISO 8601",
+        ),
+        (
+            {"schema": IMPORT_SCHEMA, "measurements": [good_item(recorded_at="2026-05-09T07:35:25")]},
+            "with its UTC offset",
+        ),
+        ({"schema": IMPORT_SCHEMA, "measurements": [good_item(gpu="H800")]}, "measurements[0].gpu: unknown field"),
+        ('{"schema": "avatardoctor.measurements/1", "measurements": [', "not valid JSON (line 1"),
+    ],
+)
 def test_import_rejects_each_bad_field_with_one_line_naming_file_and_field(tmp_path, doc, expected):
     path = write_import(tmp_path, doc)
     with pytest.raises(InputError) as err:
@@ -242,7 +348,10 @@ def test_import_rejects_each_bad_field_with_one_line_naming_file_and_field(tmp_p
 
 
 def test_import_accepts_a_z_suffix_and_integral_floats_for_float_fields(tmp_path):
-    path = write_import(tmp_path, {"schema": IMPORT_SCHEMA, "measurements": [good_item(recorded_at="2026-05-09T07:35:25Z", token_dims=5)]})
+    path = write_import(
+        tmp_path,
+        {"schema": IMPORT_SCHEMA, "measurements": [good_item(recorded_at="2026-05-09T07:35:25Z", token_dims=5)]},
+    )
     assert import_measurements(path)[0].token_dims == 5.0
 
 
@@ -268,7 +377,16 @@ def test_the_report_is_json_and_renders_default_against_calibrated(env):
     text = out.getvalue()
     assert "terms: calibrated from 12 runs" in text
     context_row = next(line for line in text.splitlines() if line.strip().startswith("context  "))
-    assert context_row.split() == ["context", "0.75", "GiB", "per", "GPU", *gib(report["terms"]["context_bytes"]).split(), "per", "GPU"]
+    assert context_row.split() == [
+        "context",
+        "0.75",
+        "GiB",
+        "per",
+        "GPU",
+        *gib(report["terms"]["context_bytes"]).split(),
+        "per",
+        "GPU",
+    ]
     assert "bytes per token per dim" in text and "bytes per output pixel" in text
     assert "  bands: residual RMS" in text
 

@@ -52,7 +52,10 @@ def test_checks_in_display_order():
 
 def test_soundfile_is_imported_only_when_an_audio_is_checked():
     code = "import sys, avatardoctor.checks.audio; print('soundfile' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )
 
 
 @pytest.mark.parametrize("check", audio.CHECKS, ids=lambda c: c.id)
@@ -105,7 +108,11 @@ def cut_header(path: Path) -> None:
         ("missing.wav", lambda p: None, "audio file not found: missing.wav"),
         ("folder.wav", lambda p: p.mkdir(), "--audio folder.wav is a directory"),
         ("empty.wav", lambda p: p.touch(), "empty.wav is empty (0 bytes)"),
-        ("notes.wav", lambda p: p.write_text("these are my notes, not audio\n" * 20), "cannot decode notes.wav: Format not recognised"),
+        (
+            "notes.wav",
+            lambda p: p.write_text("these are my notes, not audio\n" * 20),
+            "cannot decode notes.wav: Format not recognised",
+        ),
         ("cut.wav", cut_header, "cannot decode cut.wav: Error in WAV"),
         ("header-only.wav", lambda p: write(p, 16000, silence(0, 16000)), "header-only.wav holds no audio (0 samples)"),
         ("voice.m4a", m4a_header, "cannot decode voice.m4a"),
@@ -124,7 +131,9 @@ def test_bad_inputs_fail_in_one_line_and_the_other_checks_skip(tmp_path, name, m
 
 def test_a_name_that_is_not_utf8_fails_and_prints(tmp_path):
     name = os.fsdecode(b"bad\xff.wav")
-    os.rename(write(tmp_path / "good.wav", 16000, tone(1.0, 16000)), tmp_path / name)  # soundfile cannot write that name
+    os.rename(
+        write(tmp_path / "good.wav", 16000, tone(1.0, 16000)), tmp_path / name
+    )  # soundfile cannot write that name
     result = run(audio.check_audio, tmp_path, name)
     assert result.status is Status.FAIL
     assert "bad\\xff.wav is not valid UTF-8" in result.summary
@@ -160,7 +169,13 @@ def test_mp3_with_id3_tag_warns_and_one_without_passes(tmp_path):
 
 @pytest.mark.parametrize("rate, channels, name", [(16000, 1, "speech.wav"), (44100, 2, "speech.flac")])
 def test_long_silence_at_both_ends_warns_with_the_measured_trim(tmp_path, rate, channels, name):
-    write(tmp_path / name, rate, silence(1.2, rate, channels), tone(3.0, rate, channels=channels), silence(0.8, rate, channels))
+    write(
+        tmp_path / name,
+        rate,
+        silence(1.2, rate, channels),
+        tone(3.0, rate, channels=channels),
+        silence(0.8, rate, channels),
+    )
     result = run(audio.check_silence, tmp_path, name)
     assert result.status is Status.WARN
     assert result.data["lead_s"] == pytest.approx(1.2, abs=0.05)
@@ -173,7 +188,10 @@ def test_short_silence_at_the_ends_passes(tmp_path):
     write(tmp_path / "speech.wav", 16000, silence(0.3, 16000), tone(2.0, 16000), silence(0.4, 16000))
     result = run(audio.check_silence, tmp_path, "speech.wav")
     assert result.status is Status.PASS, result.summary
-    assert (result.data["lead_s"], result.data["trail_s"]) == (pytest.approx(0.3, abs=0.05), pytest.approx(0.4, abs=0.05))
+    assert (result.data["lead_s"], result.data["trail_s"]) == (
+        pytest.approx(0.3, abs=0.05),
+        pytest.approx(0.4, abs=0.05),
+    )
 
 
 def test_low_peak_warns_with_loudnorm(tmp_path):
@@ -213,7 +231,10 @@ def test_a_20_minute_file_is_measured_fast(tmp_path):
     result = run(audio.check_silence, tmp_path, "talk.wav")
     assert time.perf_counter() - started < 2.0
     assert result.status is Status.WARN and not result.data["windowed"]
-    assert (result.data["lead_s"], result.data["trail_s"]) == (pytest.approx(1.0, abs=0.05), pytest.approx(2.0, abs=0.05))
+    assert (result.data["lead_s"], result.data["trail_s"]) == (
+        pytest.approx(1.0, abs=0.05),
+        pytest.approx(2.0, abs=0.05),
+    )
 
 
 def test_a_file_over_an_hour_is_read_at_its_ends_only(tmp_path):
@@ -223,7 +244,10 @@ def test_a_file_over_an_hour_is_read_at_its_ends_only(tmp_path):
     result = run(audio.check_silence, tmp_path, "stream.wav")
     assert result.data["windowed"] and "quiet" in result.summary
     assert any("first and last 300 s" in d for d in result.details)
-    assert (result.data["lead_s"], result.data["trail_s"]) == (pytest.approx(1.0, abs=0.05), pytest.approx(2.0, abs=0.05))
+    assert (result.data["lead_s"], result.data["trail_s"]) == (
+        pytest.approx(1.0, abs=0.05),
+        pytest.approx(2.0, abs=0.05),
+    )
 
 
 @pytest.mark.parametrize(
@@ -271,13 +295,24 @@ def test_a_fifo_is_refused_without_opening_it(tmp_path):
     os.mkfifo(tmp_path / "speech.wav")
     with writer_releasing_any_reader(tmp_path / "speech.wav"):
         result = run(audio.check_audio, tmp_path, "speech.wav")
-    assert (result.status, result.summary) == (Status.FAIL, "--audio speech.wav is a FIFO (named pipe), not an audio file")
+    assert (result.status, result.summary) == (
+        Status.FAIL,
+        "--audio speech.wav is a FIFO (named pipe), not an audio file",
+    )
 
 
 def sparse_wav(path: Path, rate: int, channels: int, data_bytes: int) -> Path:
     """A 16-bit PCM WAV header claiming `rate`, with data_bytes of sparse (zero) samples behind it."""
     fmt = struct.pack("<HHIIHH", 1, channels, rate, rate * channels * 2 % 2**32, channels * 2, 16)
-    header = b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVEfmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", data_bytes)
+    header = (
+        b"RIFF"
+        + struct.pack("<I", 36 + data_bytes)
+        + b"WAVEfmt "
+        + struct.pack("<I", 16)
+        + fmt
+        + b"data"
+        + struct.pack("<I", data_bytes)
+    )
     with open(path, "wb") as f:
         f.write(header)
         f.truncate(len(header) + data_bytes)
@@ -305,6 +340,8 @@ for name in ("absurd.wav", "plausible.wav"):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("absurd.wav | input.audio | fail | absurd.wav: its header claims 2,147,483,647 Hz"), lines
+    assert lines[0].startswith("absurd.wav | input.audio | fail | absurd.wav: its header claims 2,147,483,647 Hz"), (
+        lines
+    )
     assert lines[3].startswith("plausible.wav | input.audio | pass"), lines
     assert lines[4].startswith("plausible.wav | input.audio.silence | warn") and lines[4].endswith("| True"), lines

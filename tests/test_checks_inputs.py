@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 
 import pytest
+from conftest import make_ctx
 from PIL import Image
 
 from avatardoctor.checks import fit, inputs
 from avatardoctor.checks.base import Status
-from conftest import make_ctx
 
 
 def run(check, **config):
@@ -83,7 +83,10 @@ def test_large_file_is_explained_not_feared(tmp_path):
         (lambda d: (d / "folder.png").mkdir() or d / "folder.png", "a directory"),
         (lambda d: (d / "empty.png").write_bytes(b"") or d / "empty.png", "empty (0 bytes)"),
         (lambda d: written(d / "notes.png", b"these are my notes"), "not an image Pillow can decode"),
-        (lambda d: written(d / "cut.png", portrait(d / "whole.png", (600, 600)).read_bytes()[:300]), "not an image Pillow can decode"),
+        (
+            lambda d: written(d / "cut.png", portrait(d / "whole.png", (600, 600)).read_bytes()[:300]),
+            "not an image Pillow can decode",
+        ),
         (lambda d: d / os.fsdecode(b"bad\xff.png"), "not found"),
     ],
 )
@@ -105,9 +108,21 @@ def test_bad_images_are_failed_checks_not_tracebacks(tmp_path, make, problem):
     "prompt, status, hint",
     [
         ("a woman talking", Status.WARN, "short (3 words)"),
-        ("A happy but sad young woman speaks to the camera in soft studio lighting, realistic photo", Status.WARN, "contradictory cues: happy/sad"),
-        ("A middle-aged man with a grey beard explains the weather forecast calmly to viewers", Status.WARN, "no lighting or style cue"),
-        ("A young woman with long black hair speaks warmly to the camera, soft studio lighting, realistic photo", Status.PASS, None),
+        (
+            "A happy but sad young woman speaks to the camera in soft studio lighting, realistic photo",
+            Status.WARN,
+            "contradictory cues: happy/sad",
+        ),
+        (
+            "A middle-aged man with a grey beard explains the weather forecast calmly to viewers",
+            Status.WARN,
+            "no lighting or style cue",
+        ),
+        (
+            "A young woman with long black hair speaks warmly to the camera, soft studio lighting, realistic photo",
+            Status.PASS,
+            None,
+        ),
     ],
 )
 def test_prompt_hints_are_gentle(prompt, status, hint):
@@ -149,4 +164,7 @@ def test_an_image_over_pillows_pixel_limit_is_refused_before_decoding(tmp_path):
     ihdr = b"IHDR" + struct.pack(">II", 10_000, 10_000) + png[24:29]
     png[12:33] = ihdr + struct.pack(">I", zlib.crc32(ihdr))
     r = run(inputs.check_image, image=written(tmp_path / "huge.png", bytes(png)))
-    assert r.status is Status.FAIL and "too large to decode safely (Image size (100000000 pixels) exceeds limit" in r.summary
+    assert (
+        r.status is Status.FAIL
+        and "too large to decode safely (Image size (100000000 pixels) exceeds limit" in r.summary
+    )

@@ -148,9 +148,12 @@ def test_checkout_with_seed_script_says_it_is_not_upstream(tmp_path):
 
 @pytest.mark.parametrize(
     ("machine", "config", "nproc", "cond"),
-    [("5xH800-healthy", {"mode": "tpp"}, 5, "2640 of 3000"), ("1xH200", {"mode": "single"}, 1, "2640 of 2800"),
-     ("5xH800-healthy", {}, 5, "2640 of 3000")],
-)  # fmt: skip
+    [
+        ("5xH800-healthy", {"mode": "tpp"}, 5, "2640 of 3000"),
+        ("1xH200", {"mode": "single"}, 1, "2640 of 2800"),
+        ("5xH800-healthy", {}, 5, "2640 of 3000"),
+    ],
+)
 def test_asserts_upstream_defaults_pass(machine, config, nproc, cond):
     r = liveavatar.asserts.run(make_ctx(machine, **config))
     assert r.status is Status.PASS, r.details
@@ -169,72 +172,118 @@ def test_asserts_need_no_gpu_facts():
 # text or behaviour named, remedy).
 SINGLE_RULE_CASES = {
     "tpp.num_gpus_dit: only 4 DiT GPUs are supported": (
-        "8xH100", dict(mode="tpp", num_gpus_dit=5, sample_steps=5),
-        "tpp.num_gpus_dit", 'AssertionError: "Only 4 GPUs are supported for distributed inference."',
+        "8xH100",
+        dict(mode="tpp", num_gpus_dit=5, sample_steps=5),
+        "tpp.num_gpus_dit",
+        'AssertionError: "Only 4 GPUs are supported for distributed inference."',
         "--num-gpus-dit 4 --sample-steps 4",
     ),
     "tpp.vae_parallel: VAE parallel is required": (
-        "5xH800-healthy", dict(mode="tpp", enable_vae_parallel=False),
-        "tpp.vae_parallel", 'AssertionError: "VAE parallel is required for distributed inference."',
+        "5xH800-healthy",
+        dict(mode="tpp", enable_vae_parallel=False),
+        "tpp.vae_parallel",
+        'AssertionError: "VAE parallel is required for distributed inference."',
         "launch the entry with --enable_vae_parallel (avatardoctor's own launches always pass it)",
     ),
     "tpp.sample_steps: rank i runs step i, so 3 steps hang the last DiT rank": (
-        "5xH800-healthy", dict(mode="tpp", sample_steps=3),
-        "tpp.sample_steps", "DiT rank i runs denoising step i", "--sample-steps 4",
+        "5xH800-healthy",
+        dict(mode="tpp", sample_steps=3),
+        "tpp.sample_steps",
+        "DiT rank i runs denoising step i",
+        "--sample-steps 4",
     ),
     "tpp.dit_fsdp: FSDP over the world group cannot run TPP": (
-        "5xH800-healthy", dict(mode="fsdp"),
-        "tpp.dit_fsdp", "upstream cannot run this", "drop --dit_fsdp: upstream TPP keeps a full DiT on each of 5 GPUs",
+        "5xH800-healthy",
+        dict(mode="fsdp"),
+        "tpp.dit_fsdp",
+        "upstream cannot run this",
+        "drop --dit_fsdp: upstream TPP keeps a full DiT on each of 5 GPUs",
     ),
     "single.sample_steps: only 4 KV caches, KeyError '5'": (
-        "1xH200", dict(mode="single", sample_steps=5),
-        "single.sample_steps", "KeyError: '5'", "--sample-steps 4",
+        "1xH200",
+        dict(mode="single", sample_steps=5),
+        "single.sample_steps",
+        "KeyError: '5'",
+        "--sample-steps 4",
     ),
     "single.offload_model: the final decode finds the VAE on the CPU": (
-        "1xH200", dict(mode="single", offload_model=False),
-        "single.offload_model", "device-mismatch RuntimeError", "--offload-model True (the single-GPU script's value)",
+        "1xH200",
+        dict(mode="single", offload_model=False),
+        "single.offload_model",
+        "device-mismatch RuntimeError",
+        "--offload-model True (the single-GPU script's value)",
     ),
     "ulysses_size tpp: sequence parallel is not supported": (
-        "5xH800-healthy", dict(mode="tpp", ulysses_size=4),
-        "ulysses_size", 'AssertionError: "Sequence parallel is not supported."', "--ulysses-size 1",
+        "5xH800-healthy",
+        dict(mode="tpp", ulysses_size=4),
+        "ulysses_size",
+        'AssertionError: "Sequence parallel is not supported."',
+        "--ulysses-size 1",
     ),
     "ulysses_size single: sequence parallel is not supported": (
-        "1xH200", dict(mode="single", ulysses_size=2),
-        "ulysses_size", 'AssertionError: "Sequence parallel is not supported."', "--ulysses-size 1",
+        "1xH200",
+        dict(mode="single", ulysses_size=2),
+        "ulysses_size",
+        'AssertionError: "Sequence parallel is not supported."',
+        "--ulysses-size 1",
     ),
     "sample_solver: unsupported solver after the load": (
-        "1xH200", dict(mode="single", sample_solver="unipc"),
-        "sample_solver", 'NotImplementedError("Unsupported solver.")', "--sample-solver euler",
+        "1xH200",
+        dict(mode="single", sample_solver="unipc"),
+        "sample_solver",
+        'NotImplementedError("Unsupported solver.")',
+        "--sample-solver euler",
     ),
     "size.choice single: argparse refuses the size": (
-        "1xH200", dict(mode="single", size="640*480"),
-        "size.choice", "invalid choice", "--size 704*384",
+        "1xH200",
+        dict(mode="single", size="640*480"),
+        "size.choice",
+        "invalid choice",
+        "--size 704*384",
     ),
     "size.choice tpp: argparse refuses the size": (
-        "5xH800-healthy", dict(mode="tpp", size="1920*1080"),
-        "size.choice", "invalid choice", "--size 720*400",
+        "5xH800-healthy",
+        dict(mode="tpp", size="1920*1080"),
+        "size.choice",
+        "invalid choice",
+        "--size 720*400",
     ),
     "cond_cache tpp: 720*1280 writes 8800 tokens into 3000": (
-        "5xH800-healthy", dict(mode="tpp", size="720*1280"),
-        "cond_cache", "The expanded size of the tensor", "--size 704*384 (the largest that fits for an image of the --size aspect)",
+        "5xH800-healthy",
+        dict(mode="tpp", size="720*1280"),
+        "cond_cache",
+        "The expanded size of the tensor",
+        "--size 704*384 (the largest that fits for an image of the --size aspect)",
     ),
     "cond_cache tpp: 480*832 writes 3640 tokens into 3000": (
-        "5xH800-healthy", dict(mode="tpp", size="480*832"),
-        "cond_cache", "The expanded size of the tensor", "--size 704*384 (the largest that fits for an image of the --size aspect)",
+        "5xH800-healthy",
+        dict(mode="tpp", size="480*832"),
+        "cond_cache",
+        "The expanded size of the tensor",
+        "--size 704*384 (the largest that fits for an image of the --size aspect)",
     ),
     "cond_cache single: 1024*704 writes 7040 tokens into 2800": (
-        "1xH200", dict(mode="single", size="1024*704"),
-        "cond_cache", "The expanded size of the tensor", "--size 704*384 (the largest that fits for an image of the --size aspect)",
+        "1xH200",
+        dict(mode="single", size="1024*704"),
+        "cond_cache",
+        "The expanded size of the tensor",
+        "--size 704*384 (the largest that fits for an image of the --size aspect)",
     ),
     "infer_frames.min: under 12 frames there is no block to denoise": (
-        "1xH200", dict(mode="single", infer_frames=8),
-        "infer_frames.min", "zero denoising blocks", "--infer-frames 12",
+        "1xH200",
+        dict(mode="single", infer_frames=8),
+        "infer_frames.min",
+        "zero denoising blocks",
+        "--infer-frames 12",
     ),
     "save_path: the output name comes from the LoRA path": (
-        "5xH800-healthy", dict(mode="tpp", lora_path=""),
-        "save_path", "a crash at save time", "--lora-path Quark-Vision/Live-Avatar",
+        "5xH800-healthy",
+        dict(mode="tpp", lora_path=""),
+        "save_path",
+        "a crash at save time",
+        "--lora-path Quark-Vision/Live-Avatar",
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize(
@@ -253,8 +302,10 @@ def test_asserts_each_rule(machine, config, violation, upstream_text, remedy):
 
 def test_asserts_cond_cache_names_the_numbers():
     r = liveavatar.asserts.run(make_ctx("5xH800-healthy", mode="tpp", size="480*832"))
-    assert "--size 480*832 renders 448x832 px for the --size aspect: the first prefill writes 3640 conditioning " \
-           "tokens into a cache of 3000" in r.details[0]  # fmt: skip
+    assert (
+        "--size 480*832 renders 448x832 px for the --size aspect: the first prefill writes 3640 conditioning "
+        "tokens into a cache of 3000" in r.details[0]
+    )
 
 
 def test_asserts_large_size_with_a_small_image_is_fine_and_says_so(tmp_path):
@@ -284,13 +335,17 @@ def test_asserts_tpp_with_one_block_per_clip_hangs_at_clip_2():
     r = liveavatar.asserts.run(make_ctx("5xH800-healthy", mode="tpp", infer_frames=12))
     assert r.data["violations"] == ["tpp.one_block"] and "clip 2 for ever" in r.details[0]
     tiny = liveavatar.asserts.run(make_ctx("5xH800-healthy", mode="tpp", infer_frames=8))
-    assert tiny.data["violations"] == ["infer_frames.min"] and tiny.remedy == "--infer-frames 24"  # never one that hangs
+    assert (
+        tiny.data["violations"] == ["infer_frames.min"] and tiny.remedy == "--infer-frames 24"
+    )  # never one that hangs
     assert r.remedy == "--infer-frames 24 or more (two blocks per clip)"
     one_clip = liveavatar.asserts.run(make_ctx("5xH800-healthy", mode="tpp", infer_frames=12, num_clip=1))
     assert one_clip.status is Status.PASS  # the hang waits for a second clip
 
 
-@pytest.mark.parametrize(("frames", "remedy"), [(80, "--infer-frames 72"), (50, "--infer-frames 48"), (30, "--infer-frames 24")])
+@pytest.mark.parametrize(
+    ("frames", "remedy"), [(80, "--infer-frames 72"), (50, "--infer-frames 48"), (30, "--infer-frames 24")]
+)
 def test_asserts_frames_past_the_last_block_warn_and_never_suggest_4_or_8(frames, remedy):
     r = liveavatar.asserts.run(make_ctx("5xH800-healthy", mode="tpp", infer_frames=frames))
     assert r.status is Status.WARN and r.data["warnings"] == ["infer_frames.blocks"] and r.data["violations"] == []
@@ -300,7 +355,10 @@ def test_asserts_frames_past_the_last_block_warn_and_never_suggest_4_or_8(frames
 def test_asserts_gradio_entry_accepts_what_the_cli_entry_refuses():
     """gradio_app.py comments out the world-size and DiT-count asserts: 3 DiT ranks + 1 VAE rank, 3 steps."""
     three = dict(mode="tpp", num_gpus_dit=3, sample_steps=3)
-    assert liveavatar.asserts.run(make_ctx("4xH100", **three)).data["violations"] == ["tpp.world_size", "tpp.num_gpus_dit"]
+    assert liveavatar.asserts.run(make_ctx("4xH100", **three)).data["violations"] == [
+        "tpp.world_size",
+        "tpp.num_gpus_dit",
+    ]
     r = liveavatar.asserts.run(make_ctx("4xH100", gradio=True, **three))
     assert r.status is Status.PASS and r.data["entry"] == "gradio"
 
@@ -384,7 +442,10 @@ def test_lora_truncated_local_file_fails_naming_it(tmp_path):
     r = liveavatar.lora.run(make_ctx("1xH200", lora_path=str(lora)))
     assert r.status is Status.FAIL
     assert r.summary.startswith(f"LoRA file {lora}: truncated: 167 bytes of 168")
-    assert r.remedy == "download it again: hf download Quark-Vision/Live-Avatar liveavatar.safetensors --local-dir ckpt/LiveAvatar"
+    assert (
+        r.remedy
+        == "download it again: hf download Quark-Vision/Live-Avatar liveavatar.safetensors --local-dir ckpt/LiveAvatar"
+    )
 
 
 def test_lora_upstream_relative_path_resolves_in_the_checkout_even_offline(tmp_path):
@@ -448,7 +509,9 @@ def checkout_with_hub_cache(tmp_path: Path, **kw) -> tuple[Path, Path]:
 
 def test_lora_hub_id_is_looked_up_in_the_checkouts_cache_dir_offline(tmp_path):
     root, cached = checkout_with_hub_cache(tmp_path)
-    r = liveavatar.lora.run(make_ctx("1xH200", env={"HF_HUB_OFFLINE": "1"}, cwd=tmp_path / "elsewhere", liveavatar=root))
+    r = liveavatar.lora.run(
+        make_ctx("1xH200", env={"HF_HUB_OFFLINE": "1"}, cwd=tmp_path / "elsewhere", liveavatar=root)
+    )
     assert r.status is Status.PASS
     assert r.summary == f"LoRA Quark-Vision/Live-Avatar is in the checkout's hub cache: {cached}"
     assert r.data["cache"] == str(root / "ckpt/LiveAvatar")
@@ -514,7 +577,9 @@ def test_lora_hub_file_whose_blob_is_missing_is_not_cached(tmp_path):
 
 
 def test_lora_hub_snapshot_without_refs_main_is_not_found_offline(tmp_path):
-    root, _ = checkout_with_hub_cache(tmp_path, with_ref=False)  # offline hf_hub_download resolves "main" through refs/main only
+    root, _ = checkout_with_hub_cache(
+        tmp_path, with_ref=False
+    )  # offline hf_hub_download resolves "main" through refs/main only
     r = liveavatar.lora.run(make_ctx("1xH200", env={"HF_HUB_OFFLINE": "1"}, liveavatar=root))
     assert r.status is Status.FAIL
 
@@ -523,8 +588,16 @@ def test_lora_hub_snapshot_without_refs_main_is_not_found_offline(tmp_path):
 
 
 def git(root: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True, text=True, env=env).stdout.strip()
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    return subprocess.run(
+        ["git", "-C", str(root), *args], check=True, capture_output=True, text=True, env=env
+    ).stdout.strip()
 
 
 @pytest.fixture

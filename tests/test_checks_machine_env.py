@@ -114,7 +114,9 @@ def test_nccl_async_error_handling_off_without_blocking_wait_warns():
     assert nccl_env("5xH800-healthy", gradio).status is Status.PASS
 
 
-@pytest.mark.parametrize("value, status", [("WARN", Status.PASS), ("INFO", Status.PASS), ("TRACE", Status.WARN), ("LOUD", Status.WARN)])
+@pytest.mark.parametrize(
+    "value, status", [("WARN", Status.PASS), ("INFO", Status.PASS), ("TRACE", Status.WARN), ("LOUD", Status.WARN)]
+)
 def test_nccl_debug_levels(value, status):
     assert nccl_env("5xH800-healthy", {"NCCL_DEBUG": value}).status is status
 
@@ -197,7 +199,9 @@ def test_ram_at_the_load_every_process_builds_t5_in_fp32():
 def test_ram_at_the_save_the_whole_video_in_fp32_grows_with_the_audio():
     """tpp.py:1130-1136 keeps every decoded frame in fp32 on the CPU; save_video copies it (utils.py:104-111)."""
     m = machine("5xH800-healthy")
-    m = dataclasses.replace(m, host=dataclasses.replace(m.host, ram_total_bytes=512 * 2**30, ram_available_bytes=500 * 2**30))
+    m = dataclasses.replace(
+        m, host=dataclasses.replace(m.host, ram_total_bytes=512 * 2**30, ram_available_bytes=500 * 2**30)
+    )
     hour = host.check_ram.run(make_ctx(m, mode="single", audio_seconds=3600))
     frames = (int(3600 * 25 / 48) + 1) * 48
     assert hour.data["binding"] == "save" and hour.data["save_bytes"] == frames * 384 * 704 * 12 * 3.25
@@ -212,7 +216,9 @@ def test_ram_at_the_save_the_whole_video_in_fp32_grows_with_the_audio():
 
 def test_ram_too_small_and_too_busy():
     m = machine("5x4090-pcie")
-    tiny = dataclasses.replace(m, host=dataclasses.replace(m.host, ram_total_bytes=32 * 2**30, ram_available_bytes=30 * 2**30))
+    tiny = dataclasses.replace(
+        m, host=dataclasses.replace(m.host, ram_total_bytes=32 * 2**30, ram_available_bytes=30 * 2**30)
+    )
     assert host.check_ram.run(make_ctx(tiny)).status is Status.FAIL
     busy = dataclasses.replace(m, host=dataclasses.replace(m.host, ram_available_bytes=40 * 2**30))
     r = host.check_ram.run(make_ctx(busy))
@@ -227,7 +233,9 @@ def test_ram_and_shm_skip_for_catalogue_boxes():
 
 def test_shm_docker_default_fails_when_nccl_needs_it():
     m = machine("5x4090-pcie")
-    docker = dataclasses.replace(m, host=dataclasses.replace(m.host, shm_total_bytes=64 * 2**20, shm_free_bytes=64 * 2**20))
+    docker = dataclasses.replace(
+        m, host=dataclasses.replace(m.host, shm_total_bytes=64 * 2**20, shm_free_bytes=64 * 2**20)
+    )
     r = host.check_shm.run(make_ctx(docker))
     assert r.status is Status.FAIL and "--shm-size" in r.remedy and r.data["shm_transport"] is True
 

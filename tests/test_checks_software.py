@@ -183,7 +183,9 @@ def test_attention_missing_fails_before_the_first_forward_and_mentions_fa3_on_ho
     add_dist(site, "nvidia-cudnn-cu12", "9.10.2.21")
     result = run(software.check_attention, "5xH800-healthy")
     assert result.status is Status.FAIL and "first DiT forward" in result.summary
-    assert result.remedy == "pip install flash-attn==2.8.3 --no-build-isolation (or FlashAttention 3 on these Hopper GPUs)"
+    assert (
+        result.remedy == "pip install flash-attn==2.8.3 --no-build-isolation (or FlashAttention 3 on these Hopper GPUs)"
+    )
     assert any("assert FLASH_ATTN_2_AVAILABLE" in d for d in result.details)
 
 
@@ -216,7 +218,9 @@ def test_attention_deep_fails_a_wheel_built_for_another_torch(site):
     result = software.check_attention.run(replace(make_ctx("5xH800-healthy"), deep=True))
     assert result.status is Status.FAIL
     assert result.summary.endswith("ImportError: flash_attn_2_cuda.so: undefined symbol: _ZN3c104cuda9SetDeviceEi")
-    assert result.remedy.startswith("reinstall it for this torch and CUDA: pip uninstall -y flash-attn && pip install flash-attn==2.8.3")
+    assert result.remedy.startswith(
+        "reinstall it for this torch and CUDA: pip uninstall -y flash-attn && pip install flash-attn==2.8.3"
+    )
 
 
 # ---- sw.pins --------------------------------------------------------------------------------------
@@ -226,7 +230,9 @@ def test_pins_everything_the_entry_imports_passes(site):
     upstream_site(site)
     result = run(software.check_pins)
     assert result.status is Status.PASS, result.summary
-    assert "transformers 4.51.3 (upstream pin >=4.49.0,<=4.51.3)" in result.details and "dashscope 1.0.0" in result.details
+    assert (
+        "transformers 4.51.3 (upstream pin >=4.49.0,<=4.51.3)" in result.details and "dashscope 1.0.0" in result.details
+    )
     assert "gradio" not in result.data  # only the gradio entry imports it
 
 

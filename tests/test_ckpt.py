@@ -68,7 +68,9 @@ def results(root: Path, start: Path | None = None) -> dict:
 
 def test_reads_a_valid_header(tmp_path):
     path = tmp_path / "ok.safetensors"
-    write_safetensors(path, [("a", "BF16", (2, 3)), ("b", "F32", (4,)), ("empty", "F16", (0, 5))], os.urandom, {"format": "pt"})
+    write_safetensors(
+        path, [("a", "BF16", (2, 3)), ("b", "F32", (4,)), ("empty", "F16", (0, 5))], os.urandom, {"format": "pt"}
+    )
     f = read_header(path)
     assert [(t.name, t.dtype, t.shape, t.begin, t.end) for t in f.tensors] == [
         ("a", "BF16", (2, 3), 0, 12),
@@ -86,7 +88,10 @@ def test_reads_a_valid_header(tmp_path):
         (lambda p: raw_safetensors(p, b"{not json at all}"), "header is not valid JSON"),
         (lambda p: raw_safetensors(p, b"[" * 100_000 + b"]" * 100_000), "nested too deeply"),
         (lambda p: raw_safetensors(p, {"a": tensor(dtype="BF17")}, bytes(8)), "unknown dtype 'BF17'"),
-        (lambda p: raw_safetensors(p, {"a": tensor(offsets=(0, 8)), "b": tensor(offsets=(4, 12))}, bytes(12)), "overlaps"),
+        (
+            lambda p: raw_safetensors(p, {"a": tensor(offsets=(0, 8)), "b": tensor(offsets=(4, 12))}, bytes(12)),
+            "overlaps",
+        ),
         (lambda p: raw_safetensors(p, {"a": tensor(shape=(-2, 2))}, bytes(8)), "non-negative"),
         (lambda p: raw_safetensors(p, {"a": tensor(offsets=(0, 8))}, bytes(7)), "truncated: "),
         (lambda p: raw_safetensors(p, {"a": tensor(offsets=(0, 8))}, bytes(9)), "1 extra bytes after the last tensor"),
@@ -143,10 +148,14 @@ def test_header_reader_survives_arbitrary_bytes():
     @hypothesis.settings(max_examples=400, deadline=None, derandomize=True)
     @hypothesis.given(
         length=st.one_of(st.integers(0, 2**64 - 1), st.integers(0, 300)),
-        body=st.one_of(st.binary(max_size=300), st.recursive(st.none() | st.integers() | st.text(max_size=5),
-                       lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=5), c, max_size=4))
-                       .map(lambda v: json.dumps(v).encode())),
-    )  # fmt: skip
+        body=st.one_of(
+            st.binary(max_size=300),
+            st.recursive(
+                st.none() | st.integers() | st.text(max_size=5),
+                lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=5), c, max_size=4),
+            ).map(lambda v: json.dumps(v).encode()),
+        ),
+    )
     def run(length, body):
         path = Path(os.environ["FUZZ_DIR"]) / "f.safetensors"
         path.write_bytes(struct.pack("<Q", length) + body)
@@ -163,7 +172,10 @@ def test_header_reader_survives_arbitrary_bytes():
     [
         ({"a": tensor(dtype=["BF16"])}, "unknown dtype"),  # was a TypeError (unhashable list)
         ({"a": tensor(dtype={"x": 1})}, "unknown dtype"),
-        ({"a": tensor(shape=[2**62] * 2000)}, "overflows a 64-bit size"),  # a product of 38,000 digits: was a ValueError
+        (
+            {"a": tensor(shape=[2**62] * 2000)},
+            "overflows a 64-bit size",
+        ),  # a product of 38,000 digits: was a ValueError
         ({"a": tensor(shape=[0, 2**64])}, "non-negative integers"),  # not a usize: the loader refuses it too
         ({"a": tensor(shape=[2**40, 2**40, 0])}, "overflows a 64-bit size"),  # the loader multiplies in order
         (b'{"a": {"dtype": "U8", "shape": [' + b"9" * 5000 + b'], "data_offsets": [0, 0]}}', "number out of range"),
@@ -181,9 +193,15 @@ def test_malformed_header_values_are_one_line_errors(tmp_path, header, message):
         read_header(path)
 
 
-@pytest.mark.parametrize("dtype, shape, nbytes", [("C64", (3,), 24), ("F4", (6,), 3), ("F6_E2M3", (4,), 3), ("F8_E5M2FNUZ", (2, 2), 4)])
+@pytest.mark.parametrize(
+    "dtype, shape, nbytes", [("C64", (3,), 24), ("F4", (6,), 3), ("F6_E2M3", (4,), 3), ("F8_E5M2FNUZ", (2, 2), 4)]
+)
 def test_every_dtype_the_loader_knows_is_read(tmp_path, dtype, shape, nbytes):
-    path = raw_safetensors(tmp_path / "s.safetensors", {"t": tensor(dtype, shape, (0, nbytes)), "x": tensor("U8", (1,), (nbytes, nbytes + 1))}, bytes(nbytes + 1))
+    path = raw_safetensors(
+        tmp_path / "s.safetensors",
+        {"t": tensor(dtype, shape, (0, nbytes)), "x": tensor("U8", (1,), (nbytes, nbytes + 1))},
+        bytes(nbytes + 1),
+    )
     assert [(t.dtype, t.nbytes) for t in read_header(path).tensors] == [(dtype, nbytes), ("U8", 1)]
 
 
@@ -213,10 +231,17 @@ def test_header_reader_agrees_with_the_safetensors_loader():
     from avatardoctor.ckpt.safetensors_file import DTYPE_BITS
 
     st = hypothesis.strategies
-    numbers = st.sampled_from(["0", "1", "2", "3", "-0", "-1", "1.0", "1e400", "18446744073709551616", "4294967296", "2.5"])
+    numbers = st.sampled_from(
+        ["0", "1", "2", "3", "-0", "-1", "1.0", "1e400", "18446744073709551616", "4294967296", "2.5"]
+    )
     dims = st.one_of(st.integers(0, 4).map(str), numbers)
-    dtype = st.one_of(st.sampled_from(sorted(DTYPE_BITS)), st.sampled_from(['"C128"', '"bf16"', "[]", "{}", "1", "null"]))
-    name = st.one_of(st.text(min_size=1, max_size=4).map(lambda n: json.dumps(n)), st.sampled_from(['"\\ud800"', '"\\udc00a"', '"\\ud83d\\ude00"', '"__metadata__"']))
+    dtype = st.one_of(
+        st.sampled_from(sorted(DTYPE_BITS)), st.sampled_from(['"C128"', '"bf16"', "[]", "{}", "1", "null"])
+    )
+    name = st.one_of(
+        st.text(min_size=1, max_size=4).map(lambda n: json.dumps(n)),
+        st.sampled_from(['"\\ud800"', '"\\udc00a"', '"\\ud83d\\ude00"', '"__metadata__"']),
+    )
 
     @st.composite
     def files(draw):
@@ -230,15 +255,23 @@ def test_header_reader_agrees_with_the_safetensors_loader():
                 numel *= int(x) if x.lstrip("-").isdigit() else 1
             size = max(0, numel) * bits // 8 + draw(st.sampled_from([0, 0, 0, 1, -1]))
             begin = position + draw(st.sampled_from([0, 0, 0, 1, -1]))
-            fields = [f'"dtype":{json.dumps(d) if d in DTYPE_BITS else d}', f'"shape":[{",".join(shape)}]', f'"data_offsets":[{begin},{begin + size}]']
-            fields += draw(st.lists(st.sampled_from(['"extra":1', '"extra":-0', '"dtype":"U8"', '"other":1e400']), max_size=1))
+            fields = [
+                f'"dtype":{json.dumps(d) if d in DTYPE_BITS else d}',
+                f'"shape":[{",".join(shape)}]',
+                f'"data_offsets":[{begin},{begin + size}]',
+            ]
+            fields += draw(
+                st.lists(st.sampled_from(['"extra":1', '"extra":-0', '"dtype":"U8"', '"other":1e400']), max_size=1)
+            )
             n = draw(name)
             names.append(n)
             entries.append(f"{n}:{{{','.join(draw(st.permutations(fields)))}}}")
             position = max(position, begin + size)
         if draw(st.booleans()):
             entries.append('"__metadata__":' + draw(st.sampled_from(METADATA_VALUES)))
-        header = ("{" + ",".join(draw(st.permutations(entries))) + "}" + draw(st.sampled_from(["", "  ", "\n", "x", "\x00"]))).encode()
+        header = (
+            "{" + ",".join(draw(st.permutations(entries))) + "}" + draw(st.sampled_from(["", "  ", "\n", "x", "\x00"]))
+        ).encode()
         data = bytes(min(max(0, position + draw(st.sampled_from([0, 0, 0, 1, -1]))), 2**16))  # a huge shape: truncated
         return struct.pack("<Q", len(header)) + header + data
 
@@ -264,6 +297,7 @@ def test_header_reader_agrees_with_the_safetensors_loader():
 
 def _repeats_a_name(content: bytes) -> bool:
     """Whether any JSON object in the header names a key twice (the documented difference)."""
+
     def pairs(items):
         keys = [k for k, _ in items]
         if len(set(keys)) != len(keys):
@@ -271,7 +305,10 @@ def _repeats_a_name(content: bytes) -> bool:
         return dict(items)
 
     try:
-        json.loads(content[8 : 8 + struct.unpack("<Q", content[:8])[0]].decode("utf-8", "surrogatepass"), object_pairs_hook=pairs)
+        json.loads(
+            content[8 : 8 + struct.unpack("<Q", content[:8])[0]].decode("utf-8", "surrogatepass"),
+            object_pairs_hook=pairs,
+        )
     except KeyError:
         return True
     except ValueError:
@@ -398,7 +435,10 @@ def test_index_disagreeing_with_the_shards(skeleton_copy):
     index_path.write_text(json.dumps(index))
     r = results(skeleton_copy)["ckpt.index"]
     assert r.status is Status.FAIL
-    assert f"the index puts tensor {moved!r} in diffusion_pytorch_model-00002-of-00004.safetensors, which does not hold it" in r.details
+    assert (
+        f"the index puts tensor {moved!r} in diffusion_pytorch_model-00002-of-00004.safetensors, which does not hold it"
+        in r.details
+    )
     assert f"the index puts tensor 'ghost.weight' in {SHARD1}, which does not hold it" in r.details
     assert any("metadata.total_size is 32,591,511,220 bytes, the shards hold 32,591,511,218" in d for d in r.details)
 
@@ -438,7 +478,7 @@ def test_fp32_export_is_explained(tmp_path):
     write_skeleton(root)
     index = json.loads((root / layout.UPSTREAM_INDEX).read_text())
     by_shard: dict[str, list] = {}
-    for name, dtype, shape in reference_tensors("dit"):
+    for name, _dtype, shape in reference_tensors("dit"):
         by_shard.setdefault(index["weight_map"][name], []).append((name, "F32", shape))
     for shard, specs in by_shard.items():
         write_safetensors(root / shard, specs, None)
@@ -549,7 +589,10 @@ def test_deep_manifest_round_trip_and_a_flipped_byte(tmp_path):
     doc = {c["id"]: c for c in json.loads(wrote.stdout)["checks"]}
     assert doc["ckpt.sha256"]["status"] == "pass" and "README.md" in doc["ckpt.sha256"]["data"]["sha256"]
     assert subprocess.run(["sha256sum", "-c", "--quiet", str(manifest)], cwd=root).returncode == 0
-    assert run_cli("ckpt", "verify", str(root), "--manifest", str(manifest), "--json").stdout.count('"status": "fail"') == 1  # tiny shapes: ckpt.dit
+    assert (
+        run_cli("ckpt", "verify", str(root), "--manifest", str(manifest), "--json").stdout.count('"status": "fail"')
+        == 1
+    )  # tiny shapes: ckpt.dit
     shard = root / SHARD1
     data = bytearray(shard.read_bytes())
     data[-1] ^= 0x01  # same size, one bit different: only the content hash can tell
@@ -618,10 +661,17 @@ def test_deep_reports_an_entry_it_cannot_decompress(tmp_path, how, problem):
 def without_root_file_powers(*command: str) -> subprocess.CompletedProcess:
     """Run command as root without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH: file modes bind root too, so a
     chmod 000 folder is really unreadable (the tests run as root). Skips where setpriv cannot do it."""
-    setpriv = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search", "--"]
+    setpriv = [
+        "setpriv",
+        "--bounding-set=-dac_override,-dac_read_search",
+        "--inh-caps=-dac_override,-dac_read_search",
+        "--",
+    ]
     probe = subprocess.run([*setpriv, "true"], capture_output=True) if AS_ROOT and shutil.which("setpriv") else None
     if probe is None or probe.returncode != 0:
-        pytest.skip("needs root and a setpriv that may drop capabilities (a non-root user: chmod suffices, not written)")
+        pytest.skip(
+            "needs root and a setpriv that may drop capabilities (a non-root user: chmod suffices, not written)"
+        )
     return subprocess.run([*setpriv, *command], capture_output=True, text=True, timeout=120)
 
 
@@ -631,7 +681,9 @@ def test_an_unreadable_subfolder_is_reported_not_missing(tmp_path):
     folder.chmod(0)
     try:
         plain = without_root_file_powers(sys.executable, "-m", "avatardoctor", "ckpt", "verify", str(root), "--json")
-        deep = without_root_file_powers(sys.executable, "-m", "avatardoctor", "ckpt", "verify", str(root), "--deep", "--json")
+        deep = without_root_file_powers(
+            sys.executable, "-m", "avatardoctor", "ckpt", "verify", str(root), "--deep", "--json"
+        )
     finally:
         folder.chmod(0o755)
     checks = {c["id"]: c for c in json.loads(plain.stdout)["checks"]}
@@ -639,7 +691,10 @@ def test_an_unreadable_subfolder_is_reported_not_missing(tmp_path):
     assert "permission denied" in checks["ckpt.wav2vec2"]["summary"], checks["ckpt.wav2vec2"]
     assert deep.returncode == 1 and "Traceback" not in deep.stderr, deep.stderr
     sha = {c["id"]: c for c in json.loads(deep.stdout)["checks"]}["ckpt.sha256"]
-    assert sha["status"] == "fail" and f"{folder.name}: a folder that cannot be listed (Permission denied)" in sha["details"]
+    assert (
+        sha["status"] == "fail"
+        and f"{folder.name}: a folder that cannot be listed (Permission denied)" in sha["details"]
+    )
 
 
 def test_names_from_files_reach_the_terminal_escaped_and_the_json_exact(tmp_path):
@@ -671,7 +726,9 @@ def test_write_manifest_refuses_to_overwrite_before_hashing(tmp_path):
     r = run_cli("ckpt", "verify", str(root), "--write-manifest", str(manifest))
     assert r.returncode == 2 and "exists; pass --force" in r.stderr and "hashing" not in r.stderr
     assert manifest.read_text() == "the user's\n"
-    assert run_cli("ckpt", "verify", str(root), "--write-manifest", str(manifest), "--force").returncode == 1  # tiny: ckpt.dit
+    assert (
+        run_cli("ckpt", "verify", str(root), "--write-manifest", str(manifest), "--force").returncode == 1
+    )  # tiny: ckpt.dit
     assert manifest.read_text() != "the user's\n"
 
 
@@ -680,4 +737,8 @@ def test_bad_manifest_is_a_one_line_error(tmp_path):
     manifest = tmp_path / "bad.sha256"
     manifest.write_text(f"{'0' * 64}  ../../etc/passwd\n")
     r = run_cli("ckpt", "verify", str(root), "--manifest", str(manifest))
-    assert r.returncode == 2 and r.stderr.startswith(f"Error: --manifest {manifest}: line 1") and "Traceback" not in r.stderr
+    assert (
+        r.returncode == 2
+        and r.stderr.startswith(f"Error: --manifest {manifest}: line 1")
+        and "Traceback" not in r.stderr
+    )

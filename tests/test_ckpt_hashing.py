@@ -63,7 +63,11 @@ def sha256sum(paths: list[Path]) -> dict[Path, str]:
 def test_digests_match_hashlib_and_sha256sum(tmp_path):
     rng = random.Random(1)
     sizes = {f"small/{i:03}.json": rng.randrange(40_000) for i in range(150)}
-    sizes |= {"big-1.safetensors": 3 * CHUNK_BYTES + 17, "big-2.safetensors": 2 * CHUNK_BYTES, "big-3.pth": CHUNK_BYTES + 1}
+    sizes |= {
+        "big-1.safetensors": 3 * CHUNK_BYTES + 17,
+        "big-2.safetensors": 2 * CHUNK_BYTES,
+        "big-3.pth": CHUNK_BYTES + 1,
+    }
     sizes["empty.txt"] = 0
     paths = make_files(tmp_path, sizes)
 
@@ -199,8 +203,10 @@ def test_ctrl_c_stops_promptly_with_one_line_and_code_130(tmp_path):
     script.write_text(CTRL_C_SCRIPT)
     proc = subprocess.Popen(
         [sys.executable, str(script), *map(str, shards)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline() == "hashing\n"
         time.sleep(0.3)
@@ -220,13 +226,21 @@ def test_ctrl_c_stops_promptly_with_one_line_and_code_130(tmp_path):
 
 
 def sha256sum_output(root: Path, names: list[str], *flags: str) -> str:
-    return subprocess.run(["sha256sum", *flags, "--", *names], cwd=root, capture_output=True, text=True, check=True).stdout
+    return subprocess.run(
+        ["sha256sum", *flags, "--", *names], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
 
 
 def test_manifest_is_what_sha256sum_writes_and_sha256sum_c_accepts_it(tmp_path):
     root = tmp_path / "ckpt"
     # Names with a backslash or a newline are escaped by sha256sum; ours must match byte for byte.
-    names = ["diffusion_pytorch_model-00001-of-00002.safetensors", "sub/config.json", "odd\\name", "two\nlines", "empty"]
+    names = [
+        "diffusion_pytorch_model-00001-of-00002.safetensors",
+        "sub/config.json",
+        "odd\\name",
+        "two\nlines",
+        "empty",
+    ]
     paths = make_files(root, {name: 1000 + i for i, name in enumerate(names)})
     (root / "empty").write_bytes(b"")
     manifest = tmp_path / "ckpt.sha256"

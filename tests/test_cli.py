@@ -17,14 +17,47 @@ from fakeenv import upstream_site
 from avatardoctor.ckpt.safetensors_file import write_safetensors
 
 CHECK_IDS = [
-    "gpu.driver", "gpu.inventory", "gpu.visible", "gpu.vram", "gpu.processes", "gpu.fp8",
-    "topo.p2p", "topo.pcie", "nccl.env", "nccl.live", "net.master_port", "host.ram", "host.shm", "host.disk",
-    "sw.python", "sw.torch", "sw.nccl", "sw.attention", "sw.pins", "sw.ffmpeg",
-    "la.checkout", "la.commit", "la.asserts", "la.lora",
-    "ckpt.layout", "ckpt.config", "ckpt.index", "ckpt.dit", "ckpt.t5", "ckpt.vae", "ckpt.tokenizer", "ckpt.wav2vec2",
-    "input.image", "input.image.size", "input.prompt", "input.audio", "input.audio.silence", "input.audio.clips",
-    "fit.peak", "fit.estimates",
-]  # fmt: skip
+    "gpu.driver",
+    "gpu.inventory",
+    "gpu.visible",
+    "gpu.vram",
+    "gpu.processes",
+    "gpu.fp8",
+    "topo.p2p",
+    "topo.pcie",
+    "nccl.env",
+    "nccl.live",
+    "net.master_port",
+    "host.ram",
+    "host.shm",
+    "host.disk",
+    "sw.python",
+    "sw.torch",
+    "sw.nccl",
+    "sw.attention",
+    "sw.pins",
+    "sw.ffmpeg",
+    "la.checkout",
+    "la.commit",
+    "la.asserts",
+    "la.lora",
+    "ckpt.layout",
+    "ckpt.config",
+    "ckpt.index",
+    "ckpt.dit",
+    "ckpt.t5",
+    "ckpt.vae",
+    "ckpt.tokenizer",
+    "ckpt.wav2vec2",
+    "input.image",
+    "input.image.size",
+    "input.prompt",
+    "input.audio",
+    "input.audio.silence",
+    "input.audio.clips",
+    "fit.peak",
+    "fit.estimates",
+]
 
 
 def cli_env(**extra) -> dict:
@@ -92,7 +125,18 @@ def test_json_schema_field_by_field():
     assert peak["status"] == "fail" and doc["prediction"] == peak["data"]["prediction"]
     assert doc["prediction"]["verdict"] == "wont-fit" and len(doc["prediction"]["gpus"]) == 5
     gpu0 = doc["prediction"]["gpus"][0]
-    assert set(gpu0) >= {"index", "role", "phase", "peak_gib", "band_gib", "usable_gib", "headroom_gib", "loaded_gib", "verdict", "components"}
+    assert set(gpu0) >= {
+        "index",
+        "role",
+        "phase",
+        "peak_gib",
+        "band_gib",
+        "usable_gib",
+        "headroom_gib",
+        "loaded_gib",
+        "verdict",
+        "components",
+    }
     assert {"weights", "root_unshard", "t5", "vae", "kv_cache", "activations", "context"} <= set(gpu0["components"])
 
 
@@ -105,9 +149,13 @@ def test_ready_machine_exits_zero(tmp_path, full_skeleton):
     (bin_dir / "ffmpeg").write_text("#!/bin/sh\nexit 0\n")
     (bin_dir / "ffmpeg").chmod(0o755)
     checkout = tmp_path / "LiveAvatar"
-    for rel in ("minimal_inference/s2v_streaming_interact.py", "minimal_inference/gradio_app.py",
-                "liveavatar/configs/s2v_causal_sft.yaml", "infinite_inference_multi_gpu.sh",
-                "infinite_inference_single_gpu.sh"):  # fmt: skip
+    for rel in (
+        "minimal_inference/s2v_streaming_interact.py",
+        "minimal_inference/gradio_app.py",
+        "liveavatar/configs/s2v_causal_sft.yaml",
+        "infinite_inference_multi_gpu.sh",
+        "infinite_inference_single_gpu.sh",
+    ):
         (checkout / rel).parent.mkdir(parents=True, exist_ok=True)
         (checkout / rel).write_text("")
     (checkout / "ckpt").mkdir()
@@ -136,7 +184,9 @@ def test_foreign_process_and_held_port_on_a_busy_box(tmp_path):
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        r = avatardoctor("check", "--machine", str(MACHINES / "5xH800-gpu2-busy.json"), "--master-port", str(port), "--json")
+        r = avatardoctor(
+            "check", "--machine", str(MACHINES / "5xH800-gpu2-busy.json"), "--master-port", str(port), "--json"
+        )
     doc = {c["id"]: c for c in json.loads(r.stdout)["checks"]}
     assert r.returncode == 1
     assert doc["gpu.processes"]["status"] == "warn" and doc["gpu.processes"]["data"]["holders"][0]["pid"] == 4242
@@ -175,7 +225,10 @@ def test_without_nvml_check_still_reports(tmp_path):
         (["predict", "--machine", "5xH800", "--size", "12x9"], "'12x9' is not WIDTH*HEIGHT"),
         (["predict", "--machine", "5xH800", "--gpus", "0,9"], "--gpus 0,9: entry '9': there is no GPU 9 (5 found)"),
         (["check", "--machine", "5xH800", "--infer-frames", "-4"], "Invalid value for '--infer-frames'"),
-        (["run", "--plan", "/nonexistent/plan.json"], "--plan /nonexistent/plan.json: cannot read (No such file or directory)"),
+        (
+            ["run", "--plan", "/nonexistent/plan.json"],
+            "--plan /nonexistent/plan.json: cannot read (No such file or directory)",
+        ),
     ],
 )
 def test_bad_usage_exits_2_with_one_clear_line(args, message):

@@ -92,7 +92,10 @@ def test_the_medians_need_three_nodes_with_a_figure():
 def test_with_no_majority_every_node_is_named():
     fleet = fleet_of([HEALTHY[0], FLEET / "planted" / "hgx-h800-06.json"])
     assert kinds(fleet) == {("driver", "hgx-h800-01"), ("driver", "hgx-h800-06")}
-    assert fleet.outliers[1].message == "driver 535.183.01, and no majority in the fleet (550.127.08 on 1, 535.183.01 on 1)"
+    assert (
+        fleet.outliers[1].message
+        == "driver 535.183.01, and no majority in the fleet (550.127.08 on 1, 535.183.01 on 1)"
+    )
 
 
 def test_a_failed_live_test_has_no_busbw_and_its_node_is_not_ready(tmp_path):
@@ -146,13 +149,19 @@ def _bad_files(tmp_path: Path) -> dict[Path, str]:
         _write(tmp_path, "deep.json", "[" * 100_000): "JSON nested too deeply",
         MACHINES / "5xH800-healthy.json": "schema is 'avatardoctor.machine/1', expected 'avatardoctor.check/1'",
         _write(tmp_path, "list.json", "[]"): "schema is None, expected 'avatardoctor.check/1'",
-        edited(tmp_path, HEALTHY[1], "verdict.json", lambda d: d.update(verdict="maybe")): "verdict must be ready or not-ready, not 'maybe'",
-        edited(tmp_path, HEALTHY[1], "checks.json", lambda d: d.update(checks={"id": 1})): "checks must be a list of objects with an id",
+        edited(
+            tmp_path, HEALTHY[1], "verdict.json", lambda d: d.update(verdict="maybe")
+        ): "verdict must be ready or not-ready, not 'maybe'",
+        edited(
+            tmp_path, HEALTHY[1], "checks.json", lambda d: d.update(checks={"id": 1})
+        ): "checks must be a list of objects with an id",
         edited(tmp_path, HEALTHY[1], "nomachine.json", lambda d: d.pop("machine")): "machine must be an object",
-        edited(tmp_path, HEALTHY[1], "free.json", bad_free): "machine.gpus[0].free_bytes must be an integer >= 0, not 'lots'",
+        edited(
+            tmp_path, HEALTHY[1], "free.json", bad_free
+        ): "machine.gpus[0].free_bytes must be an integer >= 0, not 'lots'",
         tmp_path / "a-folder.json": "cannot read (Is a directory)",
         tmp_path / "missing.json": "cannot read (No such file or directory)",
-    }  # fmt: skip
+    }
 
 
 def test_each_unreadable_file_is_a_row_with_its_reason_and_the_rest_still_merge(tmp_path):
@@ -202,11 +211,19 @@ def test_the_json_document_follows_its_schema():
     assert set(doc) == {"schema", "verdict", "nodes", "outliers"}
     node = next(n for n in doc["nodes"] if n["hostname"] == "hgx-h800-05")
     assert node == {
-        "file": str(FLEET / "planted" / "hgx-h800-05.json"), "hostname": "hgx-h800-05", "verdict": "not-ready",
-        "error": None, "gpus": 5, "gpu_models": {"NVIDIA H800": 5}, "free_bytes_min": 20529020928,
-        "free_bytes_total": 4 * 84953530368 + 20529020928, "failing": ["fit.peak"], "driver_version": "550.127.08",
-        "busbw_gbs": 111.64, "processes": [{"gpu": 2, "pid": 4242, "name": "python3", "used_bytes": 60 * 2**30}],
-    }  # fmt: skip
+        "file": str(FLEET / "planted" / "hgx-h800-05.json"),
+        "hostname": "hgx-h800-05",
+        "verdict": "not-ready",
+        "error": None,
+        "gpus": 5,
+        "gpu_models": {"NVIDIA H800": 5},
+        "free_bytes_min": 20529020928,
+        "free_bytes_total": 4 * 84953530368 + 20529020928,
+        "failing": ["fit.peak"],
+        "driver_version": "550.127.08",
+        "busbw_gbs": 111.64,
+        "processes": [{"gpu": 2, "pid": 4242, "name": "python3", "used_bytes": 60 * 2**30}],
+    }
     assert all(set(o) == {"node", "kind", "message"} for o in doc["outliers"])
     assert fleet_document(fleet_of(HEALTHY))["verdict"] == "ready"
 
@@ -219,7 +236,19 @@ def test_the_human_view_labels_units_and_lists_the_outliers_without_colour():
     assert "free GiB" in text and "busbw" in text and "GB/s" in text
     lines = [line.rstrip() for line in text.splitlines()]
     row = next(line for line in lines if line.lstrip().startswith("hgx-h800-05"))
-    assert row.split() == ["hgx-h800-05", "5", "x", "H800", "19.12", "/", "335.60", "550.127.08", "111.6", "not-ready:", "fit.peak"]
+    assert row.split() == [
+        "hgx-h800-05",
+        "5",
+        "x",
+        "H800",
+        "19.12",
+        "/",
+        "335.60",
+        "550.127.08",
+        "111.6",
+        "not-ready:",
+        "fit.peak",
+    ]
     h100 = next(line for line in lines if line.lstrip().startswith("hgx-h100-01"))
     assert h100.split()[-2:] == ["-", "ready"]  # no live test ran there: no busbw
     assert "  [!] hgx-h800-06: driver 535.183.01, where 6 of 7 nodes have 550.127.08" in lines
@@ -227,7 +256,9 @@ def test_the_human_view_labels_units_and_lists_the_outliers_without_colour():
 
 
 def avatardoctor(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "avatardoctor", *args], check=False, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "avatardoctor", *args], check=False, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_the_command_prints_json_or_a_table_and_exits_by_the_fleet_verdict(tmp_path):
@@ -242,6 +273,9 @@ def test_the_command_prints_json_or_a_table_and_exits_by_the_fleet_verdict(tmp_p
     broken = _write(tmp_path, "broken.json", "{")
     unreadable = avatardoctor("fleet", "--json", *map(str, HEALTHY), str(broken))
     assert unreadable.returncode == 2
-    assert unreadable.stderr.strip() == f"Error: {broken}: not valid JSON (line 1, column 2: Expecting property name enclosed in double quotes)"
+    assert (
+        unreadable.stderr.strip()
+        == f"Error: {broken}: not valid JSON (line 1, column 2: Expecting property name enclosed in double quotes)"
+    )
     assert json.loads(unreadable.stdout)["nodes"][0]["verdict"] == "unreadable"
     assert avatardoctor("fleet").returncode == 2  # no files: a usage error

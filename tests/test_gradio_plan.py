@@ -5,16 +5,33 @@ from __future__ import annotations
 import socket
 
 import pytest
+from avatardoctor.runner.auto import gradio_plan
 
 from avatardoctor.planfile import PlanFile
-from avatardoctor.runner.auto import gradio_plan
 from avatardoctor.upstream import GRADIO_PORT
 
 
 def cli_plan(mode: str = "tpp", explicit=()) -> PlanFile:
-    argv = ("--size", "720*400", "--num_clip", "10000", "--enable_online_decode", "--fp8", "--prompt", "hi", "--audio", "/a.wav")
-    return PlanFile(mode=mode, nproc=5 if mode == "tpp" else 1, argv=argv, master_port=29102, env={"NCCL_DEBUG": "WARN"},
-                    config={"explicit": list(explicit)})  # fmt: skip
+    argv = (
+        "--size",
+        "720*400",
+        "--num_clip",
+        "10000",
+        "--enable_online_decode",
+        "--fp8",
+        "--prompt",
+        "hi",
+        "--audio",
+        "/a.wav",
+    )
+    return PlanFile(
+        mode=mode,
+        nproc=5 if mode == "tpp" else 1,
+        argv=argv,
+        master_port=29102,
+        env={"NCCL_DEBUG": "WARN"},
+        config={"explicit": list(explicit)},
+    )
 
 
 def free(port: int) -> bool:
@@ -31,8 +48,12 @@ def test_flags_the_gradio_entry_refuses_are_dropped_and_the_scripts_flags_kept()
     assert "--enable_online_decode" not in doc.argv  # gradio_app.py's argparse has no such flag
     assert "--fp8" in doc.argv and "--prompt" not in doc.argv and "--audio" not in doc.argv
     assert doc.argv[doc.argv.index("--num_clip") + 1] == "100"
-    assert doc.env == {"NCCL_DEBUG": "WARN", "TORCH_NCCL_BLOCKING_WAIT": "1", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "0",
-                          "TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC": "86400"}  # fmt: skip
+    assert doc.env == {
+        "NCCL_DEBUG": "WARN",
+        "TORCH_NCCL_BLOCKING_WAIT": "1",
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": "0",
+        "TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC": "86400",
+    }
 
 
 @pytest.mark.parametrize("mode", ["tpp", "single"])

@@ -61,7 +61,9 @@ def test_a_hang_is_an_answer_within_the_deadline():
 
 
 def test_a_node_that_never_joins():
-    outcome = run_test(NcclTest("gloo", 1, nnodes=2, node_rank=0, master_port=free_port(), timeout_s=4, budget_s=2, sizes=(1024,)))
+    outcome = run_test(
+        NcclTest("gloo", 1, nnodes=2, node_rank=0, master_port=free_port(), timeout_s=4, budget_s=2, sizes=(1024,))
+    )
     assert not outcome.ok and outcome.failure == "rank-missing"
     assert "never joined" in outcome.summary and "--master-addr" in outcome.remedy
 
@@ -70,7 +72,9 @@ def test_two_nodes_on_loopback():
     port, results = free_port(), {}
 
     def node(rank):
-        results[rank] = run_test(NcclTest("gloo", 2, nnodes=2, node_rank=rank, master_port=port, timeout_s=60, sizes=SIZES))
+        results[rank] = run_test(
+            NcclTest("gloo", 2, nnodes=2, node_rank=rank, master_port=port, timeout_s=60, sizes=SIZES)
+        )
 
     threads = [threading.Thread(target=node, args=(r,)) for r in (0, 1)]
     for t in threads:
@@ -83,14 +87,22 @@ def test_two_nodes_on_loopback():
 
 
 def test_nccl_command_and_check_deep_json():
-    r = subprocess.run([sys.executable, "-m", "avatardoctor", "nccl", "--nproc", "2", "--master-port", str(free_port()), "--json"],
-                       capture_output=True, text=True, timeout=180)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "avatardoctor", "nccl", "--nproc", "2", "--master-port", str(free_port()), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     doc = json.loads(r.stdout)
     live = doc["checks"][0]
     assert r.returncode == 0 and live["id"] == "nccl.live" and live["status"] == "pass"
     assert live["data"]["backend"] == "gloo" and live["data"]["busbw_gbs"] > 0
-    deep = subprocess.run([sys.executable, "-m", "avatardoctor", "check", "--deep", "--json", "--master-port", str(free_port())],
-                          capture_output=True, text=True, timeout=180)  # fmt: skip
+    deep = subprocess.run(
+        [sys.executable, "-m", "avatardoctor", "check", "--deep", "--json", "--master-port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     checks = {c["id"]: c for c in json.loads(deep.stdout)["checks"]}
     assert checks["nccl.live"]["status"] == "pass", checks["nccl.live"]["summary"]
 
@@ -98,12 +110,15 @@ def test_nccl_command_and_check_deep_json():
 def test_the_figure_with_p2p_disabled_is_shown_beside_the_normal_one():
     from dataclasses import replace
 
-    from avatardoctor.checks import live
-    from avatardoctor.checks.base import Status
     from conftest import make_ctx
 
+    from avatardoctor.checks import live
+    from avatardoctor.checks.base import Status
+
     normal = run_test(NcclTest("gloo", 2, master_port=free_port(), timeout_s=60, sizes=SIZES))
-    forced = run_test(NcclTest("gloo", 2, master_port=free_port(), timeout_s=60, sizes=SIZES, env={"NCCL_P2P_DISABLE": "1"}))
+    forced = run_test(
+        NcclTest("gloo", 2, master_port=free_port(), timeout_s=60, sizes=SIZES, env={"NCCL_P2P_DISABLE": "1"})
+    )
     ctx = replace(make_ctx("5x4090-pcie"), nccl=normal, nccl_backend="nccl", nccl_without_p2p=forced)
     r = live.check_live.run(ctx)
     assert r.status in (Status.PASS, Status.WARN)
@@ -114,11 +129,14 @@ def test_the_figure_with_p2p_disabled_is_shown_beside_the_normal_one():
 def test_busbw_far_below_the_links_warns():
     from dataclasses import replace
 
-    from avatardoctor.checks import live
-    from avatardoctor.checks.base import Status
     from conftest import make_ctx
 
-    slow = run_test(NcclTest("gloo", 2, master_port=free_port(), timeout_s=60, sizes=SIZES))  # CPU gloo: far below NVLink
+    from avatardoctor.checks import live
+    from avatardoctor.checks.base import Status
+
+    slow = run_test(
+        NcclTest("gloo", 2, master_port=free_port(), timeout_s=60, sizes=SIZES)
+    )  # CPU gloo: far below NVLink
     r = live.check_live.run(replace(make_ctx("5xH800-healthy"), nccl=slow, nccl_backend="nccl"))
     assert r.status is Status.WARN and "the links allow" in r.summary
     assert live.expected_busbw(make_ctx("5xH800-healthy")) == 8 * live.NVLINK_GBS

@@ -59,7 +59,12 @@ def test_report_templates_ship_with_the_reports_package(wheel):
 
 def test_reference_tensor_lists_ship_as_package_data(wheel):
     names = set(wheel.namelist())
-    for f in ("dit.tensors.json", "t5.tensors.json", "vae.tensors.json", "diffusion_pytorch_model.safetensors.index.json"):
+    for f in (
+        "dit.tensors.json",
+        "t5.tensors.json",
+        "vae.tensors.json",
+        "diffusion_pytorch_model.safetensors.index.json",
+    ):
         assert f"avatardoctor/data/reference/wan2.2-s2v-14b/{f}" in names
 
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import make_ctx
 
 from avatardoctor.checks import fit, gpu
 from avatardoctor.checks.base import Status
@@ -23,7 +24,6 @@ from avatardoctor.planner import entry_argv, hardware_advice, make_plan, smalles
 from avatardoctor.predict import predict
 from avatardoctor.units import GIB
 from avatardoctor.upstream import padded_size
-from conftest import make_ctx
 
 SUMMARY = reference_summary()
 
@@ -113,9 +113,14 @@ def test_nothing_upstream_accepts_fits_24_gb_cards():
 
 @pytest.mark.parametrize(
     "size, image, expected",
-    [("720*400", (400, 720), (384, 704)), ("704*384", (400, 720), (384, 704)), ("688*368", (400, 720), (384, 640)),
-     ("384*256", (400, 720), (256, 384)), ("720*400", None, (384, 704))],
-)  # fmt: skip
+    [
+        ("720*400", (400, 720), (384, 704)),
+        ("704*384", (400, 720), (384, 704)),
+        ("688*368", (400, 720), (384, 640)),
+        ("384*256", (400, 720), (256, 384)),
+        ("720*400", None, (384, 704)),
+    ],
+)
 def test_padded_size_follows_upstream(size, image, expected):
     assert padded_size(size, image) == expected
 
@@ -158,15 +163,22 @@ def test_lora_adapters_are_held_in_fp32_before_the_merge():
 def test_lora_size_comes_from_the_lora_files_header_when_it_is_there(tmp_path):
     from avatardoctor.ckpt.safetensors_file import write_safetensors
 
-    write_safetensors(tmp_path / "lora.safetensors",
-                      [("blocks.0.self_attn.q.lora_A.weight", "BF16", (128, 5120)),
-                       ("blocks.0.self_attn.q.lora_B.weight", "BF16", (5120, 128))], lambda n: bytes(n))  # fmt: skip
+    write_safetensors(
+        tmp_path / "lora.safetensors",
+        [
+            ("blocks.0.self_attn.q.lora_A.weight", "BF16", (128, 5120)),
+            ("blocks.0.self_attn.q.lora_B.weight", "BF16", (5120, 128)),
+        ],
+        lambda n: bytes(n),
+    )
     p = prediction("5xH800", "tpp", lora_path=str(tmp_path / "lora.safetensors")).gpus[0]
     assert p.phases["lora"]["lora"] == 2 * 128 * 5120 * 4 + 13824 * 5120 * 6
 
 
 def test_the_vae_is_held_in_bf16():
-    assert round(gib(prediction("5xH800", "tpp").gpus[4].phases["decode"]["vae"]), 3) == round(gib(SUMMARY.vae.params * 2), 3)
+    assert round(gib(prediction("5xH800", "tpp").gpus[4].phases["decode"]["vae"]), 3) == round(
+        gib(SUMMARY.vae.params * 2), 3
+    )
     assert SUMMARY.vae.bytes == 2 * SUMMARY.vae.params * 2  # the file is fp32
 
 
@@ -212,7 +224,9 @@ def test_tpp_offload_model_keeps_the_vae_ranks_dit_until_the_loop():
 def test_attention_concatenates_the_whole_kv_and_cond_cache_per_layer():
     g = prediction("5xH800", "tpp").gpus[0]
     concat = 2 * (12 * 1056 + 3000) * 5120 * 2
-    assert g.phases["denoise"]["activations"] == pytest.approx(DEFAULT_TERMS.activation_bytes_per_token_dim * 3 * 1056 * 5120 + concat)
+    assert g.phases["denoise"]["activations"] == pytest.approx(
+        DEFAULT_TERMS.activation_bytes_per_token_dim * 3 * 1056 * 5120 + concat
+    )
 
 
 def test_the_image_aspect_sets_the_geometry(tmp_path):
@@ -226,8 +240,9 @@ def test_the_image_aspect_sets_the_geometry(tmp_path):
 
 def test_a_checkpoints_own_sizes_drive_the_prediction(full_skeleton):
     ctx = make_ctx("5xH800-healthy", ckpt_dir=str(full_skeleton))
-    from avatardoctor.ckpt.scan import scan_checkpoint
     from dataclasses import replace
+
+    from avatardoctor.ckpt.scan import scan_checkpoint
 
     ctx = replace(ctx, checkpoint=scan_checkpoint(str(full_skeleton), Path("/")))
     assert ctx.prediction.sizes_source == f"checkpoint {full_skeleton}"
@@ -304,7 +319,9 @@ def test_planner_passes_the_readmes_local_lora_file_not_the_hub_id(tmp_path):
     assert chosen.lora_path == "ckpt/LiveAvatar/liveavatar.safetensors"
     reasons = make_plan(resolve_config(5, liveavatar=tmp_path), m.gpus, SUMMARY, DEFAULT_TERMS).reasons
     assert reasons[0].startswith("passing the README's local LoRA file")
-    named = make_plan(resolve_config(5, liveavatar=tmp_path, lora_path="Quark-Vision/Live-Avatar"), m.gpus, SUMMARY, DEFAULT_TERMS)
+    named = make_plan(
+        resolve_config(5, liveavatar=tmp_path, lora_path="Quark-Vision/Live-Avatar"), m.gpus, SUMMARY, DEFAULT_TERMS
+    )
     assert named.chosen.lora_path == "Quark-Vision/Live-Avatar"  # the user's own choice stands
 
 
@@ -325,7 +342,9 @@ def test_entry_argv_is_a_list_as_the_upstream_script_passes_it():
 
 
 def cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "avatardoctor", *args], capture_output=True, text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "avatardoctor", *args], capture_output=True, text=True, timeout=120, env=env
+    )
 
 
 def test_predict_json_and_exit_codes():
@@ -333,7 +352,9 @@ def test_predict_json_and_exit_codes():
     assert r.returncode == 1
     doc = json.loads(r.stdout)
     assert doc["schema"] == "avatardoctor.predict/1" and doc["prediction"]["verdict"] == "wont-run"
-    assert doc["prediction"]["memory_verdict"] == "wont-fit" and doc["hardware_advice"] == []  # no box runs what upstream refuses
+    assert (
+        doc["prediction"]["memory_verdict"] == "wont-fit" and doc["hardware_advice"] == []
+    )  # no box runs what upstream refuses
     assert "tpp.world_size" in {r["rule"] for r in doc["prediction"]["refused_by"]}
     g = doc["prediction"]["gpus"][0]
     assert abs(g["loaded_gib"] - 21.48) <= 0.5 and g["components"]["root_unshard"] == pytest.approx(4.172, abs=0.01)
@@ -342,7 +363,16 @@ def test_predict_json_and_exit_codes():
 
 
 def test_predict_gpus_picks_the_devices():
-    r = cli("predict", "--machine", "tests/fixtures/machines/5xH800-gpu2-busy.json", "--gpus", "0,1,3,4", "--mode", "single", "--json")
+    r = cli(
+        "predict",
+        "--machine",
+        "tests/fixtures/machines/5xH800-gpu2-busy.json",
+        "--gpus",
+        "0,1,3,4",
+        "--mode",
+        "single",
+        "--json",
+    )
     assert [g["index"] for g in json.loads(r.stdout)["prediction"]["gpus"]] == [0]
     r = cli("predict", "--machine", "8xH100", "--gpus", "7,6,5,4,3", "--json")
     assert [g["index"] for g in json.loads(r.stdout)["prediction"]["gpus"]] == [7, 6, 5, 4, 3]
@@ -380,13 +410,22 @@ def test_calibrated_terms_reach_the_prediction(tmp_path):
     measurements = {
         "schema": "avatardoctor.measurements/1",
         "measurements": [
-            {"run_id": f"run{i}", "gpu_name": "NVIDIA H800", "role": "dit", "phase": "denoise",
-             "measured_bytes": int(50 * GIB + i * 2**28), "exact_bytes": int(48 * GIB), "processes": 5,
-             "nccl_peers": 4, "token_dims": 3168 * 5120 * (1 + i), "decode_pixels": 0,
-             "recorded_at": "2026-11-20T10:00:00+00:00"}
+            {
+                "run_id": f"run{i}",
+                "gpu_name": "NVIDIA H800",
+                "role": "dit",
+                "phase": "denoise",
+                "measured_bytes": int(50 * GIB + i * 2**28),
+                "exact_bytes": int(48 * GIB),
+                "processes": 5,
+                "nccl_peers": 4,
+                "token_dims": 3168 * 5120 * (1 + i),
+                "decode_pixels": 0,
+                "recorded_at": "2026-11-20T10:00:00+00:00",
+            }
             for i in range(4)
         ],
-    }  # fmt: skip
+    }
     (tmp_path / "m.json").write_text(json.dumps(measurements))
     env = {**os.environ, "AVATARDOCTOR_HOME": str(tmp_path / "home")}
     assert cli("calibrate", "--import", str(tmp_path / "m.json"), env=env).returncode == 0
@@ -443,8 +482,13 @@ def test_plan_keeps_every_flag_the_user_set():
     plan = make_plan(base, m.gpus, SUMMARY, DEFAULT_TERMS)
     c = plan.chosen
     assert (c.size, c.infer_frames, c.fp8, c.t5_cpu, c.master_port) == ("384*256", 24, True, True, 29999)
-    assert list(plan.reasons[:5]) == ["kept your --size 384*256", "kept your --infer-frames 24", "kept your --fp8",
-                                "kept your --t5-cpu", "kept your --master-port 29999"]  # fmt: skip
+    assert list(plan.reasons[:5]) == [
+        "kept your --size 384*256",
+        "kept your --infer-frames 24",
+        "kept your --fp8",
+        "kept your --t5-cpu",
+        "kept your --master-port 29999",
+    ]
 
 
 def test_plan_keeps_an_explicit_mode():
@@ -467,7 +511,10 @@ def test_plan_names_the_flag_that_blocks_a_fit_and_what_would_fit_without_it():
     plan = make_plan(base, m.gpus, SUMMARY, DEFAULT_TERMS)
     assert plan.chosen is None
     blocking = [r for r in plan.reasons if " blocks it: without it, chose " in r]
-    assert any(r.startswith("your --no-offload-kv-cache blocks it: without it, chose single 720*400, 48 frames") for r in blocking)
+    assert any(
+        r.startswith("your --no-offload-kv-cache blocks it: without it, chose single 720*400, 48 frames")
+        for r in blocking
+    )
     assert any(r.startswith("your --size 720*400 blocks it") for r in blocking)
     assert plan.reasons[-1] == "nothing upstream accepts fits this machine within your flags"
 
@@ -506,7 +553,15 @@ def test_many_flags_that_cannot_fit_are_explained_one_at_a_time(monkeypatch):
     real = planner.make_plan
     monkeypatch.setattr(planner, "make_plan", lambda *a, **k: calls.append(1) or real(*a, **k))
     m = catalogue_machine("1x4090")
-    base = resolve_config(1, size="720*400", infer_frames=48, t5_cpu=False, offload_kv_cache=False, fp8=False,
-                          sample_steps=4, master_port=29999)  # fmt: skip
+    base = resolve_config(
+        1,
+        size="720*400",
+        infer_frames=48,
+        t5_cpu=False,
+        offload_kv_cache=False,
+        fp8=False,
+        sample_steps=4,
+        master_port=29999,
+    )
     plan = real(base, m.gpus, SUMMARY, DEFAULT_TERMS)
     assert plan.chosen is None and len(calls) == 7  # one plan per flag, none of them explaining further

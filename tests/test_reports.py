@@ -13,15 +13,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from avatardoctor.errors import InputError
 from avatardoctor.reports.plots import min_max_buckets
 from avatardoctor.reports.render import render_compare, render_report
 from runfixture import make_run
 
+from avatardoctor.errors import InputError
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture
@@ -34,7 +42,10 @@ def test_report_of_an_oom_run(oom_run):
     out = index.parent
     assert out == oom_run / "report"
     assert {p.name for p in out.iterdir()} == {
-        "index.html", "report.md", "summary.json", *(f"timeline-gpu{g}.png" for g in range(5))
+        "index.html",
+        "report.md",
+        "summary.json",
+        *(f"timeline-gpu{g}.png" for g in range(5)),
     }
     s = json.loads((out / "summary.json").read_text())
     assert s["schema"] == "avatardoctor.report/1" and s["source"]["kind"] == "run" and s["outcome"] == "oom"
@@ -118,10 +129,16 @@ def test_compare_two_runs(tmp_path):
 
 
 def test_report_command(oom_run):
-    r = subprocess.run([sys.executable, "-m", "avatardoctor", "report", str(oom_run)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "avatardoctor", "report", str(oom_run)], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0 and r.stdout.strip() == f"report: {oom_run / 'report' / 'index.html'}"
-    bad = subprocess.run([sys.executable, "-m", "avatardoctor", "report", str(oom_run / "nope")], capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.startswith("Error: ") and "neither a run folder nor a CSV file" in bad.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "avatardoctor", "report", str(oom_run / "nope")], capture_output=True, text=True
+    )
+    assert (
+        bad.returncode == 2 and bad.stderr.startswith("Error: ") and "neither a run folder nor a CSV file" in bad.stderr
+    )
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (.ci/run installs Debian's)")
@@ -129,11 +146,16 @@ def test_a_person_sees_the_plot_and_the_table(oom_run, tmp_path):
     index = render_report(oom_run)
     url = index.as_uri()
     profile = ["--user-data-dir=" + str(tmp_path / "profile")]
-    dom = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, *profile, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, *profile, "--dump-dom", url], capture_output=True, text=True, timeout=120
+    ).stdout
     assert dom.count("<img") == 5 and "<table>" in dom and "measured peak (GiB)" in dom
     shot = tmp_path / "shot.png"
-    subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, *profile, f"--screenshot={shot}", "--window-size=1100,1400", url],
-                   capture_output=True, timeout=120)  # fmt: skip
+    subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, *profile, f"--screenshot={shot}", "--window-size=1100,1400", url],
+        capture_output=True,
+        timeout=120,
+    )
     from PIL import Image
 
     with Image.open(shot) as img:

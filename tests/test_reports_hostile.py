@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from avatardoctor.errors import InputError
 from avatardoctor.reports.render import render_compare, render_report
 from runfixture import make_run
+
+from avatardoctor.errors import InputError
 
 HEADER = "timestamp, index, memory.used [MiB], memory.total [MiB]\n"
 
@@ -42,7 +42,11 @@ def edit_json(path: Path, **fields) -> None:
         ("debug_info.json", {"durations": [480]}, "durations is list"),
         ("debug_info.json", {"clips_done": "3"}, "clips_done is str, not a count"),
         ("debug_info.json", {"failure": "oom"}, "failure is str, not an object"),
-        ("debug_info.json", {"failure__tried_to_allocate_mib": "2365", "failure__gpu": {"a": 1}}, "tried_to_allocate_mib is str"),
+        (
+            "debug_info.json",
+            {"failure__tried_to_allocate_mib": "2365", "failure__gpu": {"a": 1}},
+            "tried_to_allocate_mib is str",
+        ),
         ("debug_info.json", {"failure__at_elapsed_s": float("1e308") * 10}, None),  # Infinity
         ("plan.json", {"argv": 5}, "argv is int, not a list"),
         ("plan.json", {"prediction": [1, 2]}, "prediction is list, not an object"),
@@ -123,7 +127,9 @@ def test_fifos_in_the_run_folder_do_not_hang_the_report(tmp_path):
     for name in ("debug_info.json", "logs/phases.csv"):
         (run / name).unlink()
         os.mkfifo(run / name)
-    r = subprocess.run([sys.executable, "-m", "avatardoctor", "report", str(run)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "avatardoctor", "report", str(run)], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr
     notes = summary(run / "report" / "index.html")["notes"]
     assert sum("not a regular file" in n for n in notes) == 2, notes
@@ -131,8 +137,12 @@ def test_fifos_in_the_run_folder_do_not_hang_the_report(tmp_path):
 
 def test_a_fifo_as_the_log_is_an_error_not_a_hang(tmp_path):
     os.mkfifo(tmp_path / "gpu_log.csv")
-    r = subprocess.run([sys.executable, "-m", "avatardoctor", "report", str(tmp_path / "gpu_log.csv")],
-                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "avatardoctor", "report", str(tmp_path / "gpu_log.csv")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "gpu_log.csv" in r.stderr
 
 
@@ -151,8 +161,14 @@ def test_output_on_a_file_or_under_one_is_a_one_line_error(tmp_path):
 
 def test_a_gpu_whose_memory_is_all_not_available_is_a_row_without_a_peak(tmp_path):
     log = tmp_path / "gpu_log.csv"
-    log.write_text(HEADER + "".join(f"2026/11/20 09:14:0{k}.000, {g}, {'[N/A]' if g else f'{100 + k} MiB'}, [Not Supported]\n"
-                                    for k in range(3) for g in range(2)))  # fmt: skip
+    log.write_text(
+        HEADER
+        + "".join(
+            f"2026/11/20 09:14:0{k}.000, {g}, {'[N/A]' if g else f'{100 + k} MiB'}, [Not Supported]\n"
+            for k in range(3)
+            for g in range(2)
+        )
+    )
     s = summary(render_report(log))
     assert [(g["gpu"], g["measured_peak_gib"]) for g in s["gpus"]] == [("0", round(102 / 1024, 2)), ("1", None)]
     assert s["images"] == ["timeline-gpu0.png", "timeline-gpu1.png"]
@@ -160,8 +176,14 @@ def test_a_gpu_whose_memory_is_all_not_available_is_a_row_without_a_peak(tmp_pat
 
 def test_hundreds_of_gpus_give_a_bounded_page(tmp_path):
     log = tmp_path / "gpu_log.csv"
-    log.write_text(HEADER + "".join(f"2026/11/20 09:14:0{k}.000, {g}, {1000 + g * 10 + k} MiB, 81559 MiB\n"
-                                    for k in range(3) for g in range(320)))  # fmt: skip
+    log.write_text(
+        HEADER
+        + "".join(
+            f"2026/11/20 09:14:0{k}.000, {g}, {1000 + g * 10 + k} MiB, 81559 MiB\n"
+            for k in range(3)
+            for g in range(320)
+        )
+    )
     index = render_report(log)
     s = summary(index)
     assert len(s["gpus"]) == 320 and len(index.read_bytes()) < 2 * 2**20

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from avatardoctor.errors import InputError
 from avatardoctor.reports import nvsmi
 from avatardoctor.reports.nvsmi import parse_mib, read_nvidia_smi_csv, unavailable
+
+from avatardoctor.errors import InputError
 
 SEED_HEADER = "timestamp, memory.used [MiB]"  # nvidia-smi --query-gpu=timestamp,memory.used --format=csv -l 1
 
@@ -62,7 +62,11 @@ def test_seed_command_five_gpus_interleaved(tmp_path):
 
 
 def test_ten_hz_without_index_groups_rows_by_time(tmp_path):
-    rows = [f"2026/11/20 09:14:{k // 10:02d}.{(k % 10) * 100 + 2 * g:03d}, {g * 10 + k} MiB" for k in range(30) for g in range(8)]
+    rows = [
+        f"2026/11/20 09:14:{k // 10:02d}.{(k % 10) * 100 + 2 * g:03d}, {g * 10 + k} MiB"
+        for k in range(30)
+        for g in range(8)
+    ]
     t = read_nvidia_smi_csv(log(tmp_path, "\n".join([SEED_HEADER, *rows]) + "\n"))
     assert t.gpus == [str(g) for g in range(8)]
     assert column(t, "elapsed_s", "7")[:3] == pytest.approx([0.014, 0.114, 0.214])
@@ -93,13 +97,17 @@ def test_index_column_keeps_the_real_gpu_numbers(tmp_path):
     t = read_nvidia_smi_csv(log(tmp_path, text + "[Unknown Error], 2026/11/20 09:14:03.000, 503 MiB\n"))
     assert t.gpus == ["2", "5"]
     assert column(t, "used_mib", "5") == [500.0, 501.0, 502.0]
-    assert t.notes == ["1 line(s) in gpu_log.csv are not samples and were skipped, first line 8: '[Unknown Error], 2026/11/20 09:14:03.000, 503 MiB'"]
+    assert t.notes == [
+        "1 line(s) in gpu_log.csv are not samples and were skipped, first line 8: '[Unknown Error], 2026/11/20 09:14:03.000, 503 MiB'"
+    ]
 
 
 def test_uuid_and_name_columns(tmp_path):
     uuid_a, uuid_b = "GPU-0f1e2d3c-aaaa-bbbb-cccc-000000000001", "GPU-0f1e2d3c-aaaa-bbbb-cccc-000000000002"
     text = "timestamp, name, uuid, memory.used [MiB]\n" + "".join(
-        f"2026/11/20 09:14:0{k}.000, NVIDIA H800, {u}, {i * 100 + k} MiB\n" for k in range(2) for i, u in enumerate((uuid_a, uuid_b))
+        f"2026/11/20 09:14:0{k}.000, NVIDIA H800, {u}, {i * 100 + k} MiB\n"
+        for k in range(2)
+        for i, u in enumerate((uuid_a, uuid_b))
     )
     t = read_nvidia_smi_csv(log(tmp_path, text))
     assert column(t, "used_mib", "1") == [100.0, 101.0]
@@ -141,7 +149,10 @@ def test_noheader_with_fields(tmp_path):
 def test_noheader_seed_case_is_inferred(tmp_path):
     t = read_nvidia_smi_csv(log(tmp_path, "\n".join(seed_rows(3, 2)) + "\n"))
     assert column(t, "used_mib", "1") == [2000.0, 2001.0, 2002.0]
-    assert t.notes[0] == "gpu_log.csv has no header: read column 1 as timestamp, column 2 as memory.used (guessed from the values)"
+    assert (
+        t.notes[0]
+        == "gpu_log.csv has no header: read column 1 as timestamp, column 2 as memory.used (guessed from the values)"
+    )
 
 
 @pytest.mark.parametrize(
@@ -188,10 +199,16 @@ def test_last_line_cut_off_by_a_crash(tmp_path):
 def test_junk_lines_and_a_repeated_header(tmp_path):
     rows = seed_rows(4, 2)
     lines = [
-        "Unable to determine the device handle for GPU0000:3B:00.0: Unknown Error", SEED_HEADER,
-        *rows[:4], "", "Unable to determine the device handle for GPU0000:3B:00.0: Unknown Error",
-        "2026/11/20 09:14:05.100, garbage MiB", "Failed to get the time, 5 MiB", SEED_HEADER, *rows[4:],
-    ]  # fmt: skip
+        "Unable to determine the device handle for GPU0000:3B:00.0: Unknown Error",
+        SEED_HEADER,
+        *rows[:4],
+        "",
+        "Unable to determine the device handle for GPU0000:3B:00.0: Unknown Error",
+        "2026/11/20 09:14:05.100, garbage MiB",
+        "Failed to get the time, 5 MiB",
+        SEED_HEADER,
+        *rows[4:],
+    ]
     t = read_nvidia_smi_csv(log(tmp_path, "\n".join(lines) + "\n"))
     assert column(t, "used_mib", "0") == [1000.0, 1001.0, 1002.0, 1003.0]
     assert column(t, "used_mib", "1") == [2000.0, 2001.0, 2002.0, 2003.0]
@@ -243,7 +260,10 @@ def test_no_timestamp_column(tmp_path):
         ("", "gpu_log.csv is empty: nothing to plot"),
         ("\n \n", "gpu_log.csv is empty: nothing to plot"),
         (SEED_HEADER + "\n", "no samples in gpu_log.csv: nothing to plot"),
-        ("timestamp, utilization.gpu [%]\n2026/11/20 09:14:02.000, 100 %\n", "no memory.used column in gpu_log.csv: nothing to plot"),
+        (
+            "timestamp, utilization.gpu [%]\n2026/11/20 09:14:02.000, 100 %\n",
+            "no memory.used column in gpu_log.csv: nothing to plot",
+        ),
     ],
 )
 def test_nothing_to_plot_is_an_empty_timeline_with_a_note(tmp_path, text, says):
@@ -277,7 +297,10 @@ def test_a_cut_off_last_line_is_not_also_counted_as_blank(tmp_path):
 
 @pytest.mark.parametrize("index", ["999999999", "99999999999999999999999", "1024", "-1"])
 def test_an_index_that_is_no_gpus_is_a_skipped_line_not_a_huge_table(tmp_path, index):
-    text = "timestamp, index, memory.used [MiB]\n2026/11/20 09:14:02.000, 0, 10 MiB\n" f"2026/11/20 09:14:02.000, {index}, 20 MiB\n"
+    text = (
+        "timestamp, index, memory.used [MiB]\n2026/11/20 09:14:02.000, 0, 10 MiB\n"
+        f"2026/11/20 09:14:02.000, {index}, 20 MiB\n"
+    )
     t = read_nvidia_smi_csv(log(tmp_path, text))
     assert t.gpus == ["0"] and t.samples["used_mib"].tolist() == [10.0]
     assert_note(t, "1 line(s) in gpu_log.csv have an index that is no GPU's (not 0-1023): skipped, first line 3")
@@ -285,7 +308,10 @@ def test_an_index_that_is_no_gpus_is_a_skipped_line_not_a_huge_table(tmp_path, i
 
 @pytest.mark.parametrize("index", ["²", "1.5", "0x1", "[N/A]"])
 def test_an_index_that_is_not_a_number_is_junk(tmp_path, index):
-    text = "timestamp, index, memory.used [MiB]\n2026/11/20 09:14:02.000, 1, 10 MiB\n" f"2026/11/20 09:14:02.000, {index}, 20 MiB\n"
+    text = (
+        "timestamp, index, memory.used [MiB]\n2026/11/20 09:14:02.000, 1, 10 MiB\n"
+        f"2026/11/20 09:14:02.000, {index}, 20 MiB\n"
+    )
     t = read_nvidia_smi_csv(log(tmp_path, text))
     assert t.gpus == ["1"] and t.samples["used_mib"].tolist() == [10.0]
     assert_note(t, "1 line(s) in gpu_log.csv are not samples", "first line 3")
@@ -309,7 +335,10 @@ def test_a_bom_or_utf16_log_has_its_header(tmp_path, encoding):
     assert not any("no header" in n for n in t.notes)
 
 
-@pytest.mark.parametrize("unit, values, mib", [("GiB", "10.5 GiB", 10752.0), ("GiB", "10.5", 10752.0), ("KiB", "2048 KiB", 2.0), ("MiB", "7", 7.0)])
+@pytest.mark.parametrize(
+    "unit, values, mib",
+    [("GiB", "10.5 GiB", 10752.0), ("GiB", "10.5", 10752.0), ("KiB", "2048 KiB", 2.0), ("MiB", "7", 7.0)],
+)
 def test_the_headers_unit_is_honoured(tmp_path, unit, values, mib):
     t = read_nvidia_smi_csv(log(tmp_path, f"timestamp, memory.used [{unit}]\n2026/11/20 09:14:02.000, {values}\n"))
     assert t.samples["used_mib"].tolist() == [mib]
@@ -331,7 +360,12 @@ def test_a_row_cut_mid_number_inside_the_log_is_skipped(tmp_path):
 
 @pytest.mark.parametrize("value", ["inf", "-5", "1e300", "nan"])
 def test_memory_values_no_gpu_can_hold_are_junk(tmp_path, value):
-    t = read_nvidia_smi_csv(log(tmp_path, f"timestamp, index, memory.used [MiB]\n2026/11/20 09:14:02.000, 0, 5 MiB\n2026/11/20 09:14:03.000, 0, {value} MiB\n"))
+    t = read_nvidia_smi_csv(
+        log(
+            tmp_path,
+            f"timestamp, index, memory.used [MiB]\n2026/11/20 09:14:02.000, 0, 5 MiB\n2026/11/20 09:14:03.000, 0, {value} MiB\n",
+        )
+    )
     assert t.samples["used_mib"].tolist() == [5.0]
 
 
@@ -356,7 +390,9 @@ def test_the_samples_kept_are_bounded_and_the_note_says_so(tmp_path, monkeypatch
 
 def test_thousands_of_uuids_are_bounded(tmp_path, monkeypatch):
     monkeypatch.setattr(nvsmi, "MAX_GPUS", 3)
-    text = "timestamp, uuid, memory.used [MiB]\n" + "".join(f"2026/11/20 09:14:02.000, GPU-{i:04d}, {i} MiB\n" for i in range(5))
+    text = "timestamp, uuid, memory.used [MiB]\n" + "".join(
+        f"2026/11/20 09:14:02.000, GPU-{i:04d}, {i} MiB\n" for i in range(5)
+    )
     t = read_nvidia_smi_csv(log(tmp_path, text))
     assert t.gpus == ["0", "1", "2"]
     assert_note(t, "2 line(s) in gpu_log.csv name a GPU past the first 3 different ones")

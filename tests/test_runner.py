@@ -20,15 +20,16 @@ import pytest
 
 pytest.importorskip("torch", reason="the runner launches torchrun: the [torch] extra; .ci/run installs it")
 
+from avatardoctor.runner.auto import execute_with_port_retry, launch_saved_plan  # noqa: E402
+from avatardoctor.runner.run import RunOptions  # noqa: E402
+from avatardoctor.runner.run import execute as execute_plan  # noqa: E402
+
 from avatardoctor.components import reference_summary  # noqa: E402
 from avatardoctor.config import resolve_config  # noqa: E402
 from avatardoctor.estimates import DEFAULT_TERMS  # noqa: E402
 from avatardoctor.machine.catalogue import catalogue_machine  # noqa: E402
-from avatardoctor.predict import predict  # noqa: E402
 from avatardoctor.planfile import PlanFile  # noqa: E402
-from avatardoctor.runner.auto import execute_with_port_retry, launch_saved_plan  # noqa: E402
-from avatardoctor.runner.run import RunOptions  # noqa: E402
-from avatardoctor.runner.run import execute as execute_plan  # noqa: E402
+from avatardoctor.predict import predict  # noqa: E402
 
 CHECKOUT = Path(__file__).parent / "fixtures" / "fake_liveavatar"
 ENTRY = ["minimal_inference/s2v_streaming_interact.py"]
@@ -43,11 +44,15 @@ def free_port() -> int:
 
 def plan(mode: str = "success", nproc: int = 2, port: int | None = None, prompt: str = "hello", **env) -> dict:
     return {
-        "schema": "avatardoctor.plan/1", "mode": "tpp", "nproc": nproc, "master_port": port or free_port(),
+        "schema": "avatardoctor.plan/1",
+        "mode": "tpp",
+        "nproc": nproc,
+        "master_port": port or free_port(),
         "env": {"FAKE_LIVEAVATAR_MODE": mode, "GLOO_SOCKET_IFNAME": "lo", **env},
         "argv": ["--num_clip", "2", "--infer_frames", "48", "--size", "384*256", "--prompt", prompt],
-        "prediction": {"verdict": "fits", "gpus": []}, "config": {"mode": "tpp", "num_clip": 2},
-    }  # fmt: skip
+        "prediction": {"verdict": "fits", "gpus": []},
+        "config": {"mode": "tpp", "num_clip": 2},
+    }
 
 
 def execute(doc: dict, opts: RunOptions):
@@ -64,7 +69,14 @@ def checkout(tmp_path) -> Path:
 
 
 def options(tmp_path, **kw) -> RunOptions:
-    return RunOptions(out_dir=tmp_path / "runs", sample_hz=20, hang_timeout_s=kw.pop("hang", 60), cwd=checkout(tmp_path), entry=ENTRY, **kw)
+    return RunOptions(
+        out_dir=tmp_path / "runs",
+        sample_hz=20,
+        hang_timeout_s=kw.pop("hang", 60),
+        cwd=checkout(tmp_path),
+        entry=ENTRY,
+        **kw,
+    )
 
 
 def token() -> str:
@@ -122,7 +134,9 @@ def test_the_prompt_reaches_the_entry_intact(tmp_path):
 def test_out_of_memory_is_classified_with_gpu_and_allocation(tmp_path):
     result = execute(plan("oom:2:1", CUDA_VISIBLE_DEVICES="3,5"), options(tmp_path))
     f = result.failure
-    assert f.cls == "oom" and f.gpu == 5  # the job's GPU 1 is NVML's GPU 5 under CUDA_VISIBLE_DEVICES=3,5 and f.tried_to_allocate_mib == pytest.approx(2.31 * 1024, rel=0.01)
+    assert (
+        f.cls == "oom" and f.gpu == 5
+    )  # the job's GPU 1 is NVML's GPU 5 under CUDA_VISIBLE_DEVICES=3,5 and f.tried_to_allocate_mib == pytest.approx(2.31 * 1024, rel=0.01)
     debug = json.loads(result.folder.debug_json.read_text())
     assert debug["outcome"] == "oom" and debug["failure"]["class"] == "oom"
     summary = json.loads((result.folder.root / "report" / "summary.json").read_text())
@@ -172,8 +186,20 @@ def _runner(tmp_path, mode: str, mark: str, hang: int = 60) -> tuple[subprocess.
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps(plan(mode, prompt=mark)))
     out = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "avatardoctor", "run", "--plan", str(plan_file), "--out-dir", str(out),
-           "--liveavatar", str(checkout(tmp_path)), "--hang-timeout", str(hang)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "avatardoctor",
+        "run",
+        "--plan",
+        str(plan_file),
+        "--out-dir",
+        str(out),
+        "--liveavatar",
+        str(checkout(tmp_path)),
+        "--hang-timeout",
+        str(hang),
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), out
 
 
@@ -225,7 +251,9 @@ def test_the_memory_csv_survives_a_rank_killed_with_sigkill(tmp_path):
 def test_a_bad_plan_file_is_a_one_line_error(tmp_path):
     bad = tmp_path / "plan.json"
     bad.write_text('{"schema": "avatardoctor.plan/1", "argv": "rm -rf /"}')
-    r = subprocess.run([sys.executable, "-m", "avatardoctor", "run", "--plan", str(bad)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "avatardoctor", "run", "--plan", str(bad)], capture_output=True, text=True
+    )
     assert r.returncode == 2 and r.stderr.startswith("Error: --plan") and "Traceback" not in r.stderr
 
 
@@ -237,8 +265,12 @@ def test_saved_plan_runs(tmp_path):
 
 def test_the_demo_end_to_end(tmp_path):
     port = free_port()  # the demo takes --master-port as run does
-    r = subprocess.run([sys.executable, "-m", "avatardoctor", "demo", "--out-dir", str(tmp_path / "runs"), "--master-port", str(port)],
-                       capture_output=True, text=True, timeout=240)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "avatardoctor", "demo", "--out-dir", str(tmp_path / "runs"), "--master-port", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "outcome: success" in r.stdout and "report: " in r.stdout
     report = Path(r.stdout.split("report: ")[1].strip())
@@ -285,14 +317,32 @@ def test_gradio_serves_on_a_free_port_and_records_until_stopped(tmp_path):
         taken = held.getsockname()[1]
         doc, note = gradio_plan(PlanFile.from_dict(plan(prompt="x"), "test plan"), taken)
     assert doc.server_port != taken and f"server port {taken} is held" in note
-    assert "--prompt" not in doc.argv and list(doc.argv[-4:]) == ["--server_port", str(doc.server_port), "--server_name", "0.0.0.0"]
+    assert "--prompt" not in doc.argv and list(doc.argv[-4:]) == [
+        "--server_port",
+        str(doc.server_port),
+        "--server_name",
+        "0.0.0.0",
+    ]
     assert doc.env["TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC"] == "86400"
     mark = token()
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps({**plan(prompt=mark), "argv": [*plan(prompt=mark)["argv"], "--base_seed", mark]}))
     out = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "avatardoctor", "run", "--plan", str(plan_file), "--gradio", "--out-dir", str(out),
-           "--liveavatar", str(checkout(tmp_path)), "--hang-timeout", "2"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "avatardoctor",
+        "run",
+        "--plan",
+        str(plan_file),
+        "--gradio",
+        "--out-dir",
+        str(out),
+        "--liveavatar",
+        str(checkout(tmp_path)),
+        "--hang-timeout",
+        "2",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline, log = time.monotonic() + 60, None
     while time.monotonic() < deadline:
@@ -315,8 +365,9 @@ def test_gradio_serves_on_a_free_port_and_records_until_stopped(tmp_path):
 
 
 def test_the_live_view_shows_phase_clips_eta_and_memory_bars():
-    from avatardoctor.cli import live_line
     from avatardoctor.runner.logparse import LogTracker
+
+    from avatardoctor.cli import live_line
 
     class Sampler:
         def last(self):
@@ -325,7 +376,11 @@ def test_the_live_view_shows_phase_clips_eta_and_memory_bars():
     tracker = LogTracker(1, 4)
     for at, line in [(1.0, "complete prepare conditional inputs"), (2.0, "100%|██████████| 4/4 [00:01<00:00]")]:
         tracker.feed(line, at)
-    line = live_line(tracker, Sampler(), PlanFile(mode="single", nproc=1, argv=(), prediction={"gpus": [{"index": 0, "usable_gib": 80.0}]}))
+    line = live_line(
+        tracker,
+        Sampler(),
+        PlanFile(mode="single", nproc=1, argv=(), prediction={"gpus": [{"index": 0, "usable_gib": 80.0}]}),
+    )
     assert "0: ██████░░░░░░ 40.0/80.0 GiB" in line and "clips " in line
 
 
@@ -365,7 +420,9 @@ def test_auto_steps_down_after_each_oom(tmp_path, monkeypatch):
 
     monkeypatch.setenv("FAKE_LIVEAVATAR_MODE", "oom:1:0")  # every attempt runs out of memory
     lines: list[str] = []
-    results = auto_run(make_ctx("5xH800-healthy", prompt=token()), options(tmp_path), max_retries=1, smoke=False, log=lines.append)
+    results = auto_run(
+        make_ctx("5xH800-healthy", prompt=token()), options(tmp_path), max_retries=1, smoke=False, log=lines.append
+    )
     assert [r.failure.cls for r in results] == ["oom", "oom"]
     first, second = (json.loads(r.folder.plan_json.read_text()) for r in results)
     assert first["reasons"][-1] != second["reasons"][-1]  # a different, smaller configuration
@@ -383,8 +440,11 @@ def test_rank_records_land_in_the_run_folder_with_a_relative_out_dir(tmp_path, m
 
 
 def single_plan(tmp_path, mark: str) -> Path:
-    doc = {**plan(nproc=1, prompt=mark), "config": {"mode": "single", "num_clip": 2, "prompt": mark},
-           "checkout": str(checkout(tmp_path))}  # fmt: skip
+    doc = {
+        **plan(nproc=1, prompt=mark),
+        "config": {"mode": "single", "num_clip": 2, "prompt": mark},
+        "checkout": str(checkout(tmp_path)),
+    }
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(doc))
     return path
@@ -419,8 +479,12 @@ def test_run_plan_refuses_a_plan_made_for_another_machine(tmp_path):
     doc = {**plan(), "machine": {"source": "catalogue:5xH800", "hostname": None, "gpus": []}}
     path = tmp_path / "plan.json"
     path.write_text(json.dumps(doc))
-    r = subprocess.run([sys.executable, "-m", "avatardoctor", "run", "--plan", str(path), "--out-dir", str(tmp_path / "runs")],
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "avatardoctor", "run", "--plan", str(path), "--out-dir", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "planned for catalogue:5xH800, not for this machine" in r.stderr
     assert not (tmp_path / "runs").exists()
 
@@ -428,15 +492,25 @@ def test_run_plan_refuses_a_plan_made_for_another_machine(tmp_path):
 def test_run_plan_whose_checkout_is_gone_is_one_line_and_leaves_no_folder(tmp_path):
     path = tmp_path / "plan.json"
     path.write_text(json.dumps({**plan(), "checkout": str(tmp_path / "moved-away")}))
-    r = subprocess.run([sys.executable, "-m", "avatardoctor", "run", "--plan", str(path), "--out-dir", str(tmp_path / "runs")],
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert r.returncode == 2 and r.stderr.startswith(f"Error: the Live Avatar checkout {tmp_path / 'moved-away'} is not a folder")
+    r = subprocess.run(
+        [sys.executable, "-m", "avatardoctor", "run", "--plan", str(path), "--out-dir", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and r.stderr.startswith(
+        f"Error: the Live Avatar checkout {tmp_path / 'moved-away'} is not a folder"
+    )
     assert r.stderr.count("\n") == 1 and not (tmp_path / "runs").exists()
 
 
 def test_run_with_machine_is_a_usage_error():
-    r = subprocess.run([sys.executable, "-m", "avatardoctor", "run", "--auto", "--machine", "5xH800"],
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "avatardoctor", "run", "--auto", "--machine", "5xH800"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "--machine and --demo are for what-ifs" in r.stderr
 
 
@@ -452,7 +526,9 @@ def test_run_plan_flags_override_the_plan_and_the_run_folder_says_so(tmp_path):
 
 def test_a_master_port_lost_at_launch_is_tried_once_more_then_its_holder_named(tmp_path):
     lines = []
-    result = execute_with_port_retry(PlanFile.from_dict(plan("nccl-port", prompt=token()), "test plan"), options(tmp_path), lines.append)
+    result = execute_with_port_retry(
+        PlanFile.from_dict(plan("nccl-port", prompt=token()), "test plan"), options(tmp_path), lines.append
+    )
     assert result.failure.cls == "nccl" and "is held by" in result.failure.remedy
     assert any("once more on a free port" in line for line in lines)
     assert len(list((tmp_path / "runs").iterdir())) == 2  # each attempt in its own folder
@@ -461,8 +537,10 @@ def test_a_master_port_lost_at_launch_is_tried_once_more_then_its_holder_named(t
 def test_the_run_folder_the_runner_writes_is_the_one_the_report_reads_field_by_field(tmp_path):
     from avatardoctor.reports.runfolder import read_run_folder
 
-    doc = {**plan(prompt=token()), "machine": {"source": "nvml", "hostname": None,
-                                              "gpus": [{"index": 0, "name": "NVIDIA H800", "uuid": "GPU-0"}]}}  # fmt: skip
+    doc = {
+        **plan(prompt=token()),
+        "machine": {"source": "nvml", "hostname": None, "gpus": [{"index": 0, "name": "NVIDIA H800", "uuid": "GPU-0"}]},
+    }
     result = execute(doc, options(tmp_path))
     debug = json.loads(result.folder.debug_json.read_text())
     read = read_run_folder(result.folder.root)
@@ -471,7 +549,9 @@ def test_the_run_folder_the_runner_writes_is_the_one_the_report_reads_field_by_f
     assert read.debug.clips_done == debug["clips_done"] == 2
     assert read.debug.durations["total_s"] == debug["durations"]["total_s"]
     assert read.debug.gpu_names == debug["gpu_names"] == {"0": "NVIDIA H800"}
-    assert read.plan.config["mode"] == "tpp" and read.plan.config["num_clip"] == 2 and read.plan.prompt == doc["argv"][-1]
+    assert (
+        read.plan.config["mode"] == "tpp" and read.plan.config["num_clip"] == 2 and read.plan.prompt == doc["argv"][-1]
+    )
     with open(result.folder.phases_csv) as f:
         assert list(read.phases["phase"]) == [line.split(",")[0] for line in f.read().splitlines()[1:]]
     assert read.timeline.gpus == ["cpu"] and len(read.timeline.samples) > 0
@@ -486,10 +566,16 @@ def test_a_gpu_run_leaves_measurements_that_calibrate_learns_from(tmp_path):
     cfg = resolve_config(5, "tpp")
     prediction = predict(cfg, m.gpus, reference_summary(), DEFAULT_TERMS).to_dict()
     doc = PlanFile(mode="tpp", nproc=5, argv=(), prediction=prediction)
-    phases = [("load", 0.0, 60.0), ("lora merge", 60.0, 80.0), ("text encoding", 80.0, 100.0), ("clip 1 denoise", 100.0, 200.0)]
+    phases = [
+        ("load", 0.0, 60.0),
+        ("lora merge", 60.0, 80.0),
+        ("text encoding", 80.0, 100.0),
+        ("clip 1 denoise", 100.0, 200.0),
+    ]
     peaks = {str(i): 40_000.0 + i for i in range(5)}
-    found = measurements(doc, peaks, {str(i): 150.0 for i in range(5)}, phases, "run-1", "2026-12-02T05:00:00+00:00",
-                         {"0": 36_000.0})  # the shim's torch.cuda.max_memory_allocated of rank 0  # fmt: skip
+    found = measurements(
+        doc, peaks, {str(i): 150.0 for i in range(5)}, phases, "run-1", "2026-12-02T05:00:00+00:00", {"0": 36_000.0}
+    )  # the shim's torch.cuda.max_memory_allocated of rank 0
     assert [x.phase for x in found] == ["denoise"] * 4 + ["decode"]  # the VAE rank has no denoise phase: its peak's
     assert found[0].role == "dit" and found[4].role == "vae" and found[0].nccl_peers == 4 and found[0].token_dims > 0
     gpu0 = prediction["gpus"][0]["calibration"]["denoise"]
@@ -498,19 +584,38 @@ def test_a_gpu_run_leaves_measurements_that_calibrate_learns_from(tmp_path):
 
     run = tmp_path / "runs" / "run-1"
     (run / "logs").mkdir(parents=True)
-    (run / "logs" / "measurements.json").write_text(json.dumps(
-        {"schema": "avatardoctor.measurements/1", "measurements": [dataclasses.asdict(x) for x in found]}))  # fmt: skip
+    (run / "logs" / "measurements.json").write_text(
+        json.dumps({"schema": "avatardoctor.measurements/1", "measurements": [dataclasses.asdict(x) for x in found]})
+    )
     empty = tmp_path / "runs" / "cpu-run"
     empty.mkdir()
     env = {**os.environ, "AVATARDOCTOR_HOME": str(tmp_path / "home")}
-    r = subprocess.run([sys.executable, "-m", "avatardoctor", "calibrate", str(run), str(empty), "--json"],
-                       capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "avatardoctor", "calibrate", str(run), str(empty), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     assert "cpu-run: no GPU measurements" in r.stderr
-    missing = subprocess.run([sys.executable, "-m", "avatardoctor", "calibrate", str(tmp_path / "nope")],
-                             capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
-    assert missing.returncode == 2 and missing.stderr == f"Error: {tmp_path / 'nope'}: cannot read (No such file or directory)\n"
+    missing = subprocess.run(
+        [sys.executable, "-m", "avatardoctor", "calibrate", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert (
+        missing.returncode == 2
+        and missing.stderr == f"Error: {tmp_path / 'nope'}: cannot read (No such file or directory)\n"
+    )
     assert json.loads(r.stdout)["measurements"] == 5
-    after = subprocess.run([sys.executable, "-m", "avatardoctor", "predict", "--machine", "5xH800", "--json"],
-                           capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    after = subprocess.run(
+        [sys.executable, "-m", "avatardoctor", "predict", "--machine", "5xH800", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert json.loads(after.stdout)["prediction"]["estimates_from"].startswith("calibrated from 1 run")

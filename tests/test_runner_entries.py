@@ -30,7 +30,7 @@ FAKE_CHECKOUT = Path(__file__).parent / "fixtures" / "fake_liveavatar"
 FAKE_ENTRY = ["minimal_inference/s2v_streaming_interact.py"]
 DEMO_ENTRY = ["-m", "avatardoctor.runner.demo_entry"]
 BAR = "100%|██████████| 4/4 ["
-HOSTILE_PROMPT = 'A host says "hi" $(touch /tmp/pwned); `rm -rf ~` \'quoted\' & <b>waves</b> | tee x\n✓ ünïcode'
+HOSTILE_PROMPT = "A host says \"hi\" $(touch /tmp/pwned); `rm -rf ~` 'quoted' & <b>waves</b> | tee x\n✓ ünïcode"
 
 
 def free_port() -> int:
@@ -45,13 +45,41 @@ def planned_argv(nproc: int, ckpt_dir: Path | str, prompt: str = "A host waves")
     and avatardoctor.checks import each other.)"""
     tpp = nproc > 1
     return [
-        "--ulysses_size", "1", "--task", "s2v-14B", "--size", "720*400" if tpp else "704*384", "--base_seed", "420",
-        "--training_config", "liveavatar/configs/s2v_causal_sft.yaml", "--num_clip", "2",
-        "--offload_model", str(not tpp), "--convert_model_dtype", "--infer_frames", "48", "--sample_steps", "4",
-        "--sample_guide_scale", "0", "--sample_solver", "euler", "--num_gpus_dit", str(max(nproc - 1, 1)),
-        "--ckpt_dir", str(ckpt_dir), "--load_lora", "--lora_path_dmd", "Quark-Vision/Live-Avatar",
-        "--enable_vae_parallel" if tpp else "--single_gpu", "--fp8", "--prompt", prompt,
-    ]  # fmt: skip
+        "--ulysses_size",
+        "1",
+        "--task",
+        "s2v-14B",
+        "--size",
+        "720*400" if tpp else "704*384",
+        "--base_seed",
+        "420",
+        "--training_config",
+        "liveavatar/configs/s2v_causal_sft.yaml",
+        "--num_clip",
+        "2",
+        "--offload_model",
+        str(not tpp),
+        "--convert_model_dtype",
+        "--infer_frames",
+        "48",
+        "--sample_steps",
+        "4",
+        "--sample_guide_scale",
+        "0",
+        "--sample_solver",
+        "euler",
+        "--num_gpus_dit",
+        str(max(nproc - 1, 1)),
+        "--ckpt_dir",
+        str(ckpt_dir),
+        "--load_lora",
+        "--lora_path_dmd",
+        "Quark-Vision/Live-Avatar",
+        "--enable_vae_parallel" if tpp else "--single_gpu",
+        "--fp8",
+        "--prompt",
+        prompt,
+    ]
 
 
 @dataclass
@@ -61,11 +89,28 @@ class Launch:
     peak_rss: int  # the largest resident set of any rank, sampled every 50 ms
 
 
-def torchrun(nproc: int, entry: list[str], argv: list[str], cwd: Path, env: dict | None = None,
-             deadline_s: float = 600, settled: Callable[[str], bool] | None = None) -> Launch:  # fmt: skip
+def torchrun(
+    nproc: int,
+    entry: list[str],
+    argv: list[str],
+    cwd: Path,
+    env: dict | None = None,
+    deadline_s: float = 600,
+    settled: Callable[[str], bool] | None = None,
+) -> Launch:
     """Launch as the runner does, output to a file; stopped 1.5 s after the output first satisfies
     `settled`, or at the deadline (only against a hang: a busy machine may take minutes)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port()), *entry, *argv]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_port",
+        str(free_port()),
+        *entry,
+        *argv,
+    ]
     log = cwd / "torchrun.log"
     full_env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", **(env or {})}
     with open(log, "w") as out:
@@ -137,13 +182,23 @@ def test_demo_tpp_prints_live_avatars_lines_in_order(tpp_demo, tiny_ckpt):
     launch, _ = tpp_demo
     assert launch.code == 0, launch.output
     out = launch.output
-    assert_in_order(out, [
-        "COMPILE: False", "world_size: 5", "Using TPP distributed inference.",
-        f"INFO: Creating WanModel from {tiny_ckpt}", f"demo: loaded 1260 DiT tensors (26040 bytes) from {tiny_ckpt} (4 file(s))",
-        "Use LoRA: lora path: Quark-Vision/Live-Avatar, lora rank: 128 , lora alpha:  64.0",
-        "LoRA merged successfully.", "complete prepare conditional inputs", BAR,
-        "denoising video done", "rank 4 done", "INFO: Finished.",
-    ])  # fmt: skip
+    assert_in_order(
+        out,
+        [
+            "COMPILE: False",
+            "world_size: 5",
+            "Using TPP distributed inference.",
+            f"INFO: Creating WanModel from {tiny_ckpt}",
+            f"demo: loaded 1260 DiT tensors (26040 bytes) from {tiny_ckpt} (4 file(s))",
+            "Use LoRA: lora path: Quark-Vision/Live-Avatar, lora rank: 128 , lora alpha:  64.0",
+            "LoRA merged successfully.",
+            "complete prepare conditional inputs",
+            BAR,
+            "denoising video done",
+            "rank 4 done",
+            "INFO: Finished.",
+        ],
+    )
     assert "demo: root parameter unsharded: 98736 values gathered from 5 rank(s)" in out
     assert out.count(BAR) == 5 * 2 * 4  # every rank draws a bar per block: 2 clips of 4 blocks
     assert out.count("LoRA merged successfully.") == 5
@@ -165,10 +220,18 @@ def test_demo_single_process_computes_what_five_ranks_compute(tpp_demo, tmp_path
     checkpoint only proves it loads): the same latents, so send/recv and the unshard lost nothing."""
     launch = torchrun(1, DEMO_ENTRY, planned_argv(1, tmp_path / "absent"), tmp_path)
     assert launch.code == 0, launch.output
-    assert_in_order(launch.output, [
-        "world_size: 1", "Using single GPU inference with offload mode: True", "no DiT index in",
-        "complete prepare conditional inputs", BAR, "demo: rank 0 decoded 93 frames from 8 blocks", "INFO: Finished.",
-    ])  # fmt: skip
+    assert_in_order(
+        launch.output,
+        [
+            "world_size: 1",
+            "Using single GPU inference with offload mode: True",
+            "no DiT index in",
+            "complete prepare conditional inputs",
+            BAR,
+            "demo: rank 0 decoded 93 frames from 8 blocks",
+            "INFO: Finished.",
+        ],
+    )
     assert "WARNING: VAE serves as a bottleneck!" not in launch.output  # no hand-off to wait for
     single = float(DECODED.search(launch.output).group(4))
     tpp = float(DECODED.search(tpp_demo[0].output).group(4))
@@ -198,11 +261,22 @@ def test_the_fake_checkout_passes_la_checkout():
 def test_fake_success_prints_live_avatars_lines_and_holds_memory(checkout):
     launch = fake(checkout, "success")
     assert launch.code == 0, launch.output
-    assert_in_order(launch.output, [
-        "COMPILE: True", "world_size: 3", "Using TPP distributed inference.", "INFO: Creating WanModel from ckpt/Wan2.2-S2V-14B/",
-        "Use LoRA: lora path: Quark-Vision/Live-Avatar", "LoRA merged successfully.", "complete prepare conditional inputs",
-        BAR, "denoising video done", "rank 0 done", "INFO: Finished.",
-    ])  # fmt: skip
+    assert_in_order(
+        launch.output,
+        [
+            "COMPILE: True",
+            "world_size: 3",
+            "Using TPP distributed inference.",
+            "INFO: Creating WanModel from ckpt/Wan2.2-S2V-14B/",
+            "Use LoRA: lora path: Quark-Vision/Live-Avatar",
+            "LoRA merged successfully.",
+            "complete prepare conditional inputs",
+            BAR,
+            "denoising video done",
+            "rank 0 done",
+            "INFO: Finished.",
+        ],
+    )
     assert launch.output.count(BAR) == 3 * 2 * 4
     assert launch.peak_rss > 150 * 2**20  # rank 0's ballast: the sampler has a peak to find
     (video,) = (checkout / "output").glob("*_4step_A_host_waves.mp4")
@@ -212,14 +286,19 @@ def test_fake_success_prints_live_avatars_lines_and_holds_memory(checkout):
 @pytest.mark.parametrize(
     "mode, expected",
     [
-        ("oom:2:1", ["[rank1]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.31 GiB. "
-                     "GPU 1 has a total capacity of 79.10 GiB of which 1.20 GiB is free.",
-                     "NCCL error: remote process exited or there was a network error"]),
+        (
+            "oom:2:1",
+            [
+                "[rank1]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.31 GiB. "
+                "GPU 1 has a total capacity of 79.10 GiB of which 1.20 GiB is free.",
+                "NCCL error: remote process exited or there was a network error",
+            ],
+        ),
         ("nccl-port", ["RuntimeError: The server socket has failed to listen", "address already in use"]),
         ("assert-world", ["[rank0]: AssertionError: At least 5 GPUs are supported for distributed inference."]),
         ("crash", ["[rank0]: AttributeError: 'EasyDict' object has no attribute 'transformer'"]),
     ],
-)  # fmt: skip
+)
 def test_fake_failures_print_live_avatars_text_and_exit_1(checkout, mode, expected):
     launch = fake(checkout, mode)
     assert launch.code == 1, launch.output

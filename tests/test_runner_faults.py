@@ -14,13 +14,13 @@ import pytest
 
 pytest.importorskip("torch", reason="the runner launches torchrun: the [torch] extra; .ci/run installs it")
 
+from avatardoctor.runner.folder import RESERVE_BYTES, RunFolder, new_run_folder  # noqa: E402
+from avatardoctor.runner.lines import LINE_CAP  # noqa: E402
+from avatardoctor.runner.run import RunOptions  # noqa: E402
 from fuzz.harness import run_cli  # noqa: E402
 from test_runner import checkout, execute, no_survivors, options, plan, token  # noqa: E402
 
 from avatardoctor.errors import InputError  # noqa: E402
-from avatardoctor.runner.folder import RESERVE_BYTES, RunFolder, new_run_folder  # noqa: E402
-from avatardoctor.runner.lines import LINE_CAP  # noqa: E402
-from avatardoctor.runner.run import RunOptions  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -30,7 +30,9 @@ def tmpfs(path: Path, size: str, read_only: bool = False):
     flags = ["-o", f"size={size}" + (",ro" if read_only else "")]
     r = subprocess.run(["mount", "-t", "tmpfs", *flags, "tmpfs", str(path)], capture_output=True, text=True)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()[:80] or 'mount failed'}): needs root or CAP_SYS_ADMIN")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({r.stderr.strip()[:80] or 'mount failed'}): needs root or CAP_SYS_ADMIN"
+        )
     try:
         yield path
     finally:
@@ -41,7 +43,9 @@ def entry(tmp_path: Path, name: str, code: str) -> RunOptions:
     """Options that launch a small script of our own as the entry, in the fake checkout."""
     script = tmp_path / f"{name}.py"
     script.write_text(textwrap.dedent(code))
-    return RunOptions(out_dir=tmp_path / "runs", sample_hz=20, hang_timeout_s=60, cwd=checkout(tmp_path), entry=[str(script)])
+    return RunOptions(
+        out_dir=tmp_path / "runs", sample_hz=20, hang_timeout_s=60, cwd=checkout(tmp_path), entry=[str(script)]
+    )
 
 
 def plan_file(tmp_path: Path, doc: dict) -> Path:
@@ -59,7 +63,11 @@ def test_an_unwritable_out_dir_is_a_one_line_error_and_nothing_is_launched(tmp_p
     blocker.write_text("not a folder")
     path = plan_file(tmp_path, plan("argv-echo", FAKE_LIVEAVATAR_ARGV_FILE=str(argv_file)))
     r = run_cli("run", "--plan", str(path), "--out-dir", str(blocker / "runs"), "--liveavatar", str(checkout(tmp_path)))
-    assert r.exit_code == 2 and r.output.startswith(f"Error: --out-dir {blocker / 'runs'}: cannot create it") and r.output.count("\n") == 1
+    assert (
+        r.exit_code == 2
+        and r.output.startswith(f"Error: --out-dir {blocker / 'runs'}: cannot create it")
+        and r.output.count("\n") == 1
+    )
     assert not argv_file.exists()
 
 
@@ -69,7 +77,11 @@ def test_a_read_only_out_dir_is_a_one_line_error_and_nothing_is_launched(tmp_pat
     with tmpfs(tmp_path / "ro", "1m", read_only=True) as out:
         r = run_cli("run", "--plan", str(path), "--out-dir", str(out), "--liveavatar", str(checkout(tmp_path)))
         assert list(out.iterdir()) == []
-    assert r.exit_code == 2 and r.output.startswith(f"Error: --out-dir {out}: cannot write there") and r.output.count("\n") == 1
+    assert (
+        r.exit_code == 2
+        and r.output.startswith(f"Error: --out-dir {out}: cannot write there")
+        and r.output.count("\n") == 1
+    )
     assert not argv_file.exists()
 
 
@@ -85,12 +97,16 @@ def test_a_disk_too_full_for_the_reserve_launches_nothing_and_leaves_no_folder(t
 
 def test_the_disk_filling_mid_run_stops_the_job_and_records_the_outcome(tmp_path):
     mark = token()
-    opts = entry(tmp_path, "chatty", f"""
+    opts = entry(
+        tmp_path,
+        "chatty",
+        f"""
         import time
         while True:  # {mark}
             print("x" * 4000, flush=True)
             time.sleep(0.002)
-    """)
+    """,
+    )
     with tmpfs(tmp_path / "disk", "1m") as disk:
         opts.out_dir = disk / "runs"
         result = execute(plan(prompt=mark), opts)
@@ -148,13 +164,17 @@ def test_debug_info_goes_into_the_reserve_and_falls_back_to_a_plain_write(tmp_pa
 
 def test_a_rank_printing_megabytes_without_a_newline_gets_one_capped_line(tmp_path):
     size = 8 * 2**20
-    opts = entry(tmp_path, "one_long_line", f"""
+    opts = entry(
+        tmp_path,
+        "one_long_line",
+        f"""
         import sys
         for _ in range({size // 4096}):
             sys.stdout.write("y" * 4096)
         print()
         print("after the long line")
-    """)
+    """,
+    )
     result = execute(plan(nproc=1, prompt=token()), opts)
     assert result.failure.cls == "success"
     lines = result.folder.inference_log.read_text().splitlines()
@@ -205,8 +225,14 @@ def bad(**fields) -> dict:
 
 BAD_PLANS = {
     "a NUL in the prompt": (bad(argv=["--prompt", "a\0b"]), "argv[1] (the value of --prompt) contains a NUL"),
-    "a prompt over 128 KiB": (bad(argv=["--prompt", "p" * (128 * 1024)]), "argv[1] (the value of --prompt) is 131072 bytes"),
-    "a lone surrogate": (bad(argv=["--prompt", "\ud800"]), "argv[1] (the value of --prompt) contains characters that cannot"),
+    "a prompt over 128 KiB": (
+        bad(argv=["--prompt", "p" * (128 * 1024)]),
+        "argv[1] (the value of --prompt) is 131072 bytes",
+    ),
+    "a lone surrogate": (
+        bad(argv=["--prompt", "\ud800"]),
+        "argv[1] (the value of --prompt) contains characters that cannot",
+    ),
     "an env value that is a number": (bad(env={"NCCL_DEBUG": 1}), "env 'NCCL_DEBUG' must be"),
     "an env name with =": (bad(env={"A=B": "c"}), "env 'A=B' must be"),
     "env as a list": (bad(env=["A"]), "env must be an object"),
@@ -219,7 +245,10 @@ BAD_PLANS = {
     "a mode that is a path": (bad(mode="../../escaped"), "mode must be a short name"),
     "num_clip as text": (bad(config={"num_clip": "2"}), "config must be an object whose num_clip"),
     "a prediction gpu without index": (bad(prediction={"gpus": [{"peak_gib": 3}]}), "prediction.gpus[0] must be"),
-    "a prediction peak as text": (bad(prediction={"gpus": [{"index": 0, "usable_gib": "80"}]}), "prediction.gpus[0]: peak_gib"),
+    "a prediction peak as text": (
+        bad(prediction={"gpus": [{"index": 0, "usable_gib": "80"}]}),
+        "prediction.gpus[0]: peak_gib",
+    ),
     "a huge launch": (bad(argv=["x" * 100_000] * 12), "argv and env together are over 1 MiB"),
 }
 
@@ -239,8 +268,9 @@ def test_a_hostile_but_valid_plan_runs(tmp_path):
     argv_file = tmp_path / "argv.json"
     hostile = "$(touch /tmp/pwned) `id` \t ünï ✓ " + "p" * (100 * 1024)
     path = plan_file(tmp_path, plan("argv-echo", prompt=hostile, FAKE_LIVEAVATAR_ARGV_FILE=str(argv_file), EMPTY=""))
-    r = run_cli("run", "--plan", str(path), "--out-dir", str(tmp_path / "runs"), "--liveavatar", str(checkout(tmp_path)))
+    r = run_cli(
+        "run", "--plan", str(path), "--out-dir", str(tmp_path / "runs"), "--liveavatar", str(checkout(tmp_path))
+    )
     assert r.exit_code == 0, r.output
     argv = json.loads(argv_file.read_text())
     assert argv[argv.index("--prompt") + 1] == hostile
-

@@ -6,11 +6,10 @@ from __future__ import annotations
 import os
 import tracemalloc
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from avatardoctor.runner.lines import LINE_CAP, BoundedLines
 from avatardoctor.runner.shim import Phases, PhaseWatcher, Recorder
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def reference(text: bytes, cap: int) -> list[bytes]:
@@ -21,7 +20,11 @@ def reference(text: bytes, cap: int) -> list[bytes]:
 
 
 @settings(deadline=None, max_examples=300)
-@given(text=st.binary(max_size=400).map(lambda b: b.replace(b"a", b"\n")), cap=st.integers(1, 40), cuts=st.lists(st.integers(0, 400)))
+@given(
+    text=st.binary(max_size=400).map(lambda b: b.replace(b"a", b"\n")),
+    cap=st.integers(1, 40),
+    cuts=st.lists(st.integers(0, 400)),
+)
 def test_lines_do_not_depend_on_how_the_stream_was_chunked(text, cap, cuts):
     lines, got, at = BoundedLines(b"", cap), [], 0
     for end in sorted(cuts) + [len(text)]:

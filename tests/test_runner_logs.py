@@ -15,11 +15,11 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from avatardoctor.runner.classify import ASSERT_TEXTS, Failure, classify
+from avatardoctor.runner.logparse import LogTracker, segments, split_rank
 
 from avatardoctor.checks.liveavatar import SEED_REMEDY
 from avatardoctor.config import resolve_config
-from avatardoctor.runner.classify import ASSERT_TEXTS, Failure, classify
-from avatardoctor.runner.logparse import LogTracker, segments, split_rank
 from avatardoctor.upstream import RULES, Launch
 
 LOGS = Path(__file__).parent / "fixtures" / "logs"
@@ -29,7 +29,9 @@ STAMPED = re.compile(r"\[\+\s*([\d.]+)s\] (.*)", re.DOTALL)
 def read_log(name: str) -> list[tuple[float, str]]:
     with open(LOGS / name, encoding="utf-8", newline="") as f:  # newline="": keep tqdm's \r inside lines
         text = f.read()
-    return [(float(m[1]), m[2]) for m in map(STAMPED.match, text.split("\n")) if m]  # "# " lines: the header quoting upstream
+    return [
+        (float(m[1]), m[2]) for m in map(STAMPED.match, text.split("\n")) if m
+    ]  # "# " lines: the header quoting upstream
 
 
 def track(name: str, nproc: int, num_clip_expected: int | None = None) -> LogTracker:
@@ -62,8 +64,15 @@ def test_tpp_success_phases_in_order_contiguous_and_two_clips():
     tracker = track("tpp_success_2clips.log", nproc=5)
     phases = tracker.phases()
     assert [name for name, _, _ in phases] == [
-        "load", "lora merge", "fp8", "text encoding", "clip 1 denoise", "clip 2 denoise", "decode", "save",
-    ]  # fmt: skip
+        "load",
+        "lora merge",
+        "fp8",
+        "text encoding",
+        "clip 1 denoise",
+        "clip 2 denoise",
+        "decode",
+        "save",
+    ]
     assert all(start <= end for _, start, end in phases)
     assert all(a[2] == b[1] for a, b in itertools.pairwise(phases))  # one phase ends where the next begins
     assert tracker.clips_done == 2 and tracker.clip_total == 2
@@ -132,9 +141,13 @@ def test_open_phase_ends_at_the_last_line():
 
 def test_fp8_is_a_phase_only_when_the_job_args_say_fp8():
     tracker = LogTracker(1)
-    lines = ["[2026-03-12 10:15:10,000] INFO: Generation job args: Namespace(task='s2v-14B', fp8=False)",
-             "[2026-03-12 10:15:11,000] INFO: Creating WanS2V pipeline.", "Use LoRA: lora path: x, lora rank: 128",
-             "LoRA merged successfully.", "[2026-03-12 10:16:11,000] INFO: Generating video ..."]  # fmt: skip
+    lines = [
+        "[2026-03-12 10:15:10,000] INFO: Generation job args: Namespace(task='s2v-14B', fp8=False)",
+        "[2026-03-12 10:15:11,000] INFO: Creating WanS2V pipeline.",
+        "Use LoRA: lora path: x, lora rank: 128",
+        "LoRA merged successfully.",
+        "[2026-03-12 10:16:11,000] INFO: Generating video ...",
+    ]
     for i, line in enumerate(lines):
         tracker.feed(line, float(i))
     assert [name for name, _, _ in tracker.phases()] == ["load", "lora merge", "text encoding"]
@@ -161,17 +174,27 @@ def test_a_bar_drawn_complete_twice_counts_once():
 
 def test_bars_with_a_description_are_not_denoising():
     tracker = LogTracker(1)
-    shards = "".join(f"\rLoading checkpoint shards: {25 * n:3d}%|{'█' * (10 * n // 4):<10}| {n}/4 [00:{n}0<00:10, 10.2s/it]" for n in range(5))
+    shards = "".join(
+        f"\rLoading checkpoint shards: {25 * n:3d}%|{'█' * (10 * n // 4):<10}| {n}/4 [00:{n}0<00:10, 10.2s/it]"
+        for n in range(5)
+    )
     for i in range(8):
         tracker.feed(shards, float(i))
     assert tracker.clips_done == 0 and tracker.phases() == []
 
 
 def test_rank_prefixes_are_stripped_recorded_and_rank_0_counts():
-    assert split_rank("[default2]:[rank2]: Traceback (most recent call last):") == (2, "Traceback (most recent call last):")
-    assert split_rank("[rank0]:[W312 10:15:11 ProcessGroupNCCL.cpp:4718] x") == (0, "[W312 10:15:11 ProcessGroupNCCL.cpp:4718] x")
-    assert list(segments("\r 25%|██▌       | 1/4 [00:00<00:00]\r[rank2]: torch.OutOfMemoryError: CUDA out of memory.")) == [
-        (None, " 25%|██▌       | 1/4 [00:00<00:00]"), (2, "torch.OutOfMemoryError: CUDA out of memory.")]  # fmt: skip
+    assert split_rank("[default2]:[rank2]: Traceback (most recent call last):") == (
+        2,
+        "Traceback (most recent call last):",
+    )
+    assert split_rank("[rank0]:[W312 10:15:11 ProcessGroupNCCL.cpp:4718] x") == (
+        0,
+        "[W312 10:15:11 ProcessGroupNCCL.cpp:4718] x",
+    )
+    assert list(
+        segments("\r 25%|██▌       | 1/4 [00:00<00:00]\r[rank2]: torch.OutOfMemoryError: CUDA out of memory.")
+    ) == [(None, " 25%|██▌       | 1/4 [00:00<00:00]"), (2, "torch.OutOfMemoryError: CUDA out of memory.")]
     tracker = LogTracker(2)
     tracker.feed("[default1]:complete prepare conditional inputs", 0.5)
     for i in range(4):  # rank 0 does one clip while rank 1 (the VAE rank's instant bars) draws two clips' worth
@@ -196,7 +219,9 @@ def _long_log(lines: int) -> list[str]:
     out = ["complete prepare conditional inputs"]
     while len(out) < lines:
         out.append(BAR_LINE)
-        out += [f"[rank0]:[W312 10:15:11.000400 40130 ProcessGroupNCCL.cpp:4718] a warning, number {i}" for i in range(39)]
+        out += [
+            f"[rank0]:[W312 10:15:11.000400 40130 ProcessGroupNCCL.cpp:4718] a warning, number {i}" for i in range(39)
+        ]
     return out[:lines]
 
 
@@ -241,7 +266,14 @@ CASES = [
     ("assert_size_choice.log", 1, "assertion", 0, None, "--size 704*384"),
     ("assert_solver.log", 1, "assertion", 0, "clip 1 denoise", "--sample-solver euler"),
     ("single_keyerror_5.log", 1, "assertion", 0, "clip 1 denoise", "--sample-steps 4"),
-    ("hub_download_failed.log", 1, "hub-download", 0, "lora merge", "--lora-path ckpt/LiveAvatar/liveavatar.safetensors"),
+    (
+        "hub_download_failed.log",
+        1,
+        "hub-download",
+        0,
+        "lora merge",
+        "--lora-path ckpt/LiveAvatar/liveavatar.safetensors",
+    ),
     ("missing_checkpoint.log", 1, "missing-file", 0, "load", "--ckpt-dir"),
     ("tpp_sigkill_load.log", 5, "crashed", 3, "load", "OOM killer"),
 ]
@@ -262,16 +294,32 @@ def test_oom_details():
     assert "GPU 2" in failure.remedy and len(failure.message) <= 300
     assert failure.at_elapsed_s == at_of("tpp_oom_clip3_rank2.log", "OutOfMemoryError")
     assert failure.to_dict() == {
-        "class": "oom", "gpu": 2, "phase": "clip 3 denoise", "message": failure.message, "remedy": failure.remedy,
-        "tried_to_allocate_mib": failure.tried_to_allocate_mib, "at_elapsed_s": failure.at_elapsed_s,
-    }  # fmt: skip
+        "class": "oom",
+        "gpu": 2,
+        "phase": "clip 3 denoise",
+        "message": failure.message,
+        "remedy": failure.remedy,
+        "tried_to_allocate_mib": failure.tried_to_allocate_mib,
+        "at_elapsed_s": failure.at_elapsed_s,
+    }
 
 
-@pytest.mark.parametrize("text, gpu, mib", [
-    ("[rank3]: RuntimeError: CUDA error: out of memory", 3, None),
-    ("torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 512.00 MiB (GPU 1; 79.15 GiB total capacity)", 1, 512.0),
-    ("[rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 512.00 KiB. GPU 4 has a total capacity of 79.10 GiB", 4, 0.5),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, gpu, mib",
+    [
+        ("[rank3]: RuntimeError: CUDA error: out of memory", 3, None),
+        (
+            "torch.cuda.OutOfMemoryError: CUDA out of memory. Tried to allocate 512.00 MiB (GPU 1; 79.15 GiB total capacity)",
+            1,
+            512.0,
+        ),
+        (
+            "[rank0]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 512.00 KiB. GPU 4 has a total capacity of 79.10 GiB",
+            4,
+            0.5,
+        ),
+    ],
+)
 def test_oom_gpu_from_the_message_else_the_rank(text, gpu, mib):
     failure = classify([(1.0, text)], 1, nproc=5)
     assert (failure.cls, failure.gpu, failure.tried_to_allocate_mib) == ("oom", gpu, mib)
@@ -296,8 +344,10 @@ def test_hang():
 
 
 def test_a_watchdog_timeout_is_a_hang():
-    line = ("[rank3]:[E312 10:41:12.000 ProcessGroupNCCL.cpp:632] [Rank 3] Watchdog caught collective operation timeout: "
-            "WorkNCCL(SeqNum=912, OpType=RECV, NumelIn=1, NumelOut=1, Timeout(ms)=600000) ran for 600033 milliseconds")  # fmt: skip
+    line = (
+        "[rank3]:[E312 10:41:12.000 ProcessGroupNCCL.cpp:632] [Rank 3] Watchdog caught collective operation timeout: "
+        "WorkNCCL(SeqNum=912, OpType=RECV, NumelIn=1, NumelOut=1, Timeout(ms)=600000) ran for 600033 milliseconds"
+    )
     failure = classify([(700.0, line)], 1, nproc=5)
     assert (failure.cls, failure.gpu) == ("hang", 3)
 
@@ -313,8 +363,14 @@ def test_success_and_the_failure_dict():
 
 
 def test_oom_beats_nccl_errors_whatever_their_order():
-    nccl = (10.0, "[rank3]: torch.distributed.DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:3356, unhandled system error")
-    oom = (10.4, "\r 75%|███████▌  | 3/4 [00:00<00:00]\r[rank2]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.")
+    nccl = (
+        10.0,
+        "[rank3]: torch.distributed.DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:3356, unhandled system error",
+    )
+    oom = (
+        10.4,
+        "\r 75%|███████▌  | 3/4 [00:00<00:00]\r[rank2]: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB.",
+    )
     failure = classify([nccl, oom], 1, nproc=5)
     assert (failure.cls, failure.gpu, failure.at_elapsed_s) == ("oom", 2, 10.4)
 
@@ -327,11 +383,18 @@ def test_interrupted_beats_what_the_dying_ranks_say_but_not_an_earlier_oom():
 
 
 def test_an_error_the_run_went_on_after_is_ignored():
-    refused = (1.0, "[W312 socket.cpp:472] [c10d] The client socket has failed to connect to [localhost]:29102 (errno: 111 - Connection refused).")
+    refused = (
+        1.0,
+        "[W312 socket.cpp:472] [c10d] The client socket has failed to connect to [localhost]:29102 (errno: 111 - Connection refused).",
+    )
     crash = (90.0, "[rank0]: ValueError: negative dimensions are not allowed")
     phases = [("load", 5.0, 60.0), ("lora merge", 60.0, 70.0), ("text encoding", 70.0, 90.0)]
     failure = classify([refused, crash], 1, phases=phases, nproc=5)
-    assert (failure.cls, failure.message, failure.gpu) == ("crashed", "ValueError: negative dimensions are not allowed", 0)
+    assert (failure.cls, failure.message, failure.gpu) == (
+        "crashed",
+        "ValueError: negative dimensions are not allowed",
+        0,
+    )
     assert classify([refused, crash], 1, nproc=5).cls == "nccl"  # nothing followed it: then it is the cause
     assert classify([refused], 0, phases=phases, nproc=5).cls == "success"
 
@@ -356,9 +419,12 @@ def test_a_hub_fallback_that_worked_is_no_failure():
 
 
 def test_traceback_frames_quote_code_and_are_not_read_as_errors():
-    lines = [(1.0, "Traceback (most recent call last):"),
-             (1.0, '  File "/work/LiveAvatar/liveavatar/models/wan/wan_2_2/utils/utils.py", line 213, in merge_video_audio'),
-             (1.0, '    raise RuntimeError(f"FFmpeg execute failed: {e.stderr}")'), (1.0, "ValueError: unexpected audio layout")]  # fmt: skip
+    lines = [
+        (1.0, "Traceback (most recent call last):"),
+        (1.0, '  File "/work/LiveAvatar/liveavatar/models/wan/wan_2_2/utils/utils.py", line 213, in merge_video_audio'),
+        (1.0, '    raise RuntimeError(f"FFmpeg execute failed: {e.stderr}")'),
+        (1.0, "ValueError: unexpected audio layout"),
+    ]
     failure = classify(lines, 1)
     assert (failure.cls, failure.message) == ("crashed", "ValueError: unexpected audio layout")
 
@@ -383,30 +449,45 @@ def test_ffmpeg_missing_from_path_finishes_without_sound():
 
 
 def test_an_ffmpeg_line_does_not_explain_a_crash():
-    lines = [(9.0, "ERROR:root:merge_video_audio failed with error: [Errno 2] No such file or directory: 'ffmpeg'"),
-             (9.5, "[rank4]: ValueError: unexpected audio layout")]  # fmt: skip
+    lines = [
+        (9.0, "ERROR:root:merge_video_audio failed with error: [Errno 2] No such file or directory: 'ffmpeg'"),
+        (9.5, "[rank4]: ValueError: unexpected audio layout"),
+    ]
     assert classify(lines, 1).message == "ValueError: unexpected audio layout"
 
 
 def test_cond_cache_overflow_is_upstreams_rule_with_its_remedy():
-    text = ("[rank1]: RuntimeError: The expanded size of the tensor (3000) must match the existing size (3640) at "
-            "non-singleton dimension 1.  Target sizes: [1, 3000, 40, 128].  Tensor sizes: [1, 3640, 40, 128]")  # fmt: skip
+    text = (
+        "[rank1]: RuntimeError: The expanded size of the tensor (3000) must match the existing size (3640) at "
+        "non-singleton dimension 1.  Target sizes: [1, 3000, 40, 128].  Tensor sizes: [1, 3640, 40, 128]"
+    )
     failure = classify([(300.0, text)], 1, nproc=5)
     assert failure.cls == "assertion" and failure.gpu == 1
     assert failure.remedy.startswith("--size 704*384")
 
 
 def test_flash_attn_assertion_is_named_by_its_frame():
-    lines = [(200.0, "[rank0]: Traceback (most recent call last):"),
-             (200.0, '[rank0]:   File "/w/LiveAvatar/liveavatar/models/wan/wan_2_2/modules/attention.py", line 112, in flash_attention'),
-             (200.0, "[rank0]:     assert FLASH_ATTN_2_AVAILABLE"),
-             (200.0, "[rank0]: AssertionError")]  # fmt: skip
+    lines = [
+        (200.0, "[rank0]: Traceback (most recent call last):"),
+        (
+            200.0,
+            '[rank0]:   File "/w/LiveAvatar/liveavatar/models/wan/wan_2_2/modules/attention.py", line 112, in flash_attention',
+        ),
+        (200.0, "[rank0]:     assert FLASH_ATTN_2_AVAILABLE"),
+        (200.0, "[rank0]: AssertionError"),
+    ]
     failure = classify(lines, 1, nproc=5)
     assert failure.cls == "assertion" and "flash-attn" in failure.remedy and "--deep" in failure.remedy
 
 
-@pytest.mark.parametrize("path, flag", [("examples/boy.jpg", "--image"), ("examples/boy.wav", "--audio"),
-                                        ("ckpt/LiveAvatar/liveavatar.safetensors", "--lora-path ckpt/LiveAvatar/liveavatar.safetensors")])  # fmt: skip
+@pytest.mark.parametrize(
+    "path, flag",
+    [
+        ("examples/boy.jpg", "--image"),
+        ("examples/boy.wav", "--audio"),
+        ("ckpt/LiveAvatar/liveavatar.safetensors", "--lora-path ckpt/LiveAvatar/liveavatar.safetensors"),
+    ],
+)
 def test_missing_file_remedy_names_the_flag(path, flag):
     failure = classify([(2.0, f"FileNotFoundError: [Errno 2] No such file or directory: '{path}'")], 1)
     assert failure.cls == "missing-file" and flag in failure.remedy
@@ -416,12 +497,18 @@ def test_missing_file_remedy_names_the_flag(path, flag):
 def test_assertion_remedies_are_the_rules_own(printed, rule):
     nproc = 5 if "non-distributed" not in printed and rule.id != "single.sample_steps" else 1
     failure = classify([(1.0, f"[rank0]: {printed} and more")], 1, nproc=nproc)
-    expected = SEED_REMEDY if rule.gpu_layout else rule.remedy(Launch(resolve_config(nproc, "tpp" if nproc > 1 else "single")))
+    expected = (
+        SEED_REMEDY if rule.gpu_layout else rule.remedy(Launch(resolve_config(nproc, "tpp" if nproc > 1 else "single")))
+    )
     assert (failure.cls, failure.remedy) == ("assertion", expected)
 
 
 def test_every_quoted_upstream_assert_is_recognised():
-    quoting = {r.id for r in RULES if r.prevents.startswith(("AssertionError", "KeyError", "NotImplementedError", "argparse", "RuntimeError"))}
+    quoting = {
+        r.id
+        for r in RULES
+        if r.prevents.startswith(("AssertionError", "KeyError", "NotImplementedError", "argparse", "RuntimeError"))
+    }
     assert quoting <= {rule.id for _, rule in ASSERT_TEXTS}
 
 
@@ -433,13 +520,25 @@ def test_gradio_entry_texts_give_the_phases():
     D) where the CLI entry prints "Generating video ..." and "denoising video done"; its LoRA line is
     "Loading LoRA: path=...". The prints and tqdm bars are the same (docs/upstream.md, "Gradio entry")."""
     tracker = LogTracker(1)
-    lines = ["COMPILE: True", "[2026-03-12 10:00:00,000] INFO: Creating WanS2V pipeline...",
-             "[2026-03-12 10:00:05,000] INFO: Loading LoRA: path=Quark-Vision/Live-Avatar, rank=128, alpha=64",
-             "LoRA merged successfully.", "[2026-03-12 10:01:00,000] INFO: [Rank 0] Generating video...",
-             "complete prepare conditional inputs", *[BAR_LINE] * 4,
-             "[2026-03-12 10:02:00,000] INFO: [Rank 0] Denoising video done",
-             "[2026-03-12 10:02:05,000] INFO: Video saved successfully: output/x.mp4"]  # fmt: skip
+    lines = [
+        "COMPILE: True",
+        "[2026-03-12 10:00:00,000] INFO: Creating WanS2V pipeline...",
+        "[2026-03-12 10:00:05,000] INFO: Loading LoRA: path=Quark-Vision/Live-Avatar, rank=128, alpha=64",
+        "LoRA merged successfully.",
+        "[2026-03-12 10:01:00,000] INFO: [Rank 0] Generating video...",
+        "complete prepare conditional inputs",
+        *[BAR_LINE] * 4,
+        "[2026-03-12 10:02:00,000] INFO: [Rank 0] Denoising video done",
+        "[2026-03-12 10:02:05,000] INFO: Video saved successfully: output/x.mp4",
+    ]
     for at, line in enumerate(lines):
         tracker.feed(line, float(at))
-    assert [name for name, _, _ in tracker.phases()] == ["load", "lora merge", "text encoding", "clip 1 denoise", "decode", "save"]
+    assert [name for name, _, _ in tracker.phases()] == [
+        "load",
+        "lora merge",
+        "text encoding",
+        "clip 1 denoise",
+        "decode",
+        "save",
+    ]
     assert tracker.clips_done == 1 and tracker.current_phase == "done"

@@ -22,13 +22,12 @@ from pathlib import Path
 
 import psutil
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from avatardoctor.reports.runfolder import read_memory_csv
 from avatardoctor.runner import sampler as sampler_module
 from avatardoctor.runner.folder import RunFolder
 from avatardoctor.runner.sampler import MEMORY_COLUMNS, PROCESS_COLUMNS, MemorySampler, NvmlUnavailable, next_slot
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 # A sampling thread that dies of an exception fails the test that started it.
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
@@ -102,12 +101,21 @@ def test_a_process_tree_sampled_at_20_hz(folder, new_sampler, process_tree):
     wait_for(lambda: sampler.peaks_mib().get("cpu", 0) >= ALLOCATION_MIB, "the grandchild's memory counted")
     during = sampler.last()["cpu"]
     # and in the per-process file, written at the first sample of each second
-    wait_for(lambda: max((float(p["used_mib"]) for p in read_rows(folder.gpu_processes_csv)[1]), default=0) >= ALLOCATION_MIB, "a listing")
+    wait_for(
+        lambda: (
+            max((float(p["used_mib"]) for p in read_rows(folder.gpu_processes_csv)[1]), default=0) >= ALLOCATION_MIB
+        ),
+        "a listing",
+    )
     sampler.stop()
     duration = time.monotonic() - sampler.started_monotonic
 
     header, rows = read_rows(folder.gpu_memory_csv)
-    assert header == MEMORY_COLUMNS == ["time", "elapsed_s", "gpu", "uuid", "memory_used_mib", "memory_total_mib", "utilization_pct"]
+    assert (
+        header
+        == MEMORY_COLUMNS
+        == ["time", "elapsed_s", "gpu", "uuid", "memory_used_mib", "memory_total_mib", "utilization_pct"]
+    )
     assert 1 <= len(rows) <= duration * 20 + 1  # never more than the schedule's slots: no burst
     assert sampler.samples_taken == len(rows)
     elapsed = [float(r["elapsed_s"]) for r in rows]
@@ -140,7 +148,9 @@ def test_a_rank_killed_with_sigkill_does_not_stop_the_sampler(folder, new_sample
     wait_for(lambda: sampler.peaks_mib().get("cpu", 0) >= ALLOCATION_MIB, "the grandchild's memory counted")
     grandchild = max(psutil.Process(process_tree.pid).children(recursive=True), key=lambda p: p.memory_info().rss)
     grandchild.send_signal(signal.SIGKILL)
-    wait_for(lambda: sampler.last()["cpu"]["memory_used_mib"] < sampler.peaks_mib()["cpu"] - 150, "a sample after the kill")
+    wait_for(
+        lambda: sampler.last()["cpu"]["memory_used_mib"] < sampler.peaks_mib()["cpu"] - 150, "a sample after the kill"
+    )
     after = sampler.last()["cpu"]
     sampler.stop()
     _, rows = read_rows(folder.gpu_memory_csv)
@@ -148,7 +158,9 @@ def test_a_rank_killed_with_sigkill_does_not_stop_the_sampler(folder, new_sample
 
 
 def test_utilisation_is_the_trees_share_of_the_cores_over_each_second(folder, new_sampler):
-    busy = subprocess.Popen([sys.executable, "-c", "import time\nend = time.monotonic() + 30\nwhile time.monotonic() < end: pass"])
+    busy = subprocess.Popen(
+        [sys.executable, "-c", "import time\nend = time.monotonic() + 30\nwhile time.monotonic() < end: pass"]
+    )
     try:
         sampler = new_sampler(hz=10, root_pid=busy.pid, source="psutil")
         sampler.start()
@@ -168,7 +180,8 @@ def test_utilisation_is_the_trees_share_of_the_cores_over_each_second(folder, ne
 
 def run_until_killed(folder: RunFolder, tmp_path: Path) -> None:
     script = tmp_path / "sample_forever.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import time
         from pathlib import Path
         from avatardoctor.runner.folder import RunFolder
@@ -177,7 +190,8 @@ def run_until_killed(folder: RunFolder, tmp_path: Path) -> None:
         sampler.start()
         print("started", flush=True)
         time.sleep(60)
-    """))
+    """)
+    )
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "started"

@@ -17,8 +17,8 @@ from avatardoctor.checks import (
     gpu,
     host,
     inputs,
-    liveavatar,
     live,
+    liveavatar,
     nccl,
     ports,
     software,
@@ -75,7 +75,9 @@ class CheckReport:
             "config": config,
             "machine": self.machine.to_dict(),
             "checks": [r.to_dict() for r in self.results],
-            "prediction": next((r.data["prediction"] for r in self.results if r.id == "fit.peak" and "prediction" in r.data), None),
+            "prediction": next(
+                (r.data["prediction"] for r in self.results if r.id == "fit.peak" and "prediction" in r.data), None
+            ),
         }
 
 

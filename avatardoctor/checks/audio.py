@@ -92,9 +92,13 @@ def open_audio(ctx: CheckContext) -> AudioFile | Outcome:
     name, data = shown(given), {"path": shown(path)}
     where = [f"looked at {shown(path)}"]
     if not os.path.exists(path):
-        return failed(f"audio file not found: {name}", where, "pass --audio an existing WAV, FLAC, OGG or MP3 file", data)
+        return failed(
+            f"audio file not found: {name}", where, "pass --audio an existing WAV, FLAC, OGG or MP3 file", data
+        )
     if os.path.isdir(path):
-        return failed(f"--audio {name} is a directory, not an audio file", where, "pass --audio the audio file itself", data)
+        return failed(
+            f"--audio {name} is a directory, not an audio file", where, "pass --audio the audio file itself", data
+        )
     if not os.access(path, os.R_OK):
         return failed(f"cannot read {name} (permission denied)", where, f"chmod u+r {shlex.quote(name)}", data)
     if kind := not_regular_file(path):  # only regular files are read: a FIFO blocks the open forever
@@ -118,8 +122,11 @@ def open_audio(ctx: CheckContext) -> AudioFile | Outcome:
             if audio.samplerate > MAX_SAMPLERATE:
                 return failed(
                     f"{name}: its header claims {audio.samplerate:,} Hz, above the {MAX_SAMPLERATE:,} Hz any recorder uses: "
-                    "a damaged or hand-made header", where, "export the audio again (16 kHz or more, mono is enough)", data,
-                )  # fmt: skip
+                    "a damaged or hand-made header",
+                    where,
+                    "export the audio again (16 kHz or more, mono is enough)",
+                    data,
+                )
             probe = min(audio.frames, audio.samplerate, max(1, PROBE_BYTES // audio.frame_bytes))
             sound.read(probe, dtype="float32")  # the header alone proves little
     except soundfile.SoundFileError as err:
@@ -150,8 +157,12 @@ def check_audio(ctx: CheckContext) -> Outcome:
     if isinstance(audio, Outcome):
         return audio
     channels = "mono" if audio.channels == 1 else f"{audio.channels} channels"
-    summary = f"{audio.name}: {audio.format} ({audio.subtype}), {audio.samplerate} Hz, {channels}, {audio.duration_s:.1f} s"
-    details = [f"format {audio.format}, subtype {audio.subtype}, {audio.samplerate} Hz, {channels}, {audio.duration_s:.2f} s"]
+    summary = (
+        f"{audio.name}: {audio.format} ({audio.subtype}), {audio.samplerate} Hz, {channels}, {audio.duration_s:.1f} s"
+    )
+    details = [
+        f"format {audio.format}, subtype {audio.subtype}, {audio.samplerate} Hz, {channels}, {audio.duration_s:.2f} s"
+    ]
     if audio.channels > 1:
         details.append("converted to mono by the loader (librosa.load mixes the channels)")
     if audio.samplerate != LOADER_RATE:
@@ -165,7 +176,9 @@ def check_audio(ctx: CheckContext) -> Outcome:
         problems.append(f"{audio.samplerate} Hz is below the 16 kHz wav2vec2 was trained on")
         details.append(f"nothing above {audio.samplerate / 2000:g} kHz survives; the seeds ask for 16 kHz or more")
         resample = ffmpeg(audio.given, "-ar", "16000", "-ac", "1", suffix="16k")
-        remedies.append(f"use a recording made at 16 kHz or more; resampling this one (`{resample}`) only does what the loader does")
+        remedies.append(
+            f"use a recording made at 16 kHz or more; resampling this one (`{resample}`) only does what the loader does"
+        )
     if id3_tagged:
         problems.append("an MP3 with ID3 metadata, which the seeds report makes the upload hang")
         convert = ffmpeg(audio.given, "-map_metadata", "-1", "-ar", "16000", "-ac", "1", suffix="16k")
@@ -239,11 +252,17 @@ def check_silence(ctx: CheckContext) -> Outcome:
     data = asdict(levels)
     details = [f"silence: a 20 ms frame below {SILENCE_DBFS:g} dBFS (the mono mix, as the loader hears it)"]
     if levels.windowed:
-        details.append(f"over {FULL_ANALYSIS_MAX_S / 3600:g} h or {FULL_ANALYSIS_MAX_BYTES / 2**30:g} GiB decoded: "
-                       f"only the first and last {edge_window(audio) / audio.samplerate:.3g} s were read")  # fmt: skip
+        details.append(
+            f"over {FULL_ANALYSIS_MAX_S / 3600:g} h or {FULL_ANALYSIS_MAX_BYTES / 2**30:g} GiB decoded: "
+            f"only the first and last {edge_window(audio) / audio.samplerate:.3g} s were read"
+        )
     if levels.sound_rms_dbfs is None:
-        return warned(f"{audio.name} is silent: no 20 ms frame above {SILENCE_DBFS:g} dBFS", details,
-                      "check the recording: a muted input, or stereo channels in opposite phase that cancel in the mono mix?", data)  # fmt: skip
+        return warned(
+            f"{audio.name} is silent: no 20 ms frame above {SILENCE_DBFS:g} dBFS",
+            details,
+            "check the recording: a muted input, or stereo channels in opposite phase that cancel in the mono mix?",
+            data,
+        )
     details.append(f"the sound: RMS {levels.sound_rms_dbfs:.1f} dBFS, peak {levels.peak_dbfs:.1f} dBFS")
     edges = f"{levels.lead_s:.2f} s of silence at the start, {levels.trail_s:.2f} s at the end"
     problems, remedies = [], []
@@ -252,11 +271,17 @@ def check_silence(ctx: CheckContext) -> Outcome:
         start = max(0.0, levels.lead_s - KEEP_S)
         end = min(audio.duration_s, audio.duration_s - levels.trail_s + KEEP_S)
         trim = ffmpeg(audio.given, "-ss", f"{start:.2f}", "-to", f"{end:.2f}", suffix="trimmed")
-        remedies.append(f"trim it (the seeds: over {EDGE_SILENCE_S:g} s of silence at either end misleads the model): `{trim}`")
+        remedies.append(
+            f"trim it (the seeds: over {EDGE_SILENCE_S:g} s of silence at either end misleads the model): `{trim}`"
+        )
     if levels.sound_rms_dbfs < QUIET_RMS_DBFS or levels.peak_dbfs < QUIET_PEAK_DBFS:
         problems.append(f"quiet (RMS {levels.sound_rms_dbfs:.1f} dBFS, peak {levels.peak_dbfs:.1f} dBFS)")
-        details.append(f"quiet: RMS below {QUIET_RMS_DBFS:g} dBFS or peak below {QUIET_PEAK_DBFS:g} dBFS (the seeds warn against low volume)")
-        normalise = ffmpeg(audio.given, "-af", "loudnorm", "-ar", str(audio.samplerate), suffix="loud")  # loudnorm outputs 192 kHz
+        details.append(
+            f"quiet: RMS below {QUIET_RMS_DBFS:g} dBFS or peak below {QUIET_PEAK_DBFS:g} dBFS (the seeds warn against low volume)"
+        )
+        normalise = ffmpeg(
+            audio.given, "-af", "loudnorm", "-ar", str(audio.samplerate), suffix="loud"
+        )  # loudnorm outputs 192 kHz
         remedies.append(f"normalise it: `{normalise}`")
     if problems:
         return warned(f"{audio.name}: {'; '.join(problems)}", details, "; ".join(remedies), data)
@@ -275,8 +300,14 @@ def check_clips(ctx: CheckContext) -> Outcome:
     audio_clips = max(1, -(-audio.frames * FPS // (audio.samplerate * frames_per_clip)))
     clips = min(num_clip, audio_clips)
     clip_s, video_s = frames_per_clip / FPS, clips * frames_per_clip / FPS
-    data = {"clips": clips, "video_s": video_s, "audio_clips": audio_clips, "duration_s": audio.duration_s,
-            "infer_frames": frames_per_clip, "num_clip": num_clip}  # fmt: skip
+    data = {
+        "clips": clips,
+        "video_s": video_s,
+        "audio_clips": audio_clips,
+        "duration_s": audio.duration_s,
+        "infer_frames": frames_per_clip,
+        "num_clip": num_clip,
+    }
     details = [
         f"clips = min(--num_clip {num_clip}, max(1, ceil({audio.duration_s:.2f} s x {FPS} fps / {frames_per_clip} frames))) = {clips}",
         "that is upstream's cap as avatardoctor models it (the exact rounding, with the motion-frame overlap, is not verified)",
@@ -286,7 +317,10 @@ def check_clips(ctx: CheckContext) -> Outcome:
     if audio.duration_s < clip_s:
         return warned(
             f"{audio.duration_s:.2f} s of audio is shorter than one clip ({frames_per_clip} frames = {clip_s:.2f} s)",
-            [*details, f"the last {clip_s - audio.duration_s:.2f} s of the clip are driven by silence (the audio features are zero-padded)"],
+            [
+                *details,
+                f"the last {clip_s - audio.duration_s:.2f} s of the clip are driven by silence (the audio features are zero-padded)",
+            ],
             f"use at least {clip_s:.2f} s of audio, or fewer frames per clip (--infer-frames, a multiple of 4)",
             data,
         )

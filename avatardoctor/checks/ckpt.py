@@ -52,12 +52,17 @@ def check_layout(ctx: CheckContext) -> Outcome:
     scan = ctx.checkpoint
     if scan is None:
         return skipped(NO_CHECKPOINT)
-    where = [f"--ckpt-dir {scan.given} -> {scan.root}" + ("" if os.path.isabs(scan.given) else f" (relative to {ctx.launch_dir}, where the launch starts)")]
+    where = [
+        f"--ckpt-dir {scan.given} -> {scan.root}"
+        + ("" if os.path.isabs(scan.given) else f" (relative to {ctx.launch_dir}, where the launch starts)")
+    ]
     data = {"root": str(scan.root), "layout": scan.layout}
     if scan.root_problem:
         elsewhere = ctx.cwd / scan.given
         if not os.path.isabs(scan.given) and ctx.launch_dir != ctx.cwd and elsewhere.is_dir():
-            where.append(f"{elsewhere} exists, but the launch starts in {ctx.launch_dir}, where the path means {scan.root}")
+            where.append(
+                f"{elsewhere} exists, but the launch starts in {ctx.launch_dir}, where the path means {scan.root}"
+            )
             remedy = f"--ckpt-dir {elsewhere} (an absolute path means the same from everywhere)"
         else:
             remedy = f"point --ckpt-dir at the Wan2.2-S2V-14B folder, or get it: {layout.DOWNLOAD}"
@@ -88,7 +93,12 @@ def check_index(ctx: CheckContext) -> Outcome:
     if index is None:
         return skipped("no readable shard index (see ckpt.layout and ckpt.dit)")
     problems = ctx.checkpoint.index_problems
-    data = {"tensors": len(index.weight_map), "shards": index.shards, "total_size": index.total_size, "problems": len(problems)}
+    data = {
+        "tensors": len(index.weight_map),
+        "shards": index.shards,
+        "total_size": index.total_size,
+        "problems": len(problems),
+    }
     if problems:
         return failed(
             f"{index.path.name} disagrees with its shards ({len(problems)} problem{'s' if len(problems) > 1 else ''})",
@@ -118,7 +128,9 @@ def check_dit(ctx: CheckContext) -> Outcome:
     details = []
     if units:
         block = max(b.bytes for b in units.blocks) if units.blocks else 0
-        details.append(f"FSDP units: {len(units.blocks)} blocks of {gib(block, 3)} and the root {gib(units.root.bytes)}")
+        details.append(
+            f"FSDP units: {len(units.blocks)} blocks of {gib(block, 3)} and the root {gib(units.root.bytes)}"
+        )
     data = {"bytes": scan.size.bytes, "params": scan.size.params}
     if scan.diff and scan.diff.blocking:
         kinds = ", ".join(line.split(":")[0] for line in scan.diff.blocking)
@@ -155,7 +167,9 @@ def _component_outcome(ctx: CheckContext, key: str, reference: Size | None = Non
     if reference and scan.size.bytes != reference.bytes:
         return warned(
             f"{label} holds {gib(scan.size.bytes)}, Wan2.2-S2V-14B's has {gib(reference.bytes)}",
-            [f"{scan.size.bytes:,} bytes of parameters; the reference has {reference.bytes:,}: another precision or model"],
+            [
+                f"{scan.size.bytes:,} bytes of parameters; the reference has {reference.bytes:,}: another precision or model"
+            ],
             remedy=f"Live Avatar expects the original file: {REDOWNLOAD}",
             data=data,
         )
@@ -197,7 +211,12 @@ def check_sha256(ctx: CheckContext) -> Outcome:
     unreadable = [f"{p.relative_to(root).as_posix()}: {why}" for p, why in deep.hashed.errors.items()]
     data = {"sha256": digests, "manifest": str(deep.manifest_path) if deep.manifest_path else None}
     if unreadable:
-        return failed(f"{len(unreadable)} file{'s' if len(unreadable) > 1 else ''} could not be read to the end", _listed(unreadable), REDOWNLOAD, data)
+        return failed(
+            f"{len(unreadable)} file{'s' if len(unreadable) > 1 else ''} could not be read to the end",
+            _listed(unreadable),
+            REDOWNLOAD,
+            data,
+        )
     if deep.manifest is None:
         return passed(
             f"sha256 of {len(digests)} files (the Hub's LFS object ids are these sha256s)",
@@ -206,7 +225,10 @@ def check_sha256(ctx: CheckContext) -> Outcome:
         )
     findings = compare(deep.manifest, digests)
     data["findings"] = [{"path": f.path, "kind": f.kind, "expected": f.expected, "actual": f.actual} for f in findings]
-    lines = [f"{f.kind}: {f.path}" + (f" (sha256 {f.actual}, manifest {f.expected})" if f.kind == "wrong-content" else "") for f in findings]
+    lines = [
+        f"{f.kind}: {f.path}" + (f" (sha256 {f.actual}, manifest {f.expected})" if f.kind == "wrong-content" else "")
+        for f in findings
+    ]
     errors = [f for f in findings if not f.is_warning]
     if errors:
         wrong = [f.path for f in errors if f.kind == "wrong-content"]
@@ -217,7 +239,11 @@ def check_sha256(ctx: CheckContext) -> Outcome:
         )
         return failed(summary, _listed(lines), f"re-download the named files: {REDOWNLOAD}", data)
     if findings:
-        return warned(f"every file in {deep.manifest_path.name} matches; {len(findings)} more not listed in it", _listed(lines), data=data)
+        return warned(
+            f"every file in {deep.manifest_path.name} matches; {len(findings)} more not listed in it",
+            _listed(lines),
+            data=data,
+        )
     return passed(f"all {len(digests)} files match {deep.manifest_path.name}", data=data)
 
 
@@ -230,7 +256,10 @@ def check_crc(ctx: CheckContext) -> Outcome:
     if bad:
         lines = [f"{name}: {problem}" for name, problem in sorted(bad.items())]
         return failed(lines[0] + ": the file is damaged", lines, f"re-download it: {REDOWNLOAD}", {"damaged": bad})
-    return passed(f"zip CRC-32 of every entry in {len(deep.crc)} .pth archive{'s' if len(deep.crc) != 1 else ''} verified", data={"archives": sorted(deep.crc)})
+    return passed(
+        f"zip CRC-32 of every entry in {len(deep.crc)} .pth archive{'s' if len(deep.crc) != 1 else ''} verified",
+        data={"archives": sorted(deep.crc)},
+    )
 
 
 CHECKS = (check_layout, check_config, check_index, check_dit, check_t5, check_vae, check_tokenizer, check_wav2vec2)

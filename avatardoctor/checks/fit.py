@@ -66,7 +66,9 @@ def check_estimates(ctx: CheckContext) -> Outcome:
     if t.runs:
         return passed(f"estimated terms {t.source}", details, {"source": t.source, "runs": t.runs})
     return skipped(
-        "estimated terms are the defaults: no measured runs yet (`avatardoctor calibrate`)", details, {"source": t.source, "runs": 0}
+        "estimated terms are the defaults: no measured runs yet (`avatardoctor calibrate`)",
+        details,
+        {"source": t.source, "runs": 0},
     )
 
 

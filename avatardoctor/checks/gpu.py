@@ -157,7 +157,11 @@ def check_vram(ctx: CheckContext) -> Outcome:
     low = min(ctx.rank_gpus, key=lambda g: g.free_bytes)
     data = {"free_bytes": {str(g.index): g.free_bytes for g in ctx.rank_gpus}}
     count = len(ctx.rank_gpus)
-    return passed(f"{count} GPU{'s' if count > 1 else ''} for the ranks, least free {gib(low.free_bytes)} (GPU {low.index})", details, data)
+    return passed(
+        f"{count} GPU{'s' if count > 1 else ''} for the ranks, least free {gib(low.free_bytes)} (GPU {low.index})",
+        details,
+        data,
+    )
 
 
 @check("gpu.processes", "GPUs")
@@ -171,7 +175,10 @@ def check_processes(ctx: CheckContext) -> Outcome:
         for p in g.processes:
             size = mib(p.used_bytes) if p.used_bytes is not None else "unknown MiB"
             name = p.name or "name not visible here (another PID namespace?)"
-            details.append(f"GPU {g.index}: PID {p.pid} {name}, {size} ({p.kind})" + ("" if used_here else ", not used by the ranks"))
+            details.append(
+                f"GPU {g.index}: PID {p.pid} {name}, {size} ({p.kind})"
+                + ("" if used_here else ", not used by the ranks")
+            )
             if used_here:
                 holders.append({"gpu": g.index, "pid": p.pid, "name": p.name, "used_bytes": p.used_bytes})
         hidden = g.used_bytes - _foreign_bytes(g)

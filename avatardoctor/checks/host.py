@@ -31,7 +31,9 @@ def check_ram(ctx: CheckContext) -> Outcome:
     saving rank holds the whole video in fp32. An estimate: the page cache and Python come on top."""
     h = ctx.machine.host
     if h.ram_total_bytes is None:
-        return skipped(f"no host RAM facts for {ctx.machine.source} (record the real box with `avatardoctor machine record`)")
+        return skipped(
+            f"no host RAM facts for {ctx.machine.source} (record the real box with `avatardoctor machine record`)"
+        )
     p = ctx.prediction
     host = p.host
     s, cfg = ctx.components, ctx.config
@@ -44,16 +46,27 @@ def check_ram(ctx: CheckContext) -> Outcome:
     if host.parked:
         details.append(f"--enable-online-decode with offloading parks the bf16 DiT ({gib(host.parked)}) in host RAM")
     if host.save_bytes is None:
-        details.append("save: unknown without --audio (or --audio-seconds): the whole video is held in fp32 on the saving rank")
+        details.append(
+            "save: unknown without --audio (or --audio-seconds): the whole video is held in fp32 on the saving rank"
+        )
     else:
         details.append(
             f"save: {host.frames:,} frames at {p.geometry.width}x{p.geometry.height} held in fp32 on the saving rank, "
             f"about {VIDEO_SAVE_COPIES:g} copies while it writes: {gib(host.save_bytes)}"
         )
     details.append(f"plus the page cache of the {gib(s.dit.bytes)} DiT shards (reclaimable)")
-    data = {"need_bytes": host.peak_bytes, "load_bytes": host.load_bytes, "save_bytes": host.save_bytes,
-            "binding": host.binding, "total_bytes": h.ram_total_bytes, "available_bytes": available, "estimate": True}  # fmt: skip
-    at = "the load (every process builds T5 at once)" if host.binding == "load" else "the save (the whole video in fp32)"
+    data = {
+        "need_bytes": host.peak_bytes,
+        "load_bytes": host.load_bytes,
+        "save_bytes": host.save_bytes,
+        "binding": host.binding,
+        "total_bytes": h.ram_total_bytes,
+        "available_bytes": available,
+        "estimate": True,
+    }
+    at = (
+        "the load (every process builds T5 at once)" if host.binding == "load" else "the save (the whole video in fp32)"
+    )
     summary = f"about {gib(host.peak_bytes, 1)} needed at {at} ({cfg.mode}), {gib(available, 1)} available"
     if h.ram_total_bytes < host.peak_bytes:
         remedy = (
@@ -78,10 +91,16 @@ def check_shm(ctx: CheckContext) -> Outcome:
     if ctx.config.nproc < 2:
         return passed("one process: NCCL moves no data through /dev/shm")
     if h.shm_total_bytes is None:
-        return skipped(f"no /dev/shm facts for {ctx.machine.source} (record the real box with `avatardoctor machine record`)")
+        return skipped(
+            f"no /dev/shm facts for {ctx.machine.source} (record the real box with `avatardoctor machine record`)"
+        )
     free = h.shm_free_bytes if h.shm_free_bytes is not None else h.shm_total_bytes
     needs_shm = any(not p2p_ok(ctx.machine.pair(a.index, b.index)) for _, a, b in talking_pairs(ctx))
-    why = "P2P is missing between some ranks, so NCCL moves the hand-offs through /dev/shm" if needs_shm else "NCCL keeps its shared-memory segments there"
+    why = (
+        "P2P is missing between some ranks, so NCCL moves the hand-offs through /dev/shm"
+        if needs_shm
+        else "NCCL keeps its shared-memory segments there"
+    )
     details = [f"/dev/shm: {gib(h.shm_total_bytes)} total, {gib(free)} free", why]
     data = {"total_bytes": h.shm_total_bytes, "free_bytes": free, "shm_transport": needs_shm}
     remedy = "in Docker: `docker run --shm-size=8g` (or `--ipc=host`); on Kubernetes: mount an emptyDir with medium: Memory at /dev/shm"

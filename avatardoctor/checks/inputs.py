@@ -21,8 +21,15 @@ GROUP = "Inputs"
 SMALL_SIDE = 512  # px: below this the face has little detail to animate
 LARGE_FILE_BYTES = 20 * 2**20
 EXIF_ORIENTATION = 0x0112
-CONTRADICTIONS = (("happy", "sad"), ("smiling", "crying"), ("calm", "angry"), ("day", "night"),
-                  ("indoor", "outdoor"), ("young", "old"), ("laughing", "crying"))  # fmt: skip
+CONTRADICTIONS = (
+    ("happy", "sad"),
+    ("smiling", "crying"),
+    ("calm", "angry"),
+    ("day", "night"),
+    ("indoor", "outdoor"),
+    ("young", "old"),
+    ("laughing", "crying"),
+)
 LIGHTING_OR_STYLE = re.compile(
     r"\b(light|lighting|lit|sunlight|daylight|studio|soft|warm|cool|cinematic|realistic|photo\w*|style|"
     r"background|bokeh|portrait|shot|camera|close-up|closeup)\b",
@@ -43,7 +50,9 @@ def _open_image(path):
         return None, "empty (0 bytes)"
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)  # below twice its limit Pillow warns, then decodes
+            warnings.simplefilter(
+                "error", Image.DecompressionBombWarning
+            )  # below twice its limit Pillow warns, then decodes
             img = Image.open(path)
         img.load()  # decode now: a truncated file fails here, not minutes into the run
         return img, None
@@ -74,8 +83,12 @@ def check_image(ctx: CheckContext) -> Outcome:
         warnings.append(f"small: {w}x{h}, under {SMALL_SIDE}x{SMALL_SIDE}: little facial detail to animate")
         remedies.append("use a sharper, larger portrait (at least 512x512)")
     if orientation not in (1, None):
-        warnings.append(f"EXIF orientation {orientation}: viewers show it rotated upright, the pipeline may read the stored pixels sideways")
-        remedies.append(f"save it upright: python -c \"from PIL import Image, ImageOps; ImageOps.exif_transpose(Image.open('{path}')).save('upright.png')\"")
+        warnings.append(
+            f"EXIF orientation {orientation}: viewers show it rotated upright, the pipeline may read the stored pixels sideways"
+        )
+        remedies.append(
+            f"save it upright: python -c \"from PIL import Image, ImageOps; ImageOps.exif_transpose(Image.open('{path}')).save('upright.png')\""
+        )
     if mode == "CMYK":
         warnings.append("CMYK: converted to RGB when loaded; colours may shift")
         remedies.append("export it as RGB")
@@ -102,11 +115,15 @@ def check_generation_size(ctx: CheckContext) -> Outcome:
         return skipped("the image's size cannot be read (see input.image)")
     geo, (h, w) = geometry(ctx.config, hw), hw
     data = {"height": geo.height, "width": geo.width}
-    details = ["the image's aspect within the --size area, padded up to multiples of 64 and never upscaled",
-               "the memory prediction uses this size"]  # fmt: skip
+    details = [
+        "the image's aspect within the --size area, padded up to multiples of 64 and never upscaled",
+        "the memory prediction uses this size",
+    ]
     sw, sh = (int(x) for x in ctx.config.size.split("*"))
     if geo.height * geo.width < sw * sh * 0.5 and h * w < sw * sh:
-        details.append(f"the image ({w}x{h}) is smaller than the --size budget, so the video stays small: it is not upscaled")
+        details.append(
+            f"the image ({w}x{h}) is smaller than the --size budget, so the video stays small: it is not upscaled"
+        )
     return passed(f"{ctx.config.size} -> {geo.height}x{geo.width} (HxW) for this {w}x{h} image", details, data)
 
 
@@ -127,7 +144,9 @@ def check_prompt(ctx: CheckContext) -> Outcome:
         hints.append("no lighting or style cue (e.g. 'soft studio lighting, realistic photo')")
     data = {"words": len(words), "hints": hints}
     if hints:
-        return warned(f"the prompt could guide the model more: {hints[0]}", hints[1:], "add what the video should look like", data)
+        return warned(
+            f"the prompt could guide the model more: {hints[0]}", hints[1:], "add what the video should look like", data
+        )
     return passed(f"{len(words)} words, with setting and lighting cues", data=data)
 
 

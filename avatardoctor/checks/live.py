@@ -29,7 +29,10 @@ def expected_busbw(ctx: CheckContext) -> float | None:
 
 def rows(outcome) -> list[str]:
     lines = ["all_reduce:  size (B)   time (us)   algbw (GB/s)   busbw (GB/s)"]
-    lines += [f"  {r['bytes']:>12,} {r['time_us']:>11.1f} {r['algbw_gbs']:>14.3f} {r['busbw_gbs']:>14.3f}" for r in outcome.allreduce]
+    lines += [
+        f"  {r['bytes']:>12,} {r['time_us']:>11.1f} {r['algbw_gbs']:>14.3f} {r['busbw_gbs']:>14.3f}"
+        for r in outcome.allreduce
+    ]
     if outcome.sendrecv:
         lines.append("send/recv i -> i+1:  size (B)   time (us)   busbw (GB/s)")
         lines += [f"  {r['bytes']:>12,} {r['time_us']:>11.1f} {r['busbw_gbs']:>14.3f}" for r in outcome.sendrecv]
@@ -41,14 +44,22 @@ def check_live(ctx: CheckContext) -> Outcome:
     outcome = ctx.nccl
     if outcome is None:
         return skipped("not run: `avatardoctor check --deep` (this machine only) or `avatardoctor nccl`")
-    data = {"busbw_gbs": outcome.busbw_gbs, "backend": ctx.nccl_backend, "world_size": len(outcome.ranks) or None,
-            "allreduce": outcome.allreduce, "sendrecv": outcome.sendrecv, "failure": outcome.failure}  # fmt: skip
+    data = {
+        "busbw_gbs": outcome.busbw_gbs,
+        "backend": ctx.nccl_backend,
+        "world_size": len(outcome.ranks) or None,
+        "allreduce": outcome.allreduce,
+        "sendrecv": outcome.sendrecv,
+        "failure": outcome.failure,
+    }
     if not outcome.ok:
         return failed(outcome.summary, outcome.debug_lines, outcome.remedy, data)
     details = rows(outcome)
     other = ctx.nccl_without_p2p
     if other is not None and other.busbw_gbs is not None:
-        details.append(f"with NCCL_P2P_DISABLE=1: all_reduce busbw {other.busbw_gbs:.2f} GB/s ({'ok' if other.ok else other.summary})")
+        details.append(
+            f"with NCCL_P2P_DISABLE=1: all_reduce busbw {other.busbw_gbs:.2f} GB/s ({'ok' if other.ok else other.summary})"
+        )
         data["busbw_gbs_p2p_disabled"] = other.busbw_gbs
     expected = expected_busbw(ctx) if ctx.nccl_backend == "nccl" else None
     if expected and outcome.busbw_gbs is not None and outcome.busbw_gbs < SLOW_SHARE * expected:

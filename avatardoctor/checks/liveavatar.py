@@ -114,8 +114,14 @@ def _git(root: Path, *args: str) -> str | None:
         return None
     env = dict(os.environ, GIT_OPTIONAL_LOCKS="0", LC_ALL="C")  # never take the index lock of the user's clone
     try:
-        done = subprocess.run([git, "-C", str(root), *args], capture_output=True, text=True, timeout=GIT_TIMEOUT_S,
-                              env=env, stdin=subprocess.DEVNULL)  # fmt: skip
+        done = subprocess.run(
+            [git, "-C", str(root), *args],
+            capture_output=True,
+            text=True,
+            timeout=GIT_TIMEOUT_S,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout if done.returncode == 0 else None
@@ -144,7 +150,12 @@ def commit(ctx: CheckContext) -> Outcome:
     edited = sorted({line[3:].strip() for line in status.splitlines() if len(line) > 3})
     others = _git(root, "status", "--porcelain", "--untracked-files=no") or ""
     other_count = len([line for line in others.splitlines() if line.strip()]) - len(edited)
-    data: dict = {"commit": head, "pinned": UPSTREAM_COMMIT, "modified_rule_files": edited, "other_modified": other_count}
+    data: dict = {
+        "commit": head,
+        "pinned": UPSTREAM_COMMIT,
+        "modified_rule_files": edited,
+        "other_modified": other_count,
+    }
     details = [f"commit {head[:12]}; {pinned}"]
     if other_count > 0:
         details.append(f"{plural(other_count, 'other modified file')} (none the rules depend on)")
@@ -163,7 +174,9 @@ def commit(ctx: CheckContext) -> Outcome:
             data,
         )
     if head == UPSTREAM_COMMIT:
-        return passed(f"Live Avatar at {head[:7]}, the commit avatardoctor's rules were verified against", details, data)
+        return passed(
+            f"Live Avatar at {head[:7]}, the commit avatardoctor's rules were verified against", details, data
+        )
     if changed_since == []:
         details.append(f"the files the rules were read from are the same as at {UPSTREAM_COMMIT[:7]}")
         return passed(f"Live Avatar at {head[:7]}: the rule files match {UPSTREAM_COMMIT[:7]}", details, data)
@@ -201,8 +214,13 @@ def asserts(ctx: CheckContext) -> Outcome:
     image_hw, _ = reference_hw(cfg)  # input.image reports an unreadable image; the --size aspect stands in
     found = violations(cfg, image_hw)
     fatal = [v for v in found if v.fatal]
-    data = {"violations": [v.rule.id for v in fatal], "warnings": [v.rule.id for v in found if not v.fatal],
-            "mode": cfg.mode, "nproc": cfg.nproc, "entry": "gradio" if cfg.gradio else "cli"}  # fmt: skip
+    data = {
+        "violations": [v.rule.id for v in fatal],
+        "warnings": [v.rule.id for v in found if not v.fatal],
+        "mode": cfg.mode,
+        "nproc": cfg.nproc,
+        "entry": "gradio" if cfg.gradio else "cli",
+    }
     if not found:
         h, w = padded_size(cfg.size, image_hw)
         capacity = cond_capacity(cfg.mode)

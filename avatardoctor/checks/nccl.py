@@ -50,7 +50,9 @@ def _shm_disable(ctx: CheckContext) -> Finding | None:
     if not _flag(ctx.env, "NCCL_SHM_DISABLE") or ctx.config.nproc < 2:
         return None
     pairs = talking_pairs(ctx)
-    no_p2p = _flag(ctx.env, "NCCL_P2P_DISABLE") or any(not p2p_ok(ctx.machine.pair(a.index, b.index)) for _, a, b in pairs)
+    no_p2p = _flag(ctx.env, "NCCL_P2P_DISABLE") or any(
+        not p2p_ok(ctx.machine.pair(a.index, b.index)) for _, a, b in pairs
+    )
     if no_p2p:
         return (
             Status.WARN,
@@ -108,7 +110,11 @@ def _heartbeat(ctx: CheckContext) -> Finding | None:
     try:
         seconds = int(value)
     except ValueError:
-        return Status.WARN, f"TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC={value!r} is not a whole number of seconds", f"export TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC={HEARTBEAT_DEFAULT_S}"
+        return (
+            Status.WARN,
+            f"TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC={value!r} is not a whole number of seconds",
+            f"export TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC={HEARTBEAT_DEFAULT_S}",
+        )
     if seconds < 60:
         return (
             Status.WARN,
@@ -150,9 +156,17 @@ def _debug(ctx: CheckContext) -> Finding | None:
         )
     level = value.upper()
     if level not in NCCL_DEBUG_LEVELS:
-        return Status.WARN, f"NCCL_DEBUG={value} is not a level NCCL knows ({', '.join(NCCL_DEBUG_LEVELS)})", "export NCCL_DEBUG=WARN"
+        return (
+            Status.WARN,
+            f"NCCL_DEBUG={value} is not a level NCCL knows ({', '.join(NCCL_DEBUG_LEVELS)})",
+            "export NCCL_DEBUG=WARN",
+        )
     if level == "TRACE":
-        return Status.WARN, "NCCL_DEBUG=TRACE logs every operation: huge logs and slower steps", "export NCCL_DEBUG=WARN (or INFO while diagnosing)"
+        return (
+            Status.WARN,
+            "NCCL_DEBUG=TRACE logs every operation: huge logs and slower steps",
+            "export NCCL_DEBUG=WARN (or INFO while diagnosing)",
+        )
     return Status.PASS, f"NCCL_DEBUG={value}", None
 
 

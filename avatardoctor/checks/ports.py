@@ -13,8 +13,12 @@ import psutil
 
 from avatardoctor.checks.base import CheckContext, Outcome, check, failed, passed
 
-UPSTREAM_PORTS = {29101: "infinite_inference_single_gpu.sh", 29102: "infinite_inference_multi_gpu.sh",
-                  29501: "gradio_single_gpu.sh", 29502: "gradio_multi_gpu.sh"}  # fmt: skip
+UPSTREAM_PORTS = {
+    29101: "infinite_inference_single_gpu.sh",
+    29102: "infinite_inference_multi_gpu.sh",
+    29501: "gradio_single_gpu.sh",
+    29502: "gradio_multi_gpu.sh",
+}
 SEARCH_SPAN = 200  # how far above a busy port to look for a free one
 
 

@@ -48,9 +48,18 @@ CUDNN_DISTS = ("nvidia-cudnn-cu12", "nvidia-cudnn-cu13")
 FA3_DISTS = ("flash-attn-3", "flashattn-hopper")  # names normalise, so flash_attn_3 matches too
 # Linux driver branch that a CUDA toolkit needs (CUDA release notes, "minimum required driver").
 DRIVER_BRANCH_FOR_CUDA = {
-    "11.8": "520", "12.0": "525", "12.1": "530", "12.2": "535", "12.3": "545", "12.4": "550",
-    "12.5": "555", "12.6": "560", "12.8": "570", "12.9": "575", "13.0": "580",
-}  # fmt: skip
+    "11.8": "520",
+    "12.0": "525",
+    "12.1": "530",
+    "12.2": "535",
+    "12.3": "545",
+    "12.4": "550",
+    "12.5": "555",
+    "12.6": "560",
+    "12.8": "570",
+    "12.9": "575",
+    "13.0": "580",
+}
 MAX_VERSION_PY_BYTES = 64 * 1024
 
 
@@ -247,8 +256,14 @@ def import_error(module: str) -> str | None:
     else its error's last line (a wheel built for another torch or CUDA fails here, not at install)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     try:
-        done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
-                              timeout=FA_IMPORT_TIMEOUT_S, env=env, stdin=subprocess.DEVNULL)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-c", f"import {module}"],
+            capture_output=True,
+            text=True,
+            timeout=FA_IMPORT_TIMEOUT_S,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired:
         return f"import {module} did not finish in {FA_IMPORT_TIMEOUT_S:.0f} s"
     if done.returncode == 0:
@@ -269,14 +284,20 @@ def check_attention(ctx: CheckContext) -> Outcome:
     data: dict = {"flash_attn": fa2, "flash_attn_3": fa3, "cudnn": cudnn, "hopper": hopper}
     details = [_interpreter()]
     if fa2:
-        details.append(f"flash-attn {fa2}" + ("" if fa2 == FLASH_ATTN_PIN else f" (upstream's README installs {FLASH_ATTN_PIN})"))
+        details.append(
+            f"flash-attn {fa2}" + ("" if fa2 == FLASH_ATTN_PIN else f" (upstream's README installs {FLASH_ATTN_PIN})")
+        )
     if fa3:
         details.append(f"FlashAttention 3 ({fa3}): Hopper (compute capability 9.0) only")
     details.append(f"cuDNN {cudnn}" if cudnn else "no nvidia-cudnn wheel found")
     if not (fa2 or fa3):
-        details.append("Wan's cross-attention calls flash_attention() directly: `assert FLASH_ATTN_2_AVAILABLE` fails at the first forward")
+        details.append(
+            "Wan's cross-attention calls flash_attention() directly: `assert FLASH_ATTN_2_AVAILABLE` fails at the first forward"
+        )
         remedy = FLASH_ATTN_INSTALL + (" (or FlashAttention 3 on these Hopper GPUs)" if hopper else "")
-        return failed("no flash-attn: the run would fail at the first DiT forward, after the load", details, remedy, data)
+        return failed(
+            "no flash-attn: the run would fail at the first DiT forward, after the load", details, remedy, data
+        )
     if fa3 and gpus and not hopper:
         # Wan's attention uses flash_attn_interface (FA3) whenever it imports, on any GPU.
         ccs = ", ".join(sorted({g.cc for g in gpus}))

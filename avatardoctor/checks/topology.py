@@ -65,7 +65,9 @@ def check_p2p(ctx: CheckContext) -> Outcome:
     for rank, a, b in talking_pairs(ctx):
         pair = m.pair(a.index, b.index)
         status = "ok" if p2p_ok(pair) else (pair.p2p_read if pair else "unknown")
-        details.append(f"rank {rank} -> {rank + 1}: GPU {a.index} -> GPU {b.index} over {link_label(pair)}, P2P {status}")
+        details.append(
+            f"rank {rank} -> {rank + 1}: GPU {a.index} -> GPU {b.index} over {link_label(pair)}, P2P {status}"
+        )
         if not p2p_ok(pair):
             without.append((a.index, b.index, status))
         elif "GeForce" in a.name and not (pair and pair.nvlinks):
@@ -89,7 +91,9 @@ def check_p2p(ctx: CheckContext) -> Outcome:
             data=data,
         )
     links = sorted({link_label(m.pair(a.index, b.index)) for _, a, b in talking_pairs(ctx)})
-    return passed(f"P2P between all {len(talking_pairs(ctx))} consecutive rank pairs ({', '.join(links)})", details, data=data)
+    return passed(
+        f"P2P between all {len(talking_pairs(ctx))} consecutive rank pairs ({', '.join(links)})", details, data=data
+    )
 
 
 @check("topo.pcie", "Topology")

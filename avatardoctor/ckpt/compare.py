@@ -55,7 +55,11 @@ def compare_tensors(actual: dict[str, tuple[str, tuple[int, ...]]], reference: t
             blocking.append(f"missing: {_listed(missing)}")
         if unknown:
             blocking.append(f"not in Wan2.2-S2V-14B: {_listed(unknown)}")
-        reshaped = [f"{n} {list(actual[n][1])} (reference {list(ref[n][1])})" for n in ref if n in actual and actual[n][1] != ref[n][1]]
+        reshaped = [
+            f"{n} {list(actual[n][1])} (reference {list(ref[n][1])})"
+            for n in ref
+            if n in actual and actual[n][1] != ref[n][1]
+        ]
         if reshaped:
             blocking.append(f"other shapes: {_listed(reshaped)}")
     dtype_only = []
@@ -66,5 +70,7 @@ def compare_tensors(actual: dict[str, tuple[str, tuple[int, ...]]], reference: t
         if count == len(changed) == len([n for n in ref if n in actual]):
             dtype_only.append(f"every tensor is {now} where Wan2.2-S2V-14B has {was}: a {now.lower()} export")
         else:
-            dtype_only.append(f"other dtypes: {_listed([f'{n} {actual[n][0]} (reference {ref[n][0]})' for n in changed])}")
+            dtype_only.append(
+                f"other dtypes: {_listed([f'{n} {actual[n][0]} (reference {ref[n][0]})' for n in changed])}"
+            )
     return ReferenceDiff(tuple(blocking), tuple(dtype_only))

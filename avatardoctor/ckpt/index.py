@@ -54,7 +54,9 @@ def read_index(path: Path) -> ShardIndex:
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
         raise fail("weight_map must map tensor names to shard file names")
     if any(LONE_SURROGATE.search(k) or LONE_SURROGATE.search(v) for k, v in weight_map.items()):
-        raise fail("weight_map holds a lone UTF-16 surrogate escape (\\udXXX): not valid UTF-8, no file can have that name")
+        raise fail(
+            "weight_map holds a lone UTF-16 surrogate escape (\\udXXX): not valid UTF-8, no file can have that name"
+        )
     for shard in sorted(set(weight_map.values())):
         if _escapes(shard):
             raise fail(f"shard name {shard[:80]!r} points outside the checkpoint folder")

@@ -44,7 +44,9 @@ def read_manifest(path: Path) -> dict[str, str]:
     except OSError as err:
         raise InputError(f"{READ_FLAG} {path}: cannot read ({err.strerror})") from None
     except FileTooLarge:
-        raise InputError(f"{READ_FLAG} {path}: over {mib(MAX_BYTES)}, not a checksum list (is it the right file?)") from None
+        raise InputError(
+            f"{READ_FLAG} {path}: over {mib(MAX_BYTES)}, not a checksum list (is it the right file?)"
+        ) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:

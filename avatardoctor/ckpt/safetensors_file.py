@@ -26,12 +26,29 @@ from typing import BinaryIO
 
 HEADER_LIMIT = 100_000_000  # bytes; the safetensors reference implementation's own limit
 DTYPE_BITS = {
-    "BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8,
-    "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8,
-    "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
-    "I32": 32, "U32": 32, "F32": 32, "C64": 64,
-    "I64": 64, "U64": 64, "F64": 64,
-}  # fmt: skip  # every dtype of safetensors 0.8, in bits: F4 and F6 pack several elements per byte
+    "BOOL": 8,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+    "U8": 8,
+    "I8": 8,
+    "F8_E5M2": 8,
+    "F8_E4M3": 8,
+    "F8_E8M0": 8,
+    "F8_E4M3FNUZ": 8,
+    "F8_E5M2FNUZ": 8,
+    "I16": 16,
+    "U16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "I32": 32,
+    "U32": 32,
+    "F32": 32,
+    "C64": 64,
+    "I64": 64,
+    "U64": 64,
+    "F64": 64,
+}  # every dtype of safetensors 0.8, in bits: F4 and F6 pack several elements per byte
 U64_MAX = 2**64 - 1  # shapes and offsets are Rust usizes: larger is refused, as the loader does
 LONGEST_U64 = len(str(U64_MAX))
 LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # a \ud800 escape that is not half of a pair: not UTF-8
@@ -136,13 +153,17 @@ def _numel(shape: list[int]) -> int | None:
 
 def _tensor(name: str, spec: object, fail: Callable[[str], Exception]) -> TensorEntry:
     if not isinstance(spec, dict) or not {"dtype", "shape", "data_offsets"} <= spec.keys():
-        raise fail(f"tensor {_short(name)}: an entry needs dtype, shape and data_offsets")  # others are ignored, as the loader does
+        raise fail(
+            f"tensor {_short(name)}: an entry needs dtype, shape and data_offsets"
+        )  # others are ignored, as the loader does
     dtype, shape, offsets = spec["dtype"], spec["shape"], spec["data_offsets"]
     if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
         raise fail(f"tensor {_short(name)}: unknown dtype {str(dtype)[:20]!r}")
     if not isinstance(shape, list) or not all(type(d) is int and 0 <= d <= U64_MAX for d in shape):
         raise fail(f"tensor {_short(name)}: shape must be a list of non-negative integers, not {str(shape)[:40]}")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and 0 <= o <= U64_MAX for o in offsets)):
+    if not (
+        isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int and 0 <= o <= U64_MAX for o in offsets)
+    ):
         raise fail(f"tensor {_short(name)}: data_offsets must be [begin, end], non-negative integers")
     begin, end = offsets
     if begin > end:
@@ -155,7 +176,9 @@ def _tensor(name: str, spec: object, fail: Callable[[str], Exception]) -> Tensor
     entry = TensorEntry(name, dtype, tuple(shape), begin, end)
     expected = data_bytes(dtype, shape)
     if entry.nbytes != expected:
-        raise fail(f"tensor {_short(name)}: {entry.nbytes:,} bytes of data, but {dtype} {_short(list(shape))} needs {expected:,}")
+        raise fail(
+            f"tensor {_short(name)}: {entry.nbytes:,} bytes of data, but {dtype} {_short(list(shape))} needs {expected:,}"
+        )
     return entry
 
 
@@ -192,9 +215,12 @@ def read_header(path: Path) -> SafetensorsFile:
         raw = f.read(header_len)
     try:
         header = json.loads(
-            raw.decode("utf-8"), object_pairs_hook=_object,
-            parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant,
-        )  # fmt: skip
+            raw.decode("utf-8"),
+            object_pairs_hook=_object,
+            parse_int=_json_int,
+            parse_float=_json_float,
+            parse_constant=_json_constant,
+        )
     except RecursionError:
         raise fail("header JSON is nested too deeply: not a safetensors header") from None
     except _HeaderProblem as e:
@@ -204,17 +230,19 @@ def read_header(path: Path) -> SafetensorsFile:
     if not isinstance(header, dict):
         raise fail("header JSON is not an object")
     metadata = header.pop(METADATA_KEY, None)
-    if metadata is not None and not (
-        isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())
-    ):
+    if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
         raise fail("__metadata__ must map strings to strings")
     tensors = sorted((_tensor(n, s, fail) for n, s in header.items()), key=lambda t: (t.begin, t.end))
     position = 0
     for i, t in enumerate(tensors):
         if t.begin < position:
-            raise fail(f"tensor {_short(t.name)} overlaps tensor {_short(tensors[i - 1].name)} (bytes {t.begin:,}-{t.end:,})")
+            raise fail(
+                f"tensor {_short(t.name)} overlaps tensor {_short(tensors[i - 1].name)} (bytes {t.begin:,}-{t.end:,})"
+            )
         if t.begin > position:
-            raise fail(f"a gap of {t.begin - position:,} bytes before tensor {_short(t.name)}: offsets must be contiguous")
+            raise fail(
+                f"a gap of {t.begin - position:,} bytes before tensor {_short(t.name)}: offsets must be contiguous"
+            )
         position = t.end
     expected = 8 + header_len + position
     if size < expected:
@@ -224,7 +252,9 @@ def read_header(path: Path) -> SafetensorsFile:
     return SafetensorsFile(path, header_len, tuple(tensors), metadata, size)
 
 
-def header_for(tensors: Iterable[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str] | None = None) -> tuple[bytes, int]:
+def header_for(
+    tensors: Iterable[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str] | None = None
+) -> tuple[bytes, int]:
     """The header bytes (padded to 8 bytes, as the library writes) and the data length, for
     tensors laid out one after another in the given order."""
     header: dict[str, object] = {METADATA_KEY: metadata} if metadata else {}

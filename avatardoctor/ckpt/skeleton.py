@@ -131,24 +131,34 @@ def write_skeleton(root: Path, which: str = "upstream", tiny: bool = False) -> P
         raise InputError(f"{root}: exists and is not an empty folder; a skeleton never writes over files")
     root.mkdir(parents=True, exist_ok=True)
     if not tiny and not supports_sparse_files(root):
-        raise InputError(f"{root}: this filesystem has no sparse files, a full-size skeleton would fill 45 GB; use --tiny")
+        raise InputError(
+            f"{root}: this filesystem has no sparse files, a full-size skeleton would fill 45 GB; use --tiny"
+        )
     data = os.urandom if tiny else None
     dit = _shrunk(reference_tensors("dit"), tiny)
-    _write_json(root / layout.CONFIG, {"_class_name": "WanModel_S2V", "dim": 5120, "num_layers": 40, "avatardoctor_skeleton": True})
+    _write_json(
+        root / layout.CONFIG,
+        {"_class_name": "WanModel_S2V", "dim": 5120, "num_layers": 40, "avatardoctor_skeleton": True},
+    )
     plan = _shard_plan(dit, which)
     weight_map = {}
     for shard, tensors in plan.items():
         write_safetensors(root / shard, tensors, data, metadata={"format": "pt"})
         weight_map.update({name: shard for name, _, _ in tensors})
     index = layout.UPSTREAM_INDEX if which == "upstream" else layout.SEED_INDEX
-    _write_json(root / index, {"metadata": {"total_size": sum(map(_nbytes, dit))}, "weight_map": dict(sorted(weight_map.items()))})
+    _write_json(
+        root / index,
+        {"metadata": {"total_size": sum(map(_nbytes, dit))}, "weight_map": dict(sorted(weight_map.items()))},
+    )
     if which == "seed":  # the seeds describe nothing more
         return root
     write_pth(root / layout.T5_FILE, _shrunk(reference_tensors("t5"), tiny), data)
     write_pth(root / layout.VAE_FILE, _shrunk(reference_tensors("vae"), tiny), data)
     tokenizer = root / layout.TOKENIZER_DIR
     _write_json(tokenizer / "tokenizer_config.json", {"tokenizer_class": "T5Tokenizer", "model_max_length": 512})
-    _write_json(tokenizer / "special_tokens_map.json", {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"})
+    _write_json(
+        tokenizer / "special_tokens_map.json", {"eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
+    )
     (tokenizer / "spiece.model").write_bytes(b"avatardoctor skeleton: not a SentencePiece model\n")
     wav2vec2 = root / layout.WAV2VEC2_DIR
     _write_json(wav2vec2 / "config.json", {"model_type": "wav2vec2", "avatardoctor_skeleton": True})

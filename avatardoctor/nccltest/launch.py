@@ -22,7 +22,9 @@ from pathlib import Path
 WORKER = ["-m", "avatardoctor.nccltest.worker"]
 STAGES = ("start", "init", "allreduce", "ring", "bandwidth", "p2p", "done")
 GRACE_S = 5.0
-DEBUG_PATTERN = re.compile(r"NCCL (WARN|INFO (Bootstrap|NET/|Channel \d+/0|.*via (P2P|SHM|NET)))|[Gg]loo|Connection refused|Address already in use|timed out|Timeout")
+DEBUG_PATTERN = re.compile(
+    r"NCCL (WARN|INFO (Bootstrap|NET/|Channel \d+/0|.*via (P2P|SHM|NET)))|[Gg]loo|Connection refused|Address already in use|timed out|Timeout"
+)
 
 
 @dataclass
@@ -62,12 +64,29 @@ class NcclOutcome:
 
 def command(test: NcclTest, out: Path) -> list[str]:
     return [
-        sys.executable, "-m", "torch.distributed.run",
-        "--nproc_per_node", str(test.nproc), "--nnodes", str(test.nnodes), "--node_rank", str(test.node_rank),
-        "--master_addr", test.master_addr, "--master_port", str(test.master_port),
-        *test.entry, "--out", str(out), "--backend", test.backend, "--timeout", str(test.timeout_s),
-        "--sizes", ",".join(map(str, test.sizes)),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(test.nproc),
+        "--nnodes",
+        str(test.nnodes),
+        "--node_rank",
+        str(test.node_rank),
+        "--master_addr",
+        test.master_addr,
+        "--master_port",
+        str(test.master_port),
+        *test.entry,
+        "--out",
+        str(out),
+        "--backend",
+        test.backend,
+        "--timeout",
+        str(test.timeout_s),
+        "--sizes",
+        ",".join(map(str, test.sizes)),
+    ]
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -106,7 +125,9 @@ def run_test(test: NcclTest) -> NcclOutcome:
         out, log = Path(tmp), Path(tmp) / "torchrun.log"
         try:
             with open(log, "w") as log_file:
-                proc = subprocess.Popen(command(test, out), stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                proc = subprocess.Popen(
+                    command(test, out), stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                )
                 try:
                     code = proc.wait(test.timeout_s + test.budget_s)  # init's own timeout, plus the measurements
                 except subprocess.TimeoutExpired:
@@ -114,7 +135,19 @@ def run_test(test: NcclTest) -> NcclOutcome:
                 finally:
                     _stop(proc)
         except OSError as e:
-            return NcclOutcome(False, "launch", f"torchrun could not start: {e}", "install torch (the [torch] extra)", {}, [], [], None, [], None, 0.0)
+            return NcclOutcome(
+                False,
+                "launch",
+                f"torchrun could not start: {e}",
+                "install torch (the [torch] extra)",
+                {},
+                [],
+                [],
+                None,
+                [],
+                None,
+                0.0,
+            )
         text = log.read_text(errors="replace")[-2_000_000:]
         ranks = _read_ranks(out)
     return classify(test, code, text, ranks, time.monotonic() - started)
@@ -125,27 +158,66 @@ def classify(test: NcclTest, code: int | None, log: str, ranks: dict[int, dict],
     local = range(test.node_rank * test.nproc, (test.node_rank + 1) * test.nproc)
     debug = [line.strip() for line in log.splitlines() if DEBUG_PATTERN.search(line)][-20:]
     rank0 = ranks.get(0, {})
-    measured = dict(ranks=ranks, allreduce=rank0.get("allreduce", []), sendrecv=rank0.get("sendrecv", []),
-                    p2p_gbs=rank0.get("p2p_gbs"), debug_lines=debug, exit_code=code, seconds=round(seconds, 1))  # fmt: skip
+    measured = dict(
+        ranks=ranks,
+        allreduce=rank0.get("allreduce", []),
+        sendrecv=rank0.get("sendrecv", []),
+        p2p_gbs=rank0.get("p2p_gbs"),
+        debug_lines=debug,
+        exit_code=code,
+        seconds=round(seconds, 1),
+    )
     reached = {r: ranks.get(r, {}).get("stage", "start") for r in local}
     behind = sorted(r for r, s in reached.items() if s != "done")
     if code == 0 and not behind:
-        return NcclOutcome(True, None, f"{world} ranks talked ({test.backend}): all_reduce correct, the rank-to-rank ring intact", None, **measured)
+        return NcclOutcome(
+            True,
+            None,
+            f"{world} ranks talked ({test.backend}): all_reduce correct, the rank-to-rank ring intact",
+            None,
+            **measured,
+        )
     if "Address already in use" in log or "EADDRINUSE" in log:
-        return NcclOutcome(False, "port-in-use", f"master port {test.master_port} is held: torchrun's store could not listen",
-                           "--master-port with a free port (net.master_port suggests one)", **measured)  # fmt: skip
+        return NcclOutcome(
+            False,
+            "port-in-use",
+            f"master port {test.master_port} is held: torchrun's store could not listen",
+            "--master-port with a free port (net.master_port suggests one)",
+            **measured,
+        )
     wrong = [d["error"] for d in ranks.values() if not d.get("ok", True) and d.get("error")]
     if wrong:
-        return NcclOutcome(False, "wrong-result", wrong[0], "a broken transport: try NCCL_P2P_DISABLE=1, then check the PCIe ACS/IOMMU settings", **measured)
+        return NcclOutcome(
+            False,
+            "wrong-result",
+            wrong[0],
+            "a broken transport: try NCCL_P2P_DISABLE=1, then check the PCIe ACS/IOMMU settings",
+            **measured,
+        )
     crashed = [r for r in behind if code not in (None, 0)]
     if code is None:
         stuck = ", ".join(f"rank {r} at {reached[r]}" for r in behind)
         missing = world > test.nproc or any(reached[r] in ("start", "init") for r in behind)
         what = "rank-missing" if missing else "timeout"
-        summary = (f"no answer within {test.timeout_s:.0f} s: {stuck}" + (" (a rank or node never joined)" if missing else ""))
-        remedy = ("start every node, and check that --master-addr reaches node 0 on --master-port (firewall?)"
-                  if missing else "run with NCCL_DEBUG=INFO; on PCIe servers a hang at the first send/recv is often ACS/IOMMU: try NCCL_P2P_DISABLE=1")  # fmt: skip
+        summary = f"no answer within {test.timeout_s:.0f} s: {stuck}" + (
+            " (a rank or node never joined)" if missing else ""
+        )
+        remedy = (
+            "start every node, and check that --master-addr reaches node 0 on --master-port (firewall?)"
+            if missing
+            else "run with NCCL_DEBUG=INFO; on PCIe servers a hang at the first send/recv is often ACS/IOMMU: try NCCL_P2P_DISABLE=1"
+        )
         return NcclOutcome(False, what, summary, remedy, **measured)
     first = crashed[0] if crashed else None
-    summary = f"rank {first} exited (code {code}) at {reached.get(first, '?')}" if first is not None else f"torchrun exited with code {code}"
-    return NcclOutcome(False, "rank-crashed", summary, "see the lines below; run `avatardoctor nccl` with NCCL_DEBUG=INFO for more", **measured)
+    summary = (
+        f"rank {first} exited (code {code}) at {reached.get(first, '?')}"
+        if first is not None
+        else f"torchrun exited with code {code}"
+    )
+    return NcclOutcome(
+        False,
+        "rank-crashed",
+        summary,
+        "see the lines below; run `avatardoctor nccl` with NCCL_DEBUG=INFO for more",
+        **measured,
+    )

@@ -50,7 +50,12 @@ def timed(op, iters: int, sync) -> float:
 
 def bandwidth_rows(size: int, seconds: float, factor: float) -> dict:
     algbw = size / seconds / 1e9
-    return {"bytes": size, "time_us": round(seconds * 1e6, 1), "algbw_gbs": round(algbw, 3), "busbw_gbs": round(algbw * factor, 3)}
+    return {
+        "bytes": size,
+        "time_us": round(seconds * 1e6, 1),
+        "algbw_gbs": round(algbw, 3),
+        "busbw_gbs": round(algbw * factor, 3),
+    }
 
 
 def main() -> None:
@@ -98,6 +103,7 @@ def main() -> None:
         seconds = timed(lambda: dist.all_reduce(buf), args.iters, sync)
         allreduce.append(bandwidth_rows(buf.numel() * 4, seconds, 2 * (world - 1) / world))
         if world > 1:
+
             def hand_on():  # the TPP hand-off, all pairs at once: even ranks send first to avoid a cycle
                 ops = []
                 if rank + 1 < world:

@@ -28,8 +28,11 @@ def slowest_imports(env: dict, count: int = 8) -> list[tuple[int, str]]:
     """(cumulative microseconds, module) of the top-level imports that cost the most."""
     r = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "avatardoctor", "check", "--demo"],
-        capture_output=True, text=True, env=env, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     rows = []
     for line in r.stderr.splitlines():
         if not line.startswith("import time:") or "|" not in line:

@@ -46,9 +46,13 @@ def main() -> None:
                 log.write(one_log)
         del one_log
         size = path.stat().st_size
-        out = subprocess.run([sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True, check=True
+        ).stdout
     before, peak, samples = map(int, out.split())
-    print(f"log {size / 2**20:.0f} MiB, {samples:,} samples: peak {peak / 2**20:.0f} MiB, {before / 2**20:.0f} MiB before the parse")
+    print(
+        f"log {size / 2**20:.0f} MiB, {samples:,} samples: peak {peak / 2**20:.0f} MiB, {before / 2**20:.0f} MiB before the parse"
+    )
     print(f"parse added {(peak - before) / 2**20:.0f} MiB = {(peak - before) / size:.2f}x the log (target <= 2x)")
 
 

@@ -20,7 +20,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-
 from avatardoctor.reports.nvsmi import read_nvidia_smi_csv
 
 TARGET_S = 2.0
@@ -65,12 +64,16 @@ def main() -> None:
             timeline = read_nvidia_smi_csv(path)
             times.append(time.perf_counter() - begin)
     median = statistics.median(times)
-    print(f"{line_count:,} lines, {size_mb:.1f} MB ({args.hours:g} h, {args.gpus} GPUs, {args.hz:g} Hz), {args.runs} runs on {os.cpu_count()} CPUs")
+    print(
+        f"{line_count:,} lines, {size_mb:.1f} MB ({args.hours:g} h, {args.gpus} GPUs, {args.hz:g} Hz), {args.runs} runs on {os.cpu_count()} CPUs"
+    )
     print(f"parsed {len(timeline.samples):,} samples; notes: {len(timeline.notes)}")
     for note in timeline.notes:
         print(f"  - {note}")
-    print(f"median {median:.3f} s   min {min(times):.3f} s   max {max(times):.3f} s   "
-          f"({len(timeline.samples) / median / 1e6:.2f} M rows/s)   target < {TARGET_S} s")  # fmt: skip
+    print(
+        f"median {median:.3f} s   min {min(times):.3f} s   max {max(times):.3f} s   "
+        f"({len(timeline.samples) / median / 1e6:.2f} M rows/s)   target < {TARGET_S} s"
+    )
     print("PASS" if median < TARGET_S else "OVER TARGET")
 
 

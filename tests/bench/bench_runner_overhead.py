@@ -16,10 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from avatardoctor.ckpt.demo import cache_dir
-from avatardoctor.ckpt.skeleton import write_skeleton
 from avatardoctor.runner.auto import demo_plan
 from avatardoctor.runner.run import RunOptions, execute, torchrun_argv
+
+from avatardoctor.ckpt.demo import cache_dir
+from avatardoctor.ckpt.skeleton import write_skeleton
 
 ENTRY = ["-m", "avatardoctor.runner.demo_entry"]
 
@@ -37,10 +38,19 @@ def main() -> None:
         plain, runner, report = [], [], []
         for i in range(args.runs):
             start = time.perf_counter()
-            subprocess.run(torchrun_argv(plan, 29650 + i, ENTRY), cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+            subprocess.run(
+                torchrun_argv(plan, 29650 + i, ENTRY),
+                cwd=tmp,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=True,
+            )
             plain.append(time.perf_counter() - start)
             start = time.perf_counter()
-            result = execute({**plan, "master_port": 29660 + i}, RunOptions(out_dir=Path(tmp) / "runs", cwd=Path(tmp), entry=ENTRY))
+            result = execute(
+                {**plan, "master_port": 29660 + i}, RunOptions(out_dir=Path(tmp) / "runs", cwd=Path(tmp), entry=ENTRY)
+            )
             runner.append(time.perf_counter() - start)
             assert result.failure.cls == "success", result.failure
             start = time.perf_counter()
@@ -50,8 +60,10 @@ def main() -> None:
             report.append(time.perf_counter() - start)
     p, r = statistics.median(plain), statistics.median(runner)
     rep = statistics.median(report)
-    print(f"demo (5 ranks, 2 clips), median of {args.runs}: plain torchrun {p:.2f} s, through the runner {r:.2f} s "
-          f"(of which the report {rep:.2f} s)")  # fmt: skip
+    print(
+        f"demo (5 ranks, 2 clips), median of {args.runs}: plain torchrun {p:.2f} s, through the runner {r:.2f} s "
+        f"(of which the report {rep:.2f} s)"
+    )
     print(f"runner overhead without the report: {(r - rep - p) / p:+.1%}   with it: {(r - p) / p:+.1%}   target < 2 %")
 
 

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import psutil
-
 from avatardoctor.runner.folder import RunFolder
 from avatardoctor.runner.sampler import MemorySampler
 
@@ -73,12 +72,16 @@ def main() -> None:
     try:
         time.sleep(1.0)  # let the tree start
         members = len(psutil.Process(tree.pid).children(recursive=True)) + 1
-        print(f"source {args.source}; tree of {members} processes; {len(psutil.pids())} processes on the machine; "
-              f"{os.cpu_count()} cores; {args.seconds:g} s per rate")  # fmt: skip
+        print(
+            f"source {args.source}; tree of {members} processes; {len(psutil.pids())} processes on the machine; "
+            f"{os.cpu_count()} cores; {args.seconds:g} s per rate"
+        )
         for hz in (float(r) for r in args.rates.split(",")):
             r = measure(tree.pid, hz, args.seconds, args.source)
-            print(f"{r['hz']:6g} Hz: {r['samples']:5d} samples, {r['wall_ms']:.3f} ms wall and {r['cpu_ms']:.3f} ms CPU "
-                  f"per sample, {r['core_pct']:.2f}% of one core; {r['slots']} slots, {r['on_slot_pct']:.0f}% of samples on theirs")  # fmt: skip
+            print(
+                f"{r['hz']:6g} Hz: {r['samples']:5d} samples, {r['wall_ms']:.3f} ms wall and {r['cpu_ms']:.3f} ms CPU "
+                f"per sample, {r['core_pct']:.2f}% of one core; {r['slots']} slots, {r['on_slot_pct']:.0f}% of samples on theirs"
+            )
     finally:
         for member in psutil.Process(tree.pid).children(recursive=True):
             member.kill()

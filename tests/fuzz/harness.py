@@ -10,10 +10,9 @@ regression case that runs every time (`corpus_files`).
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import hypothesis
 from click.testing import CliRunner

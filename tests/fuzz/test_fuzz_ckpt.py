@@ -125,8 +125,25 @@ def apply_change(root: Path, change: str, rel: str, data: str = "") -> None:
 
 # ---- generators --------------------------------------------------------------------------------------
 
-JSON_TOKENS = ("0", "-0", "1", "-1", "8", "1.5", "1e400", "18446744073709551616", "9" * 400, "NaN", "null", "true",
-               '""', '"\\ud800"', '"\\u001b[2J"', "[]", "{}")  # fmt: skip
+JSON_TOKENS = (
+    "0",
+    "-0",
+    "1",
+    "-1",
+    "8",
+    "1.5",
+    "1e400",
+    "18446744073709551616",
+    "9" * 400,
+    "NaN",
+    "null",
+    "true",
+    '""',
+    '"\\ud800"',
+    '"\\u001b[2J"',
+    "[]",
+    "{}",
+)
 names = st.one_of(st.text(max_size=6), st.sampled_from(["__metadata__", "\x1b[2J", "\ud800", "a", "a"])).map(json.dumps)
 
 
@@ -138,17 +155,36 @@ def safetensors_files(draw) -> bytes:
         dtype = draw(st.one_of(st.sampled_from(sorted(DTYPE_BITS)).map(json.dumps), st.sampled_from(JSON_TOKENS)))
         shape = draw(st.lists(st.one_of(st.integers(0, 6).map(str), st.sampled_from(JSON_TOKENS)), max_size=4))
         size = draw(st.integers(0, 64))
-        offsets = draw(st.one_of(st.just(f"[{position},{position + size}]"), st.lists(st.sampled_from(JSON_TOKENS), max_size=3).map(lambda t: f"[{','.join(t)}]")))
-        fields = [f'"dtype":{dtype}', f'"shape":[{",".join(shape)}]', f'"data_offsets":{offsets}'][: draw(st.integers(1, 3))]
+        offsets = draw(
+            st.one_of(
+                st.just(f"[{position},{position + size}]"),
+                st.lists(st.sampled_from(JSON_TOKENS), max_size=3).map(lambda t: f"[{','.join(t)}]"),
+            )
+        )
+        fields = [f'"dtype":{dtype}', f'"shape":[{",".join(shape)}]', f'"data_offsets":{offsets}'][
+            : draw(st.integers(1, 3))
+        ]
         fields += draw(st.lists(st.sampled_from(JSON_TOKENS).map(lambda t: f'"extra":{t}'), max_size=1))
         entries.append(f"{draw(names)}:{{{','.join(fields)}}}")
         position += size
     if draw(st.booleans()):
-        entries.append(f'"__metadata__":{draw(st.sampled_from(JSON_TOKENS + (chr(123) + chr(34) + "k" + chr(34) + ":" + chr(34) + "v" + chr(34) + "}",)))}')
+        entries.append(
+            f'"__metadata__":{draw(st.sampled_from(JSON_TOKENS + (chr(123) + chr(34) + "k" + chr(34) + ":" + chr(34) + "v" + chr(34) + "}",)))}'
+        )
     header = ("{" + ",".join(entries) + "}").encode()
-    header = draw(st.one_of(st.just(header), st.binary(max_size=64), st.just(header[: draw(st.integers(0, len(header)))])))
-    length = draw(st.one_of(st.just(len(header)), st.integers(0, 2**64 - 1), st.integers(max(0, len(header) - 2), len(header) + 2)))
-    return struct.pack("<Q", length) + header + bytes(draw(st.sampled_from([position, max(0, position - 1), position + 1, 0])))
+    header = draw(
+        st.one_of(st.just(header), st.binary(max_size=64), st.just(header[: draw(st.integers(0, len(header)))]))
+    )
+    length = draw(
+        st.one_of(
+            st.just(len(header)), st.integers(0, 2**64 - 1), st.integers(max(0, len(header) - 2), len(header) + 2)
+        )
+    )
+    return (
+        struct.pack("<Q", length)
+        + header
+        + bytes(draw(st.sampled_from([position, max(0, position - 1), position + 1, 0])))
+    )
 
 
 def _mutated(draw, original: bytes) -> bytes:
@@ -176,7 +212,12 @@ def pth_files(draw) -> bytes:
     method = draw(st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA]))
     with zipfile.ZipFile(buffer, "w", method) as z:
         z.writestr(draw(st.sampled_from(["Wan2.1_VAE/data.pkl", "data.pkl", "a/data.pkl"])), b"\x80\x02}q\x00.")
-        for name in draw(st.lists(st.sampled_from(["Wan2.1_VAE/data/0", "Wan2.1_VAE/data/1", "Wan2.1_VAE/data/\x1b[2J", "../x"]), unique=True)):
+        for name in draw(
+            st.lists(
+                st.sampled_from(["Wan2.1_VAE/data/0", "Wan2.1_VAE/data/1", "Wan2.1_VAE/data/\x1b[2J", "../x"]),
+                unique=True,
+            )
+        ):
             z.writestr(name, bytes(draw(st.integers(0, 300))))
     return _mutated(draw, buffer.getvalue())
 
@@ -190,8 +231,20 @@ def folder_changes(draw) -> bytes:
 
 @st.composite
 def index_files(draw) -> bytes:
-    weight_map = draw(st.dictionaries(st.text(max_size=8), st.one_of(st.sampled_from([SHARD, "../../etc/passwd", "/abs", "", "x\x1b[2J", "\ud800.safetensors"]), st.text(max_size=8)), max_size=4))
-    doc = {"metadata": {"total_size": draw(st.one_of(st.integers(-5, 10**30), st.text(max_size=3), st.none()))}, "weight_map": weight_map}
+    weight_map = draw(
+        st.dictionaries(
+            st.text(max_size=8),
+            st.one_of(
+                st.sampled_from([SHARD, "../../etc/passwd", "/abs", "", "x\x1b[2J", "\ud800.safetensors"]),
+                st.text(max_size=8),
+            ),
+            max_size=4,
+        )
+    )
+    doc = {
+        "metadata": {"total_size": draw(st.one_of(st.integers(-5, 10**30), st.text(max_size=3), st.none()))},
+        "weight_map": weight_map,
+    }
     return _mutated(draw, json.dumps(doc).encode())
 
 
@@ -206,7 +259,11 @@ def image_files(draw) -> bytes:
     fmt = draw(st.sampled_from(["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"]))
     original = _image_bytes(fmt, (draw(st.integers(1, 40)), draw(st.integers(1, 40))))
     if fmt == "PNG" and draw(st.booleans()):  # claim a huge image in the header (CRC left wrong, or not)
-        original = original[:16] + struct.pack(">II", draw(st.integers(0, 2**31 - 1)), draw(st.integers(0, 2**31 - 1))) + original[24:]
+        original = (
+            original[:16]
+            + struct.pack(">II", draw(st.integers(0, 2**31 - 1)), draw(st.integers(0, 2**31 - 1)))
+            + original[24:]
+        )
     return draw(st.one_of(st.just(_mutated(draw, original)), st.binary(max_size=200)))
 
 
@@ -218,8 +275,12 @@ def audio_files(draw) -> bytes:
     out = io.BytesIO()
     soundfile.write(out, np.repeat(samples[:, None], channels, axis=1), rate, format=fmt)
     original = out.getvalue()
-    if fmt == "WAV" and draw(st.booleans()):  # the fmt chunk's claims: format tag, channels, rate, byte rate, block align, bits
-        fields = [draw(st.integers(0, 2**16 - 1)) for _ in range(2)] + [draw(st.integers(0, 2**32 - 1)) for _ in range(2)]
+    if fmt == "WAV" and draw(
+        st.booleans()
+    ):  # the fmt chunk's claims: format tag, channels, rate, byte rate, block align, bits
+        fields = [draw(st.integers(0, 2**16 - 1)) for _ in range(2)] + [
+            draw(st.integers(0, 2**32 - 1)) for _ in range(2)
+        ]
         fields += [draw(st.integers(0, 2**16 - 1)) for _ in range(2)]
         original = original[:20] + struct.pack("<HHIIHH", *fields) + original[36:]
     return draw(st.one_of(st.just(_mutated(draw, original)), st.binary(max_size=200)))

@@ -8,8 +8,13 @@ import pytest
 from harness import fuzz_settings, run_cli
 from hypothesis import given
 
-NUMERIC = [("predict", "--audio-seconds"), ("predict", "--infer-frames"), ("predict", "--num-clip"),
-           ("predict", "--sample-steps"), ("predict", "--master-port")]  # fmt: skip
+NUMERIC = [
+    ("predict", "--audio-seconds"),
+    ("predict", "--infer-frames"),
+    ("predict", "--num-clip"),
+    ("predict", "--sample-steps"),
+    ("predict", "--master-port"),
+]
 TYPED = st.sampled_from(["nan", "NaN", "-nan", "inf", "-inf", "1e309", "-0", "0x10", "", " ", "1_000", "３", "1e-400"])
 
 

@@ -15,28 +15,97 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from avatardoctor.reports.nvsmi import read_nvidia_smi_csv
+from avatardoctor.reports.runfolder import read_run_folder
+from avatardoctor.reports.summary import build_summary
 from harness import corpus_files, fuzz_settings, run_cli
 from hypothesis import given
 from hypothesis import strategies as st
 
 from avatardoctor.errors import InputError
-from avatardoctor.reports.nvsmi import read_nvidia_smi_csv
-from avatardoctor.reports.runfolder import read_run_folder
-from avatardoctor.reports.summary import build_summary
 
 CATEGORY = "reports"
-FIELDS = ["timestamp", "index", "uuid", "pci.bus_id", "name", "gpu_name", "memory.used", "memory.total", "memory.free",
-          "utilization.gpu", "Memory.Used"]  # fmt: skip
+FIELDS = [
+    "timestamp",
+    "index",
+    "uuid",
+    "pci.bus_id",
+    "name",
+    "gpu_name",
+    "memory.used",
+    "memory.total",
+    "memory.free",
+    "utilization.gpu",
+    "Memory.Used",
+]
 UNITS = ["", " [MiB]", " [GiB]", " [KiB]", " [%]", " [MB]", " []"]
-INDEXES = ["0", "1", "4", "1023", "1024", "-1", "999999999", "99999999999999999999999", "1.5", "²", "0x1", "", "[N/A]", " 3 "]
-MEMORY = ["0", "1234", "81559", "1234 MiB", "10.5 GiB", "[N/A]", "[Not Supported]", "N/A", "inf", "-5", "1e300", "nan", "12",
-          "", "1234 MiB MiB", "١٢٣"]  # fmt: skip
-TEXT = ["NVIDIA H800", "GPU-0f1e2d3c-aaaa", "GPU-0f1e2d3c-bbbb", "00000000:3B:00.0", "<script>", "/../../../x", "a" * 300, "",
-        "$\\foo$", "\u202e", "{{ x }}"]  # fmt: skip
-STAMPS = ["2026/11/20 09:14:02.123", "2026/11/20 09:14:03.100", "2026/11/20 09:14:01.000", "1969/01/01 00:00:00.000",
-          "9999/12/31 23:59:59.999", "/11/20 09:14:02", "garbage"]  # fmt: skip
-JUNK = ["Unable to determine the device handle for GPU0000:3B:00.0: Unknown Error", "", "   ", "\x00\x01", '"unterminated, quote',
-        ",,,,", "timestamp, memory.used [MiB]", "\ufeffindex, memory.used [MiB]", "# comment"]  # fmt: skip
+INDEXES = [
+    "0",
+    "1",
+    "4",
+    "1023",
+    "1024",
+    "-1",
+    "999999999",
+    "99999999999999999999999",
+    "1.5",
+    "²",
+    "0x1",
+    "",
+    "[N/A]",
+    " 3 ",
+]
+MEMORY = [
+    "0",
+    "1234",
+    "81559",
+    "1234 MiB",
+    "10.5 GiB",
+    "[N/A]",
+    "[Not Supported]",
+    "N/A",
+    "inf",
+    "-5",
+    "1e300",
+    "nan",
+    "12",
+    "",
+    "1234 MiB MiB",
+    "١٢٣",
+]
+TEXT = [
+    "NVIDIA H800",
+    "GPU-0f1e2d3c-aaaa",
+    "GPU-0f1e2d3c-bbbb",
+    "00000000:3B:00.0",
+    "<script>",
+    "/../../../x",
+    "a" * 300,
+    "",
+    "$\\foo$",
+    "\u202e",
+    "{{ x }}",
+]
+STAMPS = [
+    "2026/11/20 09:14:02.123",
+    "2026/11/20 09:14:03.100",
+    "2026/11/20 09:14:01.000",
+    "1969/01/01 00:00:00.000",
+    "9999/12/31 23:59:59.999",
+    "/11/20 09:14:02",
+    "garbage",
+]
+JUNK = [
+    "Unable to determine the device handle for GPU0000:3B:00.0: Unknown Error",
+    "",
+    "   ",
+    "\x00\x01",
+    '"unterminated, quote',
+    ",,,,",
+    "timestamp, memory.used [MiB]",
+    "\ufeffindex, memory.used [MiB]",
+    "# comment",
+]
 ENCODINGS = ["utf-8", "utf-8-sig", "utf-16", "latin-1"]
 
 header_fields = st.lists(st.tuples(st.sampled_from(FIELDS), st.sampled_from(UNITS)), min_size=1, max_size=6)
@@ -80,8 +149,13 @@ json_values = st.recursive(
     max_leaves=8,
 )
 PLAN_KEYS = {"config": ["mode", "nproc", "size", "fp8"], "argv": None, "prediction": ["verdict", "gpus"]}
-DEBUG_KEYS = {"outcome": None, "failure": ["class", "gpu", "phase", "message", "remedy", "tried_to_allocate_mib", "at_elapsed_s"],
-              "durations": ["total_s"], "clips_done": None, "gpu_names": ["0", "1"]}  # fmt: skip
+DEBUG_KEYS = {
+    "outcome": None,
+    "failure": ["class", "gpu", "phase", "message", "remedy", "tried_to_allocate_mib", "at_elapsed_s"],
+    "durations": ["total_s"],
+    "clips_done": None,
+    "gpu_names": ["0", "1"],
+}
 GPU_VALUES = ["0", "1", "cpu", "/../../../escaped", "..", "9999999999", "-1", "1.0", "", "a/b", "<b>", " 2 ", "007"]
 NUMBERS = ["0", "1.5", "30000", "-1", "inf", "-inf", "nan", "1e308", "", "x", "99999999999999999999"]
 
@@ -95,7 +169,9 @@ def json_docs(draw, keys: dict) -> str:
             if inner and draw(st.booleans()):
                 doc[key] = {k: draw(json_values) for k in inner if draw(st.booleans())}
                 if key == "prediction" and draw(st.booleans()):
-                    doc[key]["gpus"] = draw(st.lists(st.fixed_dictionaries({"index": json_values, "peak_gib": json_values}), max_size=3))
+                    doc[key]["gpus"] = draw(
+                        st.lists(st.fixed_dictionaries({"index": json_values, "peak_gib": json_values}), max_size=3)
+                    )
             elif key == "argv":
                 doc[key] = draw(st.lists(st.sampled_from(["--prompt", "--size", "x" * 5000]) | json_values, max_size=4))
             else:
@@ -107,18 +183,26 @@ def json_docs(draw, keys: dict) -> str:
 @st.composite
 def csv_texts(draw, header: list[str], columns: list[list[str]]) -> str:
     rows = [",".join(draw(st.sampled_from(values)) for values in columns) for _ in range(draw(st.integers(0, 8)))]
-    head = draw(st.sampled_from([",".join(header), ",".join(header[:-1]), "", "x,y"]) if draw(st.integers(0, 5)) == 0 else st.just(",".join(header)))
+    head = draw(
+        st.sampled_from([",".join(header), ",".join(header[:-1]), "", "x,y"])
+        if draw(st.integers(0, 5)) == 0
+        else st.just(",".join(header))
+    )
     return "\n".join([head, *rows]) + draw(st.sampled_from(["\n", "", "\n1,2"]))
 
 
 RUN_FILES = ["plan.json", "debug_info.json", "logs/gpu_memory.csv", "logs/phases.csv"]
 MEMORY_HEADER = ["time", "elapsed_s", "gpu", "uuid", "memory_used_mib", "memory_total_mib", "utilization_pct"]
-run_folders = st.fixed_dictionaries({
-    "plan.json": json_docs(PLAN_KEYS),
-    "debug_info.json": json_docs(DEBUG_KEYS),
-    "logs/gpu_memory.csv": csv_texts(MEMORY_HEADER, [["2026-11-20T09:00:00Z", "x"], NUMBERS, GPU_VALUES, TEXT, NUMBERS, NUMBERS, NUMBERS]),
-    "logs/phases.csv": csv_texts(["phase", "start_s", "end_s"], [TEXT + ["load"], NUMBERS, NUMBERS]),
-})  # fmt: skip
+run_folders = st.fixed_dictionaries(
+    {
+        "plan.json": json_docs(PLAN_KEYS),
+        "debug_info.json": json_docs(DEBUG_KEYS),
+        "logs/gpu_memory.csv": csv_texts(
+            MEMORY_HEADER, [["2026-11-20T09:00:00Z", "x"], NUMBERS, GPU_VALUES, TEXT, NUMBERS, NUMBERS, NUMBERS]
+        ),
+        "logs/phases.csv": csv_texts(["phase", "start_s", "end_s"], [TEXT + ["load"], NUMBERS, NUMBERS]),
+    }
+)
 SPECIALS = ["file", "file", "file", "missing", "fifo", "dev-zero", "link-out", "dir"]
 
 
@@ -204,8 +288,11 @@ def test_fuzz_run_folder_reader(files, specials):
 
 
 @fuzz_settings(ci_examples=6)
-@given(run_folders, st.dictionaries(st.sampled_from(RUN_FILES), st.sampled_from(SPECIALS), max_size=2),
-       st.sampled_from(["new", "report-link", "file", "ours-with-links"]))  # fmt: skip
+@given(
+    run_folders,
+    st.dictionaries(st.sampled_from(RUN_FILES), st.sampled_from(SPECIALS), max_size=2),
+    st.sampled_from(["new", "report-link", "file", "ours-with-links"]),
+)
 def test_fuzz_run_folder_report(files, specials, output):
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
