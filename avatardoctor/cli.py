@@ -18,16 +18,15 @@ import click
 from avatardoctor import __version__, exitcodes
 from avatardoctor.config import MODES
 from avatardoctor.errors import InputError
+from avatardoctor.upstream import str2bool
 
 
-def _str2bool(value: str) -> bool:
-    """Live Avatar's own str2bool for --offload_model."""
-    v = value.strip().lower()
-    if v in ("true", "t", "yes", "y", "1"):
-        return True
-    if v in ("false", "f", "no", "n", "0"):
-        return False
-    raise click.BadParameter(f"{value!r} is not a boolean (True/False)")
+def _boolean(value: str) -> bool:
+    """--offload-model as the entry parses it (upstream.str2bool), with click's one-line error."""
+    try:
+        return str2bool(value.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a boolean (True/False)") from None
 
 
 class FiniteRange(click.FloatRange):
@@ -100,7 +99,7 @@ def config_options(fn):
             "--fp8/--no-fp8", default=None, help="Convert the DiT's Linear layers to FP8 (scripts pass --fp8)."
         ),
         click.option(
-            "--offload-model", type=_str2bool, metavar="BOOL", help="Swap models between CPU and GPU (True/False)."
+            "--offload-model", type=_boolean, metavar="BOOL", help="Swap models between CPU and GPU (True/False)."
         ),
         click.option("--lora-path", help="--lora_path_dmd: a local file or a Hugging Face repo id."),
         click.option(

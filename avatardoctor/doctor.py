@@ -58,23 +58,15 @@ def with_live_test(ctx: CheckContext, timeout_s: float = 60.0) -> CheckContext:
     its CPUs when it has none. A recorded or catalogue machine is not here to test."""
     if not ctx.machine.source.startswith("nvml"):
         return ctx
-    from avatardoctor.checks.ports import bind_error, free_port_near
-    from avatardoctor.checks.topology import p2p_ok, talking_pairs
     from avatardoctor.nccltest.launch import NcclTest, run_test
 
     backend = "nccl" if ctx.rank_gpus else "gloo"
     nproc = len(ctx.rank_gpus) if ctx.rank_gpus else ctx.config.nproc
-    port = (
-        ctx.config.master_port if bind_error(ctx.config.master_port) is None else free_port_near(ctx.config.master_port)
-    )
+    port = ctx.probes.port(ctx.config.master_port).usable
     test = NcclTest(backend, nproc, master_port=port or 29500, timeout_s=timeout_s)
     outcome = run_test(test)
     without_p2p = None
-    if (
-        backend == "nccl"
-        and outcome.ok
-        and any(not p2p_ok(ctx.machine.pair(a.index, b.index)) for _, a, b in talking_pairs(ctx))
-    ):
+    if backend == "nccl" and outcome.ok and ctx.p2p_missing:
         # Where P2P is off, the figure with NCCL_P2P_DISABLE=1 too: does forcing it change anything?
         without_p2p = run_test(replace(test, env={**test.env, "NCCL_P2P_DISABLE": "1"}))
     return replace(ctx, nccl=outcome, nccl_backend=backend, nccl_without_p2p=without_p2p)

@@ -20,23 +20,23 @@ from avatardoctor.components import ComponentSummary
 from avatardoctor.config import LaunchConfig, resolve_config
 from avatardoctor.estimates import EstimateTerms
 from avatardoctor.machine.catalogue import CARDS, catalogue_machine
-from avatardoctor.machine.model import Gpu
+from avatardoctor.machine.model import Gpu, p2p_ok
 from avatardoctor.planfile import PLAN_SCHEMA, PlanFile, PlannedGpu, PlannedMachine
 from avatardoctor.predict import VERDICT_WORDS, Prediction, predict, reference_hw
+from avatardoctor.rules import violations
 from avatardoctor.units import GIB
 from avatardoctor.upstream import (
     ENTRY_SCRIPT,
+    FP8_MIN_CC,
     LORA_HUB_ID,
     LORA_LOCAL,
     TRAINING_CONFIG,
     area,
     clips_for_audio,
-    violations,
 )
 
 PLANNED_SIZES = ("720*400", "704*384", "688*368", "384*256")  # the sizes upstream and the seeds run, largest first
 PLANNED_FRAMES = (48, 36, 24, 12)  # multiples of 12: whole 3-latent-frame blocks
-FP8_MIN_CC = (8, 9)
 PRICE_ORDER = (
     "3090",
     "4090",
@@ -363,13 +363,10 @@ def plan_document(plan: Plan, ctx) -> dict:
 
 def plan_file(plan: Plan, ctx) -> PlanFile:
     """The plan file for the chosen configuration: everything a launch needs, and why it was chosen."""
-    from avatardoctor.checks.ports import bind_error, free_port_near
-    from avatardoctor.checks.topology import p2p_ok
-
     cfg = plan.chosen
     assert cfg is not None and plan.prediction is not None, "plan_file needs a chosen configuration"
     gpus = ctx.visible.gpus[: cfg.nproc]
-    port = cfg.master_port if bind_error(cfg.master_port) is None else free_port_near(cfg.master_port)
+    port = ctx.probes.port(cfg.master_port).usable
     env = {
         "CUDA_VISIBLE_DEVICES": ",".join(str(g.index) for g in gpus),
         "CUDA_DEVICE_ORDER": "PCI_BUS_ID",  # so CUDA numbers GPUs as NVML and this plan do

@@ -21,20 +21,20 @@ from avatardoctor.errors import InputError
 from avatardoctor.estimates import EstimateTerms
 from avatardoctor.files import not_regular_file
 from avatardoctor.machine.model import Gpu
+from avatardoctor.rules import Violation, violations
 from avatardoctor.units import GIB
 from avatardoctor.upstream import (
     FP8_CONVERSION_BYTES_PER_PARAM,
+    FP8_MIN_CC,
     FRAMES_PER_LATENT,
     LATENT_FRAMES_PER_BLOCK,
     LORA_BYTES_PER_PARAM,
     MULTI_PROCESS_MODES,
-    Violation,
     audio_feature_bytes,
     clips_for_audio,
     cond_capacity,
     padded_size,
     tokens_per_frame,
-    violations,
 )
 
 PHASES = ("load", "lora", "fp8", "audio", "text", "denoise", "decode")
@@ -337,9 +337,6 @@ class Prediction:
 def _kv_bytes(summary: ComponentSummary, tokens: int) -> float:
     """A KV cache: key and value, every layer, bf16, per token."""
     return 2 * summary.dit_shape.layers * tokens * summary.dit_shape.dim * 2
-
-
-FP8_MIN_CC = (8, 9)
 
 
 def predict_rank(

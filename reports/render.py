@@ -15,14 +15,14 @@ from pathlib import Path
 
 import jinja2
 import pandas as pd
+
+from avatardoctor import __version__
+from avatardoctor.errors import InputError
 from avatardoctor.reports import plots
 from avatardoctor.reports.inputs import UnreadableFile, read_regular
 from avatardoctor.reports.runfolder import RunRecord, read_run_folder
 from avatardoctor.reports.summary import SCHEMA, build_summary
 from avatardoctor.reports.timeline import GPU_ID, Timeline
-
-from avatardoctor import __version__
-from avatardoctor.errors import InputError
 
 OUTCOME_CLASS = {"success": "ok", None: "unknown"}
 SUMMARY_LIMIT = 64 * 2**20  # an earlier summary.json: what tells our folder from the user's

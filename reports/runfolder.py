@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+
 from avatardoctor.reports.inputs import UnreadableFile, read_regular
 from avatardoctor.reports.timeline import MAX_MIB, MAX_SECONDS, Timeline, gpu_id, label
 from avatardoctor.runner.folder import RunFolder

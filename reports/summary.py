@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pandas as pd
+
 from avatardoctor.reports.runfolder import RunDebug, RunPlan, RunRecord
 from avatardoctor.reports.timeline import Timeline
 

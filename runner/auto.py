@@ -6,10 +6,10 @@ import dataclasses
 import json
 from pathlib import Path
 
-from avatardoctor.runner.run import RunOptions, RunResult, execute
-
+from avatardoctor.machine.ports import holders_text, port_holders, probe_port
 from avatardoctor.planfile import PlanFile, read_plan_file
 from avatardoctor.planner import describe, entry_argv, make_plan, plan_file
+from avatardoctor.runner.run import RunOptions, RunResult, execute
 from avatardoctor.upstream import GRADIO_ENV, GRADIO_LACKS, GRADIO_PORT, GRADIO_SERVER_PORT
 
 SMOKE = {"num_clip": 1, "size": "384*256"}  # the seeds' "quick validation": one clip, the smallest size
@@ -117,8 +117,6 @@ def _port_lost(result: RunResult) -> bool:
 def execute_with_port_retry(doc: PlanFile, options: RunOptions, log=print) -> RunResult:
     """Launch; when the master port was taken between the runner's check and torchrun's bind, once more on
     a port free now (a new run folder); after that, name who holds it."""
-    from avatardoctor.checks.ports import port_holders
-
     result = execute(doc, options)
     if not _port_lost(result):
         return result
@@ -126,7 +124,7 @@ def execute_with_port_retry(doc: PlanFile, options: RunOptions, log=print) -> Ru
     log(f"master port {used} was taken as the job started: once more on a free port")
     result = execute(doc.with_(master_port=used), options)  # execute moves a held port to the next free one
     if _port_lost(result):
-        holders = ", ".join(f"PID {pid} ({name})" for pid, name in port_holders(used) if pid) or "another process"
+        holders = holders_text(port_holders(used))
         result = dataclasses.replace(
             result,
             failure=dataclasses.replace(
@@ -218,13 +216,10 @@ GRADIO_NUM_CLIP = "100"  # the gradio scripts' --num_clip
 
 def _free(port: int, what: str) -> tuple[int, str | None]:
     """The port when it is free, else the next free one and a note naming who holds it."""
-    from avatardoctor.checks.ports import bind_error, free_port_near, port_holders
-
-    if bind_error(port) is None:
+    probe = probe_port(port)
+    if probe.free:
         return port, None
-    holders = ", ".join(f"PID {pid} ({name})" for pid, name in port_holders(port) if pid) or "another process"
-    free = free_port_near(port)
-    return free, f"{what} {port} is held by {holders}: using {free}"
+    return probe.next_free, f"{what} {port} is held by {holders_text(probe.holders)}: using {probe.next_free}"
 
 
 def gradio_plan(doc: PlanFile, port: int = GRADIO_SERVER_PORT) -> tuple[PlanFile, str | None]:

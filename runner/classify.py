@@ -25,11 +25,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from avatardoctor.runner.logparse import BAR, segments
-
-from avatardoctor.checks.liveavatar import SEED_REMEDY
 from avatardoctor.config import resolve_config
-from avatardoctor.upstream import LORA_DOWNLOAD, LORA_FILE, LORA_LOCAL, RULES, Launch, Rule
+from avatardoctor.rules import RULES, SEED_REMEDY, Launch, Rule
+from avatardoctor.runner.logparse import BAR, segments
+from avatardoctor.upstream import LORA_DOWNLOAD, LORA_FILE, LORA_LOCAL
 
 MAX_MESSAGE = 300
 

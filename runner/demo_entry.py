@@ -33,7 +33,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from avatardoctor.ckpt import layout
-from avatardoctor.upstream import SIZES
+from avatardoctor.upstream import LORA_RANK, SIZES, str2bool
 
 LATENT_CHANNELS = 16
 LATENT_STRIDE = 8  # pixels per latent, each way
@@ -44,19 +44,9 @@ TOKEN_FEATURES = LATENT_CHANNELS * PATCH * PATCH
 HIDDEN = 256
 VOCAB = 256  # the demo's "text encoder" embeds the prompt's UTF-8 bytes
 SCHEDULE_SHIFT = 3.0  # FlowMatchEulerDiscreteScheduler(shift=3), as upstream's euler solver
-LORA_RANK, LORA_ALPHA = 128, 64.0  # liveavatar/configs/s2v_causal_sft.yaml
+LORA_ALPHA = 64.0  # liveavatar/configs/s2v_causal_sft.yaml lora_alpha
 SMALL_FILE_BYTES = 64 * 2**20  # checkpoint files the demo loads whole: a tiny skeleton's (KB), not a real one's (GB)
 VAE_BOTTLENECK_S = 0.01  # upstream warns when the VAE rank found its latents already waiting
-
-
-def str2bool(value: str) -> bool:
-    """Wan's str2bool, as upstream parses --offload_model."""
-    lowered = value.lower()
-    if lowered in ("yes", "true", "t", "y", "1"):
-        return True
-    if lowered in ("no", "false", "f", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError("Boolean value expected (True/False)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -25,17 +25,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
+
+from avatardoctor import __version__
+from avatardoctor.calibration import IMPORT_SCHEMA, Measurement
+from avatardoctor.errors import InputError
+from avatardoctor.machine.ports import usable_port
+from avatardoctor.planfile import PlanFile, plan_json
 from avatardoctor.runner.classify import Failure, classify
 from avatardoctor.runner.folder import RunFolder, new_run_folder
 from avatardoctor.runner.lines import LINE_CAP, BoundedLines
 from avatardoctor.runner.liveness import Liveness
 from avatardoctor.runner.logparse import LogTracker
 from avatardoctor.runner.sampler import MemorySampler
-
-from avatardoctor import __version__
-from avatardoctor.calibration import IMPORT_SCHEMA, Measurement
-from avatardoctor.errors import InputError
-from avatardoctor.planfile import PlanFile, plan_json
 
 GRACE_S = 10.0
 TAIL_LINES = 4000  # the classifier sees the last lines; the whole log is on disk
@@ -101,12 +102,6 @@ def torchrun_argv(plan: PlanFile, port: int, entry: list[str], shim: bool = Fals
         *entry,
         *plan.argv,
     ]
-
-
-def _free_port(planned: int) -> int:
-    from avatardoctor.checks.ports import bind_error, free_port_near
-
-    return planned if bind_error(planned) is None else (free_port_near(planned) or planned)
 
 
 def _alive(pid: int) -> bool:
@@ -213,7 +208,7 @@ def execute(plan: PlanFile, options: RunOptions) -> RunResult:
             "(run --plan starts in the plan's checkout without it)"
         )
     folder = new_run_folder(options.out_dir, plan.mode)  # unwritable: InputError, nothing launched
-    port = _free_port(plan.master_port)
+    port = usable_port(plan.master_port) or plan.master_port
     argv = torchrun_argv(plan, port, options.entry, options.shim)
     cookie = uuid.uuid4().hex
     env = {
@@ -532,9 +527,8 @@ def _rank_summaries(folder: RunFolder) -> list[dict]:
 
 
 def _render_report(folder: RunFolder) -> Path | None:
-    from avatardoctor.reports.render import render_report
-
     from avatardoctor.errors import InputError
+    from avatardoctor.reports.render import render_report
 
     try:
         return render_report(folder.root)

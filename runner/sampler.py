@@ -25,7 +25,9 @@ from datetime import datetime, timezone
 from typing import IO
 
 import psutil
+
 from avatardoctor.runner.folder import RunFolder
+from avatardoctor.units import MIB
 
 MEMORY_COLUMNS = ["time", "elapsed_s", "gpu", "uuid", "memory_used_mib", "memory_total_mib", "utilization_pct"]
 PROCESS_COLUMNS = ["time", "elapsed_s", "gpu", "pid", "name", "used_mib"]
@@ -33,7 +35,6 @@ MIN_HZ, MAX_HZ = 0.1, 100.0
 PROCESS_INTERVAL_S = 1.0  # listing processes costs far more than reading memory: at most once a second
 JOIN_TIMEOUT_S = 5.0
 TREE_LABEL = "process tree RSS"  # the uuid of the `cpu` rows; the report shows it as the device's name
-MIB = 2**20
 
 Reading = tuple[str, str, float | None, float | None, float | None]  # gpu, uuid, used MiB, total MiB, utilisation %
 ProcessReading = tuple[str, int, str | None, float | None]  # gpu, pid, name, used MiB

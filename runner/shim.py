@@ -23,8 +23,7 @@ from pathlib import Path
 
 from avatardoctor.runner.lines import BoundedLines
 from avatardoctor.runner.logparse import LogTracker
-
-MIB = 2**20
+from avatardoctor.units import MIB
 
 
 class Recorder:

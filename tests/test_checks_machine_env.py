@@ -13,6 +13,7 @@ from conftest import machine, make_ctx
 from avatardoctor.checks import host, nccl, ports, topology
 from avatardoctor.checks.base import Status
 from avatardoctor.machine.model import Pcie
+from avatardoctor.machine.ports import bind_error
 
 # ---- topology ---------------------------------------------------------------------------------
 
@@ -149,7 +150,7 @@ def test_master_port_held_by_a_listening_socket(listener):
     assert r.data["holders"][0]["pid"] == os.getpid()
     suggested = r.data["suggested_port"]
     assert suggested > listener and r.remedy == f"--master-port {suggested}"
-    assert ports.bind_error(suggested) is None
+    assert bind_error(suggested) is None
 
 
 def test_master_port_free_after_the_socket_closes(listener):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import socket
 
 import pytest
-from avatardoctor.runner.auto import gradio_plan
 
 from avatardoctor.planfile import PlanFile
+from avatardoctor.runner.auto import gradio_plan
 from avatardoctor.upstream import GRADIO_PORT
 
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from avatardoctor.reports.plots import min_max_buckets
-from avatardoctor.reports.render import render_compare, render_report
 from runfixture import make_run
 
 from avatardoctor.errors import InputError
+from avatardoctor.reports.plots import min_max_buckets
+from avatardoctor.reports.render import render_compare, render_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = [

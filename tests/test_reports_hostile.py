@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from avatardoctor.reports.render import render_compare, render_report
 from runfixture import make_run
 
 from avatardoctor.errors import InputError
+from avatardoctor.reports.render import render_compare, render_report
 
 HEADER = "timestamp, index, memory.used [MiB], memory.total [MiB]\n"
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from avatardoctor.reports import nvsmi
-from avatardoctor.reports.nvsmi import parse_mib, read_nvidia_smi_csv, unavailable
 
 from avatardoctor.errors import InputError
+from avatardoctor.reports import nvsmi
+from avatardoctor.reports.nvsmi import parse_mib, read_nvidia_smi_csv, unavailable
 
 SEED_HEADER = "timestamp, memory.used [MiB]"  # nvidia-smi --query-gpu=timestamp,memory.used --format=csv -l 1
 

@@ -20,16 +20,15 @@ import pytest
 
 pytest.importorskip("torch", reason="the runner launches torchrun: the [torch] extra; .ci/run installs it")
 
-from avatardoctor.runner.auto import execute_with_port_retry, launch_saved_plan  # noqa: E402
-from avatardoctor.runner.run import RunOptions  # noqa: E402
-from avatardoctor.runner.run import execute as execute_plan  # noqa: E402
-
 from avatardoctor.components import reference_summary  # noqa: E402
 from avatardoctor.config import resolve_config  # noqa: E402
 from avatardoctor.estimates import DEFAULT_TERMS  # noqa: E402
 from avatardoctor.machine.catalogue import catalogue_machine  # noqa: E402
 from avatardoctor.planfile import PlanFile  # noqa: E402
 from avatardoctor.predict import predict  # noqa: E402
+from avatardoctor.runner.auto import execute_with_port_retry, launch_saved_plan  # noqa: E402
+from avatardoctor.runner.run import RunOptions  # noqa: E402
+from avatardoctor.runner.run import execute as execute_plan  # noqa: E402
 
 CHECKOUT = Path(__file__).parent / "fixtures" / "fake_liveavatar"
 ENTRY = ["minimal_inference/s2v_streaming_interact.py"]
@@ -365,9 +364,8 @@ def test_gradio_serves_on_a_free_port_and_records_until_stopped(tmp_path):
 
 
 def test_the_live_view_shows_phase_clips_eta_and_memory_bars():
-    from avatardoctor.runner.logparse import LogTracker
-
     from avatardoctor.cli import live_line
+    from avatardoctor.runner.logparse import LogTracker
 
     class Sampler:
         def last(self):
@@ -385,10 +383,11 @@ def test_the_live_view_shows_phase_clips_eta_and_memory_bars():
 
 
 def test_an_oom_raises_the_next_plans_estimate_by_the_shortfall(tmp_path):
+    from conftest import make_ctx
+
     from avatardoctor.runner.auto import _learn_from_oom
     from avatardoctor.runner.classify import Failure
     from avatardoctor.runner.run import RunResult
-    from conftest import make_ctx
 
     ctx = make_ctx("5xH800-healthy")
     doc = PlanFile(mode="tpp", nproc=5, argv=(), prediction={"gpus": [{"index": 2, "peak_gib": 40.0}]})
@@ -402,8 +401,9 @@ def test_an_oom_raises_the_next_plans_estimate_by_the_shortfall(tmp_path):
 
 
 def test_auto_smoke_plans_and_runs_one_small_clip(tmp_path, monkeypatch):
-    from avatardoctor.runner.auto import auto_run
     from conftest import make_ctx
+
+    from avatardoctor.runner.auto import auto_run
 
     monkeypatch.setenv("FAKE_LIVEAVATAR_MODE", "success")  # the launch inherits the runner's environment
     ctx = make_ctx("5xH800-healthy", prompt=token())
@@ -415,8 +415,9 @@ def test_auto_smoke_plans_and_runs_one_small_clip(tmp_path, monkeypatch):
 
 
 def test_auto_steps_down_after_each_oom(tmp_path, monkeypatch):
-    from avatardoctor.runner.auto import auto_run
     from conftest import make_ctx
+
+    from avatardoctor.runner.auto import auto_run
 
     monkeypatch.setenv("FAKE_LIVEAVATAR_MODE", "oom:1:0")  # every attempt runs out of memory
     lines: list[str] = []

@@ -14,13 +14,13 @@ import pytest
 
 pytest.importorskip("torch", reason="the runner launches torchrun: the [torch] extra; .ci/run installs it")
 
-from avatardoctor.runner.folder import RESERVE_BYTES, RunFolder, new_run_folder  # noqa: E402
-from avatardoctor.runner.lines import LINE_CAP  # noqa: E402
-from avatardoctor.runner.run import RunOptions  # noqa: E402
 from fuzz.harness import run_cli  # noqa: E402
 from test_runner import checkout, execute, no_survivors, options, plan, token  # noqa: E402
 
 from avatardoctor.errors import InputError  # noqa: E402
+from avatardoctor.runner.folder import RESERVE_BYTES, RunFolder, new_run_folder  # noqa: E402
+from avatardoctor.runner.lines import LINE_CAP  # noqa: E402
+from avatardoctor.runner.run import RunOptions  # noqa: E402
 
 
 @contextlib.contextmanager

@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import tracemalloc
 
-from avatardoctor.runner.lines import LINE_CAP, BoundedLines
-from avatardoctor.runner.shim import Phases, PhaseWatcher, Recorder
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from avatardoctor.runner.lines import LINE_CAP, BoundedLines
+from avatardoctor.runner.shim import Phases, PhaseWatcher, Recorder
 
 
 def reference(text: bytes, cap: int) -> list[bytes]:

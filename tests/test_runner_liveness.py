@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+
 from avatardoctor.runner.liveness import CPU_BUSY_CORES, Liveness
 
 

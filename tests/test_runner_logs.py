@@ -15,12 +15,11 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+
+from avatardoctor.config import resolve_config
+from avatardoctor.rules import RULES, SEED_REMEDY, Launch
 from avatardoctor.runner.classify import ASSERT_TEXTS, Failure, classify
 from avatardoctor.runner.logparse import LogTracker, segments, split_rank
-
-from avatardoctor.checks.liveavatar import SEED_REMEDY
-from avatardoctor.config import resolve_config
-from avatardoctor.upstream import RULES, Launch
 
 LOGS = Path(__file__).parent / "fixtures" / "logs"
 STAMPED = re.compile(r"\[\+\s*([\d.]+)s\] (.*)", re.DOTALL)

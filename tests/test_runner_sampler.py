@@ -22,12 +22,13 @@ from pathlib import Path
 
 import psutil
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from avatardoctor.reports.runfolder import read_memory_csv
 from avatardoctor.runner import sampler as sampler_module
 from avatardoctor.runner.folder import RunFolder
 from avatardoctor.runner.sampler import MEMORY_COLUMNS, PROCESS_COLUMNS, MemorySampler, NvmlUnavailable, next_slot
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 # A sampling thread that dies of an exception fails the test that started it.
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")

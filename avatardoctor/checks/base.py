@@ -1,7 +1,9 @@
 """The vocabulary every check speaks: a stable id, a status, a one-line summary, details, a remedy.
 
-A check is a small function decorated with @check(id, group). It reads only the CheckContext (the
-facts) and returns an Outcome; the runner stamps the id on it, and turns an exception into a failed
+A check is a small function decorated with @check(id, group). It reads the CheckContext (the facts,
+this host's probes among them: ctx.probes) and returns an Outcome. The files and programs the
+configuration names (the checkout and its git, the checkpoint, --image/--audio, the LoRA, ffmpeg and
+the entry's imports) are read by the one check that owns each, and that check's docstring says so; the runner stamps the id on it, and turns an exception into a failed
 result naming the bug instead of killing the report. Renderers read results and compute nothing.
 """
 
@@ -19,7 +21,8 @@ from avatardoctor.ckpt.scan import CheckpointScan
 from avatardoctor.components import ComponentSummary, reference_summary
 from avatardoctor.config import LaunchConfig
 from avatardoctor.estimates import DEFAULT_TERMS, EstimateTerms
-from avatardoctor.machine.model import Gpu, Machine
+from avatardoctor.machine.model import Gpu, GpuPair, Machine, p2p_ok
+from avatardoctor.machine.probes import HostProbes
 from avatardoctor.visible import Visible
 
 
@@ -100,6 +103,7 @@ class CheckContext:
     nccl_backend: str | None = None
     nccl_without_p2p: object | None = None  # the same test with NCCL_P2P_DISABLE=1, where P2P is off
     deep: bool = False  # check --deep: checks may run what they would otherwise only read about
+    probes: HostProbes = field(default_factory=HostProbes)  # ports, disk, interfaces: probed once, when asked
 
     @property
     def launch_dir(self) -> Path:
@@ -118,6 +122,20 @@ class CheckContext:
         """Component sizes from the checkpoint's own headers when it verified, else the reference."""
         summary = self.checkpoint.summary if self.checkpoint else None
         return summary or reference_summary()
+
+    @property
+    def handoffs(self) -> list[tuple[int, Gpu, Gpu, GpuPair | None]]:
+        """(sending rank, its GPU, the next rank's GPU, their link) for every hand-off of the latents: in
+        TPP each DiT rank runs one denoising step and sends the latents on with dist.send / dist.recv."""
+        gpus = self.rank_gpus
+        return [
+            (r, gpus[r], gpus[r + 1], self.machine.pair(gpus[r].index, gpus[r + 1].index)) for r in range(len(gpus) - 1)
+        ]
+
+    @property
+    def p2p_missing(self) -> bool:
+        """Some hand-off between the ranks' GPUs has no peer-to-peer path (it goes through host memory)."""
+        return any(not p2p_ok(pair) for *_, pair in self.handoffs)
 
     @property
     def rank_gpus(self) -> tuple[Gpu, ...]:

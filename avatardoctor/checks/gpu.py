@@ -13,14 +13,14 @@ from avatardoctor.checks.base import (
     skipped,
     warned,
 )
-from avatardoctor.checks.liveavatar import SEED_NOTE, SEED_REMEDY
 from avatardoctor.machine.model import Gpu
+from avatardoctor.rules import SEED_NOTE, SEED_REMEDY
 from avatardoctor.units import GIB, gib, mib
+from avatardoctor.upstream import FP8_MIN_CC
 
 # Memory NVML counts as used that no listed process owns; below this it is the CUDA/driver
 # bookkeeping every GPU shows (v1 counts driver-reserved memory as used).
 UNATTRIBUTED_SLACK_BYTES = GIB
-FP8_MIN_CC = (8, 9)  # torch._scaled_mm with float8 e4m3: Ada, Hopper, Blackwell
 
 
 def role(ctx: CheckContext, rank: int) -> str:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 from avatardoctor.checks.base import (
     CheckContext,
     Outcome,
@@ -14,7 +11,6 @@ from avatardoctor.checks.base import (
     skipped,
     warned,
 )
-from avatardoctor.checks.topology import p2p_ok, talking_pairs
 from avatardoctor.predict import VIDEO_SAVE_COPIES
 from avatardoctor.units import GIB, MIB, gib, plural
 
@@ -95,7 +91,7 @@ def check_shm(ctx: CheckContext) -> Outcome:
             f"no /dev/shm facts for {ctx.machine.source} (record the real box with `avatardoctor machine record`)"
         )
     free = h.shm_free_bytes if h.shm_free_bytes is not None else h.shm_total_bytes
-    needs_shm = any(not p2p_ok(ctx.machine.pair(a.index, b.index)) for _, a, b in talking_pairs(ctx))
+    needs_shm = ctx.p2p_missing
     why = (
         "P2P is missing between some ranks, so NCCL moves the hand-offs through /dev/shm"
         if needs_shm
@@ -112,28 +108,22 @@ def check_shm(ctx: CheckContext) -> Outcome:
     return passed(f"/dev/shm has {gib(free)} free", details, data=data)
 
 
-def _existing(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
 @check("host.disk", "Host")
 def check_disk(ctx: CheckContext) -> Outcome:
     target = ctx.config.liveavatar or ctx.cwd
     target = target if target.is_absolute() else ctx.cwd / target
-    usage = shutil.disk_usage(_existing(target))
+    usage = ctx.probes.disk(target)
     details = [
-        f"{target}: {gib(usage.free)} free of {gib(usage.total)} on this host",
+        f"{target}: {gib(usage.free_bytes)} free of {gib(usage.total_bytes)} on this host",
         "Live Avatar writes ./output/*.mp4 in its checkout; avatardoctor writes ./runs/",
     ]
-    data = {"path": str(target), "free_bytes": usage.free}
+    data = {"path": str(target), "free_bytes": usage.free_bytes}
     remedy = "free disk space there, or run from a directory on a larger disk"
-    if usage.free < DISK_MIN_BYTES:
-        return failed(f"only {gib(usage.free)} free where outputs go", details, remedy, data)
-    if usage.free < DISK_COMFORT_BYTES:
-        return warned(f"only {gib(usage.free)} free where outputs go", details, remedy, data)
-    return passed(f"{gib(usage.free, 1)} free where outputs go", details, data=data)
+    if usage.free_bytes < DISK_MIN_BYTES:
+        return failed(f"only {gib(usage.free_bytes)} free where outputs go", details, remedy, data)
+    if usage.free_bytes < DISK_COMFORT_BYTES:
+        return warned(f"only {gib(usage.free_bytes)} free where outputs go", details, remedy, data)
+    return passed(f"{gib(usage.free_bytes, 1)} free where outputs go", details, data=data)
 
 
 CHECKS = (check_ram, check_shm, check_disk)

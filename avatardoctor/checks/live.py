@@ -4,7 +4,7 @@ run once when the context is built; this only judges them."""
 from __future__ import annotations
 
 from avatardoctor.checks.base import CheckContext, Outcome, check, failed, passed, skipped, warned
-from avatardoctor.checks.topology import p2p_ok, talking_pairs
+from avatardoctor.machine.model import p2p_ok
 
 # GB/s per PCIe lane by generation (after encoding overhead), and per NVLink (per direction).
 PCIE_LANE_GBS = {3: 0.985, 4: 1.969, 5: 3.938, 6: 7.563}
@@ -15,8 +15,7 @@ SLOW_SHARE = 0.25  # below this share of what the links allow, the busbw is wort
 def expected_busbw(ctx: CheckContext) -> float | None:
     """What the slowest rank-to-rank link should carry (GB/s), from the topology; None on CPU."""
     links = []
-    for _, a, b in talking_pairs(ctx):
-        pair = ctx.machine.pair(a.index, b.index)
+    for _, a, _, pair in ctx.handoffs:
         if pair and pair.nvlinks:
             links.append(pair.nvlinks * NVLINK_GBS)
             continue

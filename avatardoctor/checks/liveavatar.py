@@ -23,6 +23,7 @@ from avatardoctor.checks.base import (
 )
 from avatardoctor.ckpt.safetensors_file import CkptFileError, read_header
 from avatardoctor.predict import reference_hw
+from avatardoctor.rules import SEED_NOTE, SEED_REMEDY, violations
 from avatardoctor.units import gib, plural
 from avatardoctor.upstream import (
     LORA_CACHE_DIR,
@@ -36,7 +37,6 @@ from avatardoctor.upstream import (
     cond_capacity,
     cond_tokens,
     padded_size,
-    violations,
 )
 
 GROUP = "Live Avatar"
@@ -198,13 +198,6 @@ def commit(ctx: CheckContext) -> Outcome:
 def _seed_layout(ctx: CheckContext) -> bool:
     """The seed articles' 4-GPU TPP: 3 DiT GPUs + 1 VAE GPU, or TPP chosen on a 4-GPU box."""
     return ctx.config.mode in MULTI_PROCESS_MODES and (ctx.config.num_gpus_dit == 3 or len(ctx.visible.gpus) == 4)
-
-
-SEED_NOTE = (
-    "the seed articles' 4-GPU TPP (run_4gpu_tpp.sh, 3 DiT GPUs + 1 VAE GPU) is not in upstream Live Avatar, "
-    "and upstream refuses it"
-)
-SEED_REMEDY = "--mode single on one 80 GB-class GPU, or five GPUs for tpp (--num-gpus-dit 4 --sample-steps 4)"
 
 
 @check("la.asserts", GROUP)

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-import psutil
-
 from avatardoctor.checks.base import CheckContext, Outcome, Status, check, worst
-from avatardoctor.checks.topology import p2p_ok, talking_pairs
 
 HEARTBEAT_DEFAULT_S = 480  # torch's ProcessGroupNCCL default (8 minutes)
 NCCL_DEBUG_LEVELS = ("VERSION", "WARN", "INFO", "ABORT", "TRACE")
@@ -35,8 +32,7 @@ def _p2p_disable(ctx: CheckContext) -> Finding | None:
         return None
     if ctx.config.nproc < 2:
         return Status.PASS, "NCCL_P2P_DISABLE=1: no effect with one process", None
-    pairs = talking_pairs(ctx)
-    if pairs and all(p2p_ok(ctx.machine.pair(a.index, b.index)) for _, a, b in pairs):
+    if ctx.handoffs and not ctx.p2p_missing:
         return (
             Status.WARN,
             "NCCL_P2P_DISABLE=1 forces the rank-to-rank hand-off through host memory although P2P "
@@ -49,10 +45,7 @@ def _p2p_disable(ctx: CheckContext) -> Finding | None:
 def _shm_disable(ctx: CheckContext) -> Finding | None:
     if not _flag(ctx.env, "NCCL_SHM_DISABLE") or ctx.config.nproc < 2:
         return None
-    pairs = talking_pairs(ctx)
-    no_p2p = _flag(ctx.env, "NCCL_P2P_DISABLE") or any(
-        not p2p_ok(ctx.machine.pair(a.index, b.index)) for _, a, b in pairs
-    )
+    no_p2p = _flag(ctx.env, "NCCL_P2P_DISABLE") or ctx.p2p_missing
     if no_p2p:
         return (
             Status.WARN,
@@ -83,7 +76,7 @@ def _socket_ifname(ctx: CheckContext) -> Finding | None:
     value = ctx.env.get("NCCL_SOCKET_IFNAME")
     if value is None:
         return None
-    interfaces = sorted(psutil.net_if_addrs())
+    interfaces = ctx.probes.interfaces()
     exclude = value.startswith("^")
     patterns = [p for p in value.lstrip("^").split(",") if p]
     hits = [i for i in interfaces if any(_matches(i, p) for p in patterns)]

@@ -1,7 +1,7 @@
 """Topology checks: how the ranks' GPUs are connected, and whether their PCIe links run at full width.
 
-In TPP each DiT rank runs one denoising step and hands the latents to the next rank with
-dist.send / dist.recv, so what matters is the link between consecutive ranks.
+In TPP each DiT rank runs one denoising step and hands the latents to the next rank
+(CheckContext.handoffs), so what matters is the link between consecutive ranks.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from avatardoctor.checks.base import (
     skipped,
     warned,
 )
-from avatardoctor.machine.model import Gpu, GpuPair, Machine
+from avatardoctor.machine.model import Gpu, GpuPair, Machine, p2p_ok
 
 LEGEND = (
     "X = self, NV# = # NVLinks, PIX = one PCIe bridge, PXB = several PCIe bridges, "
@@ -43,16 +43,6 @@ def topology_matrix(machine: Machine, gpus: tuple[Gpu, ...]) -> list[str]:
     return [r.rstrip() for r in rows]
 
 
-def talking_pairs(ctx: CheckContext) -> list[tuple[int, Gpu, Gpu]]:
-    """(sending rank, its GPU, the next rank's GPU) for every hand-off of the latents."""
-    gpus = ctx.rank_gpus
-    return [(r, gpus[r], gpus[r + 1]) for r in range(len(gpus) - 1)]
-
-
-def p2p_ok(pair: GpuPair | None) -> bool:
-    return pair is not None and pair.p2p_read == "ok" and pair.p2p_write == "ok"
-
-
 @check("topo.p2p", "Topology")
 def check_p2p(ctx: CheckContext) -> Outcome:
     if skip := needs_gpu_facts(ctx):
@@ -62,8 +52,7 @@ def check_p2p(ctx: CheckContext) -> Outcome:
     m = ctx.machine
     details = topology_matrix(m, ctx.visible.gpus) + [LEGEND]
     without, geforce_ok = [], []
-    for rank, a, b in talking_pairs(ctx):
-        pair = m.pair(a.index, b.index)
+    for rank, a, b, pair in ctx.handoffs:
         status = "ok" if p2p_ok(pair) else (pair.p2p_read if pair else "unknown")
         details.append(
             f"rank {rank} -> {rank + 1}: GPU {a.index} -> GPU {b.index} over {link_label(pair)}, P2P {status}"
@@ -83,16 +72,16 @@ def check_p2p(ctx: CheckContext) -> Outcome:
     if without:
         reasons = sorted({why.replace("_", " ") for _, _, why in without})
         return warned(
-            f"no P2P on {len(without)} of {len(talking_pairs(ctx))} rank-to-rank links ({'; '.join(reasons)}): "
+            f"no P2P on {len(without)} of {len(ctx.handoffs)} rank-to-rank links ({'; '.join(reasons)}): "
             "NCCL routes the hand-off through host memory",
             details + ["slower hand-offs, and NCCL then needs /dev/shm space (see host.shm)"],
             remedy="nothing to set: NCCL falls back to shared memory by itself, so NCCL_P2P_DISABLE=1 "
             "is not needed; for fast hand-offs use GPUs joined by NVLink or P2P-capable PCIe",
             data=data,
         )
-    links = sorted({link_label(m.pair(a.index, b.index)) for _, a, b in talking_pairs(ctx)})
+    links = sorted({link_label(pair) for *_, pair in ctx.handoffs})
     return passed(
-        f"P2P between all {len(talking_pairs(ctx))} consecutive rank pairs ({', '.join(links)})", details, data=data
+        f"P2P between all {len(ctx.handoffs)} consecutive rank pairs ({', '.join(links)})", details, data=data
     )
 
 

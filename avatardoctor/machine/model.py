@@ -79,6 +79,11 @@ class GpuPair:
     nvlinks: int = 0
 
 
+def p2p_ok(pair: GpuPair | None) -> bool:
+    """Peer-to-peer reads and writes both work between the pair (None: no facts, so no)."""
+    return pair is not None and pair.p2p_read == "ok" and pair.p2p_write == "ok"
+
+
 @dataclass(frozen=True)
 class Host:
     cpu_count: int | None = None

@@ -18,8 +18,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for the run-folder fixture
 
-from avatardoctor.reports.render import render_report  # noqa: E402
 from runfixture import make_run  # noqa: E402
+
+from avatardoctor.reports.render import render_report  # noqa: E402
 
 TARGET_S, HTML_LIMIT = 5.0, 2 * 2**20
 

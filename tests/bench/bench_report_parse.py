@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+
 from avatardoctor.reports.nvsmi import read_nvidia_smi_csv
 
 TARGET_S = 2.0

@@ -16,11 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from avatardoctor.runner.auto import demo_plan
-from avatardoctor.runner.run import RunOptions, execute, torchrun_argv
-
 from avatardoctor.ckpt.demo import cache_dir
 from avatardoctor.ckpt.skeleton import write_skeleton
+from avatardoctor.runner.auto import demo_plan
+from avatardoctor.runner.run import RunOptions, execute, torchrun_argv
 
 ENTRY = ["-m", "avatardoctor.runner.demo_entry"]
 

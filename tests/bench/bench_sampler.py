@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import psutil
+
 from avatardoctor.runner.folder import RunFolder
 from avatardoctor.runner.sampler import MemorySampler
 

@@ -15,14 +15,14 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from avatardoctor.reports.nvsmi import read_nvidia_smi_csv
-from avatardoctor.reports.runfolder import read_run_folder
-from avatardoctor.reports.summary import build_summary
 from harness import corpus_files, fuzz_settings, run_cli
 from hypothesis import given
 from hypothesis import strategies as st
 
 from avatardoctor.errors import InputError
+from avatardoctor.reports.nvsmi import read_nvidia_smi_csv
+from avatardoctor.reports.runfolder import read_run_folder
+from avatardoctor.reports.summary import build_summary
 
 CATEGORY = "reports"
 FIELDS = [

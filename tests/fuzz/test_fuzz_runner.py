@@ -15,16 +15,16 @@ from pathlib import Path
 
 import hypothesis
 import pytest
-from avatardoctor.runner.auto import gradio_plan
-from avatardoctor.runner.folder import new_run_folder
-from avatardoctor.runner.lines import LINE_CAP
-from avatardoctor.runner.run import torchrun_argv
-from avatardoctor.runner.shim import Phases, PhaseWatcher, Recorder
 from harness import EXAMPLES, LONG, corpus_files, fuzz_settings, run_cli
 from hypothesis import given
 from hypothesis import strategies as st
 
 from avatardoctor.planfile import PlanFile, plan_problem
+from avatardoctor.runner.auto import gradio_plan
+from avatardoctor.runner.folder import new_run_folder
+from avatardoctor.runner.lines import LINE_CAP
+from avatardoctor.runner.run import torchrun_argv
+from avatardoctor.runner.shim import Phases, PhaseWatcher, Recorder
 
 FAKE_CHECKOUT = Path(__file__).parents[1] / "fixtures" / "fake_liveavatar"
 BASE = {
