@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +17,7 @@ import click
 from avatardoctor import __version__, exitcodes
 from avatardoctor.config import MODES
 from avatardoctor.errors import InputError
-from avatardoctor.upstream import str2bool
+from avatardoctor.upstream import Size, str2bool
 
 
 def _boolean(value: str) -> bool:
@@ -39,11 +38,12 @@ class FiniteRange(click.FloatRange):
         return number
 
 
-def _size_value(ctx, param, value: str | None) -> str | None:
-    """WIDTH*HEIGHT in pixels; whether upstream accepts it is la.asserts' to say, not the parser's."""
-    if value is not None and not re.fullmatch(r"[1-9]\d{1,4}\*[1-9]\d{1,4}", value):
-        raise click.BadParameter(f"{value!r} is not WIDTH*HEIGHT in pixels, e.g. 704*384")
-    return value
+def _size_value(ctx, param, value: str | None) -> Size | None:
+    """WIDTH*HEIGHT in pixels, parsed here once; whether upstream accepts it is la.asserts' to say."""
+    try:
+        return None if value is None else Size(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 def machine_options(fn):
@@ -172,8 +172,8 @@ def predict_command(machine, demo, as_json, **config_flags):
     """Predict every GPU's peak memory, phase by phase. Exit 0 fits (or tight), 1 won't fit or won't run, 2 bad input."""
     from rich.console import Console
 
+    from avatardoctor.advice import hardware_advice, smallest_change
     from avatardoctor.doctor import build_context
-    from avatardoctor.planner import hardware_advice, smallest_change
     from avatardoctor.render import prediction_json, render_prediction
 
     ctx = build_context(machine, demo, **config_flags)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from avatardoctor.upstream import ALL_MODES, LORA_HUB_ID, MULTI_PROCESS_MODES, SCRIPT_PORT, SCRIPT_SIZE
+from avatardoctor.upstream import ALL_MODES, LORA_HUB_ID, MULTI_PROCESS_MODES, SCRIPT_PORT, SCRIPT_SIZE, Size
 
 MODES = ALL_MODES
 CKPT_DIR = "ckpt/Wan2.2-S2V-14B/"  # --ckpt_dir in every upstream script, relative to the checkout
@@ -46,7 +46,7 @@ class LaunchConfig:
     mode: str
     mode_reason: str  # why this mode: "--mode" or "default for N visible GPUs"
     num_gpus_dit: int
-    size: str
+    size: Size  # parsed once (upstream.Size), still the "W*H" text
     offload_model: bool
     master_port: int
     enable_vae_parallel: bool
@@ -72,6 +72,9 @@ class LaunchConfig:
     compile: bool = True  # ENABLE_COMPILE (the scripts' true): eager PyTorch holds about twice the activations
     gradio: bool = False  # launched through gradio_app.py, whose start-up asserts are laxer
     explicit: frozenset[str] = frozenset()  # the fields the user set with a flag: the planner keeps them
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", Size(self.size))  # a Size stays itself: text from a flag or a plan parses here
 
     @property
     def nproc(self) -> int:

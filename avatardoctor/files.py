@@ -1,4 +1,6 @@
-"""Writing the user's files: never over something they had unless asked, never half-written."""
+"""The user's files, written and read safely: never written over unless asked, never half-written; read
+only when regular and within a bound (a FIFO is refused without waiting for a writer, /dev/zero
+unread, a huge file refused before it is read), which is how every untrusted file is read here."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import errno
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 from avatardoctor.errors import InputError
 
@@ -23,24 +26,88 @@ def write_new_file(path: Path, text: str, flag: str, force: bool = False) -> Non
         raise InputError(f"{flag} {path}: cannot write ({err.strerror})") from None
 
 
+class UnreadableFile(Exception):
+    """A file a reader does not read; str() is the reason, e.g. 'not a regular file'."""
+
+
+class FileTooBig(UnreadableFile):
+    """A regular file over the reader's limit, left unread."""
+
+    def __init__(self, size: int, limit: int):
+        super().__init__(f"{size / 2**20:.1f} MiB, over the {limit / 2**20:g} MiB limit")
+        self.size, self.limit = size, limit
+
+
 class FileTooLarge(Exception):
-    """A file over the limit its reader allows; it was not read beyond it."""
+    """read_limited's refusal of a file over its limit; it was not read beyond it."""
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether path, its links resolved, lies in folder (its links resolved too)."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+
+
+def _open_regular_fd(path: Path) -> tuple[int, os.stat_result]:
+    """The open descriptor (-1 where path is no regular file, closed then), and what it is. O_NONBLOCK: opening a
+    FIFO must not wait for a writer; nothing is read here. OSError when it cannot be opened."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):  # only regular files are read: a FIFO or a device may never end
+        os.close(fd)
+        return -1, info
+    return fd, info
+
+
+def open_regular(path: Path, limit: int, within: Path | None = None) -> tuple[BinaryIO, int]:
+    """(the open file, its size) if path is a regular file of at most limit bytes, inside `within` when
+    given; else UnreadableFile saying why (FileTooBig for one over the limit)."""
+    if within is not None and not inside(path, within):
+        raise UnreadableFile(f"a link out of {within.name or within}: not followed")
+    try:
+        fd, info = _open_regular_fd(path)
+    except OSError as e:
+        raise UnreadableFile(e.strerror or str(e)) from None
+    if fd < 0:
+        raise UnreadableFile("not a regular file")
+    if info.st_size > limit:
+        os.close(fd)
+        raise FileTooBig(info.st_size, limit)
+    return os.fdopen(fd, "rb"), info.st_size
+
+
+def read_regular(path: Path, limit: int, within: Path | None = None) -> bytes:
+    """A regular file's bytes, at most limit of them even if it grows while read (open_regular's errors)."""
+    f, _ = open_regular(path, limit, within)
+    with f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise UnreadableFile(f"grew over the {limit / 2**20:g} MiB limit while read")
+    return data
 
 
 def read_limited(path: Path, limit: int) -> bytes:
     """A small file's bytes, reading at most limit + 1 of them: a huge file is refused unread.
-    OSError for a file that cannot be read; FileTooLarge for one over the limit."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once instead of waiting for a writer
-    with open(fd, "rb") as f:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-        if not stat.S_ISREG(mode):  # only regular files are read: a FIFO or a device may never end
-            raise OSError(errno.EINVAL, "not a regular file (a FIFO or a device?)", str(path))
+    OSError (with the system's reason) for a file that cannot be read; FileTooLarge for one over the limit."""
+    fd, info = _open_regular_fd(path)
+    if stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if fd < 0:
+        raise OSError(errno.EINVAL, "not a regular file (a FIFO or a device?)", str(path))
+    with os.fdopen(fd, "rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:
         raise FileTooLarge(limit)
     return data
+
+
+def read_tail(path: Path, limit: int) -> bytes:
+    """The last `limit` bytes of a regular file (a log that may have grown to gigabytes); OSError otherwise."""
+    fd, info = _open_regular_fd(path)
+    if fd < 0:
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    with os.fdopen(fd, "rb") as f:
+        f.seek(max(0, info.st_size - limit))
+        return f.read(limit)
 
 
 SPECIAL_FILES = (

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from avatardoctor.errors import InputError
 from avatardoctor.files import FileTooLarge, read_limited
+from avatardoctor.upstream import SIZE_PATTERN
 
 PLAN_SCHEMA = "avatardoctor.plan/1"
 PLAN_LIMIT = 16 * 2**20
@@ -25,7 +26,6 @@ LAUNCH_LIMIT = 2**20  # all of them together, well inside the kernel's ARG_MAX (
 MAX_NPROC = 64
 MODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")  # names the run folder: never a path
 FLAG = re.compile(r"--[A-Za-z0-9][A-Za-z0-9_-]{0,39}")  # a flag named in an error message: printable, one line
-SIZE = re.compile(r"\d{1,5}\*\d{1,5}")
 # The configuration fields a run may rebuild the plan from, with the type each must have.
 INT_FIELDS = ("infer_frames", "sample_steps", "num_gpus_dit", "ulysses_size", "num_clip", "master_port")
 BOOL_FIELDS = ("fp8", "offload_model", "t5_cpu", "t5_fsdp", "offload_kv_cache", "enable_online_decode", "compile")
@@ -136,7 +136,7 @@ class PlanFile:
                 if name == "audio_seconds"
                 else isinstance(value, str)
                 and not _launch_string_problem(name, value)
-                and (name != "size" or SIZE.fullmatch(value))
+                and (name != "size" or SIZE_PATTERN.fullmatch(value))
             )
             if not good:
                 raise InputError(

@@ -459,8 +459,25 @@ def predict_rank(
 def predict(
     config: LaunchConfig, rank_gpus: tuple[Gpu, ...], summary: ComponentSummary, terms: EstimateTerms
 ) -> Prediction:
+    """Every rank GPU's peak, phase by phase, and the host's. The input files are read once per file
+    version (read_per_file_version); the arithmetic is memoised per configuration, machine, sizes, terms
+    and inputs, so a command that asks the same question many times (fit.peak, host.ram, the planner's
+    search, the advice) computes it once."""
     image_hw, note = reference_hw(config)
     inputs = Inputs(image_hw, audio_seconds(config), lora_params(config))
+    return _predict(config, tuple(rank_gpus), summary, terms, inputs, note)
+
+
+@functools.lru_cache(maxsize=1024)
+def _predict(
+    config: LaunchConfig,
+    rank_gpus: tuple[Gpu, ...],
+    summary: ComponentSummary,
+    terms: EstimateTerms,
+    inputs: Inputs,
+    note: str | None,
+) -> Prediction:
+    image_hw = inputs.image_hw
     geo = geometry(config, image_hw)
     gpus = tuple(
         predict_rank(r, g, config, summary, terms, geo, inputs) for r, g in enumerate(rank_gpus[: config.nproc])

@@ -111,12 +111,38 @@ SPATIAL_STRIDE = 16  # VAE 8 px, then the (1, 2, 2) patch: one token per 16x16 p
 COND_CAPACITY_TPP, COND_CAPACITY_SINGLE = 3000, 2800  # the conditioning cache's preallocated tokens
 
 
+SIZE_PATTERN = re.compile(r"([1-9]\d{1,4})\*([1-9]\d{1,4})")  # --size: WIDTH*HEIGHT, as argparse takes it
+
+
+class Size(str):
+    """A --size value as upstream spells it ("704*384", width*height), parsed once: it is still that
+    string (plans, JSON and flags carry it as text) and knows its width, height and area."""
+
+    width: int
+    height: int
+
+    def __new__(cls, text: str) -> Size:
+        if isinstance(text, Size):
+            return text
+        match = SIZE_PATTERN.fullmatch(text)
+        if match is None:
+            raise ValueError(f"{text!r} is not WIDTH*HEIGHT in pixels, e.g. 704*384")
+        size = super().__new__(cls, text)
+        size.width, size.height = int(match[1]), int(match[2])
+        return size
+
+    @property
+    def area(self) -> int:
+        """The pixel budget upstream fits the image's aspect into."""
+        return self.width * self.height
+
+
 def padded_size(size: str, image_hw: tuple[int, int] | None = None) -> tuple[int, int]:
     """(height, width) Live Avatar really renders: the image's aspect within the --size area budget,
     padded up to multiples of 64, never upscaled (get_size_less_than_area). Without an image, the
     aspect of the --size string (width*height)."""
-    width, height = (int(x) for x in size.split("*"))
-    target = width * height
+    size = Size(size)
+    width, height, target = size.width, size.height, size.area
     h, w = image_hw or (height, width)
     if h * w <= target:
         min_scale, max_scale = 0.1, 1.0
@@ -136,8 +162,7 @@ def padded_size(size: str, image_hw: tuple[int, int] | None = None) -> tuple[int
 
 def area(size: str) -> int:
     """The pixel budget of a --size value ("720*400")."""
-    width, height = size.split("*")
-    return int(width) * int(height)
+    return Size(size).area
 
 
 def tokens_per_frame(height: int, width: int) -> int:

@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from avatardoctor.errors import InputError
+from avatardoctor.files import FileTooBig, UnreadableFile, open_regular
 
-from .inputs import FileTooBig, UnreadableFile, open_regular
 from .timeline import MAX_GPU_INDEX, MAX_MIB, Timeline
 from .timeline import label as display_label
 

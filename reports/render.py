@@ -18,8 +18,8 @@ import pandas as pd
 
 from avatardoctor import __version__
 from avatardoctor.errors import InputError
+from avatardoctor.files import UnreadableFile, read_regular
 from avatardoctor.reports import plots
-from avatardoctor.reports.inputs import UnreadableFile, read_regular
 from avatardoctor.reports.runfolder import RunRecord, read_run_folder
 from avatardoctor.reports.summary import SCHEMA, build_summary
 from avatardoctor.reports.timeline import GPU_ID, Timeline

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from avatardoctor.reports.inputs import UnreadableFile, read_regular
+from avatardoctor.files import UnreadableFile, read_regular
 from avatardoctor.reports.timeline import MAX_MIB, MAX_SECONDS, Timeline, gpu_id, label
 from avatardoctor.runner.folder import RunFolder
 

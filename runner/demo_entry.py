@@ -33,7 +33,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from avatardoctor.ckpt import layout
-from avatardoctor.upstream import LORA_RANK, SIZES, str2bool
+from avatardoctor.upstream import LORA_RANK, SIZES, Size, str2bool
 
 LATENT_CHANNELS = 16
 LATENT_STRIDE = 8  # pixels per latent, each way
@@ -188,7 +188,8 @@ class Geometry:
     def from_args(cls, size: str, infer_frames: int) -> Geometry:
         # --size is an area budget at the image's aspect ratio, padded to multiples of 64; the demo
         # reads no image and assumes one of the size's own aspect ratio.
-        width, height = (int(x) // 64 * 64 for x in size.split("*"))
+        parsed = Size(size)
+        width, height = parsed.width // 64 * 64, parsed.height // 64 * 64
         return cls(height, width, infer_frames)
 
     @property

@@ -1,9 +1,7 @@
-"""Executing a plan: torchrun in its own process group, every line logged with its time, memory
-sampled, hangs and signals handled, and a run folder that explains itself (docs/run-folder.md).
-
-No rank may outlive the runner: besides the normal stop (SIGINT, grace, SIGTERM, SIGKILL to the
-whole group), a reaper process holds a pipe from the runner and kills the group if the runner dies
-without stopping it (even by SIGKILL).
+"""Executing a plan: torchrun supervised (avatardoctor.jobs: no rank outlives the runner, even a
+SIGKILLed one), every line logged with its time, memory sampled, hangs and signals handled, and a run
+folder that explains itself (docs/run-folder.md), its report drawn by a child process
+(reports/__main__.py).
 """
 
 from __future__ import annotations
@@ -19,16 +17,14 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import psutil
-
-from avatardoctor import __version__
+from avatardoctor import __version__, jobs
 from avatardoctor.calibration import IMPORT_SCHEMA, Measurement
 from avatardoctor.errors import InputError
+from avatardoctor.files import FileTooLarge, read_limited
 from avatardoctor.machine.ports import usable_port
 from avatardoctor.planfile import PlanFile, plan_json
 from avatardoctor.runner.classify import Failure, classify
@@ -37,29 +33,15 @@ from avatardoctor.runner.lines import LINE_CAP, BoundedLines
 from avatardoctor.runner.liveness import Liveness
 from avatardoctor.runner.logparse import LogTracker
 from avatardoctor.runner.sampler import MemorySampler
+from avatardoctor.units import MIB
 
 GRACE_S = 10.0
+RANK_RECORD_LIMIT = 16 * MIB  # a rank's shim record: events and peaks, kilobytes
+REPORT_TIMEOUT_S = 300.0  # a report of a week-long run's CSV takes seconds; a stuck one must not hold the run
 TAIL_LINES = 4000  # the classifier sees the last lines; the whole log is on disk
 TAIL_LINE_CHARS = 4096  # of each, its head: errors are short lines, and 4000 capped lines stay under 16 MiB
-JOB_COOKIE = "AVATARDOCTOR_JOB"  # in every job process's environment, so that one that left the tree is still the job's
-LIVENESS_PERIOD_S = 1.0  # how often the job's CPU and GPU use are read for the hang detector
-# The reaper reads the PIDs of torchrun's descendants as the runner reports them (ranks may run in
-# sessions of their own, out of reach of torchrun's process group); when the pipe closes, because
-# the runner exited or died, it kills the group and every PID it was told about.
-# Kills the job when the runner dies (its stdin closes): torchrun's group, every PID the runner reported,
-# and every process carrying the job's cookie, which covers a rank started after the last report.
-REAPER = (
-    "import os, signal, sys\n"
-    "pgid, mark, pids = int(sys.argv[1]), sys.argv[2].encode(), set()\n"
-    "for line in sys.stdin:\n    pids.update(int(p) for p in line.split())\n"
-    "for entry in os.listdir('/proc'):\n"
-    "    try:\n"
-    "        with open(f'/proc/{entry}/environ', 'rb') as f:\n"
-    "            if mark in f.read().split(b'\\0'):\n                pids.add(int(entry))\n"
-    "    except (OSError, ValueError):\n        pass\n"
-    "for kill, target in [(os.killpg, pgid)] + [(os.kill, p) for p in pids - {os.getpid()}]:\n"
-    "    try:\n        kill(target, signal.SIGKILL)\n    except (ProcessLookupError, PermissionError):\n        pass\n"
-)
+LIVENESS_PERIOD_S = 1.0  # how often the job's processes are listed and their CPU and GPU use read (hangs)
+STRAY_SEARCH_PERIOD_S = 10.0  # how often every process on the host is looked at for the job's strays
 
 
 @dataclass
@@ -90,93 +72,7 @@ SHIM = ["-m", "avatardoctor.runner.shim"]
 
 def torchrun_argv(plan: PlanFile, port: int, entry: list[str], shim: bool = False) -> list[str]:
     """The launch, as a list (never a shell string): a prompt full of $(...), quotes and ; is one item."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        str(plan.nproc),
-        "--master_port",
-        str(port),
-        *(SHIM if shim else []),
-        *entry,
-        *plan.argv,
-    ]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-class _Stopper:
-    """Stops the job once: SIGINT, a grace period, SIGTERM, then SIGKILL, to torchrun's process group
-    and to every job process seen: torchrun's descendants (ranks sit in sessions of their own), every
-    process in a session the job started, and every process whose environment carries the job's cookie
-    (a daemon that double-forked out of the tree and into a session of its own)."""
-
-    def __init__(self, proc: subprocess.Popen, cookie: str):
-        self.proc, self.cookie, self.lock, self.done = proc, cookie, threading.Lock(), False
-        self.descendants: set[int] = set()
-        self.not_job: set[int] = set()  # PIDs whose environment was read and lacks the cookie: read each once
-
-    def track(self) -> set[int]:
-        """Note the job's processes; returns the ones not seen before."""
-        try:
-            found = {c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)}
-        except psutil.Error:
-            found = set()
-        known = found | self.descendants | {self.proc.pid}
-        sessions = {sid for sid in map(_session, known) if sid in known}  # sessions whose leader is the job's
-        current = set(psutil.pids()) - {os.getpid()}
-        self.not_job &= current  # forget PIDs that ended: a reused one is read again
-        for pid in current - known - self.not_job:
-            if _session(pid) in sessions or self._has_cookie(pid):
-                found.add(pid)
-            else:
-                self.not_job.add(pid)
-        new = found - self.descendants
-        self.descendants |= found
-        return new
-
-    def _has_cookie(self, pid: int) -> bool:
-        try:
-            return psutil.Process(pid).environ().get(JOB_COOKIE) == self.cookie
-        except psutil.Error:  # gone, or another user's process: not ours to stop
-            return False
-
-    def _signal(self, sig: int) -> None:
-        for kill, target in [(os.killpg, self.proc.pid)] + [(os.kill, p) for p in self.descendants]:
-            try:
-                kill(target, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-    def stop(self) -> None:
-        with self.lock:
-            if self.done:
-                return
-            self.done = True
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-            self.track()  # again each round: a process may fork while the job winds down
-            self._signal(sig)
-            try:
-                self.proc.wait(GRACE_S)
-            except subprocess.TimeoutExpired:
-                continue
-            if not any(map(_alive, self.descendants)):
-                return
-        self.track()
-        self._signal(signal.SIGKILL)
-
-
-def _session(pid: int) -> int | None:
-    try:
-        return os.getsid(pid)
-    except OSError:
-        return None
+    return jobs.torchrun_argv(plan.nproc, port, *(SHIM if shim else []), *entry, *plan.argv)
 
 
 class _Log:
@@ -210,14 +106,12 @@ def execute(plan: PlanFile, options: RunOptions) -> RunResult:
     folder = new_run_folder(options.out_dir, plan.mode)  # unwritable: InputError, nothing launched
     port = usable_port(plan.master_port) or plan.master_port
     argv = torchrun_argv(plan, port, options.entry, options.shim)
-    cookie = uuid.uuid4().hex
     env = {
         **os.environ,
         **plan.env,
         "PYTHONUNBUFFERED": "1",
         "AVATARDOCTOR_RANK_DIR": str(folder.ranks.resolve()),  # the ranks run elsewhere
         "AVATARDOCTOR_MEMORY_HISTORY": "1" if options.memory_history else "0",
-        JOB_COOKIE: cookie,
     }
     started_wall, started = datetime.now(timezone.utc), time.monotonic()
     tracker = LogTracker(plan.nproc, plan.num_clip)
@@ -232,24 +126,18 @@ def execute(plan: PlanFile, options: RunOptions) -> RunResult:
             f"--out-dir {options.out_dir}: cannot write the run folder ({e.strerror}); "
             "free space or choose another folder"
         ) from None
+    reporter = _ReportChild()
     try:
         if options.not_ready:
             log.write(f"[avatardoctor] LAUNCHED WITH --force although checks failed: {', '.join(options.not_ready)}\n")
-        proc = subprocess.Popen(
-            argv, cwd=options.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        reaper = subprocess.Popen(
-            [sys.executable, "-c", REAPER, str(proc.pid), f"{JOB_COOKIE}={cookie}"],
-            stdin=subprocess.PIPE,
-            start_new_session=True,
-        )
-        stopper = _Stopper(proc, cookie)
+        job = jobs.Job(argv, cwd=options.cwd, env=env, grace_s=GRACE_S)
+        proc = job.proc
         sampler = MemorySampler(folder, options.sample_hz, root_pid=proc.pid, gpu_indices=plan.visible_gpus)
         sampler.start()
         previous = (
             {
                 sig: signal.signal(
-                    sig, lambda *_: (interrupted.set(), threading.Thread(target=stopper.stop, daemon=True).start())
+                    sig, lambda *_: (interrupted.set(), threading.Thread(target=job.stop, daemon=True).start())
                 )
                 for sig in (signal.SIGINT, signal.SIGTERM)
             }
@@ -277,21 +165,21 @@ def execute(plan: PlanFile, options: RunOptions) -> RunResult:
         liveness = Liveness()
         reader = threading.Thread(target=read_output, daemon=True)
         reader.start()
-        hung, observed_s = False, 0.0
+        hung, observed_s, searched_s = False, 0.0, 0.0
         try:
             while proc.poll() is None:
                 time.sleep(0.2)
                 if _disk_full(log, sampler):  # stop rather than run on unrecorded
-                    stopper.stop()
-                new = stopper.track()
-                if new:
-                    reaper.stdin.write((" ".join(map(str, new)) + "\n").encode())
-                    reaper.stdin.flush()
+                    job.stop()
                 if options.on_progress:
                     options.on_progress(tracker, sampler, plan)
                 now = time.monotonic() - started
                 if now - observed_s >= LIVENESS_PERIOD_S:
-                    liveness.observe(now, stopper.descendants | {proc.pid}, _gpu_utilisation(sampler))
+                    everywhere = now - searched_s >= STRAY_SEARCH_PERIOD_S  # the tree each second, the host rarely
+                    job.track(everywhere)
+                    if everywhere:
+                        searched_s = now
+                    liveness.observe(now, job.pids, _gpu_utilisation(sampler))
                     observed_s = now
                 if liveness.silent_for(now) >= options.hang_timeout_s:
                     hung = True
@@ -299,14 +187,12 @@ def execute(plan: PlanFile, options: RunOptions) -> RunResult:
                         f"[avatardoctor] no output, no CPU work and ~0% GPU use for {options.hang_timeout_s:.0f} s: "
                         "stopping the job\n"
                     )
-                    _dump_stacks(folder, stopper.descendants, log)
-                    stopper.stop()
+                    _dump_stacks(folder, job.descendants, log)
+                    job.stop()
             reader.join(5)
         finally:
-            stopper.stop()
+            job.close()  # stopped if still running; then the reaper may go
             sampler.stop()
-            reaper.stdin.close()  # the job is over: let the reaper go
-            reaper.wait(5)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     finally:
@@ -348,7 +234,7 @@ def execute(plan: PlanFile, options: RunOptions) -> RunResult:
     )
     if sampler.source_used == "nvml" and not disk_full:
         _write_measurements(folder, plan, peaks, sampler.peak_times(), tracker.phases(), started_wall)
-    report = None if disk_full else _render_report(folder)
+    report = reporter.render(None if disk_full else folder)
     return RunResult(folder, failure, proc.returncode, peaks, report)
 
 
@@ -508,8 +394,8 @@ def _rank_summaries(folder: RunFolder) -> list[dict]:
     ranks = []
     for path in sorted(folder.ranks.glob("rank*.json")):
         try:
-            doc = json.loads(path.read_text()[: 16 * 2**20])
-        except (OSError, ValueError):
+            doc = json.loads(read_limited(path, RANK_RECORD_LIMIT))
+        except (OSError, ValueError, FileTooLarge):
             continue
         events = doc.get("events") or []
         peak = lambda key: max((e[key] for e in events if isinstance(e.get(key), (int, float))), default=None)  # noqa: E731
@@ -526,13 +412,33 @@ def _rank_summaries(folder: RunFolder) -> list[dict]:
     return ranks
 
 
-def _render_report(folder: RunFolder) -> Path | None:
-    from avatardoctor.errors import InputError
-    from avatardoctor.reports.render import render_report
+class _ReportChild:
+    """The run's report, drawn by `python -m avatardoctor.reports` (reports/__main__.py): started with the
+    job so that its imports overlap the job, told the folder when the job is over. Its own session: the
+    Ctrl-C that stops the job must not stop the report of that job."""
 
-    try:
-        return render_report(folder.root)
-    except (InputError, OSError, ValueError) as e:  # a report that cannot be drawn must not hide the run's result
-        with contextlib.suppress(OSError):
-            (folder.root / "report-error.txt").write_text(f"the report could not be rendered: {e}\n")
-        return None
+    def __init__(self) -> None:
+        try:
+            self.proc: subprocess.Popen | None = subprocess.Popen(
+                [sys.executable, "-m", "avatardoctor.reports"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                start_new_session=True,
+            )
+        except OSError:
+            self.proc = None
+
+    def render(self, folder: RunFolder | None) -> Path | None:
+        """The report's path once drawn; None when it was not wanted (folder None) or could not be drawn."""
+        if self.proc is None:
+            return None
+        try:
+            out, _ = self.proc.communicate(f"{folder.root}\n" if folder else "", timeout=REPORT_TIMEOUT_S)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+            return None
+        path = Path(out.strip()) if out.strip() else None
+        return path if path and path.is_file() else None

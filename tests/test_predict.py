@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 from conftest import make_ctx
 
+from avatardoctor.advice import hardware_advice, smallest_change
 from avatardoctor.checks import fit, gpu
 from avatardoctor.checks.base import Status
 from avatardoctor.components import reference_summary
 from avatardoctor.config import resolve_config
 from avatardoctor.estimates import DEFAULT_TERMS
 from avatardoctor.machine.catalogue import catalogue_machine
-from avatardoctor.planner import entry_argv, hardware_advice, make_plan, smallest_change
+from avatardoctor.planner import entry_argv, make_plan
 from avatardoctor.predict import predict
 from avatardoctor.units import GIB
 from avatardoctor.upstream import padded_size

@@ -6,6 +6,7 @@ the smallest one-flag change that would, or else the cheapest catalogue hardware
 
 from __future__ import annotations
 
+from avatardoctor.advice import hardware_advice, smallest_change
 from avatardoctor.checks.base import CheckContext, Outcome, Status, check, needs_gpu_facts, passed, skipped
 from avatardoctor.predict import PHASE_NAMES, VERDICT_WORDS
 from avatardoctor.units import GIB
@@ -15,8 +16,6 @@ STATUS = {"fits": Status.PASS, "tight": Status.WARN, "wont-fit": Status.FAIL, "w
 
 
 def _remedy(ctx: CheckContext) -> str | None:
-    from avatardoctor.planner import hardware_advice, smallest_change  # the planner builds on the checks
-
     if ctx.prediction.refusals:  # no memory change or hardware runs what upstream's code stops
         return "; ".join(dict.fromkeys(v.remedy for v in ctx.prediction.refusals)) + " (see la.asserts)"
 

@@ -119,8 +119,8 @@ def check_generation_size(ctx: CheckContext) -> Outcome:
         "the image's aspect within the --size area, padded up to multiples of 64 and never upscaled",
         "the memory prediction uses this size",
     ]
-    sw, sh = (int(x) for x in ctx.config.size.split("*"))
-    if geo.height * geo.width < sw * sh * 0.5 and h * w < sw * sh:
+    budget = ctx.config.size.area
+    if geo.height * geo.width < budget * 0.5 and h * w < budget:
         details.append(
             f"the image ({w}x{h}) is smaller than the --size budget, so the video stays small: it is not upscaled"
         )

@@ -36,6 +36,7 @@ from avatardoctor.checks.base import (
     skipped,
     warned,
 )
+from avatardoctor.files import FileTooLarge, read_limited
 from avatardoctor.upstream import REQUIREMENTS
 
 PYTHON_PIN = (3, 10)
@@ -133,10 +134,8 @@ def _torch_build(path: tuple[str, ...]) -> TorchBuild | None:
 def _string_assignments(path: Path) -> dict[str, str | None] | None:
     """Top-level `name = 'text'` / `name: T = None` assignments of a small file, or None if unreadable."""
     try:
-        if path.stat().st_size > MAX_VERSION_PY_BYTES:
-            return None
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-    except (OSError, SyntaxError, ValueError):
+        tree = ast.parse(read_limited(path, MAX_VERSION_PY_BYTES).decode("utf-8"))
+    except (OSError, SyntaxError, ValueError, FileTooLarge):
         return None
     found: dict[str, str | None] = {}
     for node in tree.body:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from avatardoctor.ckpt.safetensors_file import LONE_SURROGATE, CkptFileError, SafetensorsFile
+from avatardoctor.files import FileTooLarge, read_limited
 
 INDEX_LIMIT = 64 * 2**20  # a 1,260-tensor index is 110 KB
 
@@ -36,10 +37,9 @@ def read_index(path: Path) -> ShardIndex:
         return CkptFileError(path, problem)
 
     try:
-        size = path.stat().st_size
-        if size > INDEX_LIMIT:
-            raise fail(f"{size:,} bytes is too large for an index (limit 64 MiB)")
-        doc = json.loads(path.read_bytes().decode("utf-8"))
+        doc = json.loads(read_limited(path, INDEX_LIMIT).decode("utf-8"))
+    except FileTooLarge:
+        raise fail(f"{path.stat().st_size:,} bytes is too large for an index (limit 64 MiB)") from None
     except IsADirectoryError:
         raise fail("a directory where a file should be") from None
     except OSError as e:

@@ -29,6 +29,7 @@ from avatardoctor.components import (
     reference_tensors,
     size_of,
 )
+from avatardoctor.files import FileTooLarge, read_limited
 
 CONFIG_LIMIT = 2**20
 
@@ -152,9 +153,11 @@ def _scan_config(scan: ComponentScan, root: Path) -> None:
     if _present(scan, root, layout.CONFIG):
         path = root / layout.CONFIG
         try:
-            if path.stat().st_size > CONFIG_LIMIT:
-                raise ValueError("over 1 MiB")
-            json.loads(path.read_text(encoding="utf-8"))
+            json.loads(read_limited(path, CONFIG_LIMIT).decode("utf-8"))
+        except FileTooLarge:
+            scan.problems.append(f"{layout.CONFIG}: not valid JSON (over 1 MiB)")
+        except OSError as e:
+            scan.problems.append(f"{layout.CONFIG}: cannot read ({e.strerror})")
         except (ValueError, RecursionError, UnicodeDecodeError) as e:
             scan.problems.append(f"{layout.CONFIG}: not valid JSON ({str(e)[:60]})")
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from avatardoctor.errors import InputError
+from avatardoctor.files import FileTooLarge, read_limited
 from avatardoctor.machine.model import Machine, MachineFormatError, machine_from_dict
 
 MAX_FILE_BYTES = 16 * 2**20  # a 64-GPU box with hundreds of processes is well under 1 MiB
@@ -24,10 +25,11 @@ class RecordedBackend:
 def read_machine_file(path: Path, flag: str = "--machine") -> Machine:
     where = f"{flag} {path}"
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise InputError(f"{where}: {size:,} bytes is too large for a machine description (limit 16 MiB)")
-        text = path.read_bytes().decode("utf-8")
+        text = read_limited(path, MAX_FILE_BYTES).decode("utf-8")
+    except FileTooLarge:
+        raise InputError(
+            f"{where}: {path.stat().st_size:,} bytes is too large for a machine description (limit 16 MiB)"
+        ) from None
     except UnicodeDecodeError:
         raise InputError(f"{where}: not UTF-8 text; pass a file written by 'avatardoctor machine record'") from None
     except OSError as e:

@@ -1,9 +1,9 @@
 """Run the live communication test with torchrun and turn whatever happens into an answer.
 
 torchrun is started as `python -m torch.distributed.run` (the same interpreter, the same launch path
-as a Live Avatar run) in its own process group with a deadline: a rank that never joins, a held
-port, a crashed rank or a hang is classified within the timeout, never waited on. This module does
-not import torch; the ranks do.
+and the same supervisor as a Live Avatar run: avatardoctor.jobs) with a deadline: a rank that never
+joins, a held port, a crashed rank or a hang is classified within the timeout, never waited on. This
+module does not import torch; the ranks do.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from avatardoctor.files import FileTooLarge, read_limited, read_tail
+from avatardoctor.jobs import Job, torchrun_argv
+from avatardoctor.units import MIB
 
 WORKER = ["-m", "avatardoctor.nccltest.worker"]
 STAGES = ("start", "init", "allreduce", "ring", "bandwidth", "p2p", "done")
@@ -63,20 +64,9 @@ class NcclOutcome:
 
 
 def command(test: NcclTest, out: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        str(test.nproc),
-        "--nnodes",
-        str(test.nnodes),
-        "--node_rank",
-        str(test.node_rank),
-        "--master_addr",
-        test.master_addr,
-        "--master_port",
-        str(test.master_port),
+    return torchrun_argv(
+        test.nproc,
+        test.master_port,
         *test.entry,
         "--out",
         str(out),
@@ -86,30 +76,19 @@ def command(test: NcclTest, out: Path) -> list[str]:
         str(test.timeout_s),
         "--sizes",
         ",".join(map(str, test.sizes)),
-    ]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the whole process group, then SIGKILL what is left: no rank may outlive the test."""
-    for sig, wait in ((signal.SIGTERM, GRACE_S), (signal.SIGKILL, GRACE_S)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        nnodes=test.nnodes,
+        node_rank=test.node_rank,
+        master_addr=test.master_addr,
+    )
 
 
 def _read_ranks(out: Path) -> dict[int, dict]:
     ranks = {}
     for path in out.glob("rank*.json"):
         try:
-            doc = json.loads(path.read_text()[: 4 * 2**20])
+            doc = json.loads(read_limited(path, 4 * MIB))
             ranks[int(doc["rank"])] = doc
-        except (ValueError, KeyError, OSError):
+        except (ValueError, KeyError, OSError, FileTooLarge):
             continue
     return ranks
 
@@ -125,15 +104,11 @@ def run_test(test: NcclTest) -> NcclOutcome:
         out, log = Path(tmp), Path(tmp) / "torchrun.log"
         try:
             with open(log, "w") as log_file:
-                proc = subprocess.Popen(
-                    command(test, out), stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True
-                )
+                job = Job(command(test, out), env=env, stdout=log_file, grace_s=GRACE_S)
                 try:
-                    code = proc.wait(test.timeout_s + test.budget_s)  # init's own timeout, plus the measurements
-                except subprocess.TimeoutExpired:
-                    code = None
+                    code = job.wait(test.timeout_s + test.budget_s)  # init's own timeout, plus the measurements
                 finally:
-                    _stop(proc)
+                    job.close()
         except OSError as e:
             return NcclOutcome(
                 False,
@@ -148,7 +123,7 @@ def run_test(test: NcclTest) -> NcclOutcome:
                 None,
                 0.0,
             )
-        text = log.read_text(errors="replace")[-2_000_000:]
+        text = read_tail(log, 2 * MIB).decode(errors="replace")
         ranks = _read_ranks(out)
     return classify(test, code, text, ranks, time.monotonic() - started)
 

@@ -1,0 +1,198 @@
+"""A torchrun job that leaves nothing behind: the one supervisor of `run` and of the live NCCL test.
+
+The job starts in a session of its own, every process of it carries a cookie in its environment,
+and a reaper process holds a pipe from us: if we die without stopping the job (even by SIGKILL),
+the reaper kills torchrun's group, every PID we reported and every process with the cookie. The
+normal stop is SIGINT, a grace period, SIGTERM, then SIGKILL, to the group and to every job
+process seen: torchrun's descendants (ranks may sit in sessions of their own), every process in a
+session the job started, and every process carrying the cookie (a daemon that double-forked out of
+the tree). This module does not import torch; the ranks do.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+import psutil
+
+JOB_COOKIE = "AVATARDOCTOR_JOB"  # in every job process's environment, so that one that left the tree is still the job's
+# Kills the job when its supervisor dies (the reaper's stdin closes): torchrun's group, every PID it was
+# told about, and every process carrying the job's cookie, which covers a rank started after the last report.
+REAPER = (
+    "import os, signal, sys\n"
+    "pgid, mark, pids = int(sys.argv[1]), sys.argv[2].encode(), set()\n"
+    "for line in sys.stdin:\n    pids.update(int(p) for p in line.split())\n"
+    "for entry in os.listdir('/proc'):\n"
+    "    try:\n"
+    "        with open(f'/proc/{entry}/environ', 'rb') as f:\n"
+    "            if mark in f.read().split(b'\\0'):\n                pids.add(int(entry))\n"
+    "    except (OSError, ValueError):\n        pass\n"
+    "for kill, target in [(os.killpg, pgid)] + [(os.kill, p) for p in pids - {os.getpid()}]:\n"
+    "    try:\n        kill(target, signal.SIGKILL)\n    except (ProcessLookupError, PermissionError):\n        pass\n"
+)
+
+
+def torchrun_argv(
+    nproc: int, master_port: int, *args: str, nnodes: int = 1, node_rank: int = 0, master_addr: str | None = None
+) -> list[str]:
+    """`python -m torch.distributed.run` with this interpreter, as a list (never a shell string: a prompt
+    full of $(...), quotes and ; is one item)."""
+    multi_node = ["--nnodes", str(nnodes), "--node_rank", str(node_rank)] if nnodes > 1 or node_rank else []
+    addr = ["--master_addr", master_addr] if master_addr else []
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        *multi_node,
+        *addr,
+        "--master_port",
+        str(master_port),
+        *args,
+    ]
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+class Job:
+    """One supervised job. `track()` notes its processes (call it as often as new ranks may appear);
+    `stop()` ends it, once, from any thread; `close()` lets the reaper go once the job is over."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        stdout: int | IO | None = subprocess.PIPE,
+        grace_s: float = 10.0,
+    ):
+        self.cookie = uuid.uuid4().hex
+        self.grace_s = grace_s
+        self.proc = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env={**(os.environ if env is None else env), JOB_COOKIE: self.cookie},
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.reaper = subprocess.Popen(
+            [sys.executable, "-c", REAPER, str(self.proc.pid), f"{JOB_COOKIE}={self.cookie}"],
+            stdin=subprocess.PIPE,
+            start_new_session=True,
+        )
+        self.descendants: set[int] = set()
+        self._not_job: set[int] = set()  # PIDs whose environment was read and lacks the cookie: read each once
+        self._lock, self._stopped = threading.Lock(), False
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def pids(self) -> set[int]:
+        return self.descendants | {self.proc.pid}
+
+    def track(self, everywhere: bool = True) -> set[int]:
+        """Note the job's processes and tell the reaper; returns the ones not seen before. The tree is
+        cheap to list; `everywhere` also looks at every other process on the host (sessions, cookies)."""
+        try:
+            found = {c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)}
+        except psutil.Error:
+            found = set()
+        if everywhere:
+            found |= self._strays(found)
+        new = found - self.descendants
+        self.descendants |= found
+        if new:
+            try:
+                assert self.reaper.stdin is not None
+                self.reaper.stdin.write((" ".join(map(str, sorted(new))) + "\n").encode())
+                self.reaper.stdin.flush()
+            except (OSError, ValueError):  # the reaper is gone: stop() still reaches them
+                pass
+        return new
+
+    def _strays(self, tree: set[int]) -> set[int]:
+        """Processes out of the tree that are still the job's: in a session it started, or with its cookie."""
+        known = tree | self.descendants | {self.proc.pid}
+        sessions = {sid for sid in map(_session, known) if sid in known}  # sessions whose leader is the job's
+        current = set(psutil.pids()) - {os.getpid()}
+        self._not_job &= current  # forget PIDs that ended: a reused one is read again
+        strays = set()
+        for pid in current - known - self._not_job:
+            if _session(pid) in sessions or self._has_cookie(pid):
+                strays.add(pid)
+            else:
+                self._not_job.add(pid)
+        return strays
+
+    def _has_cookie(self, pid: int) -> bool:
+        try:
+            return psutil.Process(pid).environ().get(JOB_COOKIE) == self.cookie
+        except psutil.Error:  # gone, or another user's process: not ours to stop
+            return False
+
+    def _signal(self, sig: int) -> None:
+        for kill, target in [(os.killpg, self.proc.pid)] + [(os.kill, p) for p in self.descendants]:
+            try:
+                kill(target, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The exit code, or None when the job is still running after `timeout` seconds."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+            self.track()  # again each round: a process may fork while the job winds down
+            self._signal(sig)
+            if self.wait(self.grace_s) is None:
+                continue
+            if not any(map(_alive, self.descendants)):
+                return
+        self.track()
+        self._signal(signal.SIGKILL)
+
+    def close(self) -> None:
+        """Stop the job if it still runs, then let the reaper go."""
+        self.stop()
+        if self.reaper.stdin:
+            try:
+                self.reaper.stdin.close()
+            except OSError:
+                pass
+        try:
+            self.reaper.wait(5)
+        except subprocess.TimeoutExpired:
+            self.reaper.kill()
