@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from avatardoctor.components import ComponentSummary
+from avatardoctor.ckpt.components import ComponentSummary
 from avatardoctor.config import LaunchConfig
 from avatardoctor.estimates import EstimateTerms
 from avatardoctor.machine.catalogue import CARDS, catalogue_machine

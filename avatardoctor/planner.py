@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from avatardoctor.advice import PLANNED_FRAMES, PLANNED_SIZES, fp8_possible, hardware_advice, refused
-from avatardoctor.components import ComponentSummary
+from avatardoctor.ckpt.components import ComponentSummary
 from avatardoctor.config import LaunchConfig, resolve_config
 from avatardoctor.estimates import EstimateTerms
 from avatardoctor.machine.model import Gpu, p2p_ok

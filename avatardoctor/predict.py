@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from avatardoctor.components import ComponentSummary
+from avatardoctor.ckpt.components import ComponentSummary
 from avatardoctor.config import LaunchConfig
 from avatardoctor.errors import InputError
 from avatardoctor.estimates import EstimateTerms

@@ -22,6 +22,7 @@ from avatardoctor.checks import run_checks
 from avatardoctor.checks.base import Status
 from avatardoctor.ckpt import layout
 from avatardoctor.ckpt.compare import compare_tensors
+from avatardoctor.ckpt.components import reference_summary, reference_tensors
 from avatardoctor.ckpt.pth import first_damaged_entry, read_pth
 from avatardoctor.ckpt.safetensors_file import (
     CkptFileError,
@@ -30,7 +31,6 @@ from avatardoctor.ckpt.safetensors_file import (
 )
 from avatardoctor.ckpt.scan import scan_checkpoint
 from avatardoctor.ckpt.skeleton import write_skeleton
-from avatardoctor.components import reference_summary, reference_tensors
 from avatardoctor.doctor import checkpoint_context
 from avatardoctor.errors import InputError
 from avatardoctor.units import GIB

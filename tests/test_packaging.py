@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -84,3 +85,21 @@ def test_metadata_dependencies_and_entry_point(wheel):
 def test_packaged_reference_is_the_shared_one():
     for f in SHARED_REFERENCE.iterdir():
         assert filecmp.cmp(f, PACKAGED_REFERENCE / f.name, shallow=False), f.name
+
+
+def test_a_plain_checkout_imports_runner_and_reports_from_itself(tmp_path):
+    """No install at all (python -S: no site-packages, no editable finder): avatardoctor/runner and
+    avatardoctor/reports are links to the top-level runner/ and reports/, so the checkout imports them."""
+    for part in ("avatardoctor", "runner", "reports"):
+        shutil.copytree(REPO / part, tmp_path / part, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    code = (
+        f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import avatardoctor.runner, avatardoctor.reports; "
+        "print(avatardoctor.runner.__file__); print(avatardoctor.reports.__file__)"
+    )
+    r = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [
+        str(tmp_path / "avatardoctor" / "runner" / "__init__.py"),
+        str(tmp_path / "avatardoctor" / "reports" / "__init__.py"),
+    ]
+    assert (tmp_path / "avatardoctor" / "runner").resolve() == (tmp_path / "runner").resolve()

@@ -17,7 +17,7 @@ from conftest import make_ctx
 from avatardoctor.advice import hardware_advice, smallest_change
 from avatardoctor.checks import fit, gpu
 from avatardoctor.checks.base import Status
-from avatardoctor.components import reference_summary
+from avatardoctor.ckpt.components import reference_summary
 from avatardoctor.config import resolve_config
 from avatardoctor.estimates import DEFAULT_TERMS
 from avatardoctor.machine.catalogue import catalogue_machine

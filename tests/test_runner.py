@@ -20,7 +20,7 @@ import pytest
 
 pytest.importorskip("torch", reason="the runner launches torchrun: the [torch] extra; .ci/run installs it")
 
-from avatardoctor.components import reference_summary  # noqa: E402
+from avatardoctor.ckpt.components import reference_summary  # noqa: E402
 from avatardoctor.config import resolve_config  # noqa: E402
 from avatardoctor.estimates import DEFAULT_TERMS  # noqa: E402
 from avatardoctor.machine.catalogue import catalogue_machine  # noqa: E402

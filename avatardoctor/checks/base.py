@@ -17,8 +17,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from avatardoctor.ckpt.components import ComponentSummary, reference_summary
 from avatardoctor.ckpt.scan import CheckpointScan
-from avatardoctor.components import ComponentSummary, reference_summary
 from avatardoctor.config import LaunchConfig
 from avatardoctor.estimates import DEFAULT_TERMS, EstimateTerms
 from avatardoctor.machine.model import Gpu, GpuPair, Machine, p2p_ok

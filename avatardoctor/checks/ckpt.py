@@ -18,9 +18,9 @@ from avatardoctor.checks.base import (
     warned,
 )
 from avatardoctor.ckpt import layout
+from avatardoctor.ckpt.components import Size, reference_summary
 from avatardoctor.ckpt.manifest import compare, relative_digests
 from avatardoctor.ckpt.scan import ComponentScan
-from avatardoctor.components import Size, reference_summary
 from avatardoctor.units import gib
 
 GROUP = "Checkpoint"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from avatardoctor.components import TensorSpec
+from avatardoctor.ckpt.components import TensorSpec
 
 SHOWN = 5  # differences listed before "and N more"
 

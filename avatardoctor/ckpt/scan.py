@@ -13,14 +13,7 @@ from pathlib import Path
 
 from avatardoctor.ckpt import layout
 from avatardoctor.ckpt.compare import ReferenceDiff, compare_tensors
-from avatardoctor.ckpt.index import ShardIndex, index_problems, read_index
-from avatardoctor.ckpt.pth import read_pth
-from avatardoctor.ckpt.safetensors_file import (
-    CkptFileError,
-    SafetensorsFile,
-    read_header,
-)
-from avatardoctor.components import (
+from avatardoctor.ckpt.components import (
     ComponentSummary,
     Size,
     dit_shape,
@@ -28,6 +21,13 @@ from avatardoctor.components import (
     reference_summary,
     reference_tensors,
     size_of,
+)
+from avatardoctor.ckpt.index import ShardIndex, index_problems, read_index
+from avatardoctor.ckpt.pth import read_pth
+from avatardoctor.ckpt.safetensors_file import (
+    CkptFileError,
+    SafetensorsFile,
+    read_header,
 )
 from avatardoctor.files import FileTooLarge, read_limited
 

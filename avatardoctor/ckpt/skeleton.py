@@ -17,13 +17,13 @@ from importlib.resources import files
 from pathlib import Path
 
 from avatardoctor.ckpt import layout
-from avatardoctor.ckpt.safetensors_file import data_bytes, write_safetensors
-from avatardoctor.components import (
+from avatardoctor.ckpt.components import (
     REFERENCE,
     WAV2VEC2_REFERENCE_PARAMS,
     TensorSpec,
     reference_tensors,
 )
+from avatardoctor.ckpt.safetensors_file import data_bytes, write_safetensors
 from avatardoctor.errors import InputError
 
 LAYOUTS = ("upstream", "seed")

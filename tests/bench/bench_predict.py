@@ -13,7 +13,7 @@ import argparse
 import statistics
 import time
 
-from avatardoctor.components import reference_summary
+from avatardoctor.ckpt.components import reference_summary
 from avatardoctor.config import MODES, resolve_config
 from avatardoctor.estimates import DEFAULT_TERMS
 from avatardoctor.machine.catalogue import CARDS, catalogue_machine
