@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from avatardoctor.checks import CheckReport, run_checks
 from avatardoctor.checks.base import CheckContext
@@ -15,6 +16,9 @@ from avatardoctor.errors import InputError
 from avatardoctor.estimates import DEFAULT_TERMS, EstimateTerms
 from avatardoctor.machine import backend_for
 from avatardoctor.visible import visible_gpus
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 def build_context(
@@ -97,3 +101,43 @@ def checkpoint_context(
     config = resolve_config(0, "single", ckpt_dir=ckpt_dir, liveavatar=liveavatar, lora_path=lora_path)
     ctx = CheckContext(Machine(source="not inspected"), Visible(None, ()), config, dict(os.environ), cwd or Path.cwd())
     return replace(ctx, checkpoint=scan_checkpoint(ckpt_dir, ctx.launch_dir))
+
+
+def verify_checkpoint(
+    directory: str,
+    liveavatar: Path | None,
+    lora_path: str | None,
+    deep: bool,
+    manifest: Path | None,
+    write_manifest: Path | None,
+    force: bool,
+    progress: Console,
+) -> tuple[CheckContext, CheckReport, str | None]:
+    """`ckpt verify`: the checkpoint's structure from its headers, and with `deep` its content (hashes,
+    .pth CRCs, the manifest), checked; also what was written (--write-manifest), to say. HashingInterrupted
+    when Ctrl-C stops the hashing."""
+    from avatardoctor.checks import ckpt as ckpt_checks
+    from avatardoctor.checks import liveavatar as la_checks
+
+    ctx = checkpoint_context(directory, liveavatar, lora_path)
+    checks = ckpt_checks.CHECKS + ((la_checks.lora,) if lora_path else ())
+    wrote = None
+    if deep and ctx.checkpoint is not None and not ctx.checkpoint.root_problem:
+        from avatardoctor.ckpt.deep import gather_deep
+        from avatardoctor.ckpt.manifest import relative_digests
+        from avatardoctor.ckpt.manifest import write_manifest as write_sha256sum
+
+        facts = gather_deep(ctx.checkpoint, manifest, progress)
+        ctx = replace(ctx, checkpoint=replace(ctx.checkpoint, deep=facts))
+        checks += ckpt_checks.DEEP_CHECKS
+        if write_manifest:
+            write_sha256sum(relative_digests(facts.hashed.digests, ctx.checkpoint.root), write_manifest, force)
+            wrote = f"wrote {len(facts.hashed.digests)} sha256 lines to {write_manifest}"
+    return ctx, run_checks(ctx, checks), wrote
+
+
+def demo_checks(ctx: CheckContext) -> CheckReport:
+    """What the demo checks before it launches: the port, NCCL's environment, /dev/shm."""
+    from avatardoctor.checks import host, nccl, ports
+
+    return run_checks(ctx, (ports.check_master_port, nccl.check_nccl_env, host.check_shm))

@@ -213,3 +213,74 @@ def render_plan(doc: dict, console: Console, written=None, shown: int = 12) -> N
     console.print(Text("env: " + " ".join(f"{k}={v}" for k, v in doc["env"].items()), style="dim"))
     if written:
         console.print(Text(f"plan written to {written}", style="green"))
+
+
+BAR_WIDTH = 12
+
+
+def live_line(tracker, sampler, plan) -> str:
+    """The live view: phase, clips done of total with an ETA, each GPU's memory against its limit."""
+    usable = {str(g["index"]): g.get("usable_gib") for g in ((plan.prediction or {}).get("gpus") or [])}
+    bars = []
+    for gpu, s in sorted(sampler.last().items()):
+        used = s["memory_used_mib"] / 1024
+        limit = usable.get(gpu) or (s["memory_total_mib"] or 0) / 1024 or None
+        filled = min(BAR_WIDTH, round(BAR_WIDTH * used / limit)) if limit else 0
+        bars.append(
+            f"{gpu}: {'█' * filled}{'░' * (BAR_WIDTH - filled)} {used:.1f}/{limit:.1f} GiB"
+            if limit
+            else f"{gpu}: {used:.1f} GiB"
+        )
+    clips = f"clips {tracker.clips_done}" + (f"/{tracker.clip_total}" if tracker.clip_total else "")
+    first = next((start for name, start, _ in tracker.phases() if name.startswith("clip")), None)
+    if first is not None and tracker.clips_done and tracker.clip_total and tracker.last_output_s:
+        per_clip = (tracker.last_output_s - first) / tracker.clips_done
+        clips += f", ETA {per_clip * max(tracker.clip_total - tracker.clips_done, 0):.0f} s"
+    return f"{tracker.current_phase or 'starting'} · {clips} · " + "  ".join(bars)
+
+
+def run_result_lines(result) -> list[str]:
+    """What a finished run says: its folder, its outcome, the remedy, the report."""
+    f = result.failure
+    lines = [
+        f"run folder: {result.folder.root}",
+        f"outcome: {f.cls}" + (f": {f.message}" if f.cls != "success" else ""),
+    ]
+    if f.remedy:
+        lines.append(f"remedy: {f.remedy}")
+    if result.report:
+        lines.append(f"report: {result.report}")
+    return lines
+
+
+def ckpt_json(checkpoint, report: CheckReport) -> str:
+    """`ckpt verify --json` (avatardoctor.ckpt/1)."""
+    summary = checkpoint.summary
+    doc = {
+        "schema": "avatardoctor.ckpt/1",
+        "verdict": "sound" if report.ready else "broken",
+        "root": str(checkpoint.root),
+        "layout": checkpoint.layout,
+        "components": summary.to_dict() if summary else None,
+        "checks": [r.to_dict() for r in report.results],
+    }
+    return json.dumps(doc, indent=2)
+
+
+def catalogue_lines(cards) -> list[str]:
+    """`machine list`: the catalogue's models, one line each."""
+    lines = [f"{'MODEL':<11} {'NVML NAME':<26} {'MEMORY':>10}  {'CC':<5} BOX"]
+    for c in cards:
+        box = (
+            f"HGX, NVSwitch NV{c.nvlinks_per_pair}"
+            if c.nvlinks_per_pair
+            else f"PCIe Gen{c.pcie_gen}" + ("" if c.pcie_p2p else ", no P2P")
+        )
+        lines.append(f"{c.key:<11} {c.name:<26} {c.total_mib:>6} MiB  {c.cc[0]}.{c.cc[1]:<3} {box}")
+    return lines
+
+
+def check_line(result) -> str:
+    """One check as one marked line (rich markup), e.g. for the demo's short list."""
+    mark, style = MARKS[result.status]
+    return f"check: [{style}]{mark}[/] {result.id} {printable(result.summary)}"

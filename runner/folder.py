@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from avatardoctor.calibration import Measurement, import_measurements
 from avatardoctor.errors import InputError
 
 RESERVE_BYTES = 256 * 1024  # room for debug_info.json (the short form when the whole one is larger)
@@ -114,3 +116,13 @@ def new_run_folder(out_dir: Path, mode: str, now: datetime | None = None) -> Run
             ) from None
         return folder
     raise InputError(f"--out-dir {out_dir}: no free run folder name for {stamp}-{mode}; remove old run folders")
+
+
+def run_measurements(path: Path, say: Callable[[str], None]) -> list[Measurement]:
+    """`calibrate RUN`: the measurements a run folder recorded (or a measurements file given directly);
+    a folder without any (a CPU run, or one that did not end) is said and skipped."""
+    file = RunFolder(path).measurements_json if path.is_dir() else path
+    if path.is_dir() and not file.is_file():
+        say(f"{path}: no GPU measurements (recorded where NVML sampled the GPUs, for runs that ended)")
+        return []
+    return import_measurements(file, named="")

@@ -1,4 +1,5 @@
-"""The demo's checkpoint: a full-size skeleton built once in the user's cache folder."""
+"""The demos' checkpoints, built once in the user's cache folder: a full-size skeleton (check --demo) and a
+tiny real one (`avatardoctor demo`, whose ranks load it)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from avatardoctor.ckpt.skeleton import write_skeleton
 
 DEMO_NAME = "skeleton-wan2.2-s2v-14b-v1"  # bump when the skeleton's content changes
+TINY_DEMO_NAME = "demo-tiny-v1"  # the `demo` workload's checkpoint: small shapes, real random data
 
 
 def cache_dir(env: Mapping[str, str]) -> Path:
@@ -36,4 +38,12 @@ def demo_checkpoint(env: Mapping[str, str]) -> Path:
                 raise
         finally:
             shutil.rmtree(building, ignore_errors=True)
+    return target
+
+
+def tiny_demo_checkpoint(env: Mapping[str, str]) -> Path:
+    """The `demo` workload's tiny real checkpoint (a few hundred KB), built on first use."""
+    target = cache_dir(env) / TINY_DEMO_NAME
+    if not target.is_dir():
+        write_skeleton(target, tiny=True)
     return target
