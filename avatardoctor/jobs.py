@@ -105,6 +105,8 @@ class Job:
         )
         self.descendants: set[int] = set()
         self._not_job: set[int] = set()  # PIDs whose environment was read and lacks the cookie: read each once
+        self._sessions: set[int] = set()
+        self._looked_at: set[int] = set()  # job PIDs whose session was read
         self._lock, self._stopped = threading.Lock(), False
 
     @property
@@ -138,7 +140,10 @@ class Job:
     def _strays(self, tree: set[int]) -> set[int]:
         """Processes out of the tree that are still the job's: in a session it started, or with its cookie."""
         known = tree | self.descendants | {self.proc.pid}
-        sessions = {sid for sid in map(_session, known) if sid in known}  # sessions whose leader is the job's
+        # Sessions a job process leads, remembered: a daemon stays in its session after the leader (a rank) ends.
+        self._sessions |= {sid for sid in map(_session, known - self._looked_at) if sid in known}
+        self._looked_at |= known
+        sessions = self._sessions
         current = set(psutil.pids()) - {os.getpid()}
         self._not_job &= current  # forget PIDs that ended: a reused one is read again
         strays = set()

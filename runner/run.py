@@ -41,7 +41,7 @@ REPORT_TIMEOUT_S = 300.0  # a report of a week-long run's CSV takes seconds; a s
 TAIL_LINES = 4000  # the classifier sees the last lines; the whole log is on disk
 TAIL_LINE_CHARS = 4096  # of each, its head: errors are short lines, and 4000 capped lines stay under 16 MiB
 LIVENESS_PERIOD_S = 1.0  # how often the job's processes are listed and their CPU and GPU use read (hangs)
-STRAY_SEARCH_PERIOD_S = 10.0  # how often every process on the host is looked at for the job's strays
+STRAY_SEARCH_PERIOD_S = 2.0  # how often every process on the host is looked at for the job's strays
 
 
 @dataclass

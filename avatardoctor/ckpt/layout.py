@@ -1,8 +1,9 @@
 """What a Wan2.2-S2V-14B checkpoint folder holds, as Live Avatar opens it, and as the seeds tell it.
 
-Upstream (what `--ckpt_dir` must hold; ../shared/docs/liveavatar.md):
-    config.json, diffusion_pytorch_model.safetensors.index.json + its shards, the umT5 .pth, the
-    VAE .pth, the google/umt5-xxl tokenizer and the wav2vec2 folder.
+Upstream (what `--ckpt_dir` must hold, at 9c2c38d): config.json, diffusion_pytorch_model.safetensors.index.json
+    + its shards (CausalWanModel_S2V.from_pretrained, causal_s2v_pipeline_tpp.py:159-164), the umT5 .pth,
+    the VAE .pth and the google/umt5-xxl tokenizer (wan_2_2/configs/wan_s2v_14B_modified.py:12-16, opened
+    at causal_s2v_pipeline_tpp.py:126-132) and the wav2vec2 folder (causal_s2v_pipeline_tpp.py:181-186).
 Seed articles: config.json, model.safetensors.index.json + model-0000N-of-0000M.safetensors, and T5
     "in ckpt/t5-large/": a layout Live Avatar does not open.
 """
