@@ -12,7 +12,6 @@ import os
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -225,11 +224,10 @@ def write_long(path: Path, rate: int, seconds: int, level_at) -> Path:
     return path
 
 
-def test_a_20_minute_file_is_measured_fast(tmp_path):
+def test_a_20_minute_file_is_measured_whole(tmp_path):
+    """Read whole, not by windows (its speed is tests/bench/bench_audio.py's)."""
     write_long(tmp_path / "talk.wav", 16000, 20 * 60, lambda minute: TONE_AMPLITUDE)
-    started = time.perf_counter()
     result = run(audio.check_silence, tmp_path, "talk.wav")
-    assert time.perf_counter() - started < 2.0
     assert result.status is Status.WARN and not result.data["windowed"]
     assert (result.data["lead_s"], result.data["trail_s"]) == (
         pytest.approx(1.0, abs=0.05),

@@ -364,7 +364,7 @@ def test_gradio_serves_on_a_free_port_and_records_until_stopped(tmp_path):
 
 
 def test_the_live_view_shows_phase_clips_eta_and_memory_bars():
-    from avatardoctor.cli import live_line
+    from avatardoctor.render import live_line
     from avatardoctor.runner.logparse import LogTracker
 
     class Sampler:
