@@ -21,6 +21,7 @@ from contextlib import closing
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any, cast
 
 from rich import box
 from rich.console import Console
@@ -66,7 +67,8 @@ class Measurement:
 
 FIELDS = tuple(f.name for f in fields(Measurement))
 OPTIONAL = {"allocated_bytes": 0}  # fields an import or a version-1 history may lack
-_TYPES = {f.name: {"str": str, "int": int, "float": float}[f.type] for f in fields(Measurement)}
+# f.type is the annotation's text (annotations are postponed), never a type here
+_TYPES = {f.name: {"str": str, "int": int, "float": float}[cast(str, f.type)] for f in fields(Measurement)}
 
 
 @dataclass(frozen=True)
@@ -324,7 +326,7 @@ def import_measurements(path: Path, named: str = IMPORT_FLAG) -> list[Measuremen
             raise InputError(f"{at}: must be an object")
         if unknown := sorted(set(item) - set(FIELDS)):
             raise InputError(f"{at}.{unknown[0]}: unknown field (expected {', '.join(FIELDS)})")
-        values = {name: _checked(item, name, at) for name in FIELDS}
+        values: dict[str, Any] = {name: _checked(item, name, at) for name in FIELDS}  # each of its field's type
         for name, allowed in (("role", ROLES), ("phase", PHASES)):
             if values[name] not in allowed:
                 raise InputError(f"{at}.{name}: must be one of {', '.join(allowed)}, got {values[name]!r:.60}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from avatardoctor.upstream import ALL_MODES, LORA_HUB_ID, MULTI_PROCESS_MODES, SCRIPT_PORT, SCRIPT_SIZE, Size
 
@@ -17,8 +18,8 @@ CKPT_DIR = "ckpt/Wan2.2-S2V-14B/"  # --ckpt_dir in every upstream script, relati
 # What each mode's script passes where they differ: the upstream scripts for tpp and single; for
 # fsdp and seed-4gpu, what the seed articles describe (--dit_fsdp, no fp8; seed-4gpu is their 3 DiT
 # GPUs + 1 VAE GPU with ulysses_size = num_gpus_dit and port 29103, which upstream refuses).
-_UPSTREAM = dict(enable_vae_parallel=True, offload_model=False, master_port=SCRIPT_PORT["tpp"])
-_MODE_DEFAULTS = {
+_UPSTREAM: dict[str, Any] = dict(enable_vae_parallel=True, offload_model=False, master_port=SCRIPT_PORT["tpp"])
+_MODE_DEFAULTS: dict[str, dict[str, Any]] = {  # LaunchConfig's keyword arguments, by mode
     "tpp": dict(_UPSTREAM, num_gpus_dit=4, size=SCRIPT_SIZE["tpp"]),
     "single": dict(
         num_gpus_dit=1,

@@ -109,8 +109,9 @@ def read_report(path: Path) -> Any:
 def _busbw(live: dict | None) -> float | None:
     data = live.get("data") if live else None
     value = data.get("busbw_gbs") if isinstance(data, dict) else None
-    measured = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
-    return float(value) if measured else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+        return float(value)  # measured
+    return None
 
 
 def node_from_report(doc: Any, file: str) -> Node:
@@ -276,7 +277,9 @@ def render_fleet(fleet: Fleet, console: Console) -> None:
     for n in fleet.nodes:
         models = ", ".join(f"{count} x {name.removeprefix('NVIDIA ')}" for name, count in n.gpu_models.items()) or "-"
         free = (
-            f"{n.free_bytes_min / GIB:.2f} / {n.free_bytes_total / GIB:.2f}" if n.free_bytes_total is not None else "-"
+            f"{n.free_bytes_min / GIB:.2f} / {n.free_bytes_total / GIB:.2f}"
+            if n.free_bytes_min is not None and n.free_bytes_total is not None  # both or neither (node_from_report)
+            else "-"
         )
         busbw = f"{n.busbw_gbs:.1f}" if n.busbw_gbs is not None else "-"
         why = n.error or ", ".join(n.failing)

@@ -15,6 +15,7 @@ import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from avatardoctor.advice import PLANNED_FRAMES, PLANNED_SIZES, fp8_possible, hardware_advice, refused
 from avatardoctor.ckpt.components import ComponentSummary
@@ -92,7 +93,7 @@ def flag_text(field: str, value) -> str:
     return f"{flag} {value}"
 
 
-def constraints(base: LaunchConfig) -> dict[str, object]:
+def constraints(base: LaunchConfig) -> dict[str, Any]:
     """What the user set: the planner keeps it and changes only the rest."""
     fixed = {k: getattr(base, k) for k in CONSTRAINTS if k in base.explicit}
     if base.mode_reason == "--mode":
@@ -144,7 +145,8 @@ def _added(chosen: LaunchConfig, gpus, summary, terms) -> list[str]:
     lines = []
     for field in ("offload_kv_cache", "t5_cpu"):
         if getattr(chosen, field) and field not in chosen.explicit:
-            without = predict(replace(chosen, **{field: False}), gpus, summary, terms)
+            off: dict[str, Any] = {field: False}  # LaunchConfig's keyword arguments
+            without = predict(replace(chosen, **off), gpus, summary, terms)
             g = without.binding
             short = (
                 f": GPU {g.index} short by {-g.headroom_bytes / GIB:.1f} GiB without it"

@@ -484,7 +484,7 @@ def _predict(
     )
     missing = max(0, config.nproc - len(rank_gpus))
     refusals = tuple(v for v in violations(config, image_hw) if v.fatal)
-    notes = (note,) if note else ()
+    notes: tuple[str, ...] = (note,) if note else ()
     if inputs.audio_seconds is None:
         notes += ("no --audio (or --audio-seconds): the audio features, which grow with its length, are left out",)
     host = predict_host(config, summary, geo, inputs.audio_seconds)

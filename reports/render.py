@@ -88,7 +88,7 @@ def drawn_gpus(peaks: dict[str, float | None], first: str | None = None) -> list
     page of many MB) the failed GPU and the highest measured peaks."""
     if len(peaks) <= MAX_TIMELINES:
         return list(peaks)
-    ranked = sorted(peaks, key=lambda g: (g != first, -(peaks[g] if peaks[g] is not None else -1.0)))
+    ranked = sorted(peaks, key=lambda g: (g != first, -(p if (p := peaks[g]) is not None else -1.0)))
     chosen = set(ranked[:MAX_TIMELINES])
     return [g for g in peaks if g in chosen]
 

@@ -45,10 +45,12 @@ def gpu_rows(timeline: Timeline, run: RunRecord | None) -> list[dict]:
                 "peak_phase": None if peak is None else phase_at(phases, peak.elapsed_s),
                 "predicted_peak_gib": _round(predicted_peak),
                 "predicted_phase": pred.phase if pred else None,
-                "delta_gib": _round(measured - predicted_peak) if None not in (measured, predicted_peak) else None,
+                "delta_gib": (
+                    _round(measured - predicted_peak) if measured is not None and predicted_peak is not None else None
+                ),
                 "usable_gib": _round(usable),
                 "total_gib": _round(total),
-                "headroom_gib": _round(usable - measured) if None not in (measured, usable) else None,
+                "headroom_gib": _round(usable - measured) if measured is not None and usable is not None else None,
             }
         )
     return rows

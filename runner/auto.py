@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 from avatardoctor.machine.ports import holders_text, port_holders, probe_port
 from avatardoctor.planfile import PlanFile, read_plan_file
@@ -12,7 +13,7 @@ from avatardoctor.planner import describe, entry_argv, make_plan, plan_file
 from avatardoctor.runner.run import RunOptions, RunResult, execute
 from avatardoctor.upstream import GRADIO_ENV, GRADIO_LACKS, GRADIO_PORT, GRADIO_SERVER_PORT
 
-SMOKE = {"num_clip": 1, "size": "384*256"}  # the seeds' "quick validation": one clip, the smallest size
+SMOKE: dict[str, Any] = {"num_clip": 1, "size": "384*256"}  # the seeds' "quick validation": one clip, the smallest size
 
 
 def auto_run(ctx, options: RunOptions, max_retries: int, smoke: bool, log, gradio: bool = False) -> list[RunResult]:
@@ -215,11 +216,15 @@ GRADIO_NUM_CLIP = "100"  # the gradio scripts' --num_clip
 
 
 def _free(port: int, what: str) -> tuple[int, str | None]:
-    """The port when it is free, else the next free one and a note naming who holds it."""
+    """The port when it is free, else the next free one (the port itself when none is) and a note naming who
+    holds it."""
     probe = probe_port(port)
     if probe.free:
         return port, None
-    return probe.next_free, f"{what} {port} is held by {holders_text(probe.holders)}: using {probe.next_free}"
+    held = f"{what} {port} is held by {holders_text(probe.holders)}"
+    if probe.next_free is None:  # none free within SEARCH_SPAN above it: keep it (was "--server_port None")
+        return port, f"{held}, and no port above it is free: keeping {port}, free it before launching"
+    return probe.next_free, f"{held}: using {probe.next_free}"
 
 
 def gradio_plan(doc: PlanFile, port: int = GRADIO_SERVER_PORT) -> tuple[PlanFile, str | None]:

@@ -184,8 +184,8 @@ def _explain(signal: _Signal, phases: list, nproc: int) -> Failure:
         tried = re.search(r"Tried to allocate ([\d.]+) ?(B|KiB|MiB|GiB|TiB)\b", signal.text)
         mib = round(float(tried[1]) * _MIB_PER[tried[2]], 2) if tried else None
         return Failure("oom", message, _oom_remedy(gpu, phase, nproc), gpu, phase, mib, signal.at)
-    if signal.kind == "exit":  # torchrun's own line names the rank that failed
-        gpu = int(re.search(r"local_rank: (\d+)", signal.text)[1])
+    if signal.kind == "exit" and (named := re.search(r"local_rank: (\d+)", signal.text)):
+        gpu = int(named[1])  # torchrun's own line names the rank that failed (the "exit" pattern holds it)
     cls = {"exception": "crashed", "exit": "crashed", "flash-attn": "assertion"}.get(signal.kind, signal.kind)
     return Failure(cls, message, _REMEDIES[signal.kind](signal.text, nproc), gpu, phase, None, signal.at)
 

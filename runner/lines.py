@@ -18,15 +18,17 @@ class BoundedLines(Generic[AnyStr]):
     unterminated one. Each chunk is scanned once: no re-splitting of what was buffered."""
 
     def __init__(self, empty: AnyStr, cap: int = LINE_CAP):
-        self.empty, self.cap = empty, cap
-        self.newline: AnyStr = b"\n" if isinstance(empty, bytes) else "\n"  # type: ignore[assignment]
+        self.empty: AnyStr = empty
+        self.cap = cap
+        self.newline: AnyStr = b"\n" if isinstance(empty, bytes) else "\n"
         self.unit = "bytes" if isinstance(empty, bytes) else "characters"
         self.head: list[AnyStr] = []
         self.kept = self.cut = 0
         self.open = False  # a line has started and not ended
 
     def feed(self, chunk: AnyStr) -> list[AnyStr]:
-        lines, start = [], 0
+        lines: list[AnyStr] = []
+        start = 0
         while True:
             end = chunk.find(self.newline, start)
             self._keep(chunk[start:] if end < 0 else chunk[start:end])
@@ -53,6 +55,6 @@ class BoundedLines(Generic[AnyStr]):
         line = self.empty.join(self.head)
         if self.cut:
             note = f" [... {self.cut} {self.unit} cut]"
-            line += note.encode() if isinstance(line, bytes) else note  # type: ignore[operator]
+            line += note.encode() if isinstance(line, bytes) else note
         self.head, self.kept, self.cut, self.open = [], 0, 0, False
         return line

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import shutil
@@ -17,9 +18,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import cast
 
 from avatardoctor import __version__, jobs
 from avatardoctor.calibration import IMPORT_SCHEMA, Measurement
@@ -53,7 +56,8 @@ class RunOptions:
     cwd: Path = field(default_factory=Path.cwd)  # the Live Avatar checkout
     entry: list[str] = field(default_factory=lambda: ["minimal_inference/s2v_streaming_interact.py"])
     not_ready: list[str] = field(default_factory=list)  # failing check ids, when launched with --force
-    on_progress: object | None = None  # called about 5 times a second with (tracker, sampler, plan): the live view
+    # called about 5 times a second with (tracker, sampler, plan): the live view
+    on_progress: Callable[[LogTracker, MemorySampler, PlanFile], None] | None = None
     shim: bool = True  # run each rank through avatardoctor.runner.shim (torch's own memory view per rank)
     memory_history: bool = False  # also a PyTorch memory snapshot per rank (CUDA only)
 
@@ -134,13 +138,13 @@ def execute(plan: PlanFile, options: RunOptions) -> RunResult:
         proc = job.proc
         sampler = MemorySampler(folder, options.sample_hz, root_pid=proc.pid, gpu_indices=plan.visible_gpus)
         sampler.start()
+
+        def on_signal(*_: object) -> None:
+            interrupted.set()
+            threading.Thread(target=job.stop, daemon=True).start()
+
         previous = (
-            {
-                sig: signal.signal(
-                    sig, lambda *_: (interrupted.set(), threading.Thread(target=job.stop, daemon=True).start())
-                )
-                for sig in (signal.SIGINT, signal.SIGTERM)
-            }
+            {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
             if threading.current_thread() is threading.main_thread()
             else {}
         )
@@ -148,7 +152,8 @@ def execute(plan: PlanFile, options: RunOptions) -> RunResult:
         def read_output() -> None:
             """Lines capped at LINE_CAP bytes as they come (a rank may print a gigabyte without a newline)."""
             lines = BoundedLines(b"")
-            for chunk in iter(lambda: proc.stdout.read1(LINE_CAP), b""):
+            stdout = cast(io.BufferedReader, proc.stdout)  # stdout=PIPE, buffered: a BufferedReader
+            for chunk in iter(lambda: stdout.read1(LINE_CAP), b""):
                 liveness.output(time.monotonic() - started)  # a tqdm bar redrawn with \r ends no line
                 for raw in lines.feed(chunk):
                     record(raw)
@@ -337,7 +342,9 @@ def measurements(
     found = []
     for gpu, mib in sorted(peaks_mib.items()):
         g = predicted.get(gpu)
-        inputs = g.get("calibration") if g else None
+        if not g:  # no prediction for this GPU: nothing to calibrate against
+            continue
+        inputs = g.get("calibration")
         if not isinstance(inputs, dict):
             continue
         at = peak_at.get(gpu)

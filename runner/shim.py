@@ -88,7 +88,8 @@ class Phases:
     """One tracker for both streams: INFO lines go to stderr (logging's default), prints to stdout."""
 
     def __init__(self, recorder: Recorder):
-        self.recorder, self.tracker, self.phase = recorder, LogTracker(1), None
+        self.recorder, self.tracker = recorder, LogTracker(1)
+        self.phase: str | None = None
 
     def line(self, text: str) -> None:
         self.tracker.feed(text, time.monotonic() - self.recorder.started)
@@ -116,7 +117,7 @@ class PhaseWatcher(io.TextIOBase):
         return self.stream.fileno()
 
     @property
-    def encoding(self):
+    def encoding(self):  # type: ignore[override]  # typeshed: a writable attribute; io's is a read-only property
         return self.stream.encoding
 
 

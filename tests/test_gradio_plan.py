@@ -76,3 +76,17 @@ def test_a_held_gradio_master_port_moves_to_a_free_one_and_says_so():
             pass  # already held by another process on this machine: held all the same
         doc, note = gradio_plan(cli_plan("tpp"), 0)
     assert doc.master_port != GRADIO_PORT["tpp"] and f"master port {GRADIO_PORT['tpp']} is held" in note
+
+
+def test_a_held_server_port_with_no_free_port_above_it_is_kept_and_the_note_says_so():
+    """Nothing is free above 65535: the port stays (it was "--server_port None") and the note says why."""
+    with socket.socket() as held:
+        try:
+            held.bind(("0.0.0.0", 65535))
+            held.listen()
+        except OSError:
+            pass  # already held by another process on this machine: held all the same
+        doc, note = gradio_plan(cli_plan("tpp"), 65535)
+    assert doc.server_port == 65535
+    assert doc.argv[doc.argv.index("--server_port") + 1] == "65535"
+    assert note is not None and "server port 65535 is held" in note and "None" not in note

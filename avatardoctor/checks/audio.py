@@ -112,8 +112,8 @@ def open_audio(ctx: CheckContext) -> AudioFile | Outcome:
         return failed(summary, where, "rename the file (or its folder) to a UTF-8 name; plain ASCII is safest", data)
     if "+" in str(given):
         summary = f"--audio {name} contains '+': Live Avatar splits the path there into several speakers' files"
-        why = ["both upstream pipelines run audio_path.split('+') (multi-speaker mode, with SAM2 masks)"]
-        return failed(summary, why, "rename the file (or its folder) without '+'", data)
+        split = ["both upstream pipelines run audio_path.split('+') (multi-speaker mode, with SAM2 masks)"]
+        return failed(summary, split, "rename the file (or its folder) without '+'", data)
     import soundfile
 
     try:

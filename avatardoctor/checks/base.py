@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from avatardoctor.ckpt.components import ComponentSummary, reference_summary
 from avatardoctor.ckpt.scan import CheckpointScan
@@ -24,6 +24,9 @@ from avatardoctor.estimates import DEFAULT_TERMS, EstimateTerms
 from avatardoctor.machine.model import Gpu, GpuPair, Machine, p2p_ok
 from avatardoctor.machine.probes import HostProbes
 from avatardoctor.visible import Visible
+
+if TYPE_CHECKING:  # a type only: the checks judge its facts and never start the test
+    from avatardoctor.nccltest.launch import NcclOutcome
 
 
 class Status(str, Enum):
@@ -99,9 +102,9 @@ class CheckContext:
     cwd: Path = field(default_factory=Path.cwd)
     checkpoint: CheckpointScan | None = None  # the --ckpt-dir folder's structure, when one is given
     terms: EstimateTerms = DEFAULT_TERMS  # the memory model's estimated terms (default or calibrated)
-    nccl: object | None = None  # avatardoctor.nccltest.launch.NcclOutcome, after check --deep
+    nccl: NcclOutcome | None = None  # after check --deep
     nccl_backend: str | None = None
-    nccl_without_p2p: object | None = None  # the same test with NCCL_P2P_DISABLE=1, where P2P is off
+    nccl_without_p2p: NcclOutcome | None = None  # the same test with NCCL_P2P_DISABLE=1, where P2P is off
     deep: bool = False  # check --deep: checks may run what they would otherwise only read about
     probes: HostProbes = field(default_factory=HostProbes)  # ports, disk, interfaces: probed once, when asked
 

@@ -7,6 +7,7 @@ only judge them. Each problem names its file and says how to get it right.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from avatardoctor.checks.base import (
     CheckContext,
@@ -56,7 +57,7 @@ def check_layout(ctx: CheckContext) -> Outcome:
         f"--ckpt-dir {scan.given} -> {scan.root}"
         + ("" if os.path.isabs(scan.given) else f" (relative to {ctx.launch_dir}, where the launch starts)")
     ]
-    data = {"root": str(scan.root), "layout": scan.layout}
+    data: dict[str, Any] = {"root": str(scan.root), "layout": scan.layout}
     if scan.root_problem:
         elsewhere = ctx.cwd / scan.given
         if not os.path.isabs(scan.given) and ctx.launch_dir != ctx.cwd and elsewhere.is_dir():
@@ -89,6 +90,7 @@ def check_index(ctx: CheckContext) -> Outcome:
     got = _unusable(ctx, "dit")
     if isinstance(got, Outcome):
         return got
+    assert ctx.checkpoint is not None  # _unusable returned the skip otherwise
     index = ctx.checkpoint.index
     if index is None:
         return skipped("no readable shard index (see ckpt.layout and ckpt.dit)")
@@ -124,6 +126,7 @@ def check_dit(ctx: CheckContext) -> Outcome:
         )
     if scan.size is None:
         return skipped("DiT shards not all present (see ckpt.layout)")
+    assert ctx.checkpoint is not None  # _unusable returned the skip otherwise
     units = ctx.checkpoint.summary and ctx.checkpoint.summary.dit_units
     details = []
     if units:
@@ -203,13 +206,14 @@ def check_config(ctx: CheckContext) -> Outcome:
 
 @check("ckpt.sha256", GROUP)
 def check_sha256(ctx: CheckContext) -> Outcome:
-    deep = ctx.checkpoint.deep if ctx.checkpoint else None
-    if deep is None:
+    checkpoint = ctx.checkpoint
+    deep = checkpoint.deep if checkpoint else None
+    if checkpoint is None or deep is None:
         return skipped("content not hashed: `avatardoctor ckpt verify DIR --deep`")
-    root = ctx.checkpoint.root
+    root = checkpoint.root
     digests = relative_digests(deep.hashed.digests, root)
     unreadable = [f"{p.relative_to(root).as_posix()}: {why}" for p, why in deep.hashed.errors.items()]
-    data = {"sha256": digests, "manifest": str(deep.manifest_path) if deep.manifest_path else None}
+    data: dict[str, Any] = {"sha256": digests, "manifest": str(deep.manifest_path) if deep.manifest_path else None}
     if unreadable:
         return failed(
             f"{len(unreadable)} file{'s' if len(unreadable) > 1 else ''} could not be read to the end",
@@ -217,7 +221,8 @@ def check_sha256(ctx: CheckContext) -> Outcome:
             REDOWNLOAD,
             data,
         )
-    if deep.manifest is None:
+    manifest_path = deep.manifest_path
+    if deep.manifest is None or manifest_path is None:  # gather_deep reads a manifest only from a path
         return passed(
             f"sha256 of {len(digests)} files (the Hub's LFS object ids are these sha256s)",
             [f"{digest}  {name}" for name, digest in sorted(digests.items())],
@@ -233,18 +238,18 @@ def check_sha256(ctx: CheckContext) -> Outcome:
     if errors:
         wrong = [f.path for f in errors if f.kind == "wrong-content"]
         summary = (
-            f"{wrong[0]}: wrong content (its sha256 differs from {deep.manifest_path.name})"
+            f"{wrong[0]}: wrong content (its sha256 differs from {manifest_path.name})"
             if wrong
-            else f"{errors[0].path}: listed in {deep.manifest_path.name} but not in the checkpoint"
+            else f"{errors[0].path}: listed in {manifest_path.name} but not in the checkpoint"
         )
         return failed(summary, _listed(lines), f"re-download the named files: {REDOWNLOAD}", data)
     if findings:
         return warned(
-            f"every file in {deep.manifest_path.name} matches; {len(findings)} more not listed in it",
+            f"every file in {manifest_path.name} matches; {len(findings)} more not listed in it",
             _listed(lines),
             data=data,
         )
-    return passed(f"all {len(digests)} files match {deep.manifest_path.name}", data=data)
+    return passed(f"all {len(digests)} files match {manifest_path.name}", data=data)
 
 
 @check("ckpt.crc", GROUP)

@@ -22,6 +22,7 @@ def _remedy(ctx: CheckContext) -> str | None:
     change = smallest_change(ctx.config, ctx.rank_gpus, ctx.components, ctx.terms)
     if change:
         g = change.prediction.binding
+        assert g is not None  # a prediction that fits has GPUs
         return f"{change.flags} (then GPU {g.index} peaks at {g.peak_bytes / GIB:.2f} of {g.usable_bytes / GIB:.2f} GiB usable)"
     options = hardware_advice(ctx.config, ctx.components, ctx.terms)
     if options:

@@ -3,6 +3,8 @@ memory, and who else holds memory on them."""
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from avatardoctor.checks.base import (
     CheckContext,
     Outcome,
@@ -164,12 +166,22 @@ def check_vram(ctx: CheckContext) -> Outcome:
     )
 
 
+class _Holder(TypedDict):
+    """A process (or unattributed memory: pid and name None) holding memory on a rank's GPU."""
+
+    gpu: int
+    pid: int | None
+    name: str | None
+    used_bytes: int | None
+
+
 @check("gpu.processes", "GPUs")
 def check_processes(ctx: CheckContext) -> Outcome:
     if skip := needs_gpu_facts(ctx):
         return skip
     rank_ids = {g.index for g in ctx.rank_gpus}
-    details, holders = [], []
+    details: list[str] = []
+    holders: list[_Holder] = []
     for g in ctx.machine.gpus:
         used_here = g.index in rank_ids
         for p in g.processes:

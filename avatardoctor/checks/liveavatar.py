@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from avatardoctor.checks.base import (
     CheckContext,
@@ -62,7 +63,7 @@ def checkout(ctx: CheckContext) -> Outcome:
     given = Path(given)
     root = Path(os.path.normpath(ctx.cwd / given))  # an absolute `given` replaces cwd
     where = [f"checkout: {root}" + ("" if given.is_absolute() else f" (--liveavatar {given} relative to {ctx.cwd})")]
-    data = {"path": str(root)}
+    data: dict[str, Any] = {"path": str(root)}
     clone = f"pass --liveavatar the root of a clone of {UPSTREAM_REPO} (the directory holding minimal_inference/)"
     # os.path here and below: unlike Path's methods it answers False, not PermissionError, behind an unreadable dir
     if not os.path.exists(root):
@@ -207,7 +208,7 @@ def asserts(ctx: CheckContext) -> Outcome:
     image_hw, _ = reference_hw(cfg)  # input.image reports an unreadable image; the --size aspect stands in
     found = violations(cfg, image_hw)
     fatal = [v for v in found if v.fatal]
-    data = {
+    data: dict[str, Any] = {
         "violations": [v.rule.id for v in fatal],
         "warnings": [v.rule.id for v in found if not v.fatal],
         "mode": cfg.mode,

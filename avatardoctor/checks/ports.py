@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from avatardoctor.checks.base import CheckContext, Outcome, check, failed, passed
 from avatardoctor.machine.ports import holders_text
 from avatardoctor.upstream import GRADIO_PORT, SCRIPT_PORT
@@ -23,7 +25,7 @@ def check_master_port(ctx: CheckContext) -> Outcome:
     if not 1 <= port <= 65535:
         return failed(f"master port {port} is not a TCP port (1-65535)", details, remedy="--master-port 29500")
     probe = ctx.probes.port(port)
-    data = {"port": port, "free": probe.free}
+    data: dict[str, Any] = {"port": port, "free": probe.free}
     if probe.free:
         return passed(f"master port {port} is free", details, data=data)
     suggestion = probe.next_free

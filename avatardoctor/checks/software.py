@@ -156,7 +156,10 @@ def _major_minor(text: str | None) -> tuple[int, int] | None:
         release = Version(text).release if text else ()
     except InvalidVersion:
         return None
-    return (release + (0,))[:2] if release else None
+    if not release:
+        return None
+    major, minor, *_ = (*release, 0)
+    return major, minor
 
 
 def _matches(version: str | None, spec: str) -> bool:

@@ -96,7 +96,7 @@ def check_pcie(ctx: CheckContext) -> Outcome:
     for g in known:
         p = g.pcie
         details.append(f"GPU {g.index}: PCIe Gen{p.gen_current} x{p.width_current} (max Gen{p.gen_max} x{p.width_max})")
-        if p.width_current < p.width_max:
+        if p.width_current and p.width_max and p.width_current < p.width_max:  # both known (above)
             narrow.append(g)
     if any(g.pcie.gen_current and g.pcie.gen_max and g.pcie.gen_current < g.pcie.gen_max for g in known):
         details.append("a generation below max is normal while a GPU idles (power saving); it rises under load")

@@ -131,11 +131,13 @@ def reference_tensors(component: str) -> tuple[TensorSpec, ...]:
 @lru_cache(maxsize=1)
 def reference_summary() -> ComponentSummary:
     dit = reference_tensors("dit")
+    shape = dit_shape(dit)
+    assert shape is not None  # the reference has its attention weights
     return ComponentSummary(
         source="reference Wan2.2-S2V-14B",
         dit=size_of(dit),
         dit_units=dit_units(dit),
-        dit_shape=dit_shape(dit),
+        dit_shape=shape,
         t5=size_of(reference_tensors("t5")),
         t5_root=t5_root(reference_tensors("t5")),
         vae=size_of(reference_tensors("vae")),

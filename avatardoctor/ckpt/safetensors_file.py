@@ -113,8 +113,10 @@ def _object(pairs: list[tuple[str, object]]) -> dict:
     obj = dict(pairs)
     if len(obj) != len(pairs):
         seen: set[str] = set()
-        duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))
-        raise _HeaderProblem(f"the name {_short(duplicate)} appears twice")
+        for key, _ in pairs:  # the first name seen twice
+            if key in seen:
+                raise _HeaderProblem(f"the name {_short(key)} appears twice")
+            seen.add(key)
     for key, value in pairs:
         if LONE_SURROGATE.search(key) or (isinstance(value, str) and LONE_SURROGATE.search(value)):
             raise _HeaderProblem(f"a lone UTF-16 surrogate escape in {_short(key)}: not valid UTF-8 text")

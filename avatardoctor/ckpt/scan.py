@@ -10,6 +10,7 @@ import stat
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from avatardoctor.ckpt import layout
 from avatardoctor.ckpt.compare import ReferenceDiff, compare_tensors
@@ -30,6 +31,9 @@ from avatardoctor.ckpt.safetensors_file import (
     read_header,
 )
 from avatardoctor.files import FileTooLarge, read_limited
+
+if TYPE_CHECKING:  # a type only: deep.py imports this module to hash a scan's files
+    from avatardoctor.ckpt.deep import DeepFacts
 
 CONFIG_LIMIT = 2**20
 
@@ -59,7 +63,7 @@ class CheckpointScan:
     index: ShardIndex | None = None
     index_problems: list[str] = field(default_factory=list)
     shard_tensors: list[tuple[str, str, tuple[int, ...]]] = field(default_factory=list)
-    deep: object | None = None  # avatardoctor.ckpt.deep.DeepFacts, after `ckpt verify --deep`
+    deep: DeepFacts | None = None  # after `ckpt verify --deep`
 
     @property
     def files(self) -> list[Path]:

@@ -86,6 +86,9 @@ class _HoleWriter:
     def flush(self) -> None:
         self.f.flush()
 
+    def close(self) -> None:  # part of a writable file's shape (zipfile's typing); ZipFile leaves a given file open
+        self.f.close()
+
 
 def write_pth(path: Path, tensors: list[TensorSpec], data: Callable[[int], bytes] | None) -> None:
     """A torch.save-shaped zip: one stored entry per tensor. Its data.pkl is a plain list of names

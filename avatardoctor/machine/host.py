@@ -13,6 +13,9 @@ SHM_PATH = "/dev/shm"
 
 def local_host() -> Host:
     vm = psutil.virtual_memory()
+    shm_total: int | None
+    shm_free: int | None
+    cpus: int | None
     try:
         st = os.statvfs(SHM_PATH)
         shm_total, shm_free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize

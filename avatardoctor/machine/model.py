@@ -7,8 +7,9 @@ Sizes are bytes, as NVML gives them; text conversion happens only when rendering
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal, overload
 
 SCHEMA = "avatardoctor.machine/1"
 
@@ -147,7 +148,14 @@ class _Fields:
             raise MachineFormatError(f"{self._path(key)} is missing")
         return self.obj[key]
 
-    def int(self, key: str, optional: bool = False, minimum: int = 0) -> int | None:
+    # The methods below are named after the JSON types they read, so within this class `int`, `str` and
+    # `bool` name them: the builtins are spelled builtins.int and so on. optional=True admits a missing
+    # or null field (None); without it the field is required, so the value is never None.
+    @overload
+    def int(self, key: builtins.str, optional: Literal[False] = False, minimum: builtins.int = 0) -> builtins.int: ...
+    @overload
+    def int(self, key: builtins.str, optional: Literal[True], minimum: builtins.int = 0) -> builtins.int | None: ...
+    def int(self, key: builtins.str, optional: builtins.bool = False, minimum: builtins.int = 0) -> builtins.int | None:
         v = self._get(key, optional)
         if v is None:
             return None
@@ -155,7 +163,17 @@ class _Fields:
             raise MachineFormatError(f"{self._path(key)} must be an integer >= {minimum}, not {v!r:.40}")
         return v
 
-    def str(self, key: str, optional: bool = False, choices: tuple[str, ...] = ()) -> str | None:
+    @overload
+    def str(
+        self, key: builtins.str, optional: Literal[False] = False, choices: tuple[builtins.str, ...] = ()
+    ) -> builtins.str: ...
+    @overload
+    def str(
+        self, key: builtins.str, optional: Literal[True], choices: tuple[builtins.str, ...] = ()
+    ) -> builtins.str | None: ...
+    def str(
+        self, key: builtins.str, optional: builtins.bool = False, choices: tuple[builtins.str, ...] = ()
+    ) -> builtins.str | None:
         v = self._get(key, optional)
         if v is None:
             return None
@@ -165,7 +183,11 @@ class _Fields:
             raise MachineFormatError(f"{self._path(key)} must be one of {', '.join(choices)}, not {v!r:.40}")
         return v
 
-    def bool(self, key: str, optional: bool = False) -> bool | None:
+    @overload
+    def bool(self, key: builtins.str, optional: Literal[False] = False) -> builtins.bool: ...
+    @overload
+    def bool(self, key: builtins.str, optional: Literal[True]) -> builtins.bool | None: ...
+    def bool(self, key: builtins.str, optional: builtins.bool = False) -> builtins.bool | None:
         v = self._get(key, optional)
         if v is None:
             return None
@@ -173,7 +195,7 @@ class _Fields:
             raise MachineFormatError(f"{self._path(key)} must be true or false")
         return v
 
-    def list(self, key: str) -> list[Any]:
+    def list(self, key: builtins.str) -> list[Any]:
         v = self._get(key, optional=True)
         if v is None:
             return []
@@ -181,7 +203,7 @@ class _Fields:
             raise MachineFormatError(f"{self._path(key)} must be a list")
         return v
 
-    def object(self, key: str) -> _Fields:
+    def object(self, key: builtins.str) -> _Fields:
         v = self._get(key, optional=True)
         return _Fields({} if v is None else v, self._path(key))
 

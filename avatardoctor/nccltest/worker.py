@@ -133,7 +133,12 @@ def p2p_matrix(size: int = 256 * 2**20) -> list[list[float | None]]:
         src = torch.ones(size // 4, device=f"cuda:{a}")
         for b in range(n):
             dst = torch.empty(size // 4, device=f"cuda:{b}")
-            seconds = timed(lambda: dst.copy_(src), 3, lambda: (torch.cuda.synchronize(a), torch.cuda.synchronize(b)))
+
+            def sync_both() -> None:
+                torch.cuda.synchronize(a)
+                torch.cuda.synchronize(b)
+
+            seconds = timed(lambda: dst.copy_(src), 3, sync_both)
             matrix[a][b] = round(size / seconds / 1e9, 2)
     return matrix
 
