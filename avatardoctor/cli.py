@@ -297,9 +297,8 @@ def report(path, output, compare, fields, force):
     if compare:
         if path:
             raise InputError("report: give PATH or --compare RUN_A RUN_B, not both")
-        index = render_compare(
-            *compare, out=output or Path(f"compare-{compare[0].name}-{compare[1].name}"), force=force
-        )
+        run_a, run_b = compare
+        index = render_compare(run_a, run_b, out=output or Path(f"compare-{run_a.name}-{run_b.name}"), force=force)
     elif path:
         index = render_report(path, output, force, field_list)
     else:

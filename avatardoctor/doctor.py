@@ -127,11 +127,12 @@ def verify_checkpoint(
         from avatardoctor.ckpt.manifest import relative_digests
         from avatardoctor.ckpt.manifest import write_manifest as write_sha256sum
 
-        facts = gather_deep(ctx.checkpoint, manifest, progress)
-        ctx = replace(ctx, checkpoint=replace(ctx.checkpoint, deep=facts))
+        scan = ctx.checkpoint
+        facts = gather_deep(scan, manifest, progress)
+        ctx = replace(ctx, checkpoint=replace(scan, deep=facts))
         checks += ckpt_checks.DEEP_CHECKS
         if write_manifest:
-            write_sha256sum(relative_digests(facts.hashed.digests, ctx.checkpoint.root), write_manifest, force)
+            write_sha256sum(relative_digests(facts.hashed.digests, scan.root), write_manifest, force)
             wrote = f"wrote {len(facts.hashed.digests)} sha256 lines to {write_manifest}"
     return ctx, run_checks(ctx, checks), wrote
 

@@ -206,10 +206,12 @@ def verify(directory, liveavatar, lora_path, deep, manifest, write_manifest, for
         sys.exit(exitcodes.INTERRUPTED)
     if wrote:
         click.echo(wrote, err=True)
+    scan = ctx.checkpoint
+    assert scan is not None  # checkpoint_context always scans the folder it was given
     if as_json:
-        click.echo(ckpt_json(ctx.checkpoint, report))
+        click.echo(ckpt_json(scan, report))
     else:
-        render_human(report, Console(highlight=False), verbose, title=f"checkpoint: {ctx.checkpoint.root}")
+        render_human(report, Console(highlight=False), verbose, title=f"checkpoint: {scan.root}")
     sys.exit(exitcodes.READY if report.ready else exitcodes.NOT_READY)
 
 
