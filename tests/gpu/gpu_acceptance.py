@@ -22,8 +22,8 @@ Steps, in order (each passes, fails, or is skipped; the run exits 1 if any faile
                   every rank on the CPU with gloo and never fails with "Duplicate GPU"
 
 Without CUDA (no torch CUDA build, no device, no NVML) every step is "skipped: no CUDA" and the run
-exits 0. Children get CUDA_DEVICE_ORDER=PCI_BUS_ID, so a CUDA ordinal is the NVML index; the record step
-checks that they name the same GPUs. This process never initialises CUDA itself (torch's view comes
+exits 0. It ignores CUDA_VISIBLE_DEVICES and runs everything with CUDA_DEVICE_ORDER=PCI_BUS_ID, so a CUDA
+ordinal is the NVML index; the record step checks that they name the same GPUs. This process never initialises CUDA itself (torch's view comes
 from a child): its context would sit in every memory figure.
 
 The sampler's tolerance is 64 MiB + 0.5% of the hold. The context (what the workload's process holds
@@ -715,6 +715,11 @@ def main(argv: list[str] | None = None) -> int:
         "--no-save-fixture", action="store_true", help="do not copy the recorded machine into tests/fixtures"
     )
     args = parser.parse_args(argv)
+    # The run is about the whole box, numbered as NVML numbers it: each step chooses its own GPUs.
+    hidden = os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+    os.environ["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+    if hidden is not None:
+        print(f"CUDA_VISIBLE_DEVICES={hidden} is ignored: the run covers every GPU of this box")
     view = torch_view()
     no_cuda = why_no_cuda(view)
     # A run without CUDA proves nothing about a GPU: its folder is named so (and git ignores it).
