@@ -11,8 +11,6 @@ import time
 
 import pynvml
 import pytest
-from avatardoctor.runner.folder import RunFolder
-from avatardoctor.runner.sampler import MEMORY_COLUMNS, MemorySampler
 from click.testing import CliRunner
 from conftest import make_ctx
 from fake_pynvml import boxes, install
@@ -23,6 +21,8 @@ from avatardoctor.cli import cli
 from avatardoctor.machine.model import machine_from_dict
 from avatardoctor.machine.nvml import NvmlBackend, NvmlMemoryReader, NvmlUnavailable
 from avatardoctor.machine.recorded import read_machine_file
+from avatardoctor.runner.folder import RunFolder
+from avatardoctor.runner.sampler import MEMORY_COLUMNS, MemorySampler
 
 MIB, GIB = 2**20, 2**30
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")

@@ -15,7 +15,7 @@ tests/fake_pynvml plays each driver generation under the real binding.
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 import psutil
@@ -125,21 +125,24 @@ class _Unreadable(Exception):
 
 class NvmlBackend:
     def snapshot(self) -> Machine:
-        host = local_host()
-        base = dict(source="nvml", host=host, hostname=socket.gethostname())
-        base["recorded_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        base = Machine(
+            source="nvml",
+            host=local_host(),
+            hostname=socket.gethostname(),
+            recorded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
         try:
             pynvml.nvmlInit()
         except pynvml.NVMLError as err:
-            return Machine(**base, nvml_error=describe_nvml_error(err))
+            return replace(base, nvml_error=describe_nvml_error(err))
         try:
             return self._read(base)
         except _Unreadable as err:
-            return Machine(**base, nvml_error=str(err))
+            return replace(base, nvml_error=str(err))
         finally:
             _try(pynvml.nvmlShutdown)
 
-    def _read(self, base: dict) -> Machine:
+    def _read(self, base: Machine) -> Machine:
         try:
             count = pynvml.nvmlDeviceGetCount()
             handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
@@ -158,8 +161,8 @@ class NvmlBackend:
             for b in range(a + 1, count):
                 pairs.append(self._pair(a, b, handles, gpus, links))
         cuda = _try(pynvml.nvmlSystemGetCudaDriverVersion_v2)
-        return Machine(
-            **base,
+        return replace(
+            base,
             gpus=tuple(gpus),
             pairs=tuple(pairs),
             driver_version=driver,

@@ -337,16 +337,15 @@ def reference_from(outcome, scale: float) -> dict:
     return {"world_size": 2, "allreduce": [{**r, "algbw_gbs": r["algbw_gbs"] * scale} for r in outcome.allreduce]}
 
 
-def item_errors(cli) -> list[str]:
-    validator = acceptance.validator_for_check(acceptance.check_validator())
-    return [e for c in json.loads(cli.stdout)["checks"] for e in acceptance.schema_errors(validator, c)]
+def document_errors(cli) -> list[str]:
+    return acceptance.schema_errors(acceptance.check_validator(), json.loads(cli.stdout))
 
 
-def test_the_nccl_commands_json_items_are_check_results(nccl_json):
+def test_the_nccl_commands_json_is_a_check_document(nccl_json):
     assert nccl_json.returncode == 0, nccl_json.stderr
-    assert item_errors(nccl_json) == []
+    assert document_errors(nccl_json) == []
     broken = subprocess.CompletedProcess([], 0, nccl_json.stdout.replace('"status": "pass"', '"status": "good"'), "")
-    assert item_errors(broken)
+    assert document_errors(broken)
 
 
 def test_the_nccl_step_passes_when_the_figures_agree(nccl_json):
@@ -364,6 +363,7 @@ def test_the_nccl_step_passes_when_the_figures_agree(nccl_json):
         ({"busbw": 2.0}, "is not algbw"),
         ({"reference": None}, "no reference all_reduce figures"),
         ({"exit": 2}, "avatardoctor nccl exited 2"),
+        ({"document": ["checks/0/status: 'good' is not one of"]}, "nccl --json against the check/1 schema"),
     ],
 )
 def test_the_nccl_step_fails_on_each_disagreement(nccl_json, spoil, message):
@@ -372,7 +372,7 @@ def test_the_nccl_step_fails_on_each_disagreement(nccl_json, spoil, message):
     if "busbw" in spoil:
         outcome.allreduce[-1] = {**outcome.allreduce[-1], "busbw_gbs": outcome.allreduce[-1]["algbw_gbs"] * 2}
     reference = spoil.get("reference", reference_from(outcome, spoil.get("scale", 1.0)))
-    ok, summary, _ = acceptance.judge_nccl(cli, [], outcome, reference, world=2)
+    ok, summary, _ = acceptance.judge_nccl(cli, spoil.get("document", []), outcome, reference, world=2)
     assert not ok and message in summary
 
 
