@@ -2,8 +2,9 @@
 logs/gpu_processes.csv, per-PID memory once a second (docs/run-folder.md).
 
 NVML where there are GPUs, read through avatardoctor.machine.nvml (the one module that imports the
-binding; tests/fake_pynvml plays NVML for its tests). Where there are none (the demo on a laptop, CI), "auto" records the RSS
-of a process tree from psutil in the same format with gpu `cpu`, so every later stage works the same.
+binding; tests/fake_pynvml plays NVML for its tests). Where there are none (the demo on a laptop, CI),
+"auto" records the RSS of a process tree from psutil in the same format with gpu `cpu`, so every later
+stage works the same.
 
 Sampling runs on its own thread against a monotonic clock (sample k at start + k/hz, so it never
 drifts); a sample that overruns skips the slots it missed instead of bursting to catch up. Each
