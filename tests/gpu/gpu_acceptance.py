@@ -23,8 +23,8 @@ Steps, in order (each passes, fails, or is skipped; the run exits 1 if any faile
 
 Without CUDA (no torch CUDA build, no device, no NVML) every step is "skipped: no CUDA" and the run
 exits 0. It ignores CUDA_VISIBLE_DEVICES and runs everything with CUDA_DEVICE_ORDER=PCI_BUS_ID, so a CUDA
-ordinal is the NVML index; the record step checks that they name the same GPUs. This process never initialises CUDA itself (torch's view comes
-from a child): its context would sit in every memory figure.
+ordinal is the NVML index; the record step checks that they name the same GPUs. This process never
+initialises CUDA itself (torch's view comes from a child): its context would sit in every memory figure.
 
 The sampler's tolerance is 64 MiB + 0.5% of the hold. The context (what the workload's process holds
 beyond torch's reserved memory: the CUDA context, its kernels, the driver's bookkeeping) is measured

@@ -388,7 +388,8 @@ def test_the_demo_step_on_fewer_gpus_than_ranks_expects_gloo_on_the_cpu():
 
 
 def test_the_demo_step_fails_on_nccls_duplicate_gpu():
-    text = "demo: 5 ranks on GPUs 0-4 with nccl\nncclInvalidUsage: Duplicate GPU detected : rank 1 and rank 0 both on CUDA device 1a000\n"
+    text = "demo: 5 ranks on GPUs 0-4 with nccl\n"
+    text += "ncclInvalidUsage: Duplicate GPU detected : rank 1 and rank 0 both on CUDA device 1a000\n"
     ok, summary, _ = acceptance.judge_demo(1, text, gpus=5)
     assert not ok and summary == "NCCL refused: duplicate GPU; exit code 1"
 
