@@ -4,7 +4,8 @@ process per rank under torchrun, printing Live Avatar's console lines at the sam
     python -m torch.distributed.run --nproc_per_node 5 --master_port P \\
         -m avatardoctor.runner.demo_entry --num_gpus_dit 4 --enable_vae_parallel ... (entry_argv)
 
-What is real: the process group (NCCL where every local rank has a GPU, gloo on CPU otherwise);
+What is real: the process group (NCCL where every local rank has a GPU of its own, gloo on the CPU
+otherwise: see placement());
 small checkpoint tensors read from --ckpt_dir with the safetensors library; an FSDP-style root
 unshard (each rank holds one shard of a flat parameter and all_gathers it); a rank-128 LoRA merged
 into the weights; per clip and per 3-latent-frame block, DiT rank i running denoising step i (a
@@ -386,6 +387,25 @@ def save(args, decoded: Decoded, world: int) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class Placement:
+    device: torch.device
+    backend: str
+    note: str  # what rank 0 prints about the choice
+
+
+def placement(local_rank: int, local_world: int, cuda_devices: int) -> Placement:
+    """cuda:<local rank> with NCCL where every local rank has a GPU of its own; otherwise every rank on
+    the CPU with gloo. Never NCCL with fewer GPUs than ranks: NCCL refuses two ranks on one GPU
+    ("Duplicate GPU detected"), and gloo's send/recv cannot carry a CUDA tensor to a CPU rank."""
+    ranks = f"{local_world} rank{'s' if local_world > 1 else ''}"
+    if cuda_devices and cuda_devices >= local_world:
+        gpus = "GPU 0" if local_world == 1 else f"GPUs 0-{local_world - 1}"
+        return Placement(torch.device(f"cuda:{local_rank}"), "nccl", f"{ranks} on {gpus} with nccl")
+    why = f"{cuda_devices} GPU{'s' if cuda_devices != 1 else ''} for {ranks}" if cuda_devices else "no CUDA"
+    return Placement(torch.device("cpu"), "gloo", f"{ranks} on the CPU with gloo ({why})")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     say(
@@ -394,14 +414,15 @@ def main(argv: list[str] | None = None) -> None:
     world = int(os.environ.get("WORLD_SIZE", 1))
     say(f"world_size: {world}")  # upstream entry:354
     local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    # NCCL where each local rank has its own GPU; otherwise gloo on CPU (NCCL cannot share one GPU).
-    on_gpu = torch.cuda.is_available() and torch.cuda.device_count() >= local_world
-    device = torch.device(f"cuda:{local_rank}") if on_gpu else torch.device("cpu")
-    if on_gpu:
+    where = placement(local_rank, local_world, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    device = where.device
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if on_gpu else "gloo")  # always, even for one process, as upstream
+    dist.init_process_group(where.backend)  # always, even for one process, as upstream
     rank = dist.get_rank()
     init_logging(rank)
+    if rank == 0:
+        say(f"demo: {where.note}")
     if args.offload_model is None:
         args.offload_model = world == 1
         logging.info(f"offload_model is not specified, set to {args.offload_model}.")  # entry:363-364

@@ -1,8 +1,10 @@
 """Records memory while a run goes: logs/gpu_memory.csv, one row per GPU per sample, and
 logs/gpu_processes.csv, per-PID memory once a second (docs/run-folder.md).
 
-NVML where there are GPUs. Where there are none (the demo on a laptop, CI), "auto" records the RSS
-of a process tree from psutil in the same format with gpu `cpu`, so every later stage works the same.
+NVML where there are GPUs, read through avatardoctor.machine.nvml (the one module that imports the
+binding; tests/fake_pynvml plays NVML for its tests). Where there are none (the demo on a laptop, CI),
+"auto" records the RSS of a process tree from psutil in the same format with gpu `cpu`, so every later
+stage works the same.
 
 Sampling runs on its own thread against a monotonic clock (sample k at start + k/hz, so it never
 drifts); a sample that overruns skips the slots it missed instead of bursting to catch up. Each
@@ -40,10 +42,6 @@ Reading = tuple[str, str, float | None, float | None, float | None]  # gpu, uuid
 ProcessReading = tuple[str, int, str | None, float | None]  # gpu, pid, name, used MiB
 
 
-class NvmlUnavailable(RuntimeError):
-    """NVML cannot start or sees no GPU; "auto" then records the process tree instead."""
-
-
 def _process_name(pid: int) -> str | None:
     try:
         return psutil.Process(pid).name()
@@ -62,6 +60,10 @@ def _csv_bytes(rows) -> bytes:
     text = io.StringIO()
     csv.writer(text, lineterminator="\n").writerows(rows)
     return text.getvalue().encode()
+
+
+def _mib(value: int | None) -> float | None:
+    return None if value is None else value / MIB
 
 
 def _round(value: float | None) -> float | None:
@@ -88,77 +90,24 @@ def _append_whole(file: IO[bytes], data: bytes) -> None:
 
 
 class _NvmlSource:
+    """avatardoctor.machine.nvml's reader (the one module that speaks NVML), in the sampler's MiB rows."""
+
     name = "nvml"
 
-    def __init__(self, gpu_indices: list[int] | None):
-        import pynvml  # only here: a machine without the NVIDIA driver never loads the binding
-
-        from avatardoctor.machine.nvml import describe_nvml_error
-
-        self._nvml = pynvml
-        try:
-            pynvml.nvmlInit()
-        except pynvml.NVMLError as err:
-            raise NvmlUnavailable(describe_nvml_error(err)) from err
-        self._open = True
-        count = self._try(pynvml.nvmlDeviceGetCount)
-        if not count:
-            self.close()
-            raise NvmlUnavailable("NVML sees no GPU")
-        indices = list(range(count)) if gpu_indices is None else gpu_indices
-        try:
-            handles = {i: pynvml.nvmlDeviceGetHandleByIndex(i) for i in indices}
-            self._gpus = [(str(i), h, pynvml.nvmlDeviceGetUUID(h)) for i, h in handles.items()]
-        except pynvml.NVMLError as err:  # a wrong index is the caller's mistake, not a reason to fall back
-            self.close()
-            raise ValueError(f"NVML cannot open GPUs {indices} (it sees {count}): {err}") from err
-        self._on_v1: set[str] = set()  # GPUs whose memory is read with nvmlMemory_v1
-
-    def _try(self, fn, *args):
-        """One NVML field: its value, or None where this driver or device cannot give it."""
-        try:
-            return fn(*args)
-        except self._nvml.NVMLError:
-            return None
-
-    def _memory(self, gpu: str, handle):
-        if gpu not in self._on_v1:
-            memory = self._try(self._nvml.nvmlDeviceGetMemoryInfo, handle, self._nvml.nvmlMemory_v2)
-            if memory is not None:
-                return memory
-        # Drivers before R510 have no v2; v1 counts reserved memory as used. Once v1 answers where
-        # v2 did not, that GPU stays on v1, so that its timeline never mixes the two meanings.
-        memory = self._try(self._nvml.nvmlDeviceGetMemoryInfo, handle)
-        if memory is not None:
-            self._on_v1.add(gpu)
-        return memory
+    def __init__(self, reader):
+        self._reader = reader
 
     def read(self, with_processes: bool) -> tuple[list[Reading], list[ProcessReading]]:
-        readings, processes = [], []
-        for gpu, handle, uuid in self._gpus:
-            memory = self._memory(gpu, handle)
-            rates = self._try(self._nvml.nvmlDeviceGetUtilizationRates, handle)
-            used = None if memory is None else memory.used / MIB
-            total = None if memory is None else memory.total / MIB
-            readings.append((gpu, uuid, used, total, None if rates is None else rates.gpu))
-            if with_processes:
-                processes += self._processes(gpu, handle)
-        return readings, processes
-
-    def _processes(self, gpu: str, handle) -> list[ProcessReading]:
-        found: dict[int, ProcessReading] = {}
-        for fn in (self._nvml.nvmlDeviceGetComputeRunningProcesses, self._nvml.nvmlDeviceGetGraphicsRunningProcesses):
-            for p in self._try(fn, handle) or []:
-                # A process with both contexts is in both lists (nvidia-smi's "C+G"): count it once.
-                # usedGpuMemory is None where the driver cannot say per process.
-                used = None if p.usedGpuMemory is None else p.usedGpuMemory / MIB
-                found.setdefault(p.pid, (gpu, p.pid, _process_name(p.pid), used))
-        return list(found.values())
+        readings = [
+            (str(r.index), r.uuid, _mib(r.used_bytes), _mib(r.total_bytes), r.utilization_pct)
+            for r in self._reader.memory()
+        ]
+        if not with_processes:  # listing processes costs far more than reading memory
+            return readings, []
+        return readings, [(str(p.index), p.pid, p.name, _mib(p.used_bytes)) for p in self._reader.processes()]
 
     def close(self) -> None:
-        if self._open:  # nvmlInit counts references: shut down exactly once, however often stop() runs
-            self._open = False
-            self._try(self._nvml.nvmlShutdown)
+        self._reader.close()
 
 
 class _PsutilSource:
@@ -239,8 +188,11 @@ class MemorySampler:
 
     def _open_source(self, source: str, root_pid: int | None, gpu_indices: list[int] | None):
         if source != "psutil":
+            # Only here: a run that records the process tree never loads the NVML binding.
+            from avatardoctor.machine.nvml import NvmlMemoryReader, NvmlUnavailable
+
             try:
-                return _NvmlSource(gpu_indices)
+                return _NvmlSource(NvmlMemoryReader(gpu_indices))
             except NvmlUnavailable as err:
                 if source == "nvml":
                     raise

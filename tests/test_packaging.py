@@ -103,3 +103,7 @@ def test_a_plain_checkout_imports_runner_and_reports_from_itself(tmp_path):
         str(tmp_path / "avatardoctor" / "reports" / "__init__.py"),
     ]
     assert (tmp_path / "avatardoctor" / "runner").resolve() == (tmp_path / "runner").resolve()
+
+
+def test_the_json_schemas_ship_as_package_data(wheel):
+    assert "avatardoctor/schemas/check.schema.json" in set(wheel.namelist())

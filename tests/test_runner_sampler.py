@@ -1,6 +1,6 @@
 """The memory sampler on a machine without a GPU: the psutil path for real (a real process tree, a
 real SIGKILL), its schedule, its thread safety, a full disk, and the fallback from NVML. The NVML path
-needs a GPU and is not exercised here. No assertion counts samples against the wall clock (a busy
+runs against a fake NVML in tests/test_nvml_fake.py. No assertion counts samples against the wall clock (a busy
 machine delays any thread): the schedule is tested as a function of the clock, rates in
 tests/bench/bench_sampler.py."""
 
@@ -25,10 +25,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from avatardoctor.machine.nvml import NvmlUnavailable
 from avatardoctor.reports.runfolder import read_memory_csv
 from avatardoctor.runner import sampler as sampler_module
 from avatardoctor.runner.folder import RunFolder
-from avatardoctor.runner.sampler import MEMORY_COLUMNS, PROCESS_COLUMNS, MemorySampler, NvmlUnavailable, next_slot
+from avatardoctor.runner.sampler import MEMORY_COLUMNS, PROCESS_COLUMNS, MemorySampler, next_slot
 
 # A sampling thread that dies of an exception fails the test that started it.
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")

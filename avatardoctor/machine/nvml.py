@@ -1,13 +1,21 @@
-"""The live backend: one NVML pass over every GPU. The only module that imports pynvml.
+"""The live backend and the sampler's reader: every NVML call avatardoctor makes. The only module that
+imports pynvml.
 
 A failing NVML call leaves that one field unknown (None) instead of failing the snapshot, as nvitop
-does; NVML missing altogether (no driver, no device node, a container started without GPUs) gives a
-Machine with `nvml_error` set, which the gpu.driver check reports with a remedy.
+does; NVML missing altogether (no driver, no device node, a container started without GPUs), a GPU
+whose name, identity or memory NVML refuses, or a GPU in MIG mode gives a Machine with `nvml_error`
+set, which the gpu.driver check reports.
+
+Drivers differ in which C functions they have: memory info v2 and the _v3 process lists arrived in
+R510. The binding's unversioned names call the newest function and, on an older driver, raise
+NVMLLibraryMismatchError, which is not an NVMLError; so the versioned names are called, newest first.
+tests/fake_pynvml plays each driver generation under the real binding.
 """
 
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 import psutil
@@ -37,6 +45,14 @@ _NVLINK_SWITCH = 2  # nvmlNvLinkDeviceType: 0 GPU, 1 IBM NPU, 2 NVSwitch
 # nvidia-ml-py defines NVML_P2P_CAPS_INDEX_READ as the tuple (0,) (a stray comma); ctypes would
 # reject it, so the capability indices are spelled out.
 _P2P_READ, _P2P_WRITE, _P2P_NVLINK = 0, 1, 2
+_PROCESS_LISTS = (  # newest first; a process with both contexts ("C+G") is in both lists
+    ("compute", ("nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetComputeRunningProcesses_v2")),
+    ("graphics", ("nvmlDeviceGetGraphicsRunningProcesses_v3", "nvmlDeviceGetGraphicsRunningProcesses_v2")),
+)
+
+
+class NvmlUnavailable(RuntimeError):
+    """NVML cannot start or sees no GPU."""
 
 
 def _text(value: str | bytes) -> str:
@@ -51,9 +67,46 @@ def _try(fn, *args):
         return None
 
 
+def _newest(names: tuple[str, ...], *args):
+    """The answer of the newest of these versioned calls that this driver has; None if it refuses."""
+    for name in names:
+        try:
+            return getattr(pynvml, name)(*args)
+        except pynvml.NVMLError_FunctionNotFound:  # a driver older than this version of the call
+            continue
+        except pynvml.NVMLError:
+            return None
+    return None
+
+
 def _bus_key(bus_id: str) -> str:
     # NVML writes the PCI domain with 4 or 8 digits depending on the call; compare bus:device.function.
     return ":".join(_text(bus_id).lower().split(":")[-2:])
+
+
+def _memory(handle, v2: bool = True):
+    """(memory info, 2 or 1): v2 where the driver has it (R510+), else v1, which counts driver-reserved
+    memory as used; (None, 1) where NVML refuses both (a MIG-mode GPU without the privileges)."""
+    if v2:
+        memory = _try(pynvml.nvmlDeviceGetMemoryInfo, handle, pynvml.nvmlMemory_v2)
+        if memory is not None:
+            return memory, 2
+    return _try(pynvml.nvmlDeviceGetMemoryInfo, handle), 1
+
+
+def _processes(handle) -> dict[int, tuple[str, int | None]]:
+    """{pid: (kind, used bytes or None)}: a process with both contexts is counted once, as compute.
+    The binding gives None for NVML_VALUE_NOT_AVAILABLE (MIG, some containers)."""
+    found: dict[int, tuple[str, int | None]] = {}
+    for kind, names in _PROCESS_LISTS:
+        for p in _newest(names, handle) or []:
+            found.setdefault(int(p.pid), (kind, p.usedGpuMemory))
+    return found
+
+
+def _mig_enabled(handle) -> bool:
+    mode = _try(pynvml.nvmlDeviceGetMigMode, handle)  # NotSupported before Ampere and on GeForce
+    return bool(mode) and mode[0] == pynvml.NVML_DEVICE_MIG_ENABLE
 
 
 def describe_nvml_error(err: Exception) -> str:
@@ -66,23 +119,36 @@ def describe_nvml_error(err: Exception) -> str:
     return f"NVML failed to start: {err}"
 
 
+class _Unreadable(Exception):
+    """A GPU whose identity or memory NVML will not give: the snapshot says so instead of guessing."""
+
+
 class NvmlBackend:
     def snapshot(self) -> Machine:
-        host = local_host()
-        base = dict(source="nvml", host=host, hostname=socket.gethostname())
-        base["recorded_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        base = Machine(
+            source="nvml",
+            host=local_host(),
+            hostname=socket.gethostname(),
+            recorded_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
         try:
             pynvml.nvmlInit()
         except pynvml.NVMLError as err:
-            return Machine(**base, nvml_error=describe_nvml_error(err))
+            return replace(base, nvml_error=describe_nvml_error(err))
         try:
             return self._read(base)
+        except _Unreadable as err:
+            return replace(base, nvml_error=str(err))
         finally:
             _try(pynvml.nvmlShutdown)
 
-    def _read(self, base: dict) -> Machine:
-        count = pynvml.nvmlDeviceGetCount()
-        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+    def _read(self, base: Machine) -> Machine:
+        try:
+            count = pynvml.nvmlDeviceGetCount()
+            handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+            driver = _text(pynvml.nvmlSystemGetDriverVersion())
+        except pynvml.NVMLError as err:
+            raise _Unreadable(f"NVML started but cannot list the GPUs: {err}") from None
         memory_versions = set()
         gpus, links = [], []
         for i, h in enumerate(handles):
@@ -95,27 +161,33 @@ class NvmlBackend:
             for b in range(a + 1, count):
                 pairs.append(self._pair(a, b, handles, gpus, links))
         cuda = _try(pynvml.nvmlSystemGetCudaDriverVersion_v2)
-        return Machine(
-            **base,
+        return replace(
+            base,
             gpus=tuple(gpus),
             pairs=tuple(pairs),
-            driver_version=_text(pynvml.nvmlSystemGetDriverVersion()),
+            driver_version=driver,
             cuda_driver_version=f"{cuda // 1000}.{cuda % 1000 // 10}" if cuda else None,
             nvml_version=_text(_try(pynvml.nvmlSystemGetNVMLVersion) or "") or None,
             memory_info_version=min(memory_versions) if memory_versions else None,
         )
 
     def _gpu(self, index: int, h) -> tuple[Gpu, int, list[tuple[str, int]]]:
-        mem, version = _try(pynvml.nvmlDeviceGetMemoryInfo, h, pynvml.nvmlMemory_v2), 2
-        if mem is None:  # drivers before R510 have no v2; v1 counts reserved memory as used
-            mem, version = pynvml.nvmlDeviceGetMemoryInfo(h), 1
-        processes = []
-        for kind, fn in (
-            ("compute", pynvml.nvmlDeviceGetComputeRunningProcesses),
-            ("graphics", pynvml.nvmlDeviceGetGraphicsRunningProcesses),
-        ):
-            for p in _try(fn, h) or []:
-                processes.append(GpuProcess(p.pid, kind, p.usedGpuMemory, _process_name(p.pid)))
+        try:
+            name = _text(pynvml.nvmlDeviceGetName(h))
+            uuid = _text(pynvml.nvmlDeviceGetUUID(h))
+            bus_id = _text(pynvml.nvmlDeviceGetPciInfo(h).busId)
+            cc = pynvml.nvmlDeviceGetCudaComputeCapability(h)
+        except pynvml.NVMLError as err:
+            raise _Unreadable(f"NVML cannot identify GPU {index}: {err}") from None
+        if _mig_enabled(h):
+            # CUDA then shows only the GPU's MIG instances, never the whole GPU the facts below describe.
+            raise _Unreadable(
+                f"GPU {index} ({name}) is in MIG mode: CUDA sees only its MIG instances and Live Avatar needs "
+                f"whole GPUs (`sudo nvidia-smi -i {index} -mig 0`, then reset the GPU)"
+            )
+        mem, version = _memory(h)
+        if mem is None:
+            raise _Unreadable(f"NVML refuses GPU {index}'s memory information ({name})")
         gpu_links = []  # (remote bus, remote device type) per active NVLink
         for link in range(pynvml.NVML_NVLINK_MAX_LINKS):
             state = _try(pynvml.nvmlDeviceGetNvLinkState, h, link)
@@ -126,13 +198,12 @@ class NvmlBackend:
                 kind = _try(pynvml.nvmlDeviceGetNvLinkRemoteDeviceType, h, link)
                 if remote is not None:
                     gpu_links.append((_text(remote.busId), kind))
-        cc = pynvml.nvmlDeviceGetCudaComputeCapability(h)
         persistence = _try(pynvml.nvmlDeviceGetPersistenceMode, h)
         gpu = Gpu(
             index=index,
-            name=_text(pynvml.nvmlDeviceGetName(h)),
-            uuid=_text(pynvml.nvmlDeviceGetUUID(h)),
-            pci_bus_id=_text(pynvml.nvmlDeviceGetPciInfo(h).busId),
+            name=name,
+            uuid=uuid,
+            pci_bus_id=bus_id,
             compute_capability=(int(cc[0]), int(cc[1])),
             total_bytes=int(mem.total),
             used_bytes=int(mem.used),
@@ -145,7 +216,9 @@ class NvmlBackend:
                 width_current=_try(pynvml.nvmlDeviceGetCurrPcieLinkWidth, h),
                 width_max=_try(pynvml.nvmlDeviceGetMaxPcieLinkWidth, h),
             ),
-            processes=tuple(processes),
+            processes=tuple(
+                GpuProcess(pid, kind, used, _process_name(pid)) for pid, (kind, used) in _processes(h).items()
+            ),
             nvlink_remote_bus_ids=tuple(bus for bus, _ in gpu_links),
         )
         return gpu, version, gpu_links
@@ -165,6 +238,83 @@ class NvmlBackend:
                 via_switch = [sum(1 for _, kind in links[g] if kind == _NVLINK_SWITCH) for g in (a, b)]
                 nvlinks = min(via_switch)
         return GpuPair(a, b, "PIX" if level == "X" else level, read, write, nvlinks)  # X: one board, two GPUs
+
+
+# ---- the sampler's reader: the same facts, a few of them, many times a second -----------------------
+
+
+@dataclass(frozen=True)
+class MemoryReading:
+    index: int  # NVML index
+    uuid: str
+    used_bytes: int | None  # None where NVML refused this sample
+    total_bytes: int | None
+    utilization_pct: int | None  # None where NVML cannot tell (MIG mode)
+
+
+@dataclass(frozen=True)
+class ProcessMemory:
+    index: int  # the GPU's NVML index
+    pid: int
+    name: str | None  # None where the PID is not visible from here
+    used_bytes: int | None
+
+
+class NvmlMemoryReader:
+    """Memory, utilisation and processes of chosen GPUs, read again and again (runner/sampler.py's NVML path).
+
+    One nvmlInit for the reader's life and one nvmlShutdown at close(), however often close() is called.
+    """
+
+    def __init__(self, gpu_indices: list[int] | None = None):
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError as err:
+            raise NvmlUnavailable(describe_nvml_error(err)) from err
+        self._open = True
+        count = _try(pynvml.nvmlDeviceGetCount)
+        if not count:
+            self.close()
+            raise NvmlUnavailable("NVML sees no GPU")
+        indices = list(range(count)) if gpu_indices is None else gpu_indices
+        try:
+            handles = {i: pynvml.nvmlDeviceGetHandleByIndex(i) for i in indices}
+            self._gpus = [(i, h, _text(pynvml.nvmlDeviceGetUUID(h))) for i, h in handles.items()]
+        except pynvml.NVMLError as err:  # a wrong index is the caller's mistake, not a reason to fall back
+            self.close()
+            raise ValueError(f"NVML cannot open GPUs {indices} (it sees {count}): {err}") from err
+        self._on_v1: set[int] = set()  # GPUs whose memory is read with v1
+
+    def memory(self) -> list[MemoryReading]:
+        readings = []
+        for index, handle, uuid in self._gpus:
+            memory, version = _memory(handle, v2=index not in self._on_v1)
+            if memory is not None and version == 1:
+                # Once v1 answers where v2 did not, the GPU stays on v1: its timeline never mixes the two meanings.
+                self._on_v1.add(index)
+            rates = _try(pynvml.nvmlDeviceGetUtilizationRates, handle)
+            readings.append(
+                MemoryReading(
+                    index,
+                    uuid,
+                    None if memory is None else int(memory.used),
+                    None if memory is None else int(memory.total),
+                    None if rates is None else int(rates.gpu),
+                )
+            )
+        return readings
+
+    def processes(self) -> list[ProcessMemory]:
+        return [
+            ProcessMemory(index, pid, _process_name(pid), used)
+            for index, handle, _ in self._gpus
+            for pid, (_, used) in _processes(handle).items()
+        ]
+
+    def close(self) -> None:
+        if self._open:  # nvmlInit counts references: shut down exactly once
+            self._open = False
+            _try(pynvml.nvmlShutdown)
 
 
 def _process_name(pid: int) -> str | None:
