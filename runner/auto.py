@@ -185,6 +185,7 @@ def demo_plan(ckpt: Path, nproc: int = 5, master_port: int = 29500) -> PlanFile:
     config = resolve_config(
         nproc,
         "tpp",
+        num_gpus_dit=nproc - 1,
         ckpt_dir=str(ckpt),
         size="384*256",
         num_clip=2,

@@ -21,7 +21,7 @@ Traceback frames (indented code) are never read as errors: they quote the raisin
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -116,7 +116,10 @@ def classify(
     interrupted: bool = False,
     phases: list | None = None,
     nproc: int = 1,
+    visible_gpus: Sequence[int] = (),
 ) -> Failure:
+    """What ended the job, from its log's last lines. `visible_gpus` is the job's CUDA_VISIBLE_DEVICES: the
+    job's GPU n is visible_gpus[n], and the failure and its remedy name that one."""
     phases = phases or []
     starts = sorted(start for _, start, _ in phases)
     went_on_after = starts[-2] if len(starts) > 1 else float("-inf")
@@ -134,7 +137,7 @@ def classify(
             )
         return Failure("success", "the run finished (exit code 0)", None)
     if roots:
-        return _explain(roots[0], phases, nproc)
+        return _explain(roots[0], phases, nproc, visible_gpus)
     if interrupted:
         return Failure("interrupted", "stopped by the user", None, phase=at_end, at_elapsed_s=last_at)
     if hung:
@@ -148,9 +151,9 @@ def classify(
         )
     errors = sorted((first[k] for k in ("hang", "nccl", "exception") if k in first), key=lambda s: s.at)
     if errors:
-        return _explain(errors[0], phases, nproc)
+        return _explain(errors[0], phases, nproc, visible_gpus)
     if "exit" in first:
-        return _explain(first["exit"], phases, nproc)
+        return _explain(first["exit"], phases, nproc, visible_gpus)
     said = f"exit code {exit_code}" if exit_code is not None else "the job ended without an exit code"
     return Failure("crashed", f"{said}; no error in the log", None, phase=at_end, at_elapsed_s=last_at)
 
@@ -174,7 +177,7 @@ def _first_signals(
     return first, last_at
 
 
-def _explain(signal: _Signal, phases: list, nproc: int) -> Failure:
+def _explain(signal: _Signal, phases: list, nproc: int, visible_gpus: Sequence[int]) -> Failure:
     phase = _phase_at(phases, signal.at)
     gpu = signal.rank if signal.rank is not None else (0 if nproc == 1 else None)
     message = _cut(signal.text)
@@ -183,11 +186,18 @@ def _explain(signal: _Signal, phases: list, nproc: int) -> Failure:
             gpu = int(on_gpu[1] or on_gpu[2])
         tried = re.search(r"Tried to allocate ([\d.]+) ?(B|KiB|MiB|GiB|TiB)\b", signal.text)
         mib = round(float(tried[1]) * _MIB_PER[tried[2]], 2) if tried else None
+        gpu = _physical(gpu, visible_gpus)
         return Failure("oom", message, _oom_remedy(gpu, phase, nproc), gpu, phase, mib, signal.at)
     if signal.kind == "exit" and (named := re.search(r"local_rank: (\d+)", signal.text)):
         gpu = int(named[1])  # torchrun's own line names the rank that failed (the "exit" pattern holds it)
     cls = {"exception": "crashed", "exit": "crashed", "flash-attn": "assertion"}.get(signal.kind, signal.kind)
-    return Failure(cls, message, _REMEDIES[signal.kind](signal.text, nproc), gpu, phase, None, signal.at)
+    remedy = _REMEDIES[signal.kind](signal.text, nproc)
+    return Failure(cls, message, remedy, _physical(gpu, visible_gpus), phase, None, signal.at)
+
+
+def _physical(gpu: int | None, visible_gpus: Sequence[int]) -> int | None:
+    """The job's CUDA ordinal as NVML (and the plan, and the user) number that GPU."""
+    return visible_gpus[gpu] if gpu is not None and gpu < len(visible_gpus) else gpu
 
 
 def _cut(text: str) -> str:

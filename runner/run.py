@@ -213,6 +213,7 @@ def execute(plan: PlanFile, options: RunOptions) -> RunResult:
         interrupted=interrupted.is_set(),
         phases=tracker.phases(),
         nproc=plan.nproc,
+        visible_gpus=plan.visible_gpus or (),
     )
     if disk_full:
         failure = Failure(
@@ -220,9 +221,6 @@ def execute(plan: PlanFile, options: RunOptions) -> RunResult:
             f"the disk under {folder.root} filled while recording: the job was stopped",
             "free space there, or pass --out-dir on a larger disk; `avatardoctor report` draws the report later",
         )
-    visible = plan.visible_gpus
-    if failure.gpu is not None and visible and failure.gpu < len(visible):
-        failure = dataclasses.replace(failure, gpu=visible[failure.gpu])  # the job's GPU n is CUDA_VISIBLE_DEVICES[n]
     peaks = sampler.peaks_mib()
     _write_debug_info(
         folder,

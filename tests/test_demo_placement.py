@@ -42,3 +42,13 @@ def test_nccl_only_ever_with_a_gpu_of_its_own_for_every_rank(ranks, gpus):
     else:
         assert {p.device.type for p in chosen} == {"cpu"}
     assert (backends == {"nccl"}) == (gpus >= ranks)
+
+
+@pytest.mark.parametrize("nproc", [2, 3, 5, 8])
+def test_the_demo_plan_launches_the_ranks_asked_for(tmp_path, nproc):
+    """`demo --nproc N`: N ranks (N - 1 DiT ranks and the VAE rank), not always upstream's five."""
+    from avatardoctor.runner.auto import demo_plan
+
+    plan = demo_plan(tmp_path, nproc)
+    assert plan.nproc == nproc
+    assert plan.argv[plan.argv.index("--num_gpus_dit") + 1] == str(nproc - 1)

@@ -253,11 +253,6 @@ def test_the_oom_step_passes_on_the_runners_own_classification(oom_run):
     assert facts["failure"]["tried_to_allocate_mib"] == 150 * 1024
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner/run.py maps failure.gpu to NVML's numbering (CUDA_VISIBLE_DEVICES) after the remedy was "
-    "written with the job's CUDA ordinal: GPU 3 runs out of memory, the remedy says GPU 0",
-)
 def test_the_oom_remedy_names_the_gpu_as_the_failure_does(oom_run):
     failure, _, _ = oom_run
     assert failure["gpu"] == 3 and failure["remedy"].startswith("GPU 3 ran out of memory")
