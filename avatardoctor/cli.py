@@ -198,7 +198,7 @@ def demo_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, npro
 
     from rich.console import Console
 
-    from avatardoctor.ckpt.demo import tiny_demo_checkpoint
+    from avatardoctor.demo.checkpoints import tiny_demo_checkpoint
     from avatardoctor.doctor import build_context, demo_checks
     from avatardoctor.render import check_line
     from avatardoctor.runner.auto import demo_plan, execute_with_port_retry
@@ -223,7 +223,7 @@ def demo_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, npro
             sample_hz,
             hang_timeout,
             out_dir,
-            ["-m", "avatardoctor.runner.demo_entry"],
+            ["-m", "avatardoctor.demo.workload"],
             status,
             no_shim,
             memory_history,

@@ -43,7 +43,7 @@ def build_context(
             f"{', '.join(str(g.index) for g in facts.gpus) or 'none'})"
         )
     if demo and not config_flags.get("ckpt_dir"):
-        from avatardoctor.ckpt.demo import demo_checkpoint
+        from avatardoctor.demo.checkpoints import demo_checkpoint
 
         config_flags["ckpt_dir"] = str(demo_checkpoint(env))
     if config_flags.get("liveavatar") and not config_flags.get("ckpt_dir"):

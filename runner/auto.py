@@ -200,7 +200,7 @@ def demo_plan(ckpt: Path, nproc: int = 5, master_port: int = 29500) -> PlanFile:
         argv=tuple(entry_argv(config)),
         master_port=master_port,
         env={"GLOO_SOCKET_IFNAME": "lo", "ENABLE_COMPILE": "false"},
-        entry="avatardoctor.runner.demo_entry",
+        entry="avatardoctor.demo.workload",
         reasons=("the built-in demo: TPP at 384*256 on CPU ranks",),
         config={
             "mode": "tpp",

@@ -142,7 +142,7 @@ class _PsutilSource:
                 rss[proc] = proc.memory_info().rss
             except psutil.Error:  # exited since the last listing
                 continue
-        processes = []
+        processes: list[ProcessReading] = []
         if with_processes:
             # /proc counts CPU time in 10 ms ticks, so at 100 Hz a per-sample reading would be 0 or
             # 100%: utilisation is measured over each second and repeated in between, as a share of
@@ -253,20 +253,22 @@ class MemorySampler:
             self._source.close()
 
     def _run(self) -> None:
+        started = self.started_monotonic
+        assert started is not None  # start() sets it before the thread starts
         cpu_at_start = time.thread_time()
         slot = 0
         listed_interval = -1
         while not self._stopping.is_set():
             began = time.monotonic()
-            elapsed = began - self.started_monotonic
+            elapsed = began - started
             interval = math.floor(elapsed / PROCESS_INTERVAL_S)  # processes: the first sample of each second
             self._sample(elapsed, with_processes=interval > listed_interval)
             listed_interval = interval
             self._sample_seconds += time.monotonic() - began
             self.samples_taken += 1
             self.thread_cpu_seconds = time.thread_time() - cpu_at_start
-            slot = next_slot(slot, time.monotonic() - self.started_monotonic, self.hz)
-            self._stopping.wait(self.started_monotonic + slot / self.hz - time.monotonic())
+            slot = next_slot(slot, time.monotonic() - started, self.hz)
+            self._stopping.wait(started + slot / self.hz - time.monotonic())
 
     def _sample(self, elapsed: float, with_processes: bool) -> None:
         readings, processes = self._source.read(with_processes)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 pytest.importorskip("torch", reason="the demo entry imports torch: the [torch] extra; .ci/run installs it")
 
-from avatardoctor.runner.demo_entry import placement  # noqa: E402
+from avatardoctor.demo.workload import placement  # noqa: E402
 
 
 def test_one_gpu_for_five_ranks_puts_every_rank_on_the_cpu_with_gloo():

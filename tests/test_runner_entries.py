@@ -28,7 +28,7 @@ pytest.importorskip("torch", reason="the entries run under torchrun: the [torch]
 
 FAKE_CHECKOUT = Path(__file__).parent / "fixtures" / "fake_liveavatar"
 FAKE_ENTRY = ["minimal_inference/s2v_streaming_interact.py"]
-DEMO_ENTRY = ["-m", "avatardoctor.runner.demo_entry"]
+DEMO_ENTRY = ["-m", "avatardoctor.demo.workload"]
 BAR = "100%|██████████| 4/4 ["
 HOSTILE_PROMPT = "A host says \"hi\" $(touch /tmp/pwned); `rm -rf ~` 'quoted' & <b>waves</b> | tee x\n✓ ünïcode"
 

@@ -16,12 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from avatardoctor.ckpt.demo import cache_dir
 from avatardoctor.ckpt.skeleton import write_skeleton
+from avatardoctor.demo.checkpoints import cache_dir
 from avatardoctor.runner.auto import demo_plan
 from avatardoctor.runner.run import RunOptions, execute, torchrun_argv
 
-ENTRY = ["-m", "avatardoctor.runner.demo_entry"]
+ENTRY = ["-m", "avatardoctor.demo.workload"]
 
 
 def main() -> None:

@@ -528,11 +528,11 @@ def judge_memory_history(
 
 
 def step_memory_history(box: Box) -> StepResult:
-    from avatardoctor.ckpt.demo import demo_checkpoint
+    from avatardoctor.demo.checkpoints import demo_checkpoint
     from avatardoctor.runner.auto import demo_plan
 
     plan = demo_plan(demo_checkpoint(os.environ))  # its argv: one rank runs it as one GPU (the entry reads WORLD_SIZE)
-    result = launch(box, "gpu-demo", ["-m", "avatardoctor.runner.demo_entry"], plan.argv, memory_history=True)
+    result = launch(box, "gpu-demo", ["-m", "avatardoctor.demo.workload"], plan.argv, memory_history=True)
     snapshot = result.folder.ranks / "rank0-memory.pickle"
     opened = {}
     if snapshot.exists():
@@ -624,7 +624,7 @@ def step_nccl(box: Box) -> StepResult:
 def judge_demo(code: int, text: str, gpus: int) -> tuple[bool, str, dict]:
     """`avatardoctor demo` succeeds with its five ranks whatever the GPU count: NCCL on a GPU per rank,
     else gloo on the CPU, and never NCCL's "Duplicate GPU"."""
-    from avatardoctor.runner.demo_entry import placement
+    from avatardoctor.demo.workload import placement
 
     expected = f"demo: {placement(0, DEMO_RANKS, gpus).note}"
     facts = {"exit_code": code, "gpus": gpus, "expected": expected}

@@ -2,7 +2,7 @@
 process per rank under torchrun, printing Live Avatar's console lines at the same moments.
 
     python -m torch.distributed.run --nproc_per_node 5 --master_port P \\
-        -m avatardoctor.runner.demo_entry --num_gpus_dit 4 --enable_vae_parallel ... (entry_argv)
+        -m avatardoctor.demo.workload --num_gpus_dit 4 --enable_vae_parallel ... (entry_argv)
 
 What is real: the process group (NCCL where every local rank has a GPU of its own, gloo on the CPU
 otherwise: see placement());
@@ -327,7 +327,9 @@ def generate(
             noise = torch.randn(LATENT_CHANNELS, geo.latent_frames, h, w, generator=g).to(device)
         for block in range(geo.blocks):
             started = time.perf_counter()
-            latents = noise[:, block * BLOCK_LATENT_FRAMES : (block + 1) * BLOCK_LATENT_FRAMES] if rank == 0 else None
+            latents = (
+                None if noise is None else noise[:, block * BLOCK_LATENT_FRAMES : (block + 1) * BLOCK_LATENT_FRAMES]
+            )
             for i in range(args.sample_steps):
                 if rank != i % dit_ranks:
                     continue
@@ -335,6 +337,7 @@ def generate(
                 if i > 0 and previous != rank:
                     latents = torch.empty(block_shape, device=device)
                     dist.recv(latents, previous)
+                assert latents is not None  # rank 0 starts every block from the noise; the others receive it
                 latents = model.step(latents.contiguous(), sigmas[i], sigmas[i + 1], context)
                 target = vae_rank if i == args.sample_steps - 1 else (i + 1) % dit_ranks
                 if target != rank:
@@ -353,6 +356,7 @@ def generate(
                         torch.cuda.synchronize(device)
                     if time.perf_counter() - waited < VAE_BOTTLENECK_S:
                         say("WARNING: VAE serves as a bottleneck!")  # tpp.py:1101
+                assert latents is not None  # from the last DiT rank, or this rank's own last step
                 decoded.blocks += 1
                 decoded.checksum += latents.double().sum().item()
                 video = model.decode(latents, geo.frames_per_block)
@@ -451,7 +455,7 @@ def main(argv: list[str] | None = None) -> None:
     shards = checkpoint_shards(ckpt) if ckpt and ckpt.is_dir() else None
     loaded = load_tensors(shards, device) if shards else None  # every rank loads its own copy, as in TPP
     if rank == 0:
-        if loaded:
+        if loaded and ckpt:
             say(describe(loaded, "DiT", ckpt))
         else:
             say(f"demo: no DiT index in {args.ckpt_dir}: random weights only")
