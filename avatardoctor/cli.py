@@ -259,10 +259,6 @@ def plan_command(machine, demo, output, force, as_json, **config_flags):
     ctx = build_context(machine, demo, **config_flags)
     plan = make_plan(ctx.config, ctx.visible.gpus, ctx.components, ctx.terms)
     doc = plan_document(plan, ctx)
-    from avatardoctor.checks import audio, inputs, run_checks
-
-    checked = run_checks(ctx, inputs.CHECKS + audio.CHECKS).results
-    doc["input_checks"] = [r.to_dict() for r in checked if r.status.value != "skip"]
     if output and plan.chosen:
         write_new_file(output, json.dumps(doc, indent=2) + "\n", "-o", force)
     if as_json:

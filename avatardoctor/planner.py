@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from avatardoctor.advice import PLANNED_FRAMES, PLANNED_SIZES, fp8_possible, hardware_advice, refused
+from avatardoctor.checks.base import CheckContext
 from avatardoctor.ckpt.components import ComponentSummary
 from avatardoctor.config import LaunchConfig, resolve_config
 from avatardoctor.estimates import EstimateTerms
@@ -263,15 +264,26 @@ def entry_argv(config: LaunchConfig) -> list[str]:
     return argv
 
 
-def plan_document(plan: Plan, ctx) -> dict:
-    """What `plan` prints and writes: the plan file, or, when nothing fits, the reasons and the hardware."""
+def plan_document(plan: Plan, ctx: CheckContext) -> dict:
+    """What `plan` prints and writes: the plan file, or, when nothing fits, the reasons and the hardware;
+    with what the input checks (--image, --audio, --prompt) say of the inputs the plan will run on."""
+    from avatardoctor.checks import audio, inputs, run_checks
+
     if plan.chosen is None:
         options = hardware_advice(replace(ctx.config, mode_reason="planner"), ctx.components, ctx.terms)
-        return {"schema": PLAN_SCHEMA, "reasons": list(plan.reasons), "hardware_advice": [o.spec for o in options]}
-    return plan_file(plan, ctx).to_dict()
+        doc: dict[str, Any] = {
+            "schema": PLAN_SCHEMA,
+            "reasons": list(plan.reasons),
+            "hardware_advice": [o.spec for o in options],
+        }
+    else:
+        doc = plan_file(plan, ctx).to_dict()
+    checked = run_checks(ctx, inputs.CHECKS + audio.CHECKS).results
+    doc["input_checks"] = [r.to_dict() for r in checked if r.status.value != "skip"]
+    return doc
 
 
-def plan_file(plan: Plan, ctx) -> PlanFile:
+def plan_file(plan: Plan, ctx: CheckContext) -> PlanFile:
     """The plan file for the chosen configuration: everything a launch needs, and why it was chosen."""
     cfg = plan.chosen
     assert cfg is not None and plan.prediction is not None, "plan_file needs a chosen configuration"
@@ -286,7 +298,7 @@ def plan_file(plan: Plan, ctx) -> PlanFile:
         "TORCH_NCCL_HEARTBEAT_TIMEOUT_SEC": HEARTBEAT_S,
     }
     pairs = [ctx.machine.pair(a.index, b.index) for a, b in zip(gpus, gpus[1:])]
-    if any("GeForce" in g.name for g in gpus) and any(p2p_ok(p) and not p.nvlinks for p in pairs):
+    if any("GeForce" in g.name for g in gpus) and any(p is not None and p2p_ok(p) and not p.nvlinks for p in pairs):
         env["NCCL_P2P_DISABLE"] = "1"  # GeForce P2P reported by a patched or old driver: known hangs (topo.p2p)
     checkout = str(Path(os.path.normpath(ctx.cwd / cfg.liveavatar))) if cfg.liveavatar else None
     return PlanFile(
