@@ -8,7 +8,7 @@ draws), alternately, run after run. Per pair it prints:
 - the runner process's own CPU time (all its threads) over the job's wall time: its share of one core.
 Min/median/max over the pairs, with the load average at the start and the end: on a shared machine the
 spread is the figure's honesty. Run:
-    .venv/bin/python tests/bench/bench_runner_overhead.py [--runs 5]
+    .venv/bin/python tests/bench/bench_runner_overhead.py [--runs 5] [--sample-hz 10]
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ def spread(values: list[float], fmt: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--sample-hz", type=float, default=10.0, help="the memory sampler's rate (0.1: the runner alone)"
+    )
     args = parser.parse_args()
     plan = demo_plan(tiny_demo_checkpoint(os.environ))
     env = {**os.environ, **plan.env, "PYTHONUNBUFFERED": "1"}
@@ -57,14 +60,16 @@ def main() -> None:
             plain.append(time.perf_counter() - start)
             cpu = time.process_time()
             start = time.perf_counter()
-            result = execute(plan, RunOptions(out_dir=Path(tmp) / "runs", cwd=Path(tmp), entry=ENTRY))
+            result = execute(
+                plan, RunOptions(out_dir=Path(tmp) / "runs", cwd=Path(tmp), entry=ENTRY, sample_hz=args.sample_hz)
+            )
             wall = time.perf_counter() - start
             cpu = time.process_time() - cpu
             assert result.failure.cls == "success" and result.report is not None, result.failure
             through.append(wall)
             fixed.append(wall - plain[-1])
             cpu_share.append(cpu / wall)
-    print(f"demo (5 CPU ranks, 2 clips), {args.runs} pairs, min / median / max:")
+    print(f"demo (5 CPU ranks, 2 clips), sampling at {args.sample_hz:g} Hz, {args.runs} pairs, min / median / max:")
     print(f"  bare torchrun      {spread(plain, '{:.2f}')} s")
     print(f"  through the runner {spread(through, '{:.2f}')} s (the report included)")
     print(
