@@ -370,15 +370,17 @@ def ckpt_json(checkpoint, report: CheckReport) -> str:
 
 
 def catalogue_lines(cards) -> list[str]:
-    """`machine list`: the catalogue's models, one line each."""
-    lines = [f"{'MODEL':<11} {'NVML NAME':<26} {'MEMORY':>10}  {'CC':<5} BOX"]
+    """`machine list`: the catalogue's models, one line each, in columns as wide as their longest entry."""
+    key_w, name_w = max(len(c.key) for c in cards), max(len(c.name) for c in cards)
+    lines = [f"{'MODEL':<{key_w}} {'NVML NAME':<{name_w}} {'MEMORY':>10}  {'CC':<5} BOX"]
     for c in cards:
         box = (
             f"HGX, NVSwitch NV{c.nvlinks_per_pair}"
             if c.nvlinks_per_pair
             else f"PCIe Gen{c.pcie_gen}" + ("" if c.pcie_p2p else ", no P2P")
         )
-        lines.append(f"{c.key:<11} {c.name:<26} {c.total_mib:>6} MiB  {c.cc[0]}.{c.cc[1]:<3} {box}")
+        cc = f"{c.cc[0]}.{c.cc[1]}"
+        lines.append(f"{c.key:<{key_w}} {c.name:<{name_w}} {c.total_mib:>6} MiB  {cc:<5} {box}")
     return lines
 
 

@@ -5,6 +5,7 @@ renderers. cli.py adds them to the command group.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -148,11 +149,12 @@ def record(output, force):
 @machine.command("list")
 def list_machines():
     """The catalogue: models for --machine COUNTxMODEL."""
-    from avatardoctor.machine.catalogue import CARDS
+    from avatardoctor.machine.catalogue import all_cards, user_catalogue_path
     from avatardoctor.render import catalogue_lines
 
-    click.echo("\n".join(catalogue_lines(CARDS)))
+    click.echo("\n".join(catalogue_lines(all_cards())))
     click.echo("\nuse as --machine COUNTxMODEL, e.g. --machine 5x4090 or --machine 8xH100")
+    click.echo(f"your own cards: {user_catalogue_path(os.environ)} (docs/machines.md)")
 
 
 @click.group()

@@ -4,7 +4,9 @@ software, tables and wrapping by display width, an ASCII fallback, plurals, and 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import MACHINES, make_ctx
@@ -115,3 +117,50 @@ def test_a_crashed_check_exits_3_not_1(monkeypatch, capsys):
         cli.main()
     assert exited.value.code == exitcodes.CRASHED
     assert "No verdict: 1 check crashed (test.crash), an avatardoctor bug." in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize(
+    "spec, name, mib",
+    [
+        ("2xH20", "NVIDIA H20", 97871),
+        ("4xA800", "NVIDIA A800-SXM4-80GB", 81920),
+        ("1xRTX-PRO-6000", "NVIDIA RTX PRO 6000 Blackwell Workstation Edition", 97887),
+        ("2xL20", "NVIDIA L20", 46068),
+        ("5x4090-48GB", "NVIDIA GeForce RTX 4090", 49140),
+        ("8xB200", "NVIDIA B200", 183359),
+    ],
+)
+def test_the_catalogue_has_the_cards_people_ask_for(spec, name, mib):
+    doc = json.loads(avatardoctor("check", "--machine", spec, "--json").stdout)
+    gpus = doc["machine"]["gpus"]
+    assert len(gpus) == int(spec.split("x")[0]) and gpus[0]["name"] == name
+    assert gpus[0]["total_bytes"] == mib * 2**20
+
+
+def test_a_box_nobody_recorded_yet_from_a_toml_file_and_the_users_own_catalogue(tmp_path):
+    card = (
+        '[[card]]\nkey = "L20-lab"\nname = "NVIDIA L20"\nmemory_mib = 46068\ncompute_capability = "8.9"\npcie_gen = 4\n'
+    )
+    box = tmp_path / "box.toml"
+    box.write_text('gpus = 4\nmodel = "L20-lab"\n\n' + card)
+    doc = json.loads(avatardoctor("check", "--machine", str(box), "--json").stdout)
+    assert doc["machine"]["source"] == f"catalogue:{box}" and len(doc["machine"]["gpus"]) == 4
+    config = tmp_path / "config"
+    (config / "avatardoctor").mkdir(parents=True)
+    (config / "avatardoctor" / "machines.toml").write_text(card)
+    env = cli_env(XDG_CONFIG_HOME=str(config))
+    assert json.loads(avatardoctor("check", "--machine", "3xL20-lab", "--json", env=env).stdout)["machine"]["gpus"]
+    assert "L20-lab" in avatardoctor("machine", "list", env=env).stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text('gpus = 2\nmodel = "L20-lab"\n[[card]]\nkey = "L20-lab"\nname = "x"\nmemory_mib = "lots"\n')
+    r = avatardoctor("check", "--machine", str(bad))
+    assert r.returncode == exitcodes.USAGE and "Traceback" not in r.stderr
+    assert f"--machine {bad}: card 'L20-lab': memory_mib must be int, not 'lots'" in r.stderr
+
+
+def test_machine_completes_catalogue_specs_in_the_shell():
+    env = cli_env(_AVATARDOCTOR_COMPLETE="bash_complete", COMP_WORDS="avatardoctor check --machine 2xH", COMP_CWORD="3")
+    exe = str(Path(sys.executable).parent / "avatardoctor")  # completion is driven through the console script
+    r = subprocess.run([exe], capture_output=True, text=True, env=env, timeout=60)
+    assert "plain,2xH20" in r.stdout.splitlines() and "plain,2xH800" in r.stdout.splitlines()
+    assert all(line.startswith("plain,2xH") for line in r.stdout.splitlines())
