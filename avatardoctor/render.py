@@ -127,14 +127,11 @@ def render_human(report: CheckReport, console: Console, verbose: bool = False, t
         if listed:
             print_unpadded(console, _check_rows(listed, console, verbose, id_width, indent=4))
     console.print()
-    console.print(Text(plain(_verdict_line(report), console), style=_verdict_style(report)))
+    print_unpadded(console, Text(plain(_verdict_line(report), console), style=_verdict_style(report)))
     if lacking := report.this_host_failures():
         ids = ", ".join(r.id for r in lacking)
-        console.print(
-            Text(
-                f"To run it on this host, fix {ids} too: they are about this host, not {_box(report)}.", style="yellow"
-            )
-        )
+        line = f"To run it on this host, fix {ids} too: they are about this host, not {_box(report)}."
+        print_unpadded(console, Text(line, style="yellow"))
 
 
 def _box(report: CheckReport) -> str:
@@ -192,7 +189,7 @@ def render_prediction(prediction, change, advice, console: Console, machine=None
         f"{where} · mode {cfg.mode}, {plural(cfg.nproc, 'process')} · {geo.height}x{geo.width} px, "
         f"{cfg.infer_frames} frames per clip · {'fp8' if cfg.fp8 else 'bf16'}"
     )
-    console.print(Text(plain(title, console), style="bold"))
+    print_unpadded(console, Text(plain(title, console), style="bold"))
     style = {"fits": "green", "tight": "yellow", "wont-fit": "red"}
     columns = [  # (header, right-aligned, priority): on a narrow terminal the lowest go first, never a digit
         ("GPU", False, 9),
