@@ -130,8 +130,8 @@ def render_human(report: CheckReport, console: Console, verbose: bool = False, t
     print_unpadded(console, Text(plain(_verdict_line(report), console), style=_verdict_style(report)))
     if lacking := report.this_host_failures():
         ids = ", ".join(r.id for r in lacking)
-        line = f"To run it on this host, fix {ids} too: they are about this host, not {_box(report)}."
-        print_unpadded(console, Text(line, style="yellow"))
+        advice = f"To run it on this host, fix {ids} too: they are about this host, not {_box(report)}."
+        print_unpadded(console, Text(advice, style="yellow"))
 
 
 def _box(report: CheckReport) -> str:
