@@ -5,6 +5,7 @@ Heavy modules are imported inside the commands so `--help` and `check` start fas
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from dataclasses import replace
@@ -33,7 +34,10 @@ def cli():
     "--deep", is_flag=True, help="Also run the live communication test on this machine (nccl.live: torchrun ranks)."
 )
 def check(machine, demo, as_json, verbose, deep, **config_flags):
-    """Check the machine, the environment and the configuration. Exit 0 ready, 1 not ready, 2 bad input."""
+    """Check the machine, the environment and the configuration. Exit 0 ready, 1 not ready, 2 bad input, 3 a crash.
+
+    With --machine or --demo the question is whether the named box runs the configuration: this host's
+    software (sw.*, its port and disk) is listed apart and does not decide the exit code."""
     from avatardoctor.doctor import build_context, diagnose, with_live_test
     from avatardoctor.render import render_human, report_json
 
@@ -45,7 +49,7 @@ def check(machine, demo, as_json, verbose, deep, **config_flags):
         from rich.console import Console
 
         render_human(report, Console(highlight=False), verbose=verbose)
-    sys.exit(exitcodes.READY if report.ready else exitcodes.NOT_READY)
+    sys.exit(exitcodes.for_checks(report.ready, bool(report.crashed)))
 
 
 @cli.command("predict")
@@ -307,7 +311,11 @@ for command in COMMANDS:
 
 
 def main() -> None:
-    """Every error is one line on stderr naming the flag or file (exit 2 for bad usage or input)."""
+    """Every error is one line on stderr naming the flag or file (exit 2 for bad usage or input); a crash of
+    avatardoctor itself prints its traceback and exits 3 (docs/exit-codes.md)."""
+    for stream in (sys.stdout, sys.stderr):  # a character the terminal cannot encode is escaped, never a traceback
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     try:
         code = cli.main(prog_name="avatardoctor", standalone_mode=False)
     except InputError as err:
@@ -323,4 +331,10 @@ def main() -> None:
     except click.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(exitcodes.INTERRUPTED)
+    except Exception:  # a bug in avatardoctor, not a verdict: exit 3 so a Slurm prolog does not drain the node
+        import traceback
+
+        traceback.print_exc()
+        click.echo("Error: avatardoctor crashed (a bug): please report it with the traceback above", err=True)
+        sys.exit(exitcodes.CRASHED)
     sys.exit(code or 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from pathlib import Path
 
 import click
@@ -39,13 +40,33 @@ def _size_value(ctx, param, value: str | None) -> Size | None:
         raise click.BadParameter(str(e)) from None
 
 
+def _complete_machine(ctx, param, incomplete: str) -> list:
+    """--machine's shell completion: COUNTxMODEL specs from the catalogue (the user's cards too) once a
+    count is typed, else files (a recording or a .toml box) and the common 5xMODEL specs."""
+    from click.shell_completion import CompletionItem
+
+    from avatardoctor.errors import InputError
+    from avatardoctor.machine.catalogue import all_cards
+
+    try:
+        cards = all_cards()
+    except InputError:  # a broken user catalogue: complete from nothing rather than print an error mid-line
+        cards = ()
+    count = re.match(r"\d+", incomplete)
+    specs = [f"{count.group() if count else 5}x{c.key}" for c in cards]
+    matching = [CompletionItem(s) for s in specs if s.lower().startswith(incomplete.lower())]
+    return matching if count else [*matching, CompletionItem(incomplete, type="file")]
+
+
 def machine_options(fn):
     """--machine / --demo: which machine's facts to use (default: this one, through NVML)."""
 
     @click.option(
         "--machine",
         metavar="FILE|SPEC",
-        help="A recorded machine (from `avatardoctor machine record`) or a catalogue box such as 5x4090, 8xH100.",
+        help="A recorded machine (from `avatardoctor machine record`), a box described in FILE.toml, or a "
+        "catalogue box such as 5x4090, 8xH100 (`avatardoctor machine list`).",
+        shell_complete=_complete_machine,
     )
     @click.option("--demo", is_flag=True, help="The seed articles' box: 5x RTX 4090 on PCIe.")
     @functools.wraps(fn)

@@ -22,7 +22,7 @@ from avatardoctor.estimates import EstimateTerms
 from avatardoctor.files import not_regular_file
 from avatardoctor.machine.model import Gpu
 from avatardoctor.rules import Violation, violations
-from avatardoctor.units import GIB
+from avatardoctor.units import GIB, plural
 from avatardoctor.upstream import (
     FP8_CONVERSION_BYTES_PER_PARAM,
     FP8_MIN_CC,
@@ -311,7 +311,7 @@ class Prediction:
 
     def memory_explanation(self) -> str:
         if self.missing_gpus:
-            return f"{self.config.mode} needs {self.config.nproc} GPUs; {self.missing_gpus} of its ranks have none"
+            return f"{self.config.mode} needs {plural(self.config.nproc, 'GPU')}; {self.missing_gpus} of its ranks have none"
         return self.binding.explanation() if self.binding else "no GPUs"
 
     def to_dict(self) -> dict:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import re
-import textwrap
+from pathlib import Path
 
-from rich.console import Console
+from rich import box
+from rich.console import Console, Group
+from rich.measure import Measurement
+from rich.segment import Segment, Segments
+from rich.table import Table
 from rich.text import Text
 
 from avatardoctor.checks import CheckReport
-from avatardoctor.checks.base import Status
-from avatardoctor.units import GIB
+from avatardoctor.checks.base import Status, worst
+from avatardoctor.units import GIB, plural
 
 MARKS = {
     Status.PASS: ("[✓]", "green"),
@@ -19,6 +23,14 @@ MARKS = {
     Status.FAIL: ("[✗]", "red"),
     Status.SKIP: ("[-]", "dim"),
 }
+# What a terminal that cannot encode the marks gets instead (PYTHONIOENCODING=ascii, a C locale): the
+# symbols avatardoctor writes itself; any other character is escaped by the stream (cli.main).
+ASCII = str.maketrans({"✓": "+", "✗": "x", "→": "->", "·": "-", "±": "+/-", "×": "x", "█": "#", "░": "."})
+
+
+def plain(text: str, console: Console) -> str:
+    """text as this console can show it: unchanged on UTF-8, the ASCII stand-ins elsewhere."""
+    return text.translate(ASCII) if console.options.ascii_only else text
 
 
 # What a terminal would act on rather than show: C0/C1 controls (ESC starts the sequences that clear the
@@ -50,59 +62,104 @@ def _machine_line(report: CheckReport) -> str:
     where = {"catalogue": f"catalogue {name}", "recorded": f"recorded {name}", "nvml": f"this machine ({m.hostname})"}[
         kind
     ]
-    procs = f"{cfg.nproc} process{'es' if cfg.nproc > 1 else ''}"
-    return f"machine: {where} · mode: {cfg.mode} ({cfg.mode_reason}), {procs}"
+    return f"machine: {where} · mode: {cfg.mode} ({cfg.mode_reason}), {plural(cfg.nproc, 'process')}"
 
 
-def _wrapped(text: str, width: int, indent: int) -> list[str]:
-    """Lines of at most width columns; continuation lines start at the indent (a hanging indent)."""
-    lines = textwrap.wrap(text, max(width - indent, 20), break_long_words=False, break_on_hyphens=False)
-    return lines or [""]
+def print_unpadded(console: Console, renderable) -> None:
+    """Print a table or grid without the spaces rich pads each line with to the table's width."""
+    for line in console.render_lines(renderable, console.options, pad=False):
+        while line and not line[-1].control and not line[-1].text.rstrip():
+            line.pop()
+        if line:
+            last = line[-1]
+            line[-1] = Segment(last.text.rstrip(), last.style, last.control)
+        console.print(Segments([*line, Segment.line()]), end="")
+
+
+def _check_rows(results, console: Console, verbose: bool, id_width: int, indent: int) -> Table:
+    """Each check as a row of mark, id and text; rich wraps the text by display width inside its column,
+    so a continuation line keeps its indent whatever the script (a Chinese path is two columns a character)."""
+    grid = Table.grid(padding=(0, 1))
+    if indent:
+        grid.add_column(width=indent - 1)  # under a group's line the checks sit one step in
+    grid.add_column(no_wrap=True)
+    grid.add_column(no_wrap=True, min_width=id_width)
+    grid.add_column(overflow="fold")
+    for r in results:
+        mark, style = MARKS[r.status]
+        lines = [Text(plain(printable(r.summary), console))]
+        if r.status in (Status.WARN, Status.FAIL) or verbose:
+            lines += [Text(plain(printable(d), console), style="dim") for d in r.details]
+        if r.remedy:
+            lines.append(Text(plain("→ " + printable(r.remedy), console), style="cyan"))
+        cells = [Text(plain(mark, console), style=style), Text(r.id, style="dim" if r.status is Status.SKIP else "")]
+        grid.add_row(*([""] if indent else []), *cells, Group(*lines))
+    return grid
+
+
+def _group_status(results) -> Status:
+    """A group's mark: its worst answer; skipped only when every check in it was skipped."""
+    answered = [r.status for r in results if r.status is not Status.SKIP]
+    return worst(answered) if answered else Status.SKIP
 
 
 def render_human(report: CheckReport, console: Console, verbose: bool = False, title: str | None = None) -> None:
-    console.print(Text(printable(title or _machine_line(report)), style="bold"), soft_wrap=True)
+    """The verdict on the fit first, then one line per group (`[✓] GPUs (6 checks)`); under it the checks
+    that warn or fail, with their details and remedy (every check with verbose); then the verdict. On a
+    what-if, what this host lacks is said apart: it does not answer the question asked."""
+    console.print(Text(plain(printable(title or _machine_line(report)), console), style="bold"), soft_wrap=True)
+    fit = next((r for r in report.results if r.id == "fit.peak" and r.status is not Status.SKIP), None)
+    shown = [r for r in report.results if (verbose or r.status in (Status.WARN, Status.FAIL)) and r is not fit]
+    id_width = max((len(r.id) for r in shown), default=0)
+    if fit:
+        print_unpadded(console, _check_rows([fit], console, verbose, id_width, indent=0))
     groups: dict[str, list] = {}
     for r in report.results:
         groups.setdefault(r.group, []).append(r)
-    id_width = max(len(r.id) for r in report.results)
-    indent = 2 + 3 + 1 + id_width + 1  # "  [✓] gpu.vram     "
-    pad = " " * indent
-    for group, results in groups.items():
-        console.print()
-        console.print(Text(group, style="bold"))
-        for r in results:
-            mark, style = MARKS[r.status]
-            first, *rest = _wrapped(printable(r.summary), console.width, indent)
-            line = Text("  ")
-            line.append(mark, style=style)
-            line.append(f" {r.id:<{id_width}} ", style="dim" if r.status is Status.SKIP else "")
-            line.append(first)
-            console.print(line)
-            for cont in rest:
-                console.print(Text(pad + cont))
-            show_details = r.status in (Status.WARN, Status.FAIL) or verbose
-            for detail in map(printable, r.details if show_details else ()):
-                # Matrix rows and other preformatted lines keep their spacing; prose wraps.
-                chunks = [detail] if "  " in detail.strip() else _wrapped(detail, console.width, indent + 2)
-                for i, chunk in enumerate(chunks):
-                    console.print(Text(pad + ("" if i == 0 else "  ") + chunk, style="dim"))
-            if r.remedy:
-                for i, chunk in enumerate(_wrapped(printable(r.remedy), console.width, indent + 2)):
-                    console.print(Text(pad + ("→ " if i == 0 else "  ") + chunk, style="cyan"))
     console.print()
-    fails, warns = report.count(Status.FAIL), report.count(Status.WARN)
-    failing = ", ".join(r.id for r in report.results if r.status is Status.FAIL)
-    warnings = f", {warns} warning{'s' if warns > 1 else ''}" if warns else ""
+    for group, results in groups.items():
+        mark, style = MARKS[_group_status(results)]
+        line = Text(plain(mark, console), style=style)
+        line.append(f" {group} ", style="bold")
+        line.append(f"({plural(len(results), 'check')})", style="dim")
+        console.print(line)
+        listed = [r for r in results if r in shown]
+        if listed:
+            print_unpadded(console, _check_rows(listed, console, verbose, id_width, indent=4))
+    console.print()
+    print_unpadded(console, Text(plain(_verdict_line(report), console), style=_verdict_style(report)))
+    if lacking := report.this_host_failures():
+        ids = ", ".join(r.id for r in lacking)
+        advice = f"To run it on this host, fix {ids} too: they are about this host, not {_box(report)}."
+        print_unpadded(console, Text(advice, style="yellow"))
+
+
+def _box(report: CheckReport) -> str:
+    """The what-if's box, short: the catalogue spec, or the recorded file's name."""
+    return Path(report.machine.source.partition(":")[2]).name
+
+
+def _verdict_line(report: CheckReport) -> str:
+    judged = report.judged()
+    fails = [r.id for r in judged if r.status is Status.FAIL]
+    warns = sum(1 for r in judged if r.status is Status.WARN)
+    warnings = f", {plural(warns, 'warning')}" if warns else ""
+    subject = f"{_box(report)}: " if report.what_if else ""
+    if report.crashed:
+        crashed = ", ".join(report.crashed)
+        return f"{subject}No verdict: {plural(len(report.crashed), 'check')} crashed ({crashed}), an avatardoctor bug."
     if fails:
-        verdict = Text(
-            f"Not ready: {fails} check{'s' if fails > 1 else ''} failed ({failing}){warnings}.", style="bold red"
-        )
-    elif warns:
-        verdict = Text(f"Ready, with {warns} warning{'s' if warns > 1 else ''}.", style="bold yellow")
-    else:
-        verdict = Text("Ready: every check passed.", style="bold green")
-    console.print(verdict, soft_wrap=True)
+        return f"{subject}Not ready: {plural(len(fails), 'check')} failed ({', '.join(fails)}){warnings}."
+    if warns:
+        return f"{subject}Ready, with {plural(warns, 'warning')}."
+    return f"{subject}Ready: every check passed."
+
+
+def _verdict_style(report: CheckReport) -> str:
+    judged = report.judged()
+    if report.crashed or any(r.status is Status.FAIL for r in judged):
+        return "bold red"
+    return "bold yellow" if any(r.status is Status.WARN for r in judged) else "bold green"
 
 
 def prediction_json(prediction, change, advice) -> str:
@@ -124,26 +181,29 @@ def prediction_json(prediction, change, advice) -> str:
 
 def render_prediction(prediction, change, advice, console: Console, machine=None) -> None:
     """The per-GPU table, the components at each peak, the binding line, and what would fit."""
-    from rich.table import Table
-
-    from avatardoctor.predict import COMPONENT_NAMES, COMPONENTS, PHASE_NAMES, VERDICT_WORDS
+    from avatardoctor.predict import COMPONENTS, PHASE_NAMES, VERDICT_WORDS
 
     geo, cfg = prediction.geometry, prediction.config
     where = machine.source if machine else ""
-    console.print(
-        Text(
-            f"{where} · mode {cfg.mode}, {cfg.nproc} process{'es' if cfg.nproc > 1 else ''} · {geo.height}x{geo.width} px, "
-            f"{cfg.infer_frames} frames per clip · {'fp8' if cfg.fp8 else 'bf16'}",
-            style="bold",
-        ),
-        soft_wrap=True,
+    title = (
+        f"{where} · mode {cfg.mode}, {plural(cfg.nproc, 'process')} · {geo.height}x{geo.width} px, "
+        f"{cfg.infer_frames} frames per clip · {'fp8' if cfg.fp8 else 'bf16'}"
     )
-    table = Table(title="Predicted peak per GPU (GiB)", title_justify="left")
-    for col in ("GPU", "role", "peak phase", "loaded", "peak", "± band", "usable", "headroom", "verdict"):
-        table.add_column(col, justify="left" if col in ("GPU", "role", "peak phase", "verdict") else "right")
+    print_unpadded(console, Text(plain(title, console), style="bold"))
     style = {"fits": "green", "tight": "yellow", "wont-fit": "red"}
-    for g in prediction.gpus:
-        table.add_row(
+    columns = [  # (header, right-aligned, priority): on a narrow terminal the lowest go first, never a digit
+        ("GPU", False, 9),
+        ("role", False, 4),
+        ("peak phase", False, 3),
+        ("loaded", True, 2),
+        ("peak", True, 8),
+        ("± band", True, 1),
+        ("usable", True, 7),
+        ("headroom", True, 6),
+        ("verdict", False, 5),
+    ]
+    rows = [
+        [
             str(g.index),
             g.role,
             PHASE_NAMES[g.phase],
@@ -153,16 +213,18 @@ def render_prediction(prediction, change, advice, console: Console, machine=None
             f"{g.usable_bytes / GIB:.2f}",
             f"{g.headroom_bytes / GIB:.2f}",
             Text(VERDICT_WORDS[g.verdict], style=style[g.verdict]),
-        )
-    console.print(table)
-    parts = Table(title="At each GPU's peak (GiB)", title_justify="left")
-    parts.add_column("component")
+        ]
+        for g in prediction.gpus
+    ]
+    print_unpadded(console, fitted_table(console, "Predicted peak per GPU (GiB)", columns, rows))
     shown = [c for c in COMPONENTS if any(g.components.get(c) for g in prediction.gpus)]
-    for g in prediction.gpus:
-        parts.add_column(f"GPU {g.index}", justify="right")
-    for c in shown:
-        parts.add_row(COMPONENT_NAMES[c], *(f"{g.components.get(c, 0) / GIB:.2f}" for g in prediction.gpus))
-    console.print(parts)
+    gpus = list(prediction.gpus)
+    for per_table in range(len(gpus), 0, -1):  # as many GPUs side by side as the width allows
+        parts = [_components_table(gpus[i : i + per_table], shown) for i in range(0, len(gpus), per_table)]
+        if all(_needed_width(console, t) <= console.width for t in parts) or per_table == 1:
+            break
+    for t in parts:
+        print_unpadded(console, t)
     memory = prediction.memory_verdict
     console.print(Text(f"{VERDICT_WORDS[memory]}: {prediction.memory_explanation()}", style=f"bold {style[memory]}"))
     if prediction.refusals:  # the seeds' arithmetic stands above; this is what really happens
@@ -176,18 +238,55 @@ def render_prediction(prediction, change, advice, console: Console, machine=None
     if change:
         console.print(Text(f"smallest change that fits: {change.flags}", style="cyan"))
     if advice:
-        rows = ", ".join(
+        boxes = ", ".join(
             f"{o.spec} ({o.prediction.binding.headroom_bytes / GIB:.1f} GiB headroom{', bf16' if o.fp8_dropped else ''})"
             for o in advice
         )
-        console.print(Text(f"cheapest catalogue machines where this configuration fits: {rows}", style="dim"))
+        console.print(Text(f"cheapest catalogue machines where this configuration fits: {boxes}", style="dim"))
+
+
+def _components_table(gpus, shown) -> Table:
+    from avatardoctor.predict import COMPONENT_NAMES
+
+    table = Table(title="At each GPU's peak (GiB)", title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("component", no_wrap=True)
+    for g in gpus:
+        table.add_column(f"GPU {g.index}", justify="right", no_wrap=True)
+    for c in shown:
+        table.add_row(COMPONENT_NAMES[c], *(f"{g.components.get(c, 0) / GIB:.2f}" for g in gpus))
+    return table
+
+
+def _needed_width(console: Console, table: Table) -> int:
+    """The width the table needs to draw every cell whole (its cells do not wrap), whatever the terminal."""
+    return Measurement.get(console, console.options.update(max_width=10_000), table).maximum
+
+
+def fitted_table(console: Console, title: str, columns, rows) -> Table:
+    """A table whose cells are never cut or broken (rich measures them by display width): when it is wider
+    than the terminal, the lowest-priority columns are left out and the caption says so.
+    columns: (header, right-aligned, priority)."""
+    keep = list(range(len(columns)))
+    while True:
+        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, caption_justify="left")
+        for i in keep:
+            header, right, _ = columns[i]
+            table.add_column(plain(header, console), justify="right" if right else "left", no_wrap=True)
+        for row in rows:
+            table.add_row(*(row[i] for i in keep))
+        dropped = [columns[i][0] for i in range(len(columns)) if i not in keep]
+        if dropped:
+            table.caption = f"too narrow for {', '.join(dropped)}: widen the terminal or use --json"
+        if _needed_width(console, table) <= console.width or len(keep) == 1:
+            return table
+        keep.remove(min(keep, key=lambda i: columns[i][2]))
 
 
 def render_plan(doc: dict, console: Console, written=None, shown: int = 12) -> None:
     for r in doc.get("input_checks", []):
         if r["status"] != "pass":
             mark, style = MARKS[Status(r["status"])]
-            console.print(Text(f"{mark} {r['id']} {r['summary']}", style=style))
+            console.print(Text(plain(f"{mark} {r['id']} {r['summary']}", console), style=style))
     reasons = doc["reasons"]
     if len(reasons) > shown:
         console.print(Text(f"... {len(reasons) - shown} earlier configurations tried (all in --json)", style="dim"))
@@ -268,15 +367,17 @@ def ckpt_json(checkpoint, report: CheckReport) -> str:
 
 
 def catalogue_lines(cards) -> list[str]:
-    """`machine list`: the catalogue's models, one line each."""
-    lines = [f"{'MODEL':<11} {'NVML NAME':<26} {'MEMORY':>10}  {'CC':<5} BOX"]
+    """`machine list`: the catalogue's models, one line each, in columns as wide as their longest entry."""
+    key_w, name_w = max(len(c.key) for c in cards), max(len(c.name) for c in cards)
+    lines = [f"{'MODEL':<{key_w}} {'NVML NAME':<{name_w}} {'MEMORY':>10}  {'CC':<5} BOX"]
     for c in cards:
         box = (
             f"HGX, NVSwitch NV{c.nvlinks_per_pair}"
             if c.nvlinks_per_pair
             else f"PCIe Gen{c.pcie_gen}" + ("" if c.pcie_p2p else ", no P2P")
         )
-        lines.append(f"{c.key:<11} {c.name:<26} {c.total_mib:>6} MiB  {c.cc[0]}.{c.cc[1]:<3} {box}")
+        cc = f"{c.cc[0]}.{c.cc[1]}"
+        lines.append(f"{c.key:<{key_w}} {c.name:<{name_w}} {c.total_mib:>6} MiB  {cc:<5} {box}")
     return lines
 
 

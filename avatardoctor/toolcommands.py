@@ -5,6 +5,7 @@ renderers. cli.py adds them to the command group.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import click
 
 from avatardoctor import exitcodes
 from avatardoctor.errors import InputError
+from avatardoctor.units import plural
 
 
 @click.command("nccl")
@@ -55,9 +57,9 @@ def nccl_command(nproc, backend, nnodes, node_rank, master_addr, master_port, ti
     if as_json:
         click.echo(report_json(report))
     else:
-        title = f"live test: {nnodes * nproc} ranks ({backend}), node {node_rank} of {nnodes}, master {master_addr}:{master_port}"
+        title = f"live test: {plural(nnodes * nproc, 'rank')} ({backend}), node {node_rank} of {nnodes}, master {master_addr}:{master_port}"
         render_human(report, Console(highlight=False), verbose=True, title=title)
-    sys.exit(exitcodes.READY if report.ready else exitcodes.NOT_READY)
+    sys.exit(exitcodes.for_checks(report.ready, bool(report.crashed)))
 
 
 @click.command()
@@ -147,11 +149,12 @@ def record(output, force):
 @machine.command("list")
 def list_machines():
     """The catalogue: models for --machine COUNTxMODEL."""
-    from avatardoctor.machine.catalogue import CARDS
+    from avatardoctor.machine.catalogue import all_cards, user_catalogue_path
     from avatardoctor.render import catalogue_lines
 
-    click.echo("\n".join(catalogue_lines(CARDS)))
+    click.echo("\n".join(catalogue_lines(all_cards())))
     click.echo("\nuse as --machine COUNTxMODEL, e.g. --machine 5x4090 or --machine 8xH100")
+    click.echo(f"your own cards: {user_catalogue_path(os.environ)} (docs/machines.md)")
 
 
 @click.group()
@@ -185,7 +188,7 @@ def ckpt():
 @click.option("-v", "--verbose", is_flag=True, help="Show the details of passing checks too.")
 def verify(directory, liveavatar, lora_path, deep, manifest, write_manifest, force, as_json, verbose):
     """Verify a checkpoint: from its headers in seconds, or with --deep its content at disk speed.
-    Exit 0 sound, 1 broken, 2 bad usage, 130 interrupted."""
+    Exit 0 sound, 1 broken, 2 bad usage or a folder that is not there, 3 a crash, 130 interrupted."""
     from rich.console import Console
 
     from avatardoctor.ckpt.hashing import HashingInterrupted
@@ -208,11 +211,13 @@ def verify(directory, liveavatar, lora_path, deep, manifest, write_manifest, for
         click.echo(wrote, err=True)
     scan = ctx.checkpoint
     assert scan is not None  # checkpoint_context always scans the folder it was given
+    if scan.root_problem:  # nothing to verify: unreadable input (exit 2), not a broken checkpoint (exit 1)
+        raise InputError(f"ckpt verify {scan.root}: {scan.root_problem}; pass the Wan2.2-S2V-14B checkpoint folder")
     if as_json:
         click.echo(ckpt_json(scan, report))
     else:
         render_human(report, Console(highlight=False), verbose, title=f"checkpoint: {scan.root}")
-    sys.exit(exitcodes.READY if report.ready else exitcodes.NOT_READY)
+    sys.exit(exitcodes.for_checks(report.ready, bool(report.crashed)))
 
 
 @ckpt.command()

@@ -168,3 +168,34 @@ def test_an_image_over_pillows_pixel_limit_is_refused_before_decoding(tmp_path):
         r.status is Status.FAIL
         and "too large to decode safely (Image size (100000000 pixels) exceeds limit" in r.summary
     )
+
+
+# Chinese prompts as upstream writes them: its prompt extender's example
+# (liveavatar/models/wan/wan_2_2/utils/system_prompt.py:25, cue words at :6-14).
+UPSTREAM_ZH = "边缘光，中近景，日光，左侧重构图，暖色调，硬光，晴天光，侧光，白天，一个年轻的女孩坐在高草丛生的田野中，两条毛发蓬松的小毛驴站在她身后。"
+
+
+@pytest.mark.parametrize(
+    "prompt, status, hint",
+    [
+        (UPSTREAM_ZH, Status.PASS, None),  # 70 characters with lighting cues: neither short nor cue-less
+        (
+            "一位中年男子留着灰色胡子，面对观众平静地讲解明天的天气预报，双手自然地比划着，表情专注而友好。",
+            Status.WARN,
+            "no lighting or style cue",
+        ),
+        ("一个女人在说话", Status.WARN, "short (7 characters)"),
+        (
+            "一个开心却又悲伤的年轻女子在柔光下对着镜头说话，写实照片风格，背景是明亮的客厅。",
+            Status.WARN,
+            "contradictory cues: 开心/悲伤",
+        ),
+    ],
+)
+def test_prompt_checks_read_chinese_by_characters_and_find_its_cues(prompt, status, hint):
+    r = run(inputs.check_prompt, prompt=prompt)
+    assert r.status is status, (r.summary, r.details)
+    if hint:
+        assert hint in r.summary or hint in r.details
+    else:
+        assert r.summary == f"{len(prompt)} characters, with setting and lighting cues"

@@ -92,7 +92,7 @@ def test_demo_is_the_seeds_box_and_is_not_ready():
     assert "machine: catalogue 5x4090 · mode: tpp (default for 5 visible GPUs), 5 processes" in r.stdout
     assert "[✗] fit.peak" in r.stdout and "the bf16 load alone is 31.58 GiB" in " ".join(r.stdout.split())
     assert "[!] topo.p2p" in r.stdout
-    assert r.stdout.rstrip().splitlines()[-1].startswith("Not ready: ")
+    assert "5x4090: Not ready: " in r.stdout  # the seeds' box, judged as asked
     assert "\x1b[" not in r.stdout
     assert not any(line != line.rstrip() for line in r.stdout.splitlines())  # no trailing padding
 
@@ -176,7 +176,7 @@ def test_ready_machine_exits_zero(tmp_path, full_skeleton):
     assert checks["ckpt.dit"]["summary"] == "DiT 30.35 GiB (16.30 B params), matches Wan2.2-S2V-14B"
     assert checks["la.lora"]["status"] == "pass"
     human = avatardoctor(*args, "--master-port", str(free_port()), env=env)
-    assert human.returncode == 0 and human.stdout.rstrip().splitlines()[-1].startswith("Ready")
+    assert human.returncode == 0 and human.stdout.rstrip().splitlines()[-1].startswith("5xH800-healthy.json: Ready")
 
 
 def test_foreign_process_and_held_port_on_a_busy_box(tmp_path):
@@ -187,10 +187,11 @@ def test_foreign_process_and_held_port_on_a_busy_box(tmp_path):
         r = avatardoctor(
             "check", "--machine", str(MACHINES / "5xH800-gpu2-busy.json"), "--master-port", str(port), "--json"
         )
-    doc = {c["id"]: c for c in json.loads(r.stdout)["checks"]}
-    assert r.returncode == 1
+    report = json.loads(r.stdout)
+    doc = {c["id"]: c for c in report["checks"]}
+    assert r.returncode == 0  # the recorded box is ready; the port held on this host does not answer for it
     assert doc["gpu.processes"]["status"] == "warn" and doc["gpu.processes"]["data"]["holders"][0]["pid"] == 4242
-    assert doc["net.master_port"]["status"] == "fail"
+    assert doc["net.master_port"]["status"] == "fail" and "net.master_port" in report["this_host_failing"]
     assert f"held by PID {os.getpid()}" in doc["net.master_port"]["summary"]
 
 

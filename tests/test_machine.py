@@ -27,6 +27,12 @@ EXPECTED_CARDS = {
     "H100": ("NVIDIA H100 80GB HBM3", 81559, (9, 0)),
     "H800": ("NVIDIA H800", 81559, (9, 0)),
     "H200": ("NVIDIA H200", 143771, (9, 0)),
+    "4090-48GB": ("NVIDIA GeForce RTX 4090", 49140, (8, 9)),
+    "L20": ("NVIDIA L20", 46068, (8, 9)),
+    "RTX-PRO-6000": ("NVIDIA RTX PRO 6000 Blackwell Workstation Edition", 97887, (12, 0)),
+    "A800": ("NVIDIA A800-SXM4-80GB", 81920, (8, 0)),
+    "H20": ("NVIDIA H20", 97871, (9, 0)),
+    "B200": ("NVIDIA B200", 183359, (10, 0)),
 }
 
 

@@ -107,3 +107,52 @@ def test_a_plain_checkout_imports_runner_and_reports_from_itself(tmp_path):
 
 def test_the_json_schemas_ship_as_package_data(wheel):
     assert "avatardoctor/schemas/check.schema.json" in set(wheel.namelist())
+
+
+def _third_party_imports() -> set[str]:
+    """Top-level modules the package's code imports that are neither the standard library nor avatardoctor."""
+    import ast
+
+    found = set()
+    for root in ("avatardoctor", "runner", "reports"):  # avatardoctor/runner and /reports are links to these
+        for path in (REPO / root).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    found.update(alias.name.split(".")[0] for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    found.add(node.module.split(".")[0])
+    return {m for m in found if m not in sys.stdlib_module_names and m != "avatardoctor"}
+
+
+def test_every_third_party_import_is_a_declared_dependency_and_every_dependency_is_imported():
+    import configparser
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    lines = cfg["options"]["install_requires"].splitlines() + cfg["options.extras_require"]["torch"].splitlines()
+    declared = {
+        canonicalize_name(Requirement(line).name) for line in lines if line.strip() and not line.startswith("#")
+    }
+    providers = importlib.metadata.packages_distributions()
+    # a module not installed here (tomli on Python 3.11+) is named as its distribution is
+    imported = {canonicalize_name(providers.get(m, [m])[0]) for m in _third_party_imports()}
+    assert imported - declared == set(), "imported but not in install_requires"
+    assert declared - imported == set(), "declared but never imported"
+
+
+def test_the_license_file_is_the_apache_license_setup_cfg_names_and_ships_in_the_wheel(wheel):
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    meta = cfg["metadata"]
+    assert meta["license"] == "Apache-2.0" and meta["author"] == "avatardoctor developers"
+    assert "https://github.com/Alibaba-Quark/LiveAvatar" in meta["project_urls"]
+    text = (REPO / "LICENSE").read_text(encoding="utf-8")
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text  # the full text, not a pointer to it
+    assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in wheel.namelist())

@@ -17,7 +17,7 @@ from avatardoctor.checks.base import (
 )
 from avatardoctor.machine.model import Gpu
 from avatardoctor.rules import SEED_NOTE, SEED_REMEDY
-from avatardoctor.units import GIB, gib, mib
+from avatardoctor.units import GIB, gib, mib, plural
 from avatardoctor.upstream import FP8_MIN_CC
 
 # Memory NVML counts as used that no listed process owns; below this it is the CUDA/driver
@@ -126,7 +126,7 @@ def check_visible(ctx: CheckContext) -> Outcome:
             details.append(SEED_NOTE)
             remedy = SEED_REMEDY
         return failed(
-            f"{mode} needs {need} GPUs but CUDA will show {len(vis.gpus)} ({why}): ranks without a GPU "
+            f"{mode} needs {plural(need, 'GPU')} but CUDA will show {len(vis.gpus)} ({why}): ranks without a GPU "
             "die with 'invalid device ordinal'",
             details,
             remedy=remedy,
@@ -149,16 +149,39 @@ def check_visible(ctx: CheckContext) -> Outcome:
 
 @check("gpu.vram", "GPUs")
 def check_vram(ctx: CheckContext) -> Outcome:
-    """Free memory on each rank's GPU: the input to fit.peak, which judges it."""
+    """Free memory on each rank's GPU against what the load alone puts there (the prediction's load phase:
+    the bf16 DiT every upstream mode loads onto each DiT GPU, --fp8 converting only after it, the VAE and
+    the CUDA context). A GPU with less free cannot load, whatever else is set; fit.peak judges the rest."""
     if skip := needs_gpu_facts(ctx):
         return skip
-    details = []
+    load = {p.index: p.total("load") for p in ctx.prediction.gpus}
+    details, short = [], []
     for rank, g in enumerate(ctx.rank_gpus):
         reserved = f", {gib(g.reserved_bytes)} driver-reserved" if g.reserved_bytes else ""
-        details.append(f"GPU {g.index} ({role(ctx, rank)}): {gib(g.free_bytes)} free of {gib(g.total_bytes)}{reserved}")
-    low = min(ctx.rank_gpus, key=lambda g: g.free_bytes)
-    data = {"free_bytes": {str(g.index): g.free_bytes for g in ctx.rank_gpus}}
+        line = f"GPU {g.index} ({role(ctx, rank)}): {gib(g.free_bytes)} free of {gib(g.total_bytes)}{reserved}"
+        if g.free_bytes < load[g.index]:
+            short.append(g)
+            line += f", the load alone needs {gib(load[g.index])}"
+        details.append(line)
+    details.append(f"DiT size from the {ctx.components.source}")
+    data = {
+        "free_bytes": {str(g.index): g.free_bytes for g in ctx.rank_gpus},
+        "load_bytes": {str(i): int(b) for i, b in load.items()},
+        "short": [g.index for g in short],
+    }
     count = len(ctx.rank_gpus)
+    if short:
+        low = min(short, key=lambda g: g.free_bytes - load[g.index])
+        busy = any(g.processes for g in short)
+        return failed(
+            f"GPU {low.index}: {gib(low.free_bytes)} free < {gib(load[low.index])} that loading the bf16 DiT puts "
+            "on it, before anything runs",
+            details + ["a lower bound: T5, KV caches and activations come on top (fit.peak)"],
+            remedy="use 80 GB-class GPUs (A100-80GB, H100, H800, H200)"
+            + (", or free the memory other processes hold (see gpu.processes)" if busy else ""),
+            data=data,
+        )
+    low = min(ctx.rank_gpus, key=lambda g: g.free_bytes)
     return passed(
         f"{count} GPU{'s' if count > 1 else ''} for the ranks, least free {gib(low.free_bytes)} (GPU {low.index})",
         details,

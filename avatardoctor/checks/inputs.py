@@ -16,11 +16,13 @@ from avatardoctor.checks.base import CheckContext, Outcome, check, failed, passe
 from avatardoctor.files import not_regular_file
 from avatardoctor.predict import geometry, reference_hw
 from avatardoctor.units import file_size
+from avatardoctor.upstream import PROMPT_LIGHTING_OR_STYLE_EN, PROMPT_LIGHTING_OR_STYLE_ZH
 
 GROUP = "Inputs"
 SMALL_SIDE = 512  # px: below this the face has little detail to animate
 LARGE_FILE_BYTES = 20 * 2**20
 EXIF_ORIENTATION = 0x0112
+# Cues that contradict each other, in English and in Chinese (the languages upstream's prompts are written in).
 CONTRADICTIONS = (
     ("happy", "sad"),
     ("smiling", "crying"),
@@ -29,13 +31,29 @@ CONTRADICTIONS = (
     ("indoor", "outdoor"),
     ("young", "old"),
     ("laughing", "crying"),
+    ("开心", "悲伤"),
+    ("微笑", "哭"),
+    ("平静", "愤怒"),
+    ("白天", "夜晚"),
+    ("室内", "室外"),
+    ("年轻", "年老"),
 )
-LIGHTING_OR_STYLE = re.compile(
-    r"\b(light|lighting|lit|sunlight|daylight|studio|soft|warm|cool|cinematic|realistic|photo\w*|style|"
-    r"background|bokeh|portrait|shot|camera|close-up|closeup)\b",
-    re.IGNORECASE,
-)
+# Scripts written without spaces between words (Chinese, Japanese kana, Thai, Lao, Myanmar, Khmer): there
+# a character is the unit, and about two make a word.
+UNSPACED = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff]")
+CHARACTERS_PER_WORD = 2
 SHORT_PROMPT_WORDS = 8
+
+
+def prompt_words(prompt: str) -> tuple[list[str], int]:
+    """(the space-separated words, the characters of unspaced scripts) of a prompt."""
+    unspaced = len(UNSPACED.findall(prompt))
+    return re.findall(r"[\w'-]+", UNSPACED.sub(" ", prompt.lower())), unspaced
+
+
+def _has_cue(prompt: str, words: list[str], cue: str) -> bool:
+    """A word cue matches a whole word; a cue in an unspaced script matches anywhere (it has no word edges)."""
+    return cue in prompt if UNSPACED.search(cue) else cue in words
 
 
 def _open_image(path):
@@ -133,21 +151,26 @@ def check_prompt(ctx: CheckContext) -> Outcome:
     prompt = ctx.config.prompt
     if prompt is None:
         return skipped("no --prompt given")
-    words = re.findall(r"[\w'-]+", prompt.lower())
+    words, unspaced = prompt_words(prompt)
+    length = len(words) + unspaced / CHARACTERS_PER_WORD  # in words, whatever the script
+    size = f"{len(words)} words" if not unspaced else f"{len(prompt.strip())} characters"
     hints = []
-    if len(words) < SHORT_PROMPT_WORDS:
-        hints.append(f"short ({len(words)} words): describe the person, expression, setting and lighting")
-    contradictions = [f"{a}/{b}" for a, b in CONTRADICTIONS if a in words and b in words]
+    if length < SHORT_PROMPT_WORDS:
+        hints.append(f"short ({size}): describe the person, expression, setting and lighting")
+    contradictions = [
+        f"{a}/{b}" for a, b in CONTRADICTIONS if _has_cue(prompt, words, a) and _has_cue(prompt, words, b)
+    ]
     if contradictions:
         hints.append(f"contradictory cues: {', '.join(contradictions)}")
-    if not LIGHTING_OR_STYLE.search(prompt):
-        hints.append("no lighting or style cue (e.g. 'soft studio lighting, realistic photo')")
-    data = {"words": len(words), "hints": hints}
+    cues = PROMPT_LIGHTING_OR_STYLE_EN + PROMPT_LIGHTING_OR_STYLE_ZH
+    if not any(_has_cue(prompt, words, cue) for cue in cues):
+        hints.append("no lighting or style cue (e.g. 'soft studio lighting, realistic photo' or '柔光，写实照片')")
+    data = {"words": len(words), "unspaced_characters": unspaced, "hints": hints}
     if hints:
         return warned(
             f"the prompt could guide the model more: {hints[0]}", hints[1:], "add what the video should look like", data
         )
-    return passed(f"{len(words)} words, with setting and lighting cues", data=data)
+    return passed(f"{size}, with setting and lighting cues", data=data)
 
 
 CHECKS = (check_image, check_generation_size, check_prompt)

@@ -16,6 +16,7 @@ from avatardoctor.checks.base import (
     warned,
 )
 from avatardoctor.machine.model import Gpu, GpuPair, Machine, p2p_ok
+from avatardoctor.units import plural
 
 LEGEND = (
     "X = self, NV# = # NVLinks, PIX = one PCIe bridge, PXB = several PCIe bridges, "
@@ -110,7 +111,7 @@ def check_pcie(ctx: CheckContext) -> Outcome:
             remedy="reseat the card or move it to a full-width slot; check the BIOS PCIe bifurcation settings",
             data=data,
         )
-    return passed(f"all {len(known)} GPUs at full PCIe width", details, data=data)
+    return passed(f"all {plural(len(known), 'GPU')} at full PCIe width", details, data=data)
 
 
 CHECKS = (check_p2p, check_pcie)

@@ -18,7 +18,7 @@ class GpuBackend(Protocol):
 
 
 def backend_for(machine: str | None = None, demo: bool = False) -> GpuBackend:
-    """--machine FILE|COUNTxMODEL, --demo, or (neither) the live NVML backend."""
+    """--machine FILE.json|FILE.toml|COUNTxMODEL, --demo, or (neither) the live NVML backend."""
     from avatardoctor.machine import catalogue, recorded
 
     if demo and machine:
@@ -30,6 +30,8 @@ def backend_for(machine: str | None = None, demo: bool = False) -> GpuBackend:
 
         return NvmlBackend()
     path = Path(machine)
+    if path.suffix == ".toml":  # a box described, not recorded (docs/machines.md, "Your own cards")
+        return recorded.RecordedBackend(catalogue.spec_file_machine(path))
     if path.exists():
         return recorded.RecordedBackend(recorded.read_machine_file(path))
     if catalogue.looks_like_spec(machine):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from avatardoctor.files import FileTooLarge, read_limited, read_tail
 from avatardoctor.jobs import Job, torchrun_argv
-from avatardoctor.units import MIB
+from avatardoctor.units import MIB, plural
 
 WORKER = ["-m", "avatardoctor.nccltest.worker"]
 STAGES = ("start", "init", "allreduce", "ring", "bandwidth", "p2p", "done")
@@ -148,7 +148,7 @@ def classify(test: NcclTest, code: int | None, log: str, ranks: dict[int, dict],
         return NcclOutcome(
             True,
             None,
-            f"{world} ranks talked ({test.backend}): all_reduce correct, the rank-to-rank ring intact",
+            f"{plural(world, 'rank')} talked ({test.backend}): all_reduce correct, the rank-to-rank ring intact",
             None,
             **measured,
         )

@@ -17,6 +17,7 @@ from pathlib import Path
 import hypothesis
 from click.testing import CliRunner
 
+from avatardoctor import exitcodes
 from avatardoctor.cli import main
 
 LONG = os.environ.get("AVATARDOCTOR_FUZZ") == "long"
@@ -63,6 +64,9 @@ def run_cli(*args: str) -> CliResult:
         finally:
             sys.argv = saved
         output = stdout.getvalue().decode(errors="replace") + stderr.getvalue().decode(errors="replace")
+    if code == exitcodes.CRASHED:  # main() caught a bug and printed its traceback: name the exception
+        raised = output.split("Error: avatardoctor crashed")[0].rstrip().splitlines()[-1]
+        raise AssertionError(f"avatardoctor {' '.join(args)} raised {raised}")
     assert code in (0, 1, 2), (code, output[-2000:])
     assert "Traceback" not in output, output[-2000:]
     return CliResult(code, output)
