@@ -211,7 +211,10 @@ def demo_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, npro
         raise InputError("demo: torch is not installed; install the [torch] extra: pip install 'avatardoctor[torch]'")
     console = Console(stderr=True, highlight=False)
     ckpt = tiny_demo_checkpoint(os.environ)
-    console.print(f"checkpoint: a tiny real one at {ckpt} (`avatardoctor ckpt verify` reads it as any other)")
+    console.print(
+        f"checkpoint: a tiny real one at {ckpt} (the real file names and headers, every dimension cut to at most 4: "
+        "`avatardoctor ckpt verify` reads it, and says it is not the 14B model)"
+    )
     ctx = build_context(mode="tpp", num_gpus_dit=nproc - 1, master_port=master_port)
     for r in demo_checks(ctx).results:
         console.print(check_line(r), highlight=False)

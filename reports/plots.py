@@ -1,8 +1,15 @@
 """Memory timelines as PNG (matplotlib, no display needed). Long runs are reduced to min/max per
-time bucket before drawing, so every peak survives: never plain averaging."""
+time bucket before drawing, so every peak survives: never plain averaging.
+
+What a reader takes in at a glance: the y-axis fits the data (a small trace is not a flat line under a
+far-away limit; a limit off the scale is an arrow and its value), phases are coloured bands named in a
+legend below the axes (never labels over the data, which collide), time reads as m:ss, and the
+overview puts every GPU on one chart: which card reaches the top first."""
 
 from __future__ import annotations
 
+import itertools
+import re
 from pathlib import Path
 
 import matplotlib
@@ -12,10 +19,27 @@ matplotlib.use("Agg")  # files only: no display, no GUI toolkit
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 BUCKETS = 1500  # points per line: finer than the figure's pixels
 MIB_PER_GIB = 1024
-PHASE_COLOURS = ("#dbeafe", "#fef3c7", "#dcfce7", "#fce7f3", "#ede9fe", "#e0f2fe")
+PHASE_COLOURS = ("#dbeafe", "#fef3c7", "#dcfce7", "#fce7f3", "#ede9fe", "#e0f2fe", "#ffedd5", "#f1f5f9")
+GPU_COLOURS = (
+    "#1d4ed8",
+    "#ea580c",
+    "#16a34a",
+    "#9333ea",
+    "#0891b2",
+    "#ca8a04",
+    "#db2777",
+    "#4b5563",
+)  # no red: the limit's
+HEADROOM = 1.15  # the y-axis runs this far above the highest value drawn
+LIMIT_IN_VIEW = 1.6  # a usable limit up to this far above the data is drawn on the axes; further, as an arrow
+_CLIP = re.compile(r"^clip \d+ ")  # "clip 3 denoise": one legend entry, one colour, for every clip's denoise
 
 
 def min_max_buckets(samples: pd.DataFrame, buckets: int = BUCKETS) -> pd.DataFrame:
@@ -36,23 +60,75 @@ def plain(text: str) -> str:
     return str(text).replace("$", r"\$")
 
 
-def _axes(title: str, ylabel: str = "GPU memory used (GiB)"):
-    fig, ax = plt.subplots(figsize=(10, 3.6), dpi=100)
-    ax.set_title(plain(title), loc="left", fontsize=11, pad=22)
-    ax.set_xlabel("time since start (s)")
+def clock(seconds: float, _position=None) -> str:
+    """Seconds since the start as a person reads a duration: 0:45, 12:05, 1:02:05."""
+    whole = int(round(seconds))
+    sign, whole = ("-", -whole) if whole < 0 else ("", whole)
+    hours, rest = divmod(whole, 3600)
+    return f"{sign}{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{sign}{rest // 60}:{rest % 60:02d}"
+
+
+def phase_kind(phase: str) -> str:
+    return _CLIP.sub("", str(phase))
+
+
+def _axes(title: str, ylabel: str = "GPU memory used (GiB)", height: float = 4.2):
+    fig, ax = plt.subplots(figsize=(10, height), dpi=100)
+    ax.set_title(plain(title), loc="left", fontsize=11)
+    ax.set_xlabel("time since start (m:ss)")
+    ax.xaxis.set_major_formatter(FuncFormatter(clock))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=10, steps=[1, 2, 3, 5, 6, 10]))
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     return fig, ax
 
 
-def _save(fig, path: Path) -> None:
+def _legend_below(ax, handles: list, ncol: int) -> None:
+    """Below the axes, outside the data: nothing drawn on the plot can hide under it."""
+    ax.legend(
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=(0.0, -0.2),
+        ncol=ncol,
+        fontsize=8,
+        frameon=False,
+        handlelength=1.8,
+        columnspacing=1.4,
+    )
+
+
+def _save(fig: Figure, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)
 
 
-def timeline_png(
-    path: Path,
+def _fit_y(ax, top_gib: float, limit_gib: float | None) -> bool:
+    """The y-axis from 0 to just above the data; the usable limit on it when near, else False (off the scale)."""
+    top = max(top_gib, 1e-3) * HEADROOM
+    if limit_gib is not None and limit_gib <= top_gib * LIMIT_IN_VIEW:
+        ax.set_ylim(0, max(top, limit_gib * 1.05))
+        return True
+    ax.set_ylim(0, top)
+    return False
+
+
+def _limit_off_scale(ax, limit_gib: float) -> None:
+    ax.annotate(
+        f"usable {limit_gib:.2f} GiB ↑ (off the scale)",
+        xy=(1.0, 1.0),
+        xycoords="axes fraction",
+        xytext=(-6, -6),
+        textcoords="offset points",
+        ha="right",
+        va="top",
+        color="#dc2626",
+        fontsize=8,
+        arrowprops={"arrowstyle": "-|>", "color": "#dc2626", "shrinkA": 0, "shrinkB": 0},
+    )
+
+
+def timeline_figure(
     title: str,
     samples: pd.DataFrame,
     phases: pd.DataFrame,
@@ -60,75 +136,101 @@ def timeline_png(
     predicted_gib: float | None = None,
     oom: tuple[float, str] | None = None,
     ylabel: str = "GPU memory used (GiB)",
-) -> None:
+) -> Figure:
     """One GPU: used memory, its usable limit, the predicted peak, phase bands, the measured peak
     annotated, and the OOM point with the allocation that failed."""
     fig, ax = _axes(title, ylabel)
-    span = max(float(samples["elapsed_s"].max() - samples["elapsed_s"].min()), 1e-9) if len(samples) else 1.0
-    for i, row in enumerate(phases.itertuples(index=False)):
-        ax.axvspan(row.start_s, row.end_s, color=PHASE_COLOURS[i % len(PHASE_COLOURS)], alpha=0.7, lw=0)
-        if (row.end_s - row.start_s) / span >= 0.03:  # narrower bands keep their colour, not a label
-            ax.text(
-                (row.start_s + row.end_s) / 2,
-                1.01 + 0.06 * (i % 2),
-                plain(row.phase),
-                transform=ax.get_xaxis_transform(),
-                ha="center",
-                va="bottom",
-                fontsize=7,
-                clip_on=False,
-            )
+    colours: dict[str, str] = {}
+    for row in phases.itertuples(index=False):
+        kind = phase_kind(row.phase)
+        colour = colours.setdefault(kind, PHASE_COLOURS[len(colours) % len(PHASE_COLOURS)])
+        ax.axvspan(row.start_s, row.end_s, color=colour, alpha=0.7, lw=0)
     reduced = min_max_buckets(samples)
-    ax.fill_between(
-        reduced["elapsed_s"],
-        reduced["lo"] / MIB_PER_GIB,
-        reduced["hi"] / MIB_PER_GIB,
-        color="#2563eb",
-        alpha=0.25,
-        lw=0,
-    )
-    ax.plot(reduced["elapsed_s"], reduced["hi"] / MIB_PER_GIB, color="#1d4ed8", lw=1.2, label="used (max per bucket)")
-    if limit_gib is not None:
-        ax.axhline(limit_gib, color="#dc2626", lw=1.2, label=f"usable {limit_gib:.2f} GiB")
+    hi = reduced["hi"] / MIB_PER_GIB
+    ax.fill_between(reduced["elapsed_s"], reduced["lo"] / MIB_PER_GIB, hi, color="#2563eb", alpha=0.25, lw=0)
+    handles: list = ax.plot(reduced["elapsed_s"], hi, color="#1d4ed8", lw=1.2, label="used (max per bucket)")
+    top = max([v for v in (hi.max() if len(hi) else None, predicted_gib) if v is not None and np.isfinite(v)] or [1.0])
+    limit_shown = _fit_y(ax, top, limit_gib)
+    if limit_gib is not None and limit_shown:
+        handles.append(ax.axhline(limit_gib, color="#dc2626", lw=1.2, label=f"usable {limit_gib:.2f} GiB"))
+    elif limit_gib is not None:
+        _limit_off_scale(ax, limit_gib)
     if predicted_gib is not None:
-        ax.axhline(predicted_gib, color="#7c3aed", lw=1.2, ls="--", label=f"predicted peak {predicted_gib:.2f} GiB")
+        handles.append(
+            ax.axhline(predicted_gib, color="#7c3aed", lw=1.2, ls="--", label=f"predicted peak {predicted_gib:.2f} GiB")
+        )
     if samples["used_mib"].notna().any():  # a GPU whose values were all [N/A] has no peak to mark
         peak = samples.loc[samples["used_mib"].idxmax()]
-        ax.annotate(
-            f"peak {peak.used_mib / MIB_PER_GIB:.2f} GiB",
+        x0, x1 = ax.get_xlim()
+        right_half = (peak.elapsed_s - x0) / max(x1 - x0, 1e-9) > 0.5
+        ax.annotate(  # on the side away from the right edge, where the OOM label and the off-scale arrow go
+            f"peak {peak.used_mib / MIB_PER_GIB:.2f} GiB at {clock(peak.elapsed_s)}",
             (peak.elapsed_s, peak.used_mib / MIB_PER_GIB),
-            xytext=(0, 8),
+            xytext=(-10 if right_half else 10, -14),
             textcoords="offset points",
-            ha="center",
+            ha="right" if right_half else "left",
+            va="top",
             fontsize=8,
+            bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85},
         )
         ax.plot([peak.elapsed_s], [peak.used_mib / MIB_PER_GIB], "o", color="#1d4ed8", ms=4)
     if oom is not None:
         at, label = oom
-        ax.axvline(at, color="#b91c1c", lw=1.5, ls=":")
-        ax.text(
-            at,
-            0.5,
-            f" {label}",
-            transform=ax.get_xaxis_transform(),
-            color="#b91c1c",
-            fontsize=8,
-            rotation=90,
-            va="center",
+        handles.append(ax.axvline(at, color="#b91c1c", lw=1.5, ls=":", label=plain(f"{label} at {clock(at)}")))
+    handles += [Patch(color=c, alpha=0.7, label=plain(k)) for k, c in colours.items()]
+    _legend_below(ax, handles, ncol=4)
+    return fig
+
+
+def timeline_png(path: Path, title: str, samples: pd.DataFrame, phases: pd.DataFrame, **kwargs) -> None:
+    _save(timeline_figure(title, samples, phases, **kwargs), path)
+
+
+def overview_figure(
+    title: str, series: list[tuple[str, pd.DataFrame]], limits_gib: list[float | None], ylabel: str
+) -> Figure:
+    """Every GPU on one chart, each with its peak marked: which card reaches the top first. The usable limit
+    is drawn when every GPU shares it (one line), else each GPU's value is in the table."""
+    fig, ax = _axes(title, ylabel)
+    handles, top = [], 0.0
+    for (label, samples), colour in zip(series, itertools.cycle(GPU_COLOURS)):
+        reduced = min_max_buckets(samples)
+        hi = reduced["hi"] / MIB_PER_GIB
+        if not hi.notna().any():
+            continue
+        at = reduced["elapsed_s"].iloc[int(np.nanargmax(hi.to_numpy()))]
+        peak = float(hi.max())
+        top = max(top, peak)
+        (line,) = ax.plot(
+            reduced["elapsed_s"], hi, color=colour, lw=1.1, label=plain(f"{label}: peak {peak:.2f} GiB at {clock(at)}")
         )
-    ax.set_ylim(bottom=0)
-    ax.legend(loc="lower right", fontsize=8)
-    _save(fig, path)
+        ax.plot([at], [peak], "o", color=colour, ms=5)
+        handles.append(line)
+    known = {round(v, 2) for v in limits_gib if v is not None}
+    limit = known.pop() if len(known) == 1 else None
+    if _fit_y(ax, top or 1.0, limit) and limit is not None:
+        handles.append(ax.axhline(limit, color="#dc2626", lw=1.2, label=f"usable {limit:.2f} GiB"))
+    elif limit is not None:
+        _limit_off_scale(ax, limit)
+    _legend_below(ax, handles, ncol=2 if len(handles) > 4 else len(handles) or 1)
+    return fig
+
+
+def overview_png(path: Path, title: str, series, limits_gib, ylabel: str = "GPU memory used (GiB)") -> None:
+    _save(overview_figure(title, series, limits_gib, ylabel), path)
 
 
 def overlay_png(path: Path, title: str, runs: list[tuple[str, pd.DataFrame]]) -> None:
     """One GPU across runs: each run's used memory on the same axes."""
     fig, ax = _axes(title)
+    handles, top = [], 0.0
     for (label, samples), colour in zip(runs, ("#1d4ed8", "#ea580c", "#16a34a")):
         reduced = min_max_buckets(samples)
-        ax.plot(reduced["elapsed_s"], reduced["hi"] / MIB_PER_GIB, color=colour, lw=1.2, label=plain(label))
-    ax.set_ylim(bottom=0)
-    ax.legend(loc="lower right", fontsize=8)
+        hi = reduced["hi"] / MIB_PER_GIB
+        top = max(top, float(hi.max()) if hi.notna().any() else 0.0)
+        handles += ax.plot(reduced["elapsed_s"], hi, color=colour, lw=1.2, label=plain(label))
+    _fit_y(ax, top or 1.0, None)
+    _legend_below(ax, handles, ncol=len(handles) or 1)
     _save(fig, path)
 
 
@@ -138,10 +240,32 @@ def peaks_png(
     """Many GPUs at once: each one's measured peak (one marker series per run), GPU by GPU."""
     fig, ax = _axes(title)
     x = np.arange(len(gpus))
+    handles = []
     for values, label, colour in zip(series, labels, ("#1d4ed8", "#ea580c")):
-        ax.plot(x, [np.nan if v is None else v for v in values], ".", color=colour, ms=4, label=plain(label))
+        handles += ax.plot(x, [np.nan if v is None else v for v in values], ".", color=colour, ms=4, label=plain(label))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel(plain(f"GPU ({len(gpus)}, from {gpus[0]} to {gpus[-1]})"))
     ax.set_ylabel("measured peak (GiB)")
     ax.set_ylim(bottom=0)
-    ax.legend(loc="lower right", fontsize=8)
+    _legend_below(ax, handles, ncol=len(handles) or 1)
     _save(fig, path)
+
+
+def overlapping_labels(fig: Figure) -> list[tuple[str, str]]:
+    """Pairs of visible texts whose boxes overlap once drawn (a legend's entries counted as the legend's),
+    for the tests and for anyone changing a layout."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()  # type: ignore[attr-defined]
+    boxes = []
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        texts = [t for t in ax.findobj(Text) if t.get_visible() and t.get_text().strip()]
+        inside = set(legend.get_texts()) if legend else set()
+        boxes += [(t.get_text(), t.get_window_extent(renderer)) for t in texts if t not in inside]
+        if legend:
+            boxes.append(("legend", legend.get_window_extent(renderer)))
+    pairs = []
+    for (a, box_a), (b, box_b) in itertools.combinations(boxes, 2):
+        if box_a.width and box_b.width and box_a.overlaps(box_b):
+            pairs.append((a, b))
+    return pairs

@@ -10,6 +10,7 @@ import base64
 import json
 import os
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from importlib.resources import files
 from pathlib import Path
 
@@ -37,7 +38,21 @@ def _environment() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     env.globals.update(fmt=lambda v: "-" if v is None else f"{v:.2f}", version=__version__)
+    env.filters["when"] = human_time
+    env.filters["clock"] = plots.clock
     return env
+
+
+def human_time(iso: str | None) -> str:
+    """An ISO timestamp from summary.json as a person reads it: 2026-11-20 09:00:00 UTC."""
+    if not iso:
+        return "-"
+    try:
+        when = datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    zone = "UTC" if when.utcoffset() == timedelta(0) else when.strftime("%z")
+    return f"{when:%Y-%m-%d %H:%M:%S} {zone}".rstrip()
 
 
 def prepare_output(out: Path, force: bool, flag: str) -> None:
@@ -134,6 +149,15 @@ def _overview(
     ]
 
 
+def device_name(gpu: str, name: str | None = None) -> str:
+    """How a device reads in a title: a GPU, the job's processes on the CPU, or one rank's (the demo's)."""
+    if gpu == "cpu":
+        return "CPU (the job's processes, RSS)"
+    if gpu.startswith("cpu"):
+        return f"rank {gpu[3:]} on the CPU (its processes' RSS)"
+    return f"GPU {gpu}" + (f" · {name}" if name else "")
+
+
 def _timeline_images(timeline: Timeline, run: RunRecord | None, summary: dict, out: Path) -> list[dict]:
     predicted = run.predicted if run else {}
     phases = run.phases if run else pd.DataFrame(columns=["phase", "start_s", "end_s"])
@@ -144,14 +168,25 @@ def _timeline_images(timeline: Timeline, run: RunRecord | None, summary: dict, o
         out, "timeline", {g: [r["measured_peak_gib"]] for g, r in rows.items()}, ["measured"], drawn, summary["notes"]
     )
     by_gpu = timeline.by_gpu()
+    limits = {g: r["usable_gib"] if r["usable_gib"] is not None else r["total_gib"] for g, r in rows.items()}
+    ylabel = "memory used (GiB)" if any(g.startswith("cpu") for g in drawn) else "GPU memory used (GiB)"
+    if 1 < len(drawn) == len(rows):  # past MAX_TIMELINES, the peaks' overview shows every GPU instead
+        images.append(
+            _image(
+                out,
+                "timeline-all.png",
+                "every GPU",
+                lambda path: plots.overview_png(
+                    path,
+                    "every device on one chart: which reaches the top first",
+                    [(device_name(g).split(" (")[0], by_gpu[g]) for g in drawn],
+                    [limits[g] for g in drawn],
+                    ylabel,
+                ),
+            )
+        )
     for position, gpu in enumerate(drawn):
         row = rows[gpu]
-        limit = row["usable_gib"] if row["usable_gib"] is not None else row["total_gib"]
-        device = (
-            "CPU (the job's processes, RSS)"
-            if gpu == "cpu"
-            else f"GPU {gpu}" + (f" · {row['name']}" if row["name"] else "")
-        )
         peak = (
             "no memory values (all [N/A])"
             if row["measured_peak_gib"] is None
@@ -164,13 +199,13 @@ def _timeline_images(timeline: Timeline, run: RunRecord | None, summary: dict, o
                 f"GPU {gpu}",
                 lambda path: plots.timeline_png(
                     path,
-                    f"{device} · {peak}",
+                    f"{device_name(gpu, row['name'])} · {peak}",
                     by_gpu[gpu],
                     phases,
-                    limit_gib=limit,
+                    limit_gib=limits[gpu],
                     predicted_gib=predicted[gpu].peak_gib if gpu in predicted else None,
                     oom=_oom_point(summary, gpu),
-                    ylabel="host memory used (GiB)" if gpu == "cpu" else "GPU memory used (GiB)",
+                    ylabel="host memory used (GiB)" if gpu.startswith("cpu") else "GPU memory used (GiB)",
                 ),
             )
         )
@@ -199,7 +234,8 @@ def _markdown(summary: dict, images: list[dict], title: str) -> str:
     for g in summary["gpus"]:
         lines.append(
             f"| {g['gpu']} | {fmt(g['predicted_peak_gib'])} | {fmt(g['measured_peak_gib'])} | {fmt(g['delta_gib'])} | "
-            f"{fmt(g['usable_gib'])} | {fmt(g['headroom_gib'])} | {g['peak_phase'] or '-'} |"
+            f"{fmt(g['usable_gib'])} | {fmt(g['headroom_gib'])}{' at the failure' if g['headroom_at'] == 'failure' else ''} | "
+            f"{g['peak_phase'] or '-'} |"
         )
     if summary["config"]:
         lines += ["", "Configuration: " + ", ".join(f"`{k}={v}`" for k, v in summary["config"].items())]

@@ -23,10 +23,26 @@ def phase_at(phases: pd.DataFrame, t: float) -> str | None:
     return str(hits["phase"].iloc[-1]) if len(hits) else None
 
 
+def used_at_failure_gib(samples: pd.DataFrame, failure: dict | None, gpu: str) -> float | None:
+    """What the GPU that failed held at the failure, with the allocation it was refused: the last sample
+    at or before the failure plus tried_to_allocate_mib. None for any other GPU, or without those facts."""
+    failure = failure or {}
+    at, tried = failure.get("at_elapsed_s"), failure.get("tried_to_allocate_mib")
+    if str(failure.get("gpu")) != gpu or not isinstance(at, (int, float)):
+        return None
+    before = samples[(samples["elapsed_s"] <= at) & samples["used_mib"].notna()]
+    if not len(before):
+        return None
+    return (float(before["used_mib"].iloc[-1]) + (tried if isinstance(tried, (int, float)) else 0.0)) / 1024
+
+
 def gpu_rows(timeline: Timeline, run: RunRecord | None) -> list[dict]:
+    """Per GPU; headroom is usable minus the measured peak, except on the GPU that failed: there it is taken
+    at the failure (what it held then plus the allocation it was refused), which is what ran out."""
     rows = []
     phases = run.phases if run else pd.DataFrame(columns=["phase", "start_s", "end_s"])
     predicted = run.predicted if run else {}
+    failure = run.debug.failure if run else None
     by_gpu = timeline.by_gpu()
     for gpu in timeline.gpus:
         s = by_gpu[gpu]
@@ -35,6 +51,8 @@ def gpu_rows(timeline: Timeline, run: RunRecord | None) -> list[dict]:
         pred = predicted.get(gpu)
         predicted_peak, usable = (pred.peak_gib, pred.usable_gib) if pred else (None, None)
         total = s["total_mib"].max() / 1024 if s["total_mib"].notna().any() else None
+        at_failure = used_at_failure_gib(s, failure, gpu)
+        needed = at_failure if at_failure is not None else measured
         rows.append(
             {
                 "gpu": gpu,
@@ -50,7 +68,12 @@ def gpu_rows(timeline: Timeline, run: RunRecord | None) -> list[dict]:
                 ),
                 "usable_gib": _round(usable),
                 "total_gib": _round(total),
-                "headroom_gib": _round(usable - measured) if measured is not None and usable is not None else None,
+                "headroom_gib": _round(usable - needed) if needed is not None and usable is not None else None,
+                "headroom_at": None
+                if needed is None or usable is None
+                else "failure"
+                if at_failure is not None
+                else "peak",
             }
         )
     return rows

@@ -4,7 +4,8 @@ logs/gpu_processes.csv, per-PID memory once a second (docs/run-folder.md).
 NVML where there are GPUs, read through avatardoctor.machine.nvml (the one module that imports the
 binding; tests/fake_pynvml plays NVML for its tests). Where there are none (the demo on a laptop, CI),
 "auto" records the RSS of a process tree from psutil in the same format with gpu `cpu`, so every later
-stage works the same.
+stage works the same; and each torchrun rank's share (the RSS of the processes whose environment says
+RANK=r) as device `cpu<r>`: the demo's ranks are its "devices", each beside its own prediction.
 
 Sampling runs on its own thread against a monotonic clock (sample k at start + k/hz, so it never
 drifts); a sample that overruns skips the slots it missed instead of bursting to catch up. Each
@@ -37,6 +38,7 @@ MIN_HZ, MAX_HZ = 0.1, 100.0
 PROCESS_INTERVAL_S = 1.0  # listing processes costs far more than reading memory: at most once a second
 JOIN_TIMEOUT_S = 5.0
 TREE_LABEL = "process tree RSS"  # the uuid of the `cpu` rows; the report shows it as the device's name
+MAX_RANK_DEVICE = 99  # ranks on the CPU are devices cpu0, cpu1, ... (two digits: reports' device ids)
 
 Reading = tuple[str, str, float | None, float | None, float | None]  # gpu, uuid, used MiB, total MiB, utilisation %
 ProcessReading = tuple[str, int, str | None, float | None]  # gpu, pid, name, used MiB
@@ -120,6 +122,7 @@ class _PsutilSource:
         self._total_mib = psutil.virtual_memory().total / MIB
         self._cores = psutil.cpu_count() or 1
         self._tree: list[psutil.Process] = []
+        self._ranks: dict[int, int | None] = {}  # pid -> the rank it serves (None: torchrun, the runner)
         self._utilisation = 0.0
 
     def _relist(self) -> None:
@@ -133,6 +136,16 @@ class _PsutilSource:
         known = {p.pid: p for p in self._tree}
         self._tree = [known[p.pid] if known.get(p.pid) == p else p for p in found]
 
+    def _rank_of(self, proc: psutil.Process) -> int | None:
+        """The torchrun rank a process serves (its RANK, which its own children inherit), read once per process."""
+        if proc.pid not in self._ranks:
+            try:
+                rank = proc.environ().get("RANK", "")
+            except (psutil.Error, OSError):  # gone, or another user's
+                rank = ""
+            self._ranks[proc.pid] = int(rank) if rank.isdigit() and int(rank) <= MAX_RANK_DEVICE else None
+        return self._ranks[proc.pid]
+
     def read(self, with_processes: bool) -> tuple[list[Reading], list[ProcessReading]]:
         if with_processes:  # true for the first sample, then once a second
             self._relist()
@@ -142,6 +155,11 @@ class _PsutilSource:
                 rss[proc] = proc.memory_info().rss
             except psutil.Error:  # exited since the last listing
                 continue
+        per_rank: dict[int, int] = {}
+        for proc, used in rss.items():
+            rank = self._rank_of(proc)
+            if rank is not None:
+                per_rank[rank] = per_rank.get(rank, 0) + used
         processes: list[ProcessReading] = []
         if with_processes:
             # /proc counts CPU time in 10 ms ticks, so at 100 Hz a per-sample reading would be 0 or
@@ -149,7 +167,11 @@ class _PsutilSource:
             # all the host's cores (0-100 like a GPU's). An object's first cpu_percent() primes it: 0.0.
             self._utilisation = sum(_cpu_percent(proc) for proc in rss) / self._cores
             processes = [("cpu", proc.pid, _process_name(proc.pid), used / MIB) for proc, used in rss.items()]
-        return [("cpu", TREE_LABEL, sum(rss.values()) / MIB, self._total_mib, self._utilisation)], processes
+        ranks: list[Reading] = [
+            (f"cpu{rank}", f"rank {rank} RSS", used / MIB, self._total_mib, None)
+            for rank, used in sorted(per_rank.items())
+        ]
+        return [("cpu", TREE_LABEL, sum(rss.values()) / MIB, self._total_mib, self._utilisation), *ranks], processes
 
     def close(self) -> None:
         pass

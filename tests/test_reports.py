@@ -16,8 +16,9 @@ import pytest
 from runfixture import make_run
 
 from avatardoctor.errors import InputError
+from avatardoctor.reports import plots
 from avatardoctor.reports.plots import min_max_buckets
-from avatardoctor.reports.render import render_compare, render_report
+from avatardoctor.reports.render import human_time, render_compare, render_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = [
@@ -45,26 +46,39 @@ def test_report_of_an_oom_run(oom_run):
         "index.html",
         "report.md",
         "summary.json",
+        "timeline-all.png",
         *(f"timeline-gpu{g}.png" for g in range(5)),
     }
     s = json.loads((out / "summary.json").read_text())
     assert s["schema"] == "avatardoctor.report/1" and s["source"]["kind"] == "run" and s["outcome"] == "oom"
     gpu2 = s["gpus"][2]
     assert gpu2["predicted_peak_gib"] == 41.2 and gpu2["usable_gib"] == 77.26
-    assert gpu2["measured_peak_gib"] == pytest.approx(41.46, abs=0.01) and gpu2["peak_phase"] == "clip 4 denoise"
+    assert gpu2["measured_peak_gib"] == pytest.approx(75.20, abs=0.01) and gpu2["peak_phase"] == "clip 4 denoise"
     assert gpu2["delta_gib"] == pytest.approx(gpu2["measured_peak_gib"] - 41.2, abs=0.01)
+    # The GPU that ran out: headroom at the failure (75.20 held + 2.31 refused > 77.26 usable), not at its peak
+    assert gpu2["headroom_at"] == "failure" and gpu2["headroom_gib"] == pytest.approx(
+        77.26 - (77000 + 2365) / 1024, abs=0.01
+    )
+    assert gpu2["headroom_gib"] < 0
+    assert s["gpus"][0]["headroom_at"] == "peak"
+    assert s["gpus"][0]["headroom_gib"] == pytest.approx(77.26 - s["gpus"][0]["measured_peak_gib"], abs=0.01)
     assert s["failure"]["class"] == "oom" and s["failure"]["remedy"].startswith("--offload-kv-cache")
     assert s["clips_done"] == 3 and s["clips_per_minute"] == pytest.approx(3 / 8, abs=0.01)
     assert s["config"]["size"] == "720*400"
     md = (out / "report.md").read_text()
-    assert "| 2 | 41.20 | 41.46 |" in md and "![GPU 2](timeline-gpu2.png)" in md and "Remedy: `--offload-kv-cache" in md
+    assert (
+        "| 2 | 41.20 | 75.20 |" in md
+        and "-0.24 at the failure |" in md
+        and "![GPU 2](timeline-gpu2.png)" in md
+        and "Remedy: `--offload-kv-cache" in md
+    )
 
 
 def test_html_escapes_and_stands_alone(oom_run):
     html = render_report(oom_run).read_text()
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # no network: no external scripts, fonts, images
-    assert html.count('src="data:image/png;base64,') == 5
+    assert html.count('src="data:image/png;base64,') == 6  # the overview and one per GPU
     assert len(html.encode()) < 2 * 2**20
 
 
@@ -141,24 +155,118 @@ def test_report_command(oom_run):
     )
 
 
+def _fixture_gpu(run: Path, gpu: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    memory = pd.read_csv(run / "logs" / "gpu_memory.csv")
+    samples = memory[memory["gpu"] == gpu].rename(columns={"memory_used_mib": "used_mib"})
+    return samples, pd.read_csv(run / "logs" / "phases.csv")
+
+
+def _texts(fig) -> list[str]:
+    from matplotlib.text import Text
+
+    return [t.get_text() for ax in fig.axes for t in ax.findobj(Text) if t.get_visible() and t.get_text()]
+
+
+def test_the_failed_gpus_timeline_has_a_phase_legend_and_no_overlapping_labels(oom_run):
+    samples, phases = _fixture_gpu(oom_run, 2)
+    fig = plots.timeline_figure(
+        "GPU 2 · measured peak 75.20 GiB",
+        samples,
+        phases,
+        limit_gib=77.26,
+        predicted_gib=41.2,
+        oom=(479.0, "OOM: tried to allocate 2.31 GiB"),
+    )
+    assert plots.overlapping_labels(fig) == []
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    # every phase kind once (the clips' denoising is one entry), the lines, and the OOM with its m:ss time
+    assert {"load", "lora merge", "fp8", "text encoding", "denoise"} <= set(legend)
+    assert "usable 77.26 GiB" in legend and "OOM: tried to allocate 2.31 GiB at 7:59" in legend
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels() if t.get_text()]
+    assert ticks and all(re.fullmatch(r"-?\d+:\d\d", t) for t in ticks)  # m:ss, not raw seconds
+    plots.plt.close(fig)
+
+
+def test_a_small_trace_fills_the_axes_and_the_far_limit_is_an_arrow():
+    t = np.arange(0, 60, 0.5)
+    samples = pd.DataFrame({"elapsed_s": t, "used_mib": 1500 + 400 * np.sin(t)})
+    fig = plots.timeline_figure("cpu0", samples, pd.DataFrame(columns=["phase", "start_s", "end_s"]), limit_gib=77.26)
+    bottom, top = fig.axes[0].get_ylim()
+    assert bottom == 0 and (1900 / 1024) < top < 3  # fitted to the data, not to a limit 40 times higher
+    assert "usable 77.26 GiB ↑ (off the scale)" in _texts(fig) and plots.overlapping_labels(fig) == []
+    plots.plt.close(fig)
+    near = plots.timeline_figure("near", samples, pd.DataFrame(columns=["phase", "start_s", "end_s"]), limit_gib=2.5)
+    assert near.axes[0].get_ylim()[1] >= 2.5 and "usable 2.50 GiB" in _texts(near)  # a near limit is on the axes
+    plots.plt.close(near)
+
+
+def test_the_overview_puts_every_gpu_on_one_chart(oom_run):
+    series = [(f"GPU {g}", _fixture_gpu(oom_run, g)[0]) for g in range(5)]
+    fig = plots.overview_figure("every GPU", series, [77.26] * 5, "GPU memory used (GiB)")
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert [e.split(":")[0] for e in legend[:5]] == [f"GPU {g}" for g in range(5)]
+    assert "GPU 2: peak 75.20 GiB at 7:59" in legend and "usable 77.26 GiB" in legend  # GPU 2 reached the top
+    assert plots.overlapping_labels(fig) == []
+    plots.plt.close(fig)
+
+
+def test_human_timestamps():
+    assert plots.clock(45) == "0:45" and plots.clock(725) == "12:05" and plots.clock(3725) == "1:02:05"
+    assert human_time("2026-11-20T09:00:00+00:00") == "2026-11-20 09:00:00 UTC"
+    assert human_time("not a time") == "not a time" and human_time(None) == "-"
+
+
+# Run in the page once it has loaded; --dump-dom then shows what it measured in the body's data-layout.
+LAYOUT_PROBE = """<script>
+window.addEventListener("load", () => {
+  const width = document.documentElement.clientWidth;
+  const images = [...document.images].map(i => i.getBoundingClientRect());
+  const cells = [...document.querySelectorAll("td, th")].map(c => c.getBoundingClientRect());
+  let overlaps = 0;
+  for (let i = 0; i < cells.length; i++) for (let j = i + 1; j < cells.length; j++) {
+    const a = cells[i], b = cells[j];
+    if (a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1) overlaps++;
+  }
+  document.body.dataset.layout = JSON.stringify({
+    width, page: document.documentElement.scrollWidth, overlaps, thinnest: Math.min(...cells.map(c => c.width)),
+    images: images.length, widest: Math.max(...images.map(r => r.right)), narrowest: Math.min(...images.map(r => r.width)),
+  });
+});
+</script>"""
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (.ci/run installs Debian's)")
-def test_a_person_sees_the_plot_and_the_table(oom_run, tmp_path):
+@pytest.mark.parametrize("width", [1280, 390])
+def test_a_person_sees_the_plots_and_the_table_on_a_desktop_and_a_phone(oom_run, tmp_path, width):
     index = render_report(oom_run)
-    url = index.as_uri()
-    profile = ["--user-data-dir=" + str(tmp_path / "profile")]
+    probe = index.with_name("probe.html")
+    probe.write_text(index.read_text().replace("</body>", LAYOUT_PROBE + "</body>"))
+    profile = ["--user-data-dir=" + str(tmp_path / "profile"), f"--window-size={width},2400"]
     dom = subprocess.run(
-        [CHROMIUM, *CHROMIUM_FLAGS, *profile, "--dump-dom", url], capture_output=True, text=True, timeout=120
+        [CHROMIUM, *CHROMIUM_FLAGS, *profile, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
     ).stdout
-    assert dom.count("<img") == 5 and "<table>" in dom and "measured peak (GiB)" in dom
+    assert dom.count("<img") == 6 and "<table>" in dom and "measured peak (GiB)" in dom
+    assert "started 2026-11-20 09:00:00 UTC" in dom and "-0.24 at the failure" in dom
+    found = re.search(r'data-layout="([^"]*)"', dom)
+    assert found, "the layout probe did not run"
+    layout = json.loads(found.group(1).replace("&quot;", '"'))
+    assert layout["page"] <= layout["width"]  # nothing makes the page scroll sideways: wide tables scroll inside
+    assert layout["overlaps"] == 0 and layout["thinnest"] > 40  # no cell over another, none a letter wide
+    assert layout["images"] == 6 and layout["widest"] <= layout["width"] and layout["narrowest"] > 0.8 * (width - 80)
     shot = tmp_path / "shot.png"
     subprocess.run(
-        [CHROMIUM, *CHROMIUM_FLAGS, *profile, f"--screenshot={shot}", "--window-size=1100,1400", url],
-        capture_output=True,
-        timeout=120,
+        [CHROMIUM, *CHROMIUM_FLAGS, *profile, f"--screenshot={shot}", index.as_uri()], capture_output=True, timeout=120
     )
     from PIL import Image
 
     with Image.open(shot) as img:
         pixels = np.asarray(img.convert("RGB"))
-    blue = ((pixels[..., 2] > 150) & (pixels[..., 0] < 80)).sum()  # the timeline's line and band
-    assert pixels.shape[0] == 1400 and blue > 500
+    assert pixels.shape[:2] == (2400, width)
+    plots_only = pixels[1200:]  # below the table and the failure box, at either width: only the figures
+    rgb = plots_only.astype(int)  # thin lines scaled down to a phone are blended with white: loose colour bounds
+    red = ((rgb[..., 0] > 200) & (rgb[..., 1] < 150) & (rgb[..., 2] < 150)).sum()  # the usable limit
+    blue = ((rgb[..., 2] > 170) & (rgb[..., 0] < 140) & (rgb[..., 1] < 170)).sum()  # the memory lines
+    assert red > 50 and blue > 50

@@ -555,7 +555,8 @@ def test_the_run_folder_the_runner_writes_is_the_one_the_report_reads_field_by_f
     )
     with open(result.folder.phases_csv) as f:
         assert list(read.phases["phase"]) == [line.split(",")[0] for line in f.read().splitlines()[1:]]
-    assert read.timeline.gpus == ["cpu"] and len(read.timeline.samples) > 0
+    # the job's process tree, and each rank's processes as a device of its own
+    assert read.timeline.gpus == ["cpu", "cpu0", "cpu1"] and len(read.timeline.samples) > 0
 
 
 def test_a_gpu_run_leaves_measurements_that_calibrate_learns_from(tmp_path):

@@ -367,3 +367,34 @@ def test_auto_falls_back_to_psutil_without_a_driver_and_says_so(folder):
 def test_an_unknown_source_is_refused(folder):
     with pytest.raises(ValueError, match="source"):
         MemorySampler(folder, source="smi")
+
+
+# torchrun's shape: an agent without RANK and one worker per rank with it; rank 1's memory is in a child it started
+RANKED_ROOT = textwrap.dedent(f"""
+    import os, subprocess, sys
+    workers = [
+        subprocess.Popen([sys.executable, "-c", {CHILD!r} if rank == 1 else "import time; time.sleep(60)"],
+                         env={{**os.environ, "RANK": str(rank)}})
+        for rank in (0, 1)
+    ]
+    workers[0].wait()
+""")
+
+
+def test_each_ranks_processes_are_a_device_of_their_own(new_sampler):
+    root = subprocess.Popen([sys.executable, "-c", RANKED_ROOT], stdout=subprocess.PIPE, text=True)
+    try:
+        sampler = new_sampler(hz=20, root_pid=root.pid, source="psutil")
+        sampler.start()
+        assert root.stdout.readline().strip() == "ready"  # rank 1's grandchild holds its 200 MiB
+        wait_for(lambda: sampler.peaks_mib().get("cpu1", 0) >= ALLOCATION_MIB, "rank 1's child counted as rank 1")
+        wait_for(lambda: "cpu0" in sampler.peaks_mib(), "rank 0 sampled")
+        sampler.stop()
+        peaks = sampler.peaks_mib()
+        assert set(peaks) == {"cpu", "cpu0", "cpu1"} and peaks["cpu0"] < ALLOCATION_MIB  # the agent is no rank
+        assert peaks["cpu"] >= peaks["cpu1"] + peaks["cpu0"] - 1  # the tree holds both ranks and the agent
+    finally:
+        for member in psutil.Process(root.pid).children(recursive=True):
+            member.kill()
+        root.kill()
+        root.wait()
