@@ -199,11 +199,18 @@ def plan_problem(doc: dict) -> str | None:
     if prediction is not None and (not isinstance(prediction, dict) or not isinstance(gpus, (list, type(None)))):
         return "prediction must be an object with a list of gpus"
     for i, gpu in enumerate(gpus or []):
-        if not isinstance(gpu, dict) or not _is_int(gpu.get("index"), 0, 1023):
-            return f"prediction.gpus[{i}] must be an object with an integer index"
+        if not isinstance(gpu, dict) or not (_is_int(gpu.get("index"), 0, 1023) or _is_cpu_rank(gpu.get("index"))):
+            return f"prediction.gpus[{i}] must be an object with an integer index (or cpu<rank>, the demo's)"
         if any(gpu.get(key) is not None and not _is_number(gpu[key]) for key in ("peak_gib", "usable_gib")):
             return f"prediction.gpus[{i}]: peak_gib and usable_gib must be numbers"
     return None
+
+
+CPU_RANK = re.compile(r"cpu[0-9]{1,2}")  # the demo's ranks on the CPU, as the sampler records them
+
+
+def _is_cpu_rank(value) -> bool:
+    return isinstance(value, str) and CPU_RANK.fullmatch(value) is not None
 
 
 def _machine(value) -> PlannedMachine | None:

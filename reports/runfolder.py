@@ -48,6 +48,7 @@ CONFIG_KEYS = (
 FAILURE_TEXT = ("class", "phase", "message", "remedy")
 FAILURE_NUMBERS = ("tried_to_allocate_mib", "at_elapsed_s")
 MAX_TEXT_CHARS = 4000  # a failure message or prompt longer than this is cut
+MAX_PREDICTION_NOTES = 8  # the plan's prediction notes shown in the report
 MAX_NUMBER = 2.0**50  # sizes, seconds and counts in a run's JSON: larger is a damaged value
 
 
@@ -160,7 +161,10 @@ def read_plan(fields: _Fields) -> RunPlan:
     argv = [a for a in fields.items("argv") if isinstance(a, str)]
     prompt = next((a for flag, a in zip(argv, argv[1:]) if flag == "--prompt"), None)
     predicted = {}
-    for entry in fields.object("prediction").items("gpus"):
+    prediction = fields.object("prediction")
+    said = [n for n in prediction.items("notes") if isinstance(n, str)][:MAX_PREDICTION_NOTES]  # the demo's caveat
+    fields.notes.extend(n if len(n) <= MAX_TEXT_CHARS else n[:MAX_TEXT_CHARS] + "…" for n in said)
+    for entry in prediction.items("gpus"):
         gpu = gpu_id(entry.get("index")) if isinstance(entry, dict) else None
         if gpu is not None:
             g = _Fields(entry, f"{fields.where} prediction GPU {gpu}", fields.notes)

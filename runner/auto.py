@@ -179,8 +179,10 @@ def machine_mismatch(doc: PlanFile, here) -> str | None:
 
 
 def demo_plan(ckpt: Path, nproc: int = 5, master_port: int = 29500) -> PlanFile:
-    """The demo's plan: upstream's TPP layout at the smallest size, on CPU ranks with gloo."""
+    """The demo's plan: upstream's TPP layout at the smallest size, on CPU ranks with gloo, each rank's peak
+    predicted from the tiny checkpoint (avatardoctor.demo.memory)."""
     from avatardoctor.config import resolve_config
+    from avatardoctor.demo.memory import demo_prediction
 
     config = resolve_config(
         nproc,
@@ -202,6 +204,7 @@ def demo_plan(ckpt: Path, nproc: int = 5, master_port: int = 29500) -> PlanFile:
         env={"GLOO_SOCKET_IFNAME": "lo", "ENABLE_COMPILE": "false"},
         entry="avatardoctor.demo.workload",
         reasons=("the built-in demo: TPP at 384*256 on CPU ranks",),
+        prediction=demo_prediction(config, ckpt),
         config={
             "mode": "tpp",
             "nproc": config.nproc,

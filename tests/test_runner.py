@@ -3,6 +3,7 @@ real one does (and fails as it fails), real signals, real run folders, and no ra
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -22,6 +23,7 @@ pytest.importorskip("torch", reason="the runner launches torchrun: the [torch] e
 
 from avatardoctor.ckpt.components import reference_summary  # noqa: E402
 from avatardoctor.config import resolve_config  # noqa: E402
+from avatardoctor.demo.memory import ROOT_UNSHARD_BYTES  # noqa: E402
 from avatardoctor.estimates import DEFAULT_TERMS  # noqa: E402
 from avatardoctor.machine.catalogue import catalogue_machine  # noqa: E402
 from avatardoctor.planfile import PlanFile  # noqa: E402
@@ -263,6 +265,8 @@ def test_saved_plan_runs(tmp_path):
 
 
 def test_the_demo_end_to_end(tmp_path):
+    """The demo shows the point: each rank (cpu0..cpu4) measured beside its predicted peak, the phases,
+    and the root unshard as a rise and fall on every rank during the load."""
     port = free_port()  # the demo takes --master-port as run does
     r = subprocess.run(
         [sys.executable, "-m", "avatardoctor", "demo", "--out-dir", str(tmp_path / "runs"), "--master-port", str(port)],
@@ -277,6 +281,22 @@ def test_the_demo_end_to_end(tmp_path):
     assert summary["outcome"] == "success" and summary["clips_done"] == 2
     launched = json.loads((report.parent.parent / "plan.json").read_text())["master_port"]
     assert launched == port or (launched > port and "held" in r.stdout + r.stderr)  # taken meanwhile: the next free one
+    ranks = {g["gpu"]: g for g in summary["gpus"] if g["gpu"] != "cpu"}
+    assert sorted(ranks) == [f"cpu{r}" for r in range(5)]
+    for rank in ranks.values():  # each rank beside its own prediction; the unshard makes the load its peak
+        assert rank["predicted_peak_gib"] > 0 and rank["predicted_phase"] == "load", rank
+    assert any("in place of the CUDA context" in note for note in summary["notes"])  # says what the model lacks
+    phases = {p["phase"]: p for p in summary["phases"]}
+    assert {"load", "clip 1 denoise", "clip 2 denoise"} <= set(phases)
+    samples = list(csv.DictReader((report.parent.parent / "logs" / "gpu_memory.csv").open()))
+    load = float(phases["load"]["start_s"]), float(phases["load"]["end_s"])
+    half = ROOT_UNSHARD_BYTES / 2**20 / 2
+    for rank in ranks:
+        trace = [(float(s["elapsed_s"]), float(s["memory_used_mib"])) for s in samples if s["gpu"] == rank]
+        before = [mib for t, mib in trace if t <= load[0]][-1]
+        at, peak = max(((t, mib) for t, mib in trace if load[0] <= t <= load[1]), key=lambda x: x[1])
+        after = min(mib for t, mib in trace if at < t <= float(phases["clip 1 denoise"]["end_s"]))
+        assert peak - before >= half and peak - after >= half, (rank, before, peak, after)  # up, held, freed
 
 
 def test_a_hang_says_whether_stacks_were_captured(tmp_path):

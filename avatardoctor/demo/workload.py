@@ -34,6 +34,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from avatardoctor.ckpt import layout
+from avatardoctor.demo.memory import ROOT_UNSHARD_BYTES
 from avatardoctor.upstream import LORA_RANK, SIZES, Size, str2bool
 
 LATENT_CHANNELS = 16
@@ -48,6 +49,7 @@ SCHEDULE_SHIFT = 3.0  # FlowMatchEulerDiscreteScheduler(shift=3), as upstream's 
 LORA_ALPHA = 64.0  # liveavatar/configs/s2v_causal_sft.yaml lora_alpha
 SMALL_FILE_BYTES = 64 * 2**20  # checkpoint files the demo loads whole: a tiny skeleton's (KB), not a real one's (GB)
 VAE_BOTTLENECK_S = 0.01  # upstream warns when the VAE rank found its latents already waiting
+UNSHARD_HOLD_S = 1.0  # the unsharded root is held this long: ten of the sampler's default 10 Hz samples
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -217,29 +219,40 @@ ROOT_SCALES = {"w_in": TOKEN_FEATURES**-0.5, "w_out": HIDDEN**-0.5, "text_embedd
 
 
 def root_parameter(seed: int) -> torch.Tensor:
-    """The flat root parameter every rank would hold a shard of, drawn from the seed."""
+    """The weights the demo computes with, drawn from the seed: the start of the flat root parameter."""
     g = torch.Generator().manual_seed(seed)
     parts = [torch.randn(math.prod(shape), generator=g) * ROOT_SCALES[name] for name, shape in ROOT_SHAPES.items()]
     return torch.cat(parts)
 
 
+# FSDP's gather into one flat tensor; torch 2.13 renamed it (the old name warns), torch>=2.1 has the old one
+all_gather_flat = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
 def unshard_root(seed: int, rank: int, world: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """FSDP's root unshard: this rank keeps only its shard of the flat parameter, then all_gathers
-    the others' before the first step. (Every rank draws the whole parameter from the seed and drops
-    the rest, so the gathered weights equal what a single process draws.)"""
-    flat = root_parameter(seed)
-    shard_len = -(-flat.numel() // world)
-    padded = F.pad(flat, (0, shard_len * world - flat.numel()))
-    shard = padded[rank * shard_len : (rank + 1) * shard_len].clone().to(device)
-    del flat, padded
-    gathered = [torch.empty_like(shard) for _ in range(world)]
-    dist.all_gather(gathered, shard)
-    full = torch.cat(gathered)
+    """FSDP's root unshard: this rank keeps only its shard of the flat parameter, then all_gathers the
+    others' and holds the whole of it (ROOT_UNSHARD_BYTES, the real root's share of a rank's memory) for
+    UNSHARD_HOLD_S, long enough for the sampler to see it, before freeing it. The flat parameter starts
+    with the weights the demo computes with (root_parameter: every rank draws them from the seed and keeps
+    its shard, so the gathered weights equal what a single process draws); the rest stands for what the
+    real root also holds (embeddings, audio injectors, AdaLN, head) and is zeros."""
+    used = root_parameter(seed)
+    total = max(ROOT_UNSHARD_BYTES // 4, used.numel())
+    shard_len = -(-total // world)
+    shard = torch.zeros(shard_len)
+    mine = used[rank * shard_len : (rank + 1) * shard_len]
+    shard[: mine.numel()] = mine
+    shard = shard.to(device)
+    flat = torch.empty(shard_len * world, device=device)
+    all_gather_flat(flat, shard)  # straight into the flat parameter, as FSDP does: no second copy
+    del shard
     weights, at = {}, 0
     for name, shape in ROOT_SHAPES.items():
         n = math.prod(shape)
-        weights[name] = full[at : at + n].reshape(shape)
+        weights[name] = flat[at : at + n].reshape(shape).clone()
         at += n
+    time.sleep(UNSHARD_HOLD_S)
+    del flat  # the demo's DiT keeps only its own weights: the spike ends here
     return weights
 
 
@@ -462,7 +475,8 @@ def main(argv: list[str] | None = None) -> None:
     weights = unshard_root(args.base_seed, rank, world, device)
     if rank == 0:
         say(
-            f"demo: root parameter unsharded: {sum(t.numel() for t in weights.values())} values gathered from {world} rank(s)"
+            f"demo: root parameter unsharded: {ROOT_UNSHARD_BYTES / 2**20:.0f} MiB gathered from {world} rank(s), "
+            f"held {UNSHARD_HOLD_S:.0f} s and freed; the demo's DiT keeps {sum(t.numel() for t in weights.values())} values"
         )
     if args.load_lora and args.lora_path_dmd:
         say(
