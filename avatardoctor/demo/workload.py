@@ -49,7 +49,7 @@ SCHEDULE_SHIFT = 3.0  # FlowMatchEulerDiscreteScheduler(shift=3), as upstream's 
 LORA_ALPHA = 64.0  # liveavatar/configs/s2v_causal_sft.yaml lora_alpha
 SMALL_FILE_BYTES = 64 * 2**20  # checkpoint files the demo loads whole: a tiny skeleton's (KB), not a real one's (GB)
 VAE_BOTTLENECK_S = 0.01  # upstream warns when the VAE rank found its latents already waiting
-UNSHARD_HOLD_S = 1.0  # the unsharded root is held this long: ten of the sampler's default 10 Hz samples
+UNSHARD_HOLD_S = 2.0  # the unsharded root is held this long: 20 of the sampler's 10 Hz samples, a few on a starved box
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
