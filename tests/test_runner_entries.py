@@ -199,7 +199,7 @@ def test_demo_tpp_prints_live_avatars_lines_in_order(tpp_demo, tiny_ckpt):
             "INFO: Finished.",
         ],
     )
-    assert "demo: root parameter unsharded: 43 MiB gathered from 5 rank(s), held 1 s and freed; " in out
+    assert "demo: root parameter unsharded: 43 MiB gathered from 5 rank(s), held 2 s and freed; " in out
     assert "the demo's DiT keeps 98736 values" in out
     assert out.count(BAR) == 5 * 2 * 4  # every rank draws a bar per block: 2 clips of 4 blocks
     assert out.count("LoRA merged successfully.") == 5
