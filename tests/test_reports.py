@@ -46,6 +46,7 @@ def test_report_of_an_oom_run(oom_run):
         "report.md",
         "summary.json",
         *(f"timeline-gpu{g}.png" for g in range(5)),
+        "speed.png",
     }
     s = json.loads((out / "summary.json").read_text())
     assert s["schema"] == "avatardoctor.report/1" and s["source"]["kind"] == "run" and s["outcome"] == "oom"
@@ -64,7 +65,7 @@ def test_html_escapes_and_stands_alone(oom_run):
     html = render_report(oom_run).read_text()
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # no network: no external scripts, fonts, images
-    assert html.count('src="data:image/png;base64,') == 5
+    assert html.count('src="data:image/png;base64,') == 6  # 5 timelines and the speed per clip
     assert len(html.encode()) < 2 * 2**20
 
 
@@ -149,7 +150,7 @@ def test_a_person_sees_the_plot_and_the_table(oom_run, tmp_path):
     dom = subprocess.run(
         [CHROMIUM, *CHROMIUM_FLAGS, *profile, "--dump-dom", url], capture_output=True, text=True, timeout=120
     ).stdout
-    assert dom.count("<img") == 5 and "<table>" in dom and "measured peak (GiB)" in dom
+    assert dom.count("<img") == 6 and "<table>" in dom and "measured peak (GiB)" in dom
     shot = tmp_path / "shot.png"
     subprocess.run(
         [CHROMIUM, *CHROMIUM_FLAGS, *profile, f"--screenshot={shot}", "--window-size=1100,1400", url],
