@@ -259,6 +259,8 @@ def attach(pids: Sequence[int]) -> Attached:
     try:
         return Attached(pids)
     except psutil.NoSuchProcess as err:
-        raise InputError(f"--attach {err.pid}: no such process is running; pass the PID of torchrun or a rank") from None
+        raise InputError(
+            f"--attach {err.pid}: no such process is running; pass the PID of torchrun or a rank"
+        ) from None
     except psutil.AccessDenied as err:
         raise InputError(f"--attach {err.pid}: not allowed to watch that process; run as its user") from None
