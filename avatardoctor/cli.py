@@ -215,10 +215,18 @@ def record_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, at
         raise InputError("record: --no-shim and --memory-history are for `run`: record runs the command as given")
     cwd = Path.cwd()
     if attach:
+        import psutil
+
         from avatardoctor.jobs import attach as attached
 
-        described = attached_command(attached(attach))  # a PID not running: one line, before any folder
-    plan = plan_for_command(described if attach else command, cwd, dict(os.environ))
+        job = attached(attach)  # a PID not running: one line, before any folder
+        try:  # its command line names files relative to its own folder, and its environment names its GPUs
+            where, env = Path(job.roots[0].cwd()), job.roots[0].environ()
+        except psutil.Error:
+            where, env = cwd, dict(os.environ)
+        plan = plan_for_command(attached_command(job), where, env)
+    else:
+        plan = plan_for_command(command, cwd, dict(os.environ))
     console = Console(stderr=True, highlight=False)
     with console.status("starting") as status:
         options = _run_options(out_dir, sample_hz, hang_timeout, cwd, [], status)
