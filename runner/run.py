@@ -156,8 +156,6 @@ def execute(plan: PlanFile, options: RunOptions, watch: Watch | None = None) -> 
     try:
         if options.not_ready:
             log.write(f"[avatardoctor] LAUNCHED WITH --force although checks failed: {', '.join(options.not_ready)}\n")
-        if attached:
-            log.write(f"[avatardoctor] attached to PID {', '.join(map(str, watch.attach))}: {' '.join(argv)}\n")
         job: jobs.Job | jobs.Attached = attached or jobs.Job(argv, cwd=options.cwd, env=env, grace_s=GRACE_S)
         sampler = MemorySampler(folder, options.sample_hz, root_pid=sorted(job.pids), gpu_indices=plan.visible_gpus)
         sampler.start()
@@ -171,6 +169,8 @@ def execute(plan: PlanFile, options: RunOptions, watch: Watch | None = None) -> 
             if threading.current_thread() is threading.main_thread()
             else {}
         )
+        if attached:  # after the handlers: from this line on, Ctrl-C is recorded
+            log.write(f"[avatardoctor] attached to PID {', '.join(map(str, watch.attach))}: {' '.join(argv)}\n")
 
         def read_output() -> None:
             """Lines capped at LINE_CAP bytes as they come (a rank may print a gigabyte without a newline)."""
