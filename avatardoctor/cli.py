@@ -182,6 +182,65 @@ def run_command(
     sys.exit(exitcodes.for_run(results[-1].failure.cls if results else "nothing-to-run"))
 
 
+@cli.command("record", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@run_options
+@click.option(
+    "--attach",
+    "attach",
+    multiple=True,
+    type=click.IntRange(min=1),
+    metavar="PID",
+    help="Watch a running job's process (repeatable) until it exits or Ctrl-C; it is never stopped.",
+)
+@click.option(
+    "--log",
+    "log_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="With --attach: the job's output file, followed from its end (phases, clips, outcome).",
+)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def record_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, attach, log_file, command):
+    """Record any launch as `run` records its own: `record -- bash infinite_inference_multi_gpu.sh`, or
+    `record --attach PID`. Exit 0 success, 1 failure, 130 interrupted."""
+    from rich.console import Console
+
+    from avatardoctor.runner.record import plan_for_command
+    from avatardoctor.runner.run import Watch, attached_command, execute
+
+    if bool(command) == bool(attach):
+        raise InputError(
+            "record: give a command after -- (record -- bash infinite_inference_multi_gpu.sh) or --attach PID"
+        )
+    if log_file and not attach:
+        raise InputError("record: --log follows an attached job's output; a recorded command's output is captured")
+    if log_file and not log_file.is_file():
+        raise InputError(f"--log {log_file}: no such file; pass the file the job's output goes to")
+    if no_shim or memory_history:
+        raise InputError("record: --no-shim and --memory-history are for `run`: record runs the command as given")
+    cwd = Path.cwd()
+    if attach:
+        import psutil
+
+        from avatardoctor.jobs import attach as attached
+
+        job = attached(attach)  # a PID not running: one line, before any folder
+        try:  # its command line names files relative to its own folder, and its environment names its GPUs
+            where, env = Path(job.roots[0].cwd()), job.roots[0].environ()
+        except psutil.Error:
+            where, env = cwd, dict(os.environ)
+        plan = plan_for_command(attached_command(job), where, env)
+    else:
+        plan = plan_for_command(command, cwd, dict(os.environ))
+    console = Console(stderr=True, highlight=False)
+    with console.status("starting") as status:
+        options = _run_options(out_dir, sample_hz, hang_timeout, cwd, [], status)
+        result = execute(plan, options, Watch(tuple(command), tuple(attach), log_file))
+    from avatardoctor.render import run_result_lines
+
+    click.echo("\n".join(run_result_lines(result)))
+    sys.exit(exitcodes.for_run(result.failure.cls))
+
+
 @cli.command("demo")
 @run_options
 @click.option(

@@ -23,6 +23,8 @@ from typing import IO
 
 import psutil
 
+from avatardoctor.errors import InputError
+
 JOB_COOKIE = "AVATARDOCTOR_JOB"  # in every job process's environment, so that one that left the tree is still the job's
 # Kills the job when its supervisor dies (the reaper's stdin closes): torchrun's group, every PID it was
 # told about, and every process carrying the job's cookie, which covers a rank started after the last report.
@@ -117,6 +119,13 @@ class Job:
     def pids(self) -> set[int]:
         return self.descendants | {self.proc.pid}
 
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
     def track(self, everywhere: bool = True) -> set[int]:
         """Note the job's processes and tell the reaper; returns the ones not seen before. The tree is
         cheap to list; `everywhere` also looks at every other process on the host (sessions, cookies)."""
@@ -201,3 +210,57 @@ class Job:
             self.reaper.wait(5)
         except subprocess.TimeoutExpired:
             self.reaper.kill()
+
+
+class Attached:
+    """Processes someone else started (`record --attach`), watched with Job's interface. They are not ours:
+    `stop()` stops watching and leaves them running, and their exit code cannot be read (only a parent can)."""
+
+    def __init__(self, pids: Sequence[int]):
+        self.roots = [psutil.Process(pid) for pid in pids]  # psutil.NoSuchProcess for a PID that is not running
+        self.descendants: set[int] = set()
+        self._detached = threading.Event()
+
+    @property
+    def pid(self) -> int:
+        return self.roots[0].pid
+
+    @property
+    def pids(self) -> set[int]:
+        return self.descendants | {p.pid for p in self.roots}
+
+    @property
+    def returncode(self) -> int | None:
+        return None
+
+    def running(self) -> bool:
+        return not self._detached.is_set() and any(p.is_running() and _alive(p.pid) for p in self.roots)
+
+    def track(self, everywhere: bool = True) -> set[int]:
+        found = set()
+        for root in self.roots:
+            try:
+                found |= {c.pid for c in root.children(recursive=True)}
+            except psutil.Error:
+                continue
+        new = found - self.descendants
+        self.descendants |= found
+        return new
+
+    def stop(self) -> None:
+        self._detached.set()
+
+    def close(self) -> None:
+        self.stop()
+
+
+def attach(pids: Sequence[int]) -> Attached:
+    """The processes to watch, or one line naming the PID that is not there to watch."""
+    try:
+        return Attached(pids)
+    except psutil.NoSuchProcess as err:
+        raise InputError(
+            f"--attach {err.pid}: no such process is running; pass the PID of torchrun or a rank"
+        ) from None
+    except psutil.AccessDenied as err:
+        raise InputError(f"--attach {err.pid}: not allowed to watch that process; run as its user") from None

@@ -235,6 +235,13 @@ AUDIO_FEATURE_LAYERS, AUDIO_FEATURE_DIM = 25, 1024  # wav2vec2-large: 24 layers 
 VIDEO_FPS = 25  # cfg.sample_fps: the saved video's rate, and the audio features' rate
 WAV2VEC2_FRAMES_PER_SECOND = 50  # wav2vec2's frame rate over 16 kHz audio
 
+# Speed upstream publishes, for the same class of box (GPU name, processes): generated frames per second of wall
+# time, steady state. Each with its source (docs/upstream.md, "Published speed"); nothing unverified is listed.
+PUBLISHED_SPEEDS = (
+    ("H800", 5, 45.0, "README.md:46 at 9c2c38d (v1.1: fp8, compile, 4 steps): 45 FPS on multi-card H800"),
+    ("H800", 5, 20.0, "README.md:42 at 770bffc (before v1.1, 4 steps): 20 FPS on 5xH800"),
+)
+
 
 def audio_feature_bytes(seconds: float) -> float:
     """audio_embed_bucket on every rank for the whole run: every layer's features at the video's rate, bf16."""

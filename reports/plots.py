@@ -234,6 +234,21 @@ def overlay_png(path: Path, title: str, runs: list[tuple[str, pd.DataFrame]]) ->
     _save(fig, path)
 
 
+def speed_png(path: Path, clip_s: list[float]) -> None:
+    """Seconds per clip, the first (compile and warm-up) apart from the steady state."""
+    fig, ax = _axes("seconds per clip: clip 1 is the warm-up", "denoising time (s)")
+    ax.set_xlabel("clip")
+    x = np.arange(1, len(clip_s) + 1)
+    ax.bar(x, clip_s, color=["#ea580c"] + ["#1d4ed8"] * (len(clip_s) - 1))
+    if len(clip_s) > 1:
+        steady = float(np.median(clip_s[1:]))
+        ax.axhline(steady, color="#1d4ed8", ls="--", lw=1, label=f"steady state: {steady:.2f} s per clip")
+        ax.legend(loc="upper right", fontsize=8)
+    ax.set_xticks(x if len(x) <= 30 else x[:: max(1, len(x) // 30)])
+    fig.set_size_inches(10, 2.6)
+    _save(fig, path)
+
+
 def peaks_png(
     path: Path, title: str, gpus: list[str], series: list[tuple[float | None, ...]], labels: list[str]
 ) -> None:

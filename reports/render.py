@@ -212,6 +212,30 @@ def _timeline_images(timeline: Timeline, run: RunRecord | None, summary: dict, o
     return images
 
 
+def _speed_image(summary: dict, out: Path) -> dict | None:
+    speed = summary.get("speed")
+    if not speed:
+        return None
+    return _image(out, "speed.png", "seconds per clip", lambda path: plots.speed_png(path, speed["clip_s"]))
+
+
+def _speed_lines(speed: dict | None) -> list[str]:
+    """The speed in words: load, warm-up, steady state, and the published figure with its source."""
+    if not speed:
+        return []
+    lines = [f"Load {speed['load_s']:.1f} s, first clip {speed['first_clip_s']:.1f} s (compile and warm-up)"]
+    if speed["fps"] is not None:
+        lines.append(
+            f"Steady state ({speed['steady_clips']} clips): {speed['steady_s_per_clip']:.2f} s per clip of "
+            f"{speed['frames_per_clip']} frames = {speed['fps']:.2f} FPS, {speed['realtime_factor']:.2f}x real time "
+            f"(the video plays at {speed['video_fps']} FPS)"
+        )
+    else:
+        lines.append("Steady state: needs a second clip")
+    lines += [f"Published for this class of box: {p['fps']:g} FPS ({p['source']})" for p in speed["published"]]
+    return lines
+
+
 def _markdown(summary: dict, images: list[dict], title: str) -> str:
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     lines = [f"## {title}", "", f"Outcome: **{summary['outcome'] or 'unknown'}**"]
@@ -237,6 +261,8 @@ def _markdown(summary: dict, images: list[dict], title: str) -> str:
             f"{fmt(g['usable_gib'])} | {fmt(g['headroom_gib'])}{' at the failure' if g['headroom_at'] == 'failure' else ''} | "
             f"{g['peak_phase'] or '-'} |"
         )
+    if speed_lines := _speed_lines(summary.get("speed")):
+        lines += ["", "Speed:"] + [f"- {line}" for line in speed_lines]
     if summary["config"]:
         lines += ["", "Configuration: " + ", ".join(f"`{k}={v}`" for k, v in summary["config"].items())]
     lines += [""] + [f"![{img['label']}]({img['file']})" for img in images]
@@ -249,7 +275,14 @@ def _write(out: Path, summary: dict, images: list[dict], title: str) -> Path:
     html = (
         _environment()
         .get_template("report.html.j2")
-        .render(s=summary, images=images, title=title, outcome_class=OUTCOME_CLASS.get(summary["outcome"], "bad"))
+        .render(
+            s=summary,
+            images=[i for i in images if i["file"] != "speed.png"],
+            speed_image=next((i for i in images if i["file"] == "speed.png"), None),
+            speed_lines=_speed_lines(summary.get("speed")),
+            title=title,
+            outcome_class=OUTCOME_CLASS.get(summary["outcome"], "bad"),
+        )
     )
     _write_file(out / "index.html", html)
     _write_file(out / "report.md", _markdown(summary, images, title))
@@ -287,7 +320,8 @@ def render_report(source: Path, out: Path | None = None, force: bool = False, fi
     summary = build_summary(source, kind, timeline, run)
     title = f"Live Avatar run {source.name}" if kind == "run" else f"GPU memory log {source.name}"
     with _writing(out, flag):
-        return _write(out, summary, _timeline_images(timeline, run, summary, out), title)
+        speed = [image] if (image := _speed_image(summary, out)) else []
+        return _write(out, summary, _timeline_images(timeline, run, summary, out) + speed, title)
 
 
 def render_compare(a: Path, b: Path, out: Path, force: bool = False) -> Path:

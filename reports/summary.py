@@ -10,6 +10,7 @@ import pandas as pd
 
 from avatardoctor.reports.runfolder import RunDebug, RunPlan, RunRecord
 from avatardoctor.reports.timeline import Timeline
+from avatardoctor.runner.speed import published, speed
 
 SCHEMA = "avatardoctor.report/1"
 
@@ -79,6 +80,20 @@ def gpu_rows(timeline: Timeline, run: RunRecord | None) -> list[dict]:
     return rows
 
 
+def run_speed(timeline: Timeline, run: RunRecord | None) -> dict | None:
+    """Load, warm-up and steady-state speed from the phases, beside upstream's published figure for this box."""
+    if run is None or run.phases.empty:
+        return None
+    frames = run.plan.config.get("infer_frames")
+    frames = frames if isinstance(frames, int) and not isinstance(frames, bool) and frames > 0 else 48  # the scripts'
+    found = speed([(str(r.phase), float(r.start_s), float(r.end_s)) for r in run.phases.itertuples()], frames)
+    if found is None:
+        return None
+    nproc = run.plan.config.get("nproc")
+    names = list(run.debug.gpu_names.values())  # the models NVML named, not the CSV's uuids
+    return {**found, "published": published(names, nproc if isinstance(nproc, int) else len(names))}
+
+
 def build_summary(source: Path, kind: str, timeline: Timeline, run: RunRecord | None = None) -> dict:
     debug, plan = (run.debug, run.plan) if run else (RunDebug(), RunPlan())
     span = (
@@ -99,6 +114,7 @@ def build_summary(source: Path, kind: str, timeline: Timeline, run: RunRecord | 
         "durations": {**debug.durations, "total_s": _round(total_s, 1)},
         "clips_done": clips,
         "clips_per_minute": _round(per_minute),
+        "speed": run_speed(timeline, run),
         "start": timeline.start.isoformat() if timeline.start else None,
         "gpus": gpu_rows(timeline, run),
         "phases": []

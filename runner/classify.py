@@ -35,7 +35,7 @@ MAX_MESSAGE = 300
 
 @dataclass(frozen=True)
 class Failure:
-    cls: str  # success, no-sound, oom, nccl, hang, assertion, missing-file, hub-download, interrupted, crashed
+    cls: str  # success, no-sound, oom, gpu-fault, nccl, hang, assertion, missing-file, hub-download, interrupted, crashed
     message: str
     remedy: str | None
     gpu: int | None = None  # CUDA index as the job sees it (rank i drives GPU i on one node)
@@ -70,10 +70,26 @@ FLASH_ATTN_REMEDY = (
     "FlashAttention 3 on Hopper; the cross-attention calls it directly (`avatardoctor check --deep` imports it)"
 )
 
+# A GPU that failed, not the program: CUDA's sticky errors, and the driver's Xid codes where the log quotes them
+# (79 fallen off the bus, 48 double-bit ECC, 63/64 page retirement or row remapping, 94/95 contained/uncontained ECC).
+GPU_FAULT = re.compile(
+    r"an illegal memory access was encountered|uncorrectable ECC error|fallen off the bus"
+    r"|\bXid\b(?:\s*\([^)]*\))?:?\s*(79|48|63|64|94|95)\b"  # "Xid (PCI:0000:3b:00): 79, pid=...", "Xid 79"
+)
+XID_MEANING = {
+    "79": "the GPU fell off the bus (Xid 79): check its power, cooling and seating; the host needs a reboot",
+    "48": "a double-bit ECC error (Xid 48): reset the GPU (nvidia-smi -r -i N); if it returns, the card needs service",
+    "63": "a page retirement or row remapping is pending (Xid 63): reset the GPU to apply it (nvidia-smi -r -i N)",
+    "64": "a page retirement or row remapping failed (Xid 64): the card needs service",
+    "94": "a contained ECC error (Xid 94): the process was ended; reset the GPU when idle",
+    "95": "an uncontained ECC error (Xid 95): reset the GPU (nvidia-smi -r -i N) before the next run",
+}
+
 # Tried in order; the first that matches names the line's kind.
 _KINDS = (
     ("hub-download", re.compile(r"Failed to download from HF Hub")),  # before nccl: it may quote "Connection refused"
     ("oom", re.compile(r"CUDA out of memory|OutOfMemoryError|CUDA error: out of memory")),
+    ("gpu-fault", GPU_FAULT),
     (
         "ffmpeg",
         re.compile(
@@ -105,8 +121,8 @@ _KINDS = (
     ("exception", re.compile(r"^(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception)(?::|$)")),
 )
 _FRAME_KINDS = tuple((k, p) for k, p in _KINDS if k == "flash-attn")  # the one error only its frame names
-ROOT_KINDS = ("oom", "flash-attn", "assertion", "missing-file", "hub-download")
-ALWAYS_FATAL = ("oom", "flash-attn", "assertion")
+ROOT_KINDS = ("oom", "gpu-fault", "flash-attn", "assertion", "missing-file", "hub-download")
+ALWAYS_FATAL = ("oom", "gpu-fault", "flash-attn", "assertion")  # a CUDA context after an illegal access is gone
 
 
 def classify(
@@ -283,6 +299,21 @@ def _hang_remedy(nproc: int) -> str:
     )
 
 
+def _gpu_fault_remedy(text: str, nproc: int) -> str:
+    if xid := GPU_FAULT.search(text):
+        if xid[1]:
+            return XID_MEANING[xid[1]]
+    if "ECC" in text:
+        return XID_MEANING["48"]
+    if "fallen off the bus" in text:
+        return XID_MEANING["79"]
+    return (
+        "an illegal memory access: a kernel built for another torch or CUDA (flash-attn), or a failing GPU; rerun with "
+        "CUDA_LAUNCH_BLOCKING=1 to name the kernel, and `avatardoctor check` (gpu.ecc, gpu.retired_pages, gpu.xid); "
+        "the same GPU failing again points at the hardware"
+    )
+
+
 def _ffmpeg_remedy(text: str, nproc: int) -> str:
     if "FFmpeg execute failed" not in text:
         return "install ffmpeg on PATH (apt-get install ffmpeg, or conda install -c conda-forge ffmpeg): only the audio merge needs it"
@@ -305,6 +336,7 @@ _REMEDIES = {
         f"--lora-path {LORA_LOCAL} (download it once where there is network: {LORA_DOWNLOAD})"
     ),
     "flash-attn": lambda text, nproc: FLASH_ATTN_REMEDY,
+    "gpu-fault": _gpu_fault_remedy,
     "nccl": _nccl_remedy,
     "hang": lambda text, nproc: _hang_remedy(nproc),
     "exception": lambda text, nproc: None,

@@ -18,11 +18,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import cast
+
+import psutil
 
 from avatardoctor import __version__, jobs
 from avatardoctor.calibration import IMPORT_SCHEMA, Measurement
@@ -45,6 +47,7 @@ TAIL_LINES = 4000  # the classifier sees the last lines; the whole log is on dis
 TAIL_LINE_CHARS = 4096  # of each, its head: errors are short lines, and 4000 capped lines stay under 16 MiB
 LIVENESS_PERIOD_S = 1.0  # how often the job's processes are listed and their CPU and GPU use read (hangs)
 STRAY_SEARCH_PERIOD_S = 2.0  # how often every process on the host is looked at for the job's strays
+FOLLOW_PERIOD_S = 0.2  # how often an attached job's log file is read again once its end is reached
 
 
 @dataclass
@@ -60,6 +63,17 @@ class RunOptions:
     on_progress: Callable[[LogTracker, MemorySampler, PlanFile], None] | None = None
     shim: bool = True  # run each rank through avatardoctor.runner.shim (torch's own memory view per rank)
     memory_history: bool = False  # also a PyTorch memory snapshot per rank (CUDA only)
+
+
+@dataclass(frozen=True)
+class Watch:
+    """What `record` watches instead of the plan's own launch (the plan then only describes it): a command run
+    as given (no torchrun around it, no shim, no port swap), or processes already running, watched and never
+    stopped, with their output file followed from its end when there is one."""
+
+    command: tuple[str, ...] = ()
+    attach: tuple[int, ...] = ()
+    log: Path | None = None
 
 
 @dataclass
@@ -100,19 +114,27 @@ class _Log:
             self.file.close()
 
 
-def execute(plan: PlanFile, options: RunOptions) -> RunResult:
-    """Run one attempt of a plan; never raises for what the job does (that is the result)."""
+def execute(plan: PlanFile, options: RunOptions, watch: Watch | None = None) -> RunResult:
+    """Run one attempt of a plan, or watch a command or running processes the plan describes (`record`); never
+    raises for what the job does (that is the result)."""
+    watch = watch or Watch()
     if not options.cwd.is_dir():  # checked before anything is created: a missing checkout leaves no folder
         raise InputError(
             f"the Live Avatar checkout {options.cwd} is not a folder: pass --liveavatar DIR "
             "(run --plan starts in the plan's checkout without it)"
         )
+    attached = jobs.attach(watch.attach) if watch.attach else None  # a PID not running: InputError, no folder
     folder = new_run_folder(options.out_dir, plan.mode)  # unwritable: InputError, nothing launched
-    port = usable_port(plan.master_port) or plan.master_port
-    argv = torchrun_argv(plan, port, options.entry, options.shim)
+    if attached:
+        port, argv = plan.master_port, attached_command(attached)
+    elif watch.command:
+        port, argv = plan.master_port, list(watch.command)
+    else:
+        port = usable_port(plan.master_port) or plan.master_port
+        argv = torchrun_argv(plan, port, options.entry, options.shim)
     env = {
         **os.environ,
-        **plan.env,
+        **({} if watch.command else plan.env),  # a command sets its own
         "PYTHONUNBUFFERED": "1",
         "AVATARDOCTOR_RANK_DIR": str(folder.ranks.resolve()),  # the ranks run elsewhere
         "AVATARDOCTOR_MEMORY_HISTORY": "1" if options.memory_history else "0",
@@ -134,9 +156,8 @@ def execute(plan: PlanFile, options: RunOptions) -> RunResult:
     try:
         if options.not_ready:
             log.write(f"[avatardoctor] LAUNCHED WITH --force although checks failed: {', '.join(options.not_ready)}\n")
-        job = jobs.Job(argv, cwd=options.cwd, env=env, grace_s=GRACE_S)
-        proc = job.proc
-        sampler = MemorySampler(folder, options.sample_hz, root_pid=proc.pid, gpu_indices=plan.visible_gpus)
+        job: jobs.Job | jobs.Attached = attached or jobs.Job(argv, cwd=options.cwd, env=env, grace_s=GRACE_S)
+        sampler = MemorySampler(folder, options.sample_hz, root_pid=sorted(job.pids), gpu_indices=plan.visible_gpus)
         sampler.start()
 
         def on_signal(*_: object) -> None:
@@ -148,12 +169,13 @@ def execute(plan: PlanFile, options: RunOptions) -> RunResult:
             if threading.current_thread() is threading.main_thread()
             else {}
         )
+        if attached:  # after the handlers: from this line on, Ctrl-C is recorded
+            log.write(f"[avatardoctor] attached to PID {', '.join(map(str, watch.attach))}: {' '.join(argv)}\n")
 
         def read_output() -> None:
             """Lines capped at LINE_CAP bytes as they come (a rank may print a gigabyte without a newline)."""
             lines = BoundedLines(b"")
-            stdout = cast(io.BufferedReader, proc.stdout)  # stdout=PIPE, buffered: a BufferedReader
-            for chunk in iter(lambda: stdout.read1(LINE_CAP), b""):
+            for chunk in _output(job, watch.log):
                 liveness.output(time.monotonic() - started)  # a tqdm bar redrawn with \r ends no line
                 for raw in lines.feed(chunk):
                     record(raw)
@@ -171,8 +193,10 @@ def execute(plan: PlanFile, options: RunOptions) -> RunResult:
         reader = threading.Thread(target=read_output, daemon=True)
         reader.start()
         hung, observed_s, searched_s = False, 0.0, 0.0
+        # Watched without its output, a job only shows life by working: its silence says nothing.
+        hang_timeout_s = float("inf") if attached and watch.log is None else options.hang_timeout_s
         try:
-            while proc.poll() is None:
+            while job.running():
                 time.sleep(0.2)
                 if _disk_full(log, sampler):  # stop rather than run on unrecorded
                     job.stop()
@@ -186,10 +210,10 @@ def execute(plan: PlanFile, options: RunOptions) -> RunResult:
                         searched_s = now
                     liveness.observe(now, job.pids, _gpu_utilisation(sampler))
                     observed_s = now
-                if liveness.silent_for(now) >= options.hang_timeout_s:
+                if liveness.silent_for(now) >= hang_timeout_s:
                     hung = True
                     log.write(
-                        f"[avatardoctor] no output, no CPU work and ~0% GPU use for {options.hang_timeout_s:.0f} s: "
+                        f"[avatardoctor] no output, no CPU work and ~0% GPU use for {hang_timeout_s:.0f} s: "
                         "stopping the job\n"
                     )
                     _dump_stacks(folder, job.descendants, log)
@@ -204,17 +228,22 @@ def execute(plan: PlanFile, options: RunOptions) -> RunResult:
         log.close()
     seconds = time.monotonic() - started
     disk_full = _disk_full(log, sampler)
+    exit_code = job.returncode
+    if attached and tracker.current_phase == "done":
+        exit_code = 0  # not our child, so no exit code; its log says the video was written
     with contextlib.suppress(OSError):  # on a full disk, what was written stays; debug_info.json has the reserve
         tracker.write_phases_csv(folder.phases_csv)
     failure = classify(
         list(tail),
-        proc.returncode,
+        exit_code,
         hung=hung,
         interrupted=interrupted.is_set(),
         phases=tracker.phases(),
         nproc=plan.nproc,
         visible_gpus=plan.visible_gpus or (),
     )
+    if attached and failure.cls in ("crashed", "interrupted") and exit_code is None:
+        failure = _attached_end(failure, watch)
     if disk_full:
         failure = Failure(
             "disk-full",
@@ -227,7 +256,7 @@ def execute(plan: PlanFile, options: RunOptions) -> RunResult:
         plan,
         argv,
         failure,
-        proc.returncode,
+        exit_code,
         peaks,
         tracker,
         started_wall,
@@ -238,7 +267,51 @@ def execute(plan: PlanFile, options: RunOptions) -> RunResult:
     if sampler.source_used == "nvml" and not disk_full:
         _write_measurements(folder, plan, peaks, sampler.peak_times(), tracker.phases(), started_wall)
     report = reporter.render(None if disk_full else folder)
-    return RunResult(folder, failure, proc.returncode, peaks, report)
+    return RunResult(folder, failure, exit_code, peaks, report)
+
+
+def attached_command(job: jobs.Attached) -> list[str]:
+    """The first attached process's command line, as the run folder records a launch."""
+    try:
+        return job.roots[0].cmdline()
+    except psutil.Error:
+        return [f"pid {job.pid}"]
+
+
+def _output(job: jobs.Job | jobs.Attached, log: Path | None) -> Iterator[bytes]:
+    """The job's output as it comes: our child's pipe, or an attached job's log file followed from its end (the
+    lines written before are another time's: their phases cannot be timed), or nothing."""
+    if isinstance(job, jobs.Job):
+        stdout = cast(io.BufferedReader, job.proc.stdout)  # stdout=PIPE, buffered: a BufferedReader
+        yield from iter(lambda: stdout.read1(LINE_CAP), b"")
+        return
+    if log is None:
+        return
+    with open(log, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        while True:
+            chunk = f.read(LINE_CAP)
+            if chunk:
+                yield chunk
+            elif job.running():
+                time.sleep(FOLLOW_PERIOD_S)
+            else:
+                return
+
+
+def _attached_end(failure: Failure, watch: Watch) -> Failure:
+    """How an attached job ended, said as much as a watcher can know it."""
+    pids = ", ".join(map(str, watch.attach))
+    if failure.cls == "interrupted":
+        return dataclasses.replace(failure, message=f"stopped watching; PID {pids} still runs (it is not ours to stop)")
+    return Failure(
+        "ended",
+        f"PID {pids} ended: a watcher cannot read its exit code, and "
+        + ("its log did not say the video was written" if watch.log else "there was no log to say how"),
+        None if watch.log else "pass --log FILE (the job's output) to record its phases and how it ended",
+        phase=failure.phase,
+        at_elapsed_s=failure.at_elapsed_s,
+    )
 
 
 def _disk_full(log: _Log, sampler: MemorySampler) -> bool:

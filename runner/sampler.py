@@ -113,12 +113,12 @@ class _NvmlSource:
 
 
 class _PsutilSource:
-    """The RSS of root_pid and all its descendants, summed, as device `cpu`."""
+    """The RSS of the root processes and all their descendants, summed, as device `cpu`."""
 
     name = "psutil"
 
-    def __init__(self, root_pid: int):
-        self._root = psutil.Process(root_pid)
+    def __init__(self, root_pids: list[int]):
+        self._roots = [psutil.Process(pid) for pid in root_pids]
         self._total_mib = psutil.virtual_memory().total / MIB
         self._cores = psutil.cpu_count() or 1
         self._tree: list[psutil.Process] = []
@@ -129,10 +129,12 @@ class _PsutilSource:
         # children() walks all of /proc (~1 ms here, more on a busy server), so the tree is re-listed
         # once a second and the known members' RSS read every sample. The same Process objects are
         # kept, because cpu_percent() compares with that object's previous call.
-        try:
-            found = [self._root, *self._root.children(recursive=True)]
-        except psutil.Error:  # the root has exited: nothing left to measure
-            found = []
+        found = []
+        for root in self._roots:
+            try:
+                found += [root, *root.children(recursive=True)]
+            except psutil.Error:  # this root has exited: nothing left of it to measure
+                continue
         known = {p.pid: p for p in self._tree}
         self._tree = [known[p.pid] if known.get(p.pid) == p else p for p in found]
 
@@ -182,7 +184,7 @@ class MemorySampler:
         self,
         folder: RunFolder,
         hz: float = 10.0,
-        root_pid: int | None = None,
+        root_pid: int | list[int] | None = None,
         gpu_indices: list[int] | None = None,
         source: str = "auto",
     ):
@@ -208,7 +210,7 @@ class MemorySampler:
         self._thread: threading.Thread | None = None
         self._files: list[IO[bytes]] = []
 
-    def _open_source(self, source: str, root_pid: int | None, gpu_indices: list[int] | None):
+    def _open_source(self, source: str, root_pid: int | list[int] | None, gpu_indices: list[int] | None):
         if source != "psutil":
             # Only here: a run that records the process tree never loads the NVML binding.
             from avatardoctor.machine.nvml import NvmlMemoryReader, NvmlUnavailable
@@ -219,7 +221,8 @@ class MemorySampler:
                 if source == "nvml":
                     raise
                 self.fallback_reason = f"{err}: recording the process tree's RSS instead"
-        return _PsutilSource(os.getpid() if root_pid is None else root_pid)
+        roots = [os.getpid()] if root_pid is None else [root_pid] if isinstance(root_pid, int) else root_pid
+        return _PsutilSource(roots)
 
     @property
     def source_used(self) -> str:

@@ -48,6 +48,7 @@ def test_report_of_an_oom_run(oom_run):
         "summary.json",
         "timeline-all.png",
         *(f"timeline-gpu{g}.png" for g in range(5)),
+        "speed.png",
     }
     s = json.loads((out / "summary.json").read_text())
     assert s["schema"] == "avatardoctor.report/1" and s["source"]["kind"] == "run" and s["outcome"] == "oom"
@@ -78,7 +79,7 @@ def test_html_escapes_and_stands_alone(oom_run):
     html = render_report(oom_run).read_text()
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)  # no network: no external scripts, fonts, images
-    assert html.count('src="data:image/png;base64,') == 6  # the overview and one per GPU
+    assert html.count('src="data:image/png;base64,') == 7  # the overview, one per GPU and the speed per clip
     assert len(html.encode()) < 2 * 2**20
 
 
@@ -248,14 +249,14 @@ def test_a_person_sees_the_plots_and_the_table_on_a_desktop_and_a_phone(oom_run,
         text=True,
         timeout=120,
     ).stdout
-    assert dom.count("<img") == 6 and "<table>" in dom and "measured peak (GiB)" in dom
+    assert dom.count("<img") == 7 and "<table>" in dom and "measured peak (GiB)" in dom
     assert "started 2026-11-20 09:00:00 UTC" in dom and "-0.24 at the failure" in dom
     found = re.search(r'data-layout="([^"]*)"', dom)
     assert found, "the layout probe did not run"
     layout = json.loads(found.group(1).replace("&quot;", '"'))
     assert layout["page"] <= layout["width"]  # nothing makes the page scroll sideways: wide tables scroll inside
     assert layout["overlaps"] == 0 and layout["thinnest"] > 40  # no cell over another, none a letter wide
-    assert layout["images"] == 6 and layout["widest"] <= layout["width"] and layout["narrowest"] > 0.8 * (width - 80)
+    assert layout["images"] == 7 and layout["widest"] <= layout["width"] and layout["narrowest"] > 0.8 * (width - 80)
     shot = tmp_path / "shot.png"
     subprocess.run(
         [CHROMIUM, *CHROMIUM_FLAGS, *profile, f"--screenshot={shot}", index.as_uri()], capture_output=True, timeout=120

@@ -15,6 +15,7 @@ from avatardoctor.checks import (
     ckpt,
     fit,
     gpu,
+    health,
     host,
     inputs,
     live,
@@ -32,6 +33,7 @@ CHECK_SCHEMA = "avatardoctor.check/1"
 
 ALL_CHECKS: tuple[Check, ...] = (
     *gpu.CHECKS,
+    *health.CHECKS,
     *topology.CHECKS,
     *nccl.CHECKS,
     *live.CHECKS,

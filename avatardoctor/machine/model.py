@@ -50,6 +50,23 @@ class Pcie:
 
 
 @dataclass(frozen=True)
+class Health:
+    """What DCGM's health watches flag, as NVML gives it; None where this GPU or driver cannot say (GeForce has
+    no ECC; page retirement is pre-Ampere, row remapping Ampere and later)."""
+
+    ecc_volatile_uncorrected: int | None = None  # since the driver last loaded
+    ecc_aggregate_uncorrected: int | None = None  # over the GPU's life
+    retired_pages_pending: bool | None = None  # a retirement that waits for a GPU reset
+    remapped_rows_pending: bool | None = None  # a row remapping that waits for a GPU reset
+    remapped_rows_failed: bool | None = None  # a remapping that could not be made: the card needs service
+    throttle: tuple[str, ...] | None = None  # slowdowns active now (THROTTLE_REASONS' names)
+
+
+# The clock slowdowns that say something is wrong (idle, application clocks and sync boost do not).
+THROTTLE_REASONS = ("power cap", "HW slowdown", "SW thermal", "HW thermal", "HW power brake")
+
+
+@dataclass(frozen=True)
 class Gpu:
     index: int  # NVML index (PCI bus order), not a CUDA ordinal
     name: str
@@ -64,6 +81,7 @@ class Gpu:
     pcie: Pcie = field(default_factory=Pcie)
     processes: tuple[GpuProcess, ...] = ()
     nvlink_remote_bus_ids: tuple[str, ...] = ()  # one entry per active NVLink
+    health: Health = field(default_factory=Health)
 
     @property
     def cc(self) -> str:
@@ -229,6 +247,10 @@ def _gpu_from(obj: Any, where: str) -> Gpu:
     if not all(isinstance(r, str) for r in remotes):
         raise MachineFormatError(f"{where}.nvlink_remote_bus_ids must be a list of PCI bus ids")
     pcie = f.object("pcie")
+    health = f.object("health")
+    throttle = health.list("throttle") if health.obj.get("throttle") is not None else None
+    if throttle is not None and not all(t in THROTTLE_REASONS for t in throttle):
+        raise MachineFormatError(f"{where}.health.throttle must list some of: {', '.join(THROTTLE_REASONS)}")
     gpu = Gpu(
         index=index,
         name=name,
@@ -248,6 +270,14 @@ def _gpu_from(obj: Any, where: str) -> Gpu:
         ),
         processes=tuple(processes),
         nvlink_remote_bus_ids=tuple(remotes),
+        health=Health(
+            ecc_volatile_uncorrected=health.int("ecc_volatile_uncorrected", optional=True),
+            ecc_aggregate_uncorrected=health.int("ecc_aggregate_uncorrected", optional=True),
+            retired_pages_pending=health.bool("retired_pages_pending", optional=True),
+            remapped_rows_pending=health.bool("remapped_rows_pending", optional=True),
+            remapped_rows_failed=health.bool("remapped_rows_failed", optional=True),
+            throttle=None if throttle is None else tuple(throttle),
+        ),
     )
     if gpu.free_bytes > gpu.total_bytes or gpu.used_bytes > gpu.total_bytes:
         raise MachineFormatError(f"{where}: used and free memory cannot exceed total_bytes")

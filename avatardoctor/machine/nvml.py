@@ -22,7 +22,7 @@ import psutil
 import pynvml
 
 from avatardoctor.machine.host import local_host
-from avatardoctor.machine.model import Gpu, GpuPair, GpuProcess, Machine, Pcie
+from avatardoctor.machine.model import Gpu, GpuPair, GpuProcess, Health, Machine, Pcie
 
 _LEVELS = {
     pynvml.NVML_TOPOLOGY_INTERNAL: "X",
@@ -102,6 +102,34 @@ def _processes(handle) -> dict[int, tuple[str, int | None]]:
         for p in _newest(names, handle) or []:
             found.setdefault(int(p.pid), (kind, p.usedGpuMemory))
     return found
+
+
+_THROTTLE_BITS = (  # nvmlClocksThrottleReason*: the slowdowns that say something is wrong (model.THROTTLE_REASONS)
+    (pynvml.nvmlClocksThrottleReasonSwPowerCap, "power cap"),
+    (pynvml.nvmlClocksThrottleReasonHwSlowdown, "HW slowdown"),
+    (pynvml.nvmlClocksThrottleReasonSwThermalSlowdown, "SW thermal"),
+    (pynvml.nvmlClocksThrottleReasonHwThermalSlowdown, "HW thermal"),
+    (pynvml.nvmlClocksThrottleReasonHwPowerBrakeSlowdown, "HW power brake"),
+)
+
+
+def _health(handle) -> Health:
+    """ECC, retired pages, remapped rows and throttling, each field None where the GPU or driver cannot say."""
+    ecc = [
+        _try(pynvml.nvmlDeviceGetTotalEccErrors, handle, pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED, counter)
+        for counter in (pynvml.NVML_VOLATILE_ECC, pynvml.NVML_AGGREGATE_ECC)
+    ]
+    pending = _try(pynvml.nvmlDeviceGetRetiredPagesPendingStatus, handle)
+    remapped = _try(pynvml.nvmlDeviceGetRemappedRows, handle)  # (corrected, uncorrected, pending, failed)
+    reasons = _newest(("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"), handle)
+    return Health(
+        ecc_volatile_uncorrected=None if ecc[0] is None else int(ecc[0]),
+        ecc_aggregate_uncorrected=None if ecc[1] is None else int(ecc[1]),
+        retired_pages_pending=None if pending is None else bool(pending),
+        remapped_rows_pending=None if remapped is None else bool(remapped[2]),
+        remapped_rows_failed=None if remapped is None else bool(remapped[3]),
+        throttle=None if reasons is None else tuple(name for bit, name in _THROTTLE_BITS if int(reasons) & bit),
+    )
 
 
 def _mig_enabled(handle) -> bool:
@@ -220,6 +248,7 @@ class NvmlBackend:
                 GpuProcess(pid, kind, used, _process_name(pid)) for pid, (kind, used) in _processes(h).items()
             ),
             nvlink_remote_bus_ids=tuple(bus for bus, _ in gpu_links),
+            health=_health(h),
         )
         return gpu, version, gpu_links
 

@@ -86,6 +86,8 @@ def r535_hgx_h100() -> FakeBox:
             reserved=537 * MIB,
             nvlinks=_switch_links(18, 0x05),
             pcie=(5, 5, 16, 16),
+            ecc_uncorrected=(0, 0),
+            remapped_rows=(0, 0, 0, 0),
         )
         for i in range(8)
     ]
@@ -167,8 +169,25 @@ def r570_one_h200() -> FakeBox:
         nvlinks=_switch_links(18, 0x05),
         pcie=(5, 5, 16, 16),
         mig=pynvml.NVML_DEVICE_MIG_DISABLE,
+        ecc_uncorrected=(0, 0),
+        remapped_rows=(0, 0, 0, 0),
     )
     return FakeBox("570.133.20", 12080, [gpu])
+
+
+def r535_ailing_h100() -> FakeBox:
+    """R535: two H100s; GPU 1 as DCGM would flag it: uncorrected ECC errors since the driver loaded (and more over
+    its life), a row remapping waiting for a reset, and its clocks held down by heat and the power cap."""
+    box = r535_hgx_h100()
+    box.gpus = box.gpus[:2]
+    box.gpus[1].ecc_uncorrected = (2, 7)
+    box.gpus[1].remapped_rows = (0, 3, 1, 0)
+    box.gpus[1].throttle_reasons = (
+        pynvml.nvmlClocksThrottleReasonHwThermalSlowdown | pynvml.nvmlClocksThrottleReasonSwPowerCap
+    )
+    box.levels = {(0, 1): pynvml.NVML_TOPOLOGY_NODE}
+    box.p2p = _all_pairs(2, pynvml.NVML_P2P_STATUS_OK)
+    return box
 
 
 def driver_not_loaded() -> FakeBox:
@@ -182,4 +201,5 @@ GENERATIONS = {
     "r550-mig-h100": r550_mig_h100,
     "r550-container-a100": r550_container_a100,
     "r570-one-h200": r570_one_h200,
+    "r535-ailing-h100": r535_ailing_h100,
 }

@@ -52,6 +52,11 @@ class FakeGpu:
     utilization: int = 0
     mig: int | None = None  # nvmlDeviceGetMigMode's current mode; None: NotSupported (GeForce, pre-Ampere)
     refuse: dict[str, int] = field(default_factory=dict)  # C function -> the error it returns for this GPU
+    # Health, as DCGM watches it; None: this GPU cannot say (NotSupported), as GeForce for ECC.
+    ecc_uncorrected: tuple[int, int] | None = None  # (volatile, aggregate) uncorrected ECC errors
+    retired_pages_pending: int | None = None  # pre-Ampere page retirement: 1 pending a reset
+    remapped_rows: tuple[int, int, int, int] | None = None  # Ampere+: corrected, uncorrected, pending, failed
+    throttle_reasons: int = 0  # nvmlClocksThrottleReason* bits active now
 
 
 @dataclass
@@ -268,6 +273,46 @@ class _CFunctions:
     @_device_call
     def nvmlDeviceGetGraphicsRunningProcesses_v2(lib, index, gpu, count_ref, array) -> int:
         return _process_list(gpu.graphics, count_ref, array)
+
+    @staticmethod
+    @_device_call
+    def nvmlDeviceGetTotalEccErrors(lib, index, gpu, error_type, counter_type, count_ref) -> int:
+        if gpu.ecc_uncorrected is None:
+            return pynvml.NVML_ERROR_NOT_SUPPORTED
+        if error_type.value != pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED:
+            _out(count_ref).value = 0
+        else:
+            _out(count_ref).value = gpu.ecc_uncorrected[counter_type.value]
+        return pynvml.NVML_SUCCESS
+
+    @staticmethod
+    @_device_call
+    def nvmlDeviceGetRetiredPagesPendingStatus(lib, index, gpu, pending_ref) -> int:
+        if gpu.retired_pages_pending is None:
+            return pynvml.NVML_ERROR_NOT_SUPPORTED
+        _out(pending_ref).value = gpu.retired_pages_pending
+        return pynvml.NVML_SUCCESS
+
+    @staticmethod
+    @_device_call
+    def nvmlDeviceGetRemappedRows(lib, index, gpu, corrected_ref, uncorrected_ref, pending_ref, failed_ref) -> int:
+        if gpu.remapped_rows is None:
+            return pynvml.NVML_ERROR_NOT_SUPPORTED
+        for ref, value in zip((corrected_ref, uncorrected_ref, pending_ref, failed_ref), gpu.remapped_rows):
+            _out(ref).value = value
+        return pynvml.NVML_SUCCESS
+
+    @staticmethod
+    @_device_call
+    def nvmlDeviceGetCurrentClocksEventReasons(lib, index, gpu, reasons_ref) -> int:
+        _out(reasons_ref).value = gpu.throttle_reasons
+        return pynvml.NVML_SUCCESS
+
+    @staticmethod
+    @_device_call
+    def nvmlDeviceGetCurrentClocksThrottleReasons(lib, index, gpu, reasons_ref) -> int:
+        _out(reasons_ref).value = gpu.throttle_reasons
+        return pynvml.NVML_SUCCESS
 
     @staticmethod
     @_device_call

@@ -1,0 +1,51 @@
+"""Speed the way Live Avatar's users compare it, from a run's phase timeline (logs/phases.csv).
+
+The load (everything from the launch to the first clip), the first clip (it carries the KV-cache prefill and the first
+torch.compile pass: the warm-up), then the steady state: seconds per clip over clips 2 to N, and frames
+generated per second of wall time (a clip is `infer_frames` frames) beside the video's own rate
+(upstream.VIDEO_FPS, cfg.sample_fps), which is what "real time" means. The published figure for the same
+class of box is shown beside it, with its source.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+from avatardoctor.upstream import PUBLISHED_SPEEDS, VIDEO_FPS
+
+
+def clip_seconds(phases: Sequence[tuple[str, float, float]]) -> list[float]:
+    """Each clip's denoising time, in clip order."""
+    return [end - start for name, start, end in phases if name.startswith("clip ") and name.endswith(" denoise")]
+
+
+def speed(phases: Sequence[tuple[str, float, float]], infer_frames: int) -> dict | None:
+    """The speed fields of summary.json (seconds, frames per second); None before the first clip."""
+    clips = clip_seconds(phases)
+    if not clips:
+        return None
+    first_clip_at = next(start for name, start, _ in phases if name.startswith("clip "))
+    steady = clips[1:]
+    per_clip = statistics.median(steady) if steady else None  # the median: one stalled clip does not move it
+    fps = infer_frames / per_clip if per_clip else None
+    return {
+        "load_s": round(first_clip_at, 2),  # from the launch (phases count from it): start-up included
+        "first_clip_s": round(clips[0], 2),
+        "clip_s": [round(c, 2) for c in clips],
+        "steady_clips": len(steady),
+        "steady_s_per_clip": None if per_clip is None else round(per_clip, 3),
+        "frames_per_clip": infer_frames,
+        "fps": None if fps is None else round(fps, 2),
+        "video_fps": VIDEO_FPS,
+        "realtime_factor": None if fps is None else round(fps / VIDEO_FPS, 3),
+    }
+
+
+def published(gpu_names: Sequence[str], nproc: int) -> list[dict]:
+    """Upstream's published figures for this class of box (every GPU that model, that many processes)."""
+    return [
+        {"fps": fps, "source": source}
+        for model, ranks, fps, source in PUBLISHED_SPEEDS
+        if gpu_names and all(model in name for name in gpu_names) and nproc == ranks
+    ]
