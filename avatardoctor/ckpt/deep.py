@@ -27,8 +27,7 @@ def gather_deep(scan: CheckpointScan, manifest_path: Path | None, console: Conso
     manifest = read_manifest(manifest_path) if manifest_path else None  # a bad manifest fails before 45 GB of reading
     files, unlistable = _every_file(scan.root)  # every file, not only those the layout names
     archives = {f for f in scan.files if f.suffix in (".pth", ".bin")}
-    # One read per byte: each archive's CRC-32s are checked from the bytes being hashed.
-    hashed = hash_with_progress(files, console, check=lambda path, f: CrcCheck(path, f) if path in archives else None)
+    hashed = hash_and_check_crc(files, archives, console)
     crc = {}
     for path in sorted(archives):
         name = path.relative_to(scan.root).as_posix()
@@ -41,6 +40,12 @@ def gather_deep(scan: CheckpointScan, manifest_path: Path | None, console: Conso
     return DeepFacts(
         HashResult(hashed.digests, hashed.errors | unlistable, hashed.checked), manifest, manifest_path, crc
     )
+
+
+def hash_and_check_crc(files: list[Path], archives: set[Path], console: Console) -> HashResult:
+    """The sha256 of every file and the CRC-32 check of the archives among them (HashResult.checked),
+    from one read of each byte, behind one progress bar."""
+    return hash_with_progress(files, console, check=lambda path, f: CrcCheck(path, f) if path in archives else None)
 
 
 def _every_file(root: Path) -> tuple[list[Path], dict[Path, str]]:
