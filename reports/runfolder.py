@@ -15,16 +15,21 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
+import numpy as np
 import pandas as pd
-from avatardoctor.reports.inputs import UnreadableFile, read_regular
+from avatardoctor.reports.inputs import UnreadableFile, open_regular, read_regular
 from avatardoctor.reports.timeline import MAX_MIB, MAX_SECONDS, Timeline, gpu_id, label
 from avatardoctor.runner.folder import RunFolder
 
 JSON_LIMIT = 64 * 2**20
 MEMORY_CSV_LIMIT = 256 * 2**20  # 5 GPUs at 10 Hz for 2 hours is ~30 MB
+CSV_CHUNK_ROWS = 2**16  # rows parsed at a time: beyond its numbers, a CSV costs the text of one chunk
+CSV_READ_BYTES = 2**20
 PHASES_CSV_LIMIT = 16 * 2**20  # a run has a few dozen phases
 MAX_PHASES = 1000  # more bands than a plot can show
 TEXT_COLUMNS = ("time", "gpu", "uuid", "phase")  # the others are numbers where readable (not a string per cell)
@@ -192,36 +197,83 @@ def read_debug(fields: _Fields) -> RunDebug:
     )
 
 
-def _csv(path: Path, root: Path, limit: int, columns: list[str], notes: list[str]) -> pd.DataFrame | None:
-    """The CSV's cells as text (empty where missing), or None with a note."""
+class _WholeLines(io.RawIOBase):
+    """A CSV file as pandas is given it: at most `limit` bytes even if it grows while read, and without
+    a last line that has no line end (the run was killed mid-write: "12" of "12345"); `cut` says so."""
+
+    def __init__(self, f: BinaryIO, limit: int):
+        self.f, self.limit, self.left = f, limit, limit
+        self.ready, self.at, self.held = b"", 0, b""  # bytes to pass on (from `at`); bytes after the last line end
+        self.content, self.cut, self.done = False, False, False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self.at == len(self.ready) and not self.done:
+            self._fill(len(buffer))
+        n = min(len(buffer), len(self.ready) - self.at)
+        buffer[:n] = self.ready[self.at : self.at + n]
+        self.at += n
+        return n
+
+    def _fill(self, size: int) -> None:
+        data = self.f.read(size)
+        if len(data) > self.left:
+            raise UnreadableFile(f"grew over the {self.limit / 2**20:g} MiB limit while read")
+        self.left -= len(data)
+        self.at = 0
+        if data:
+            data = self.held + data
+            end = data.rfind(b"\n") + 1
+            self.ready, self.held = data[:end], data[end:]
+            self.content = self.content or bool(self.ready.strip())
+            return
+        # The end: what follows the last line end is a cut line, unless it ends in \r or the file is all blank.
+        self.done = True
+        passed = self.held.endswith(b"\r") or not (self.content or self.held.strip())
+        self.ready, self.cut = (self.held, False) if passed else (b"", bool(self.held))
+
+
+def _csv(path: Path, root: Path, limit: int, columns: list[str], notes: list[str], typed: Callable) -> list | None:
+    """The CSV's cells as text (empty where missing) CSV_CHUNK_ROWS rows at a time, each chunk turned by
+    `typed` into what the caller keeps (numbers, not a string per cell); None with a note when unreadable."""
     if not path.exists() and not path.is_symlink():
         notes.append(f"no {path.as_posix()}: shown without it")
         return None
     try:
-        data = read_regular(path, limit, within=root)
-        if data.strip() and not data.endswith((b"\n", b"\r")):  # the run was killed mid-write: "12" of "12345"
+        f, _ = open_regular(path, limit, within=root)
+        with f, _WholeLines(f, limit) as lines:
+            chunks = pd.read_csv(
+                io.BufferedReader(lines, CSV_READ_BYTES),
+                on_bad_lines="skip",
+                encoding_errors="replace",
+                skipinitialspace=True,
+                usecols=lambda c: c in READ_COLUMNS,
+                dtype={c: str for c in TEXT_COLUMNS},
+                keep_default_na=False,
+                chunksize=CSV_CHUNK_ROWS,
+            )
+            kept, missing = [], []
+            for chunk in chunks:
+                missing = [c for c in columns if c not in chunk.columns]
+                if missing:
+                    while lines.readinto(bytearray(CSV_READ_BYTES)):  # on to the end: is its last line cut?
+                        pass
+                    break
+                kept.append(typed(chunk))
+        if lines.cut:
             notes.append(f"last line of {path.name} is cut off (no line end): skipped")
-            data = data[: data.rfind(b"\n") + 1]
-        frame = pd.read_csv(
-            io.BytesIO(data),
-            on_bad_lines="skip",
-            encoding_errors="replace",
-            skipinitialspace=True,
-            usecols=lambda c: c in READ_COLUMNS,
-            dtype={c: str for c in TEXT_COLUMNS},
-            keep_default_na=False,
-        )
+        if missing:
+            notes.append(f"{path.name} has no {', '.join(missing)} column: shown without it")
+            return None
     except UnreadableFile as e:
         notes.append(f"{path.name} could not be read ({e})")
         return None
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
         notes.append(f"{path.name} could not be read ({str(e)[:80]})")
         return None
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        notes.append(f"{path.name} has no {', '.join(missing)} column: shown without it")
-        return None
-    return frame
+    return kept
 
 
 def _numbers(column: pd.Series, low: float, high: float) -> pd.Series:
@@ -230,46 +282,105 @@ def _numbers(column: pd.Series, low: float, high: float) -> pd.Series:
     return values.where((values >= low) & (values <= high))
 
 
+@dataclass
+class _MemoryChunk:
+    """One chunk of logs/gpu_memory.csv as kept: its readable samples as typed arrays, how many were not
+    readable, and what the report takes from its text (the first time, each GPU's first uuid)."""
+
+    columns: dict[str, np.ndarray]  # elapsed_s, gpu (codes into _GpuIds.ids), used_mib, total_mib
+    unreadable: int
+    time: str | None
+    uuids: dict[int, str]
+
+
+class _GpuIds:
+    """GPU cells -> codes of the GPU ids they name ("0", "cpu": gpu_id), -1 for none."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.codes: dict[str, int] = {}
+
+    def encode(self, cells: pd.Series) -> np.ndarray:
+        codes, uniques = pd.factorize(cells)
+        known = np.array([self._code(gpu_id(u)) for u in uniques] + [-1], dtype=np.int32)
+        return known[codes]  # a missing cell's code, -1, picks the -1 at the end
+
+    def _code(self, gpu: str | None) -> int:
+        if gpu is None:
+            return -1
+        if gpu not in self.codes:
+            self.codes[gpu] = len(self.ids)
+            self.ids.append(gpu)
+        return self.codes[gpu]
+
+
 def read_memory_csv(path: Path, root: Path | None = None) -> Timeline:
-    """logs/gpu_memory.csv; links are followed only within root (default: the file's own folder)."""
+    """logs/gpu_memory.csv; links are followed only within root (default: the file's own folder).
+    Read CSV_CHUNK_ROWS rows at a time into typed arrays: memory follows the samples, not the text."""
     notes: list[str] = []
-    frame = _csv(path, root or path.parent, MEMORY_CSV_LIMIT, ["elapsed_s", "gpu", "memory_used_mib"], notes)
-    if frame is None:
+    ids = _GpuIds()
+
+    def typed(frame: pd.DataFrame) -> _MemoryChunk:
+        gpu = ids.encode(frame["gpu"])
+        total = frame["memory_total_mib"] if "memory_total_mib" in frame else pd.Series("", index=frame.index)
+        elapsed = _numbers(frame["elapsed_s"], -MAX_SECONDS, MAX_SECONDS).to_numpy()
+        used = _numbers(frame["memory_used_mib"], 0, MAX_MIB).to_numpy()
+        good = ~np.isnan(elapsed) & ~np.isnan(used) & (gpu >= 0)
+        uuids = frame["uuid"][good].groupby(gpu[good]).first().to_dict() if "uuid" in frame.columns else {}
+        times = frame["time"][good] if "time" in frame.columns else []
+        columns = {
+            "elapsed_s": elapsed,
+            "gpu": gpu,
+            "used_mib": used,
+            "total_mib": _numbers(total, 0, MAX_MIB).to_numpy(),
+        }
+        return _MemoryChunk(
+            {name: values[good] for name, values in columns.items()},
+            int((~good).sum()),
+            times.iloc[0] if len(times) else None,
+            uuids,
+        )
+
+    chunks = _csv(path, root or path.parent, MEMORY_CSV_LIMIT, ["elapsed_s", "gpu", "memory_used_mib"], notes, typed)
+    if chunks is None:
         return Timeline.empty(notes)
-    gpu = frame["gpu"].map(gpu_id)
-    total = frame["memory_total_mib"] if "memory_total_mib" in frame else pd.Series("", index=frame.index)
+    unreadable = sum(c.unreadable for c in chunks)
+    if unreadable:
+        notes.append(
+            f"{unreadable} unreadable sample(s) in {path.name} skipped (time, GPU index or memory not readable)"
+        )
+    names: dict[str, str] = {}
+    for chunk in chunks:
+        for code, uuid in chunk.uuids.items():
+            names.setdefault(ids.ids[code], label(uuid))
+    first_time = next((c.time for c in chunks if c.time is not None), None)
+    elapsed, gpu, used, total = (  # one column at a time, each chunk's part let go once joined
+        np.concatenate([c.columns.pop(column) for c in chunks])
+        for column in ("elapsed_s", "gpu", "used_mib", "total_mib")
+    )
+    backwards = int((pd.Series(elapsed).groupby(gpu).diff() < 0).sum())
+    if backwards:
+        notes.append(f"{backwards} sample(s) in {path.name} go back in time: drawn in time order")
+    text_rank = np.argsort(np.argsort(np.array(ids.ids, dtype=str))).astype(np.int32)  # "10" before "2", as text
+    order = np.lexsort((elapsed, text_rank[gpu]))  # stable: by GPU, then time, then file order
     samples = pd.DataFrame(
         {
-            "elapsed_s": _numbers(frame["elapsed_s"], -MAX_SECONDS, MAX_SECONDS),
-            "gpu": gpu,
-            "used_mib": _numbers(frame["memory_used_mib"], 0, MAX_MIB),
-            "total_mib": _numbers(total, 0, MAX_MIB),
+            "elapsed_s": elapsed[order],
+            "gpu": pd.Series(np.array(ids.ids, dtype=object)[gpu[order]], dtype="str"),
+            "used_mib": used[order],
+            "total_mib": total[order],
         }
     )
-    bad = samples["elapsed_s"].isna() | samples["used_mib"].isna() | samples["gpu"].isna()
-    if bad.any():
-        notes.append(
-            f"{int(bad.sum())} unreadable sample(s) in {path.name} skipped (time, GPU index or memory not readable)"
-        )
-        samples, frame = samples[~bad], frame[~bad]
-    backwards = (samples.groupby("gpu")["elapsed_s"].diff() < 0).sum()
-    if backwards:
-        notes.append(f"{int(backwards)} sample(s) in {path.name} go back in time: drawn in time order")
-    names = {}
-    if "uuid" in frame.columns:
-        names = {g: label(u) for g, u in frame.assign(gpu=samples["gpu"]).groupby("gpu")["uuid"].first().items()}
-    samples = samples.sort_values(["gpu", "elapsed_s"], kind="stable").reset_index(drop=True)
-    start = None
-    if "time" in frame.columns and len(frame):
-        start = pd.to_datetime(frame["time"].iloc[0], errors="coerce", utc=True)
-        start = None if pd.isna(start) else start.to_pydatetime()
-    return Timeline(samples, names, start, notes)
+    start = None if first_time is None else pd.to_datetime(first_time, errors="coerce", utc=True)
+    start = None if start is None or pd.isna(start) else start.to_pydatetime()
+    return Timeline(samples, dict(sorted(names.items())), start, notes)
 
 
 def read_phases(path: Path, root: Path, notes: list[str]) -> pd.DataFrame:
-    phases = _csv(path, root, PHASES_CSV_LIMIT, ["phase", "start_s", "end_s"], notes)
-    if phases is None:
+    chunks = _csv(path, root, PHASES_CSV_LIMIT, ["phase", "start_s", "end_s"], notes, lambda frame: frame)
+    if chunks is None:
         return pd.DataFrame(columns=["phase", "start_s", "end_s"])
+    phases = pd.concat(chunks)
     phases = pd.DataFrame(
         {
             "phase": phases["phase"].map(label),
