@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -29,10 +29,12 @@ from avatardoctor.runner.folder import RunFolder
 JSON_LIMIT = 64 * 2**20
 MEMORY_CSV_LIMIT = 256 * 2**20  # 5 GPUs at 10 Hz for 2 hours is ~30 MB
 CSV_CHUNK_ROWS = 2**16  # rows parsed at a time: beyond its numbers, a CSV costs the text of one chunk
-CSV_READ_BYTES = 2**20
+CSV_READ_BYTES = 2**20  # read from the file at a time (at most)
 PHASES_CSV_LIMIT = 16 * 2**20  # a run has a few dozen phases
 MAX_PHASES = 1000  # more bands than a plot can show
 TEXT_COLUMNS = ("time", "gpu", "uuid", "phase")  # the others are numbers where readable (not a string per cell)
+# gpu: a handful of different cells, so pandas' categories give each row's code without a string per row
+CELL_DTYPES = {c: "category" if c == "gpu" else str for c in TEXT_COLUMNS}
 READ_COLUMNS = (*TEXT_COLUMNS, "elapsed_s", "memory_used_mib", "memory_total_mib", "start_s", "end_s")
 CONFIG_KEYS = (
     "mode",
@@ -218,7 +220,7 @@ class _WholeLines(io.RawIOBase):
         return n
 
     def _fill(self, size: int) -> None:
-        data = self.f.read(size)
+        data = self.f.read(min(size, CSV_READ_BYTES))
         if len(data) > self.left:
             raise UnreadableFile(f"grew over the {self.limit / 2**20:g} MiB limit while read")
         self.left -= len(data)
@@ -235,9 +237,19 @@ class _WholeLines(io.RawIOBase):
         self.ready, self.cut = (self.held, False) if passed else (b"", bool(self.held))
 
 
-def _csv(path: Path, root: Path, limit: int, columns: list[str], notes: list[str], typed: Callable) -> list | None:
-    """The CSV's cells as text (empty where missing) CSV_CHUNK_ROWS rows at a time, each chunk turned by
-    `typed` into what the caller keeps (numbers, not a string per cell); None with a note when unreadable."""
+def _csv(
+    path: Path,
+    root: Path,
+    limit: int,
+    columns: list[str],
+    notes: list[str],
+    typed: Callable,
+    read: Collection[str] = READ_COLUMNS,
+    rows: int | None = None,
+) -> list | None:
+    """The CSV's cells in `read` (text cells as text, empty where missing; the first `rows` rows, or all)
+    CSV_CHUNK_ROWS rows at a time, each chunk turned by `typed` into what the caller keeps (numbers, not a
+    string per cell); None with a note when unreadable."""
     if not path.exists() and not path.is_symlink():
         notes.append(f"no {path.as_posix()}: shown without it")
         return None
@@ -245,20 +257,21 @@ def _csv(path: Path, root: Path, limit: int, columns: list[str], notes: list[str
         f, _ = open_regular(path, limit, within=root)
         with f, _WholeLines(f, limit) as lines:
             chunks = pd.read_csv(
-                io.BufferedReader(lines, CSV_READ_BYTES),
+                lines,
                 on_bad_lines="skip",
                 encoding_errors="replace",
                 skipinitialspace=True,
-                usecols=lambda c: c in READ_COLUMNS,
-                dtype={c: str for c in TEXT_COLUMNS},
+                usecols=lambda c: c in read,
+                dtype=CELL_DTYPES,
                 keep_default_na=False,
                 chunksize=CSV_CHUNK_ROWS,
+                nrows=rows,
             )
             kept, missing = [], []
             for chunk in chunks:
                 missing = [c for c in columns if c not in chunk.columns]
                 if missing:
-                    while lines.readinto(bytearray(CSV_READ_BYTES)):  # on to the end: is its last line cut?
+                    while lines.read(CSV_READ_BYTES):  # on to the end: is its last line cut?
                         pass
                     break
                 kept.append(typed(chunk))
@@ -282,28 +295,42 @@ def _numbers(column: pd.Series, low: float, high: float) -> pd.Series:
     return values.where((values >= low) & (values <= high))
 
 
-@dataclass
-class _MemoryChunk:
-    """One chunk of logs/gpu_memory.csv as kept: its readable samples as typed arrays, how many were not
-    readable, and what the report takes from its text (the first time, each GPU's first uuid)."""
-
-    columns: dict[str, np.ndarray]  # elapsed_s, gpu (codes into _GpuIds.ids), used_mib, total_mib
-    unreadable: int
-    time: str | None
-    uuids: dict[int, str]
-
-
-class _GpuIds:
-    """GPU cells -> codes of the GPU ids they name ("0", "cpu": gpu_id), -1 for none."""
+class _MemorySamples:
+    """logs/gpu_memory.csv read a chunk at a time: each chunk's readable samples as typed arrays (GPU
+    ids as codes into `ids`), and what the report takes from the text: the first time, each GPU's first
+    uuid (looked for only while some GPU has none), and where the first readable sample is."""
 
     def __init__(self) -> None:
-        self.ids: list[str] = []
+        self.ids: list[str] = []  # GPU ids as reports name them ("0", "cpu": gpu_id)
         self.codes: dict[str, int] = {}
+        self.uuids: dict[int, str] = {}
+        self.rows = 0
+        self.first_good_row: int | None = None  # its time is read afterwards: a string per row costs 15% of a parse
+        self.unreadable = 0
 
-    def encode(self, cells: pd.Series) -> np.ndarray:
-        codes, uniques = pd.factorize(cells)
-        known = np.array([self._code(gpu_id(u)) for u in uniques] + [-1], dtype=np.int32)
-        return known[codes]  # a missing cell's code, -1, picks the -1 at the end
+    def typed(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        gpu = self._gpu_codes(frame["gpu"])
+        total = frame["memory_total_mib"] if "memory_total_mib" in frame else pd.Series("", index=frame.index)
+        columns = {
+            "elapsed_s": _numbers(frame["elapsed_s"], -MAX_SECONDS, MAX_SECONDS).to_numpy(),
+            "gpu": gpu,
+            "used_mib": _numbers(frame["memory_used_mib"], 0, MAX_MIB).to_numpy(),
+            "total_mib": _numbers(total, 0, MAX_MIB).to_numpy(),
+        }
+        good = ~np.isnan(columns["elapsed_s"]) & ~np.isnan(columns["used_mib"]) & (gpu >= 0)
+        self.unreadable += int((~good).sum())
+        if "uuid" in frame.columns and len(self.uuids) < len(self.ids):  # some GPU still without a name
+            for code, uuid in frame["uuid"][good].groupby(gpu[good]).first().items():
+                self.uuids.setdefault(code, uuid)
+        if self.first_good_row is None and good.any():
+            self.first_good_row = self.rows + int(np.argmax(good))
+        self.rows += len(frame)
+        return {name: values[good] for name, values in columns.items()}
+
+    def _gpu_codes(self, cells: pd.Series) -> np.ndarray:
+        """Each cell's code (a categorical column's), -1 where it names no GPU."""
+        known = [self._code(gpu_id(category)) for category in cells.cat.categories]
+        return np.array(known + [-1], dtype=np.int32)[cells.cat.codes.to_numpy()]  # a missing cell's -1: the last
 
     def _code(self, gpu: str | None) -> int:
         if gpu is None:
@@ -318,62 +345,52 @@ def read_memory_csv(path: Path, root: Path | None = None) -> Timeline:
     """logs/gpu_memory.csv; links are followed only within root (default: the file's own folder).
     Read CSV_CHUNK_ROWS rows at a time into typed arrays: memory follows the samples, not the text."""
     notes: list[str] = []
-    ids = _GpuIds()
-
-    def typed(frame: pd.DataFrame) -> _MemoryChunk:
-        gpu = ids.encode(frame["gpu"])
-        total = frame["memory_total_mib"] if "memory_total_mib" in frame else pd.Series("", index=frame.index)
-        elapsed = _numbers(frame["elapsed_s"], -MAX_SECONDS, MAX_SECONDS).to_numpy()
-        used = _numbers(frame["memory_used_mib"], 0, MAX_MIB).to_numpy()
-        good = ~np.isnan(elapsed) & ~np.isnan(used) & (gpu >= 0)
-        uuids = frame["uuid"][good].groupby(gpu[good]).first().to_dict() if "uuid" in frame.columns else {}
-        times = frame["time"][good] if "time" in frame.columns else []
-        columns = {
-            "elapsed_s": elapsed,
-            "gpu": gpu,
-            "used_mib": used,
-            "total_mib": _numbers(total, 0, MAX_MIB).to_numpy(),
-        }
-        return _MemoryChunk(
-            {name: values[good] for name, values in columns.items()},
-            int((~good).sum()),
-            times.iloc[0] if len(times) else None,
-            uuids,
-        )
-
-    chunks = _csv(path, root or path.parent, MEMORY_CSV_LIMIT, ["elapsed_s", "gpu", "memory_used_mib"], notes, typed)
+    read = _MemorySamples()
+    required = ["elapsed_s", "gpu", "memory_used_mib"]
+    numbers = set(READ_COLUMNS) - {"time"}
+    chunks = _csv(path, root or path.parent, MEMORY_CSV_LIMIT, required, notes, read.typed, numbers)
     if chunks is None:
         return Timeline.empty(notes)
-    unreadable = sum(c.unreadable for c in chunks)
-    if unreadable:
+    if read.unreadable:
         notes.append(
-            f"{unreadable} unreadable sample(s) in {path.name} skipped (time, GPU index or memory not readable)"
+            f"{read.unreadable} unreadable sample(s) in {path.name} skipped (time, GPU index or memory not readable)"
         )
-    names: dict[str, str] = {}
-    for chunk in chunks:
-        for code, uuid in chunk.uuids.items():
-            names.setdefault(ids.ids[code], label(uuid))
-    first_time = next((c.time for c in chunks if c.time is not None), None)
     elapsed, gpu, used, total = (  # one column at a time, each chunk's part let go once joined
-        np.concatenate([c.columns.pop(column) for c in chunks])
+        np.concatenate([chunk.pop(column) for chunk in chunks])
         for column in ("elapsed_s", "gpu", "used_mib", "total_mib")
     )
-    backwards = int((pd.Series(elapsed).groupby(gpu).diff() < 0).sum())
+    rank = np.argsort(np.argsort(np.array(read.ids, dtype=str))).astype(np.int32)[gpu]  # "10" before "2", as text
+    order = np.argsort(rank, kind="stable")  # by GPU, then file order
+    same_gpu = rank[order][1:] == rank[order][:-1]
+    backwards = int((same_gpu & (np.diff(elapsed[order]) < 0)).sum())
     if backwards:
         notes.append(f"{backwards} sample(s) in {path.name} go back in time: drawn in time order")
-    text_rank = np.argsort(np.argsort(np.array(ids.ids, dtype=str))).astype(np.int32)  # "10" before "2", as text
-    order = np.lexsort((elapsed, text_rank[gpu]))  # stable: by GPU, then time, then file order
+        order = np.lexsort((elapsed, rank))  # by GPU, then time, then file order
     samples = pd.DataFrame(
         {
             "elapsed_s": elapsed[order],
-            "gpu": pd.Series(np.array(ids.ids, dtype=object)[gpu[order]], dtype="str"),
+            "gpu": pd.Series(np.array(read.ids, dtype=object)[gpu[order]], dtype="str"),
             "used_mib": used[order],
             "total_mib": total[order],
         }
     )
-    start = None if first_time is None else pd.to_datetime(first_time, errors="coerce", utc=True)
+    names = dict(sorted((read.ids[code], label(uuid)) for code, uuid in read.uuids.items()))
+    start = None
+    if read.first_good_row is not None:  # the wall-clock time of the first readable sample, from the file's head
+        last_times = _csv(  # each chunk's last time: the first readable sample's is the last one read
+            path,
+            root or path.parent,
+            MEMORY_CSV_LIMIT,
+            [],
+            [],
+            lambda frame: frame["time"].iloc[-1] if "time" in frame and len(frame) else None,
+            ("time",),
+            read.first_good_row + 1,
+        )
+        if last_times and last_times[-1] is not None:
+            start = pd.to_datetime(last_times[-1], errors="coerce", utc=True)
     start = None if start is None or pd.isna(start) else start.to_pydatetime()
-    return Timeline(samples, dict(sorted(names.items())), start, notes)
+    return Timeline(samples, names, start, notes)
 
 
 def read_phases(path: Path, root: Path, notes: list[str]) -> pd.DataFrame:
