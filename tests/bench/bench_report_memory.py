@@ -5,7 +5,7 @@ each) a working set that does not grow with the log. Run:
     .venv/bin/python tests/bench/bench_report_memory.py [--hours 20] [--gpus 5] [--hz 10] [--copies 1]
 It writes the same run twice, as bench_report_parse.py does: an nvidia-smi log (COPIES times over, as `>>`
 appends logs: 24 h x 9 is ~2 GiB, the reader's cap) and a run folder's logs/gpu_memory.csv (one copy; its
-cap is 256 MiB). Each is parsed in a fresh process, whose peak resident memory (VmHWM, reset after the
+cap is 256 MiB: past it, the reader's note is printed). Each is parsed in a fresh process, whose peak resident memory (VmHWM, reset after the
 imports) is compared with its memory before the parse and with the bytes of the samples it returned.
 Memory does not move with the machine's load; the load average is printed all the same.
 """
@@ -32,6 +32,7 @@ Path("/proc/self/clear_refs").write_text("5")  # Linux: the peak (VmHWM) restart
 before = status("VmRSS")
 timeline = read(Path(sys.argv[2]))
 print(before, status("VmHWM"), len(timeline.samples), timeline.samples.memory_usage(index=False).sum())
+print(*timeline.notes[-1:])  # the reason when nothing was read (over the size cap, say)
 """
 
 
@@ -39,7 +40,11 @@ def peak(kind: str, path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-c", CHILD, kind, str(path)], capture_output=True, text=True, check=True
     ).stdout
-    before, hwm, samples, kept = map(int, out.split())
+    numbers, last_note = out.split("\n", 1)
+    before, hwm, samples, kept = map(int, numbers.split())
+    if not samples:
+        print(f"{kind}: nothing read: {last_note.strip()}")
+        return
     size, added = path.stat().st_size, hwm - before
     print(f"{kind}: log {size / 2**20:,.0f} MiB, {samples:,} samples ({size / max(samples, 1):.0f} bytes of log each)")
     print(f"  parse added {added / 2**20:,.0f} MiB = {added / size:.2f}x the log (target <= 2x)")
