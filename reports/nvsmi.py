@@ -169,7 +169,7 @@ class LineBlock:
         first = self.codes[self.starts]
         result = which & (first > ord(" ")) & (first < 0x7F)
         for i in np.flatnonzero(which & ~result):
-            result[i] = bool(self.line(i).strip())
+            result[i] = bool(self.line(int(i)).strip())
         return result
 
     def matches(self, text: str) -> np.ndarray:
