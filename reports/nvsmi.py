@@ -4,8 +4,9 @@ Any query field list in any order, with or without header, units and index/uuid 
 without a BOM) or UTF-16. Input that is not a sample (nvidia-smi error lines, repeated headers, a line
 cut off by a crash, an index that is no GPU's) is skipped, and every such decision becomes a one-line
 note; only a file that cannot be read, or a headerless file whose memory column cannot be found,
-raises InputError. The log is read CHUNK_CHARS at a time into typed arrays: memory stays a fraction of
-the log's size, never a multiple (never the whole text, or a Python string per line).
+raises InputError. The log is read CHUNK_CHARS at a time into typed arrays, its lines sorted by numpy
+over the chunk's bytes (never a Python string per line): beyond the samples kept (~80 bytes each at the
+peak, ~1.5x a log of 55-byte lines), memory is a few chunks, whatever the log's size.
 `parse_mib` and `unavailable` are the unit helpers, meant for any other "1234 MiB" / "[N/A]" column.
 """
 
@@ -31,8 +32,11 @@ from avatardoctor.files import FileTooBig, UnreadableFile, open_regular
 from .timeline import MAX_GPU_INDEX, MAX_MIB, Timeline
 from .timeline import label as display_label
 
-MAX_BYTES = 2 * 1024**3  # a 2-hour, 8-GPU log at 10 Hz is ~30 MB; 2 GiB is no single run's log
-CHUNK_CHARS = 8 * 2**20  # text parsed at a time
+# A 2-hour, 8-GPU log at 10 Hz is ~30 MB; 2 GiB is no single run's log. Reading one at the cap takes
+# ~1.6x its size in memory (docs/performance.md); the cap bounds the time to read junk as much as memory.
+MAX_BYTES = 2 * 1024**3
+CHUNK_CHARS = 2 * 2**20  # text parsed at a time: 8 MiB parsed no faster and held 4x the working memory
+NEWLINE = ord("\n")
 MAX_LINE_CHARS = 64 * 2**10  # a sample line is ~60 characters; a longer one is cut to this while read (it is junk)
 MAX_SAMPLES = 50_000_000  # rows kept (~40 bytes each while read): 24 h of 8 GPUs at 10 Hz is 7 M
 MAX_GPUS = MAX_GPU_INDEX + 1  # different uuids (or rows per sample) read as different GPUs
@@ -126,23 +130,85 @@ def open_text(path: Path) -> tuple[TextIO, str]:
     return io.TextIOWrapper(buffered, encoding=encoding, errors="replace", newline=None), name
 
 
-def line_chunks(text: TextIO, encoding: str, name: str, notes: list[str]) -> Iterator[tuple[int, list[str]]]:
-    """(number of the first line, the lines) about CHUNK_CHARS at a time. A last line without a line
-    end is dropped: nvidia-smi ends every line, so it was cut off (a value cut mid-number, `12` of
-    `12345 MiB`, would draw a false drop at the very moment the reader is looking at)."""
+class LineBlock:
+    """Whole lines of a log as UTF-8 bytes (each ends in a line end), asked about all its lines at
+    once: a line at a time in Python would cost more than the parse itself."""
+
+    def __init__(self, first: int, text: str):
+        self.first = first  # the first line's number in the log
+        self.data = text.encode()
+        self.codes = np.frombuffer(self.data, dtype=np.uint8)
+        self.ends = np.flatnonzero(self.codes == NEWLINE)
+        self.starts = np.concatenate(([0], self.ends[:-1] + 1))
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def line(self, i: int) -> str:
+        return self.data[self.starts[i] : self.ends[i]].decode()
+
+    def positions(self, pattern: bytes) -> np.ndarray:
+        """Where pattern (ASCII, no line end) starts, in order."""
+        found = np.flatnonzero(self.codes == pattern[0])
+        for k in range(1, len(pattern)):  # the last byte is a line end, so "clip" never matches
+            found = found[self.codes.take(found + k, mode="clip") == pattern[k]]
+        return found
+
+    def per_line(self, positions: np.ndarray, typical: int = 0) -> np.ndarray:
+        """How many of the positions fall on each line. `typical`, the count nearly every line has, is
+        tried first: when every line holds exactly that many, O(lines) comparisons prove it."""
+        if typical and len(positions) == typical * len(self):
+            grid = positions.reshape(len(self), typical)
+            if (grid[:, 0] >= self.starts).all() and (grid[:, -1] < self.ends).all():
+                return np.full(len(self), typical)
+        return np.diff(np.searchsorted(positions, self.ends), prepend=0)  # how many fall before each line's end
+
+    def nonblank(self, which: np.ndarray) -> np.ndarray:
+        """bool(line.strip()) of the lines `which` selects, False elsewhere. A line that starts with
+        printable ASCII is not blank; the rest (a few) are asked in Python (Unicode whitespace)."""
+        first = self.codes[self.starts]
+        result = which & (first > ord(" ")) & (first < 0x7F)
+        for i in np.flatnonzero(which & ~result):
+            result[i] = bool(self.line(int(i)).strip())
+        return result
+
+    def matches(self, text: str) -> np.ndarray:
+        """line == text for every line."""
+        raw = text.encode()
+        same_length = self.ends - self.starts == len(raw)
+        result = np.zeros(len(self), dtype=bool)
+        for i in np.flatnonzero(same_length & (self.codes[self.starts] == (raw or b"\n")[0])):
+            result[i] = self.data[self.starts[i] : self.ends[i]] == raw
+        return result
+
+    def only(self, keep: np.ndarray) -> bytes:
+        """The kept lines, each with its line end."""
+        if keep.all():
+            return self.data
+        return self.codes[np.repeat(keep, self.ends - self.starts + 1)].tobytes()
+
+
+def line_blocks(text: TextIO, encoding: str, name: str, notes: list[str]) -> Iterator[LineBlock]:
+    """The log's lines, about CHUNK_CHARS at a time. A last line without a line end is dropped:
+    nvidia-smi ends every line, so it was cut off (a value cut mid-number, `12` of `12345 MiB`,
+    would draw a false drop at the very moment the reader is looking at)."""
     number, rest, replaced = 1, "", 0
     while block := text.read(CHUNK_CHARS):
         replaced += block.count("\ufffd")
-        lines = (rest + block).split("\n")
-        rest = lines.pop()[:MAX_LINE_CHARS]  # 2 GiB without a line end must not be gathered into one string
-        yield number, lines
-        number += len(lines)
+        whole = rest + block
+        end = whole.rfind("\n") + 1
+        rest = whole[end:][:MAX_LINE_CHARS]  # 2 GiB without a line end must not be gathered into one string
+        if end:
+            lines = LineBlock(number, whole[:end])
+            del whole
+            yield lines
+            number += len(lines)
     if replaced:
         notes.append(f"{name} is not valid {encoding}: {replaced} undecodable byte sequence(s) replaced")
     if rest.strip():
         notes.append(f"last line {number} of {name} is cut off (no line end): skipped")
     elif rest:
-        yield number, [rest]
+        yield LineBlock(number, rest + "\n")
 
 
 class Interner:
@@ -217,26 +283,36 @@ def memory_units(
     return found, mark
 
 
-def split_lines(layout: Layout, first: int, lines: list[str], skipped: Skipped) -> tuple[list[str], np.ndarray]:
-    """The lines with the header's field count, and their line numbers; others are counted."""
-    width, header, (suffix, suffixes) = len(layout.columns), layout.header, layout.mark
-    kept, numbers = [], []
-    for number, line in enumerate(lines, first):
-        if (
-            line.count(",") == width - 1 and line != header and (width > 1 or line.strip())
-        ):  # the fast path: almost every line
-            if suffixes and line.count(suffix) < suffixes and "[" not in line and "N/A" not in line:
-                skipped.add("junk", [number], [line])  # a value cut mid-number
-                continue
-            kept.append(line)
-            numbers.append(number)
-        elif line == header:
-            skipped.add("repeated header" if skipped.count["header"] else "header", [number], [line])
-        elif line.strip():
-            skipped.add("junk", [number], [line])
-        else:
-            skipped.add("blank", [number], [line])
-    return kept, np.array(numbers, dtype=np.uint32)  # a 2 GiB log has under 2**32 lines
+def split_lines(layout: Layout, lines: LineBlock, skipped: Skipped) -> tuple[bytes, np.ndarray]:
+    """The lines with the header's field count (with their line ends), and their line numbers; the
+    others are counted by kind."""
+    width, (suffix, suffixes) = len(layout.columns), layout.mark
+    header = lines.matches(layout.header) if layout.header is not None else np.zeros(len(lines), dtype=bool)
+    keep = (lines.per_line(lines.positions(b","), width - 1) == width - 1) & ~header
+    if width == 1:  # no comma to tell a sample from a blank line
+        keep = lines.nonblank(keep)
+    if suffixes:  # a value cut mid-number: fewer units than a line has, and no [N/A] to explain it
+        short = keep & (lines.per_line(lines.positions(suffix.encode()), suffixes) < suffixes)
+        if short.any():
+            explained = (lines.per_line(lines.positions(b"[")) > 0) | (lines.per_line(lines.positions(b"N/A")) > 0)
+            keep &= ~(short & ~explained)
+    numbers = lines.first + np.arange(len(lines), dtype=np.uint32)  # a 2 GiB log has under 2**32 lines
+
+    def add(kind: str, which: np.ndarray) -> None:
+        if which.any():
+            skipped.add(kind, numbers[which], [lines.line(int(np.argmax(which)))])
+
+    if header.any():
+        first_header = np.zeros(len(lines), dtype=bool)
+        if not skipped.count["header"]:
+            first_header[np.argmax(header)] = True
+        add("header", first_header)
+        add("repeated header", header & ~first_header)
+    rest = ~keep & ~header
+    nonblank = lines.nonblank(rest)
+    add("junk", nonblank)
+    add("blank", rest & ~nonblank)
+    return lines.only(keep), numbers[keep]
 
 
 def gpu_index(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -252,24 +328,22 @@ def gpu_index(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     return digits, np.where(number <= MAX_GPU_INDEX, number, -1)
 
 
-def parse_chunk(layout: Layout, first: int, lines: list[str], skipped: Skipped) -> dict[str, np.ndarray] | None:
+def parse_chunk(layout: Layout, lines: LineBlock, skipped: Skipped) -> dict[str, np.ndarray] | None:
     """The chunk's samples as typed arrays: line, ns (timestamp), gpu (index or identity code), label
     code, used_mib, total_mib, missing (memory values not available). A row whose memory, timestamp or
     index cannot be read is a junk line."""
-    kept, numbers = split_lines(layout, first, lines, skipped)
-    if not kept:
+    text, numbers = split_lines(layout, lines, skipped)
+    if not text:
         return None
     wanted = {
         layout.columns.index(c): c for c in READ_FIELDS if c in layout.columns
     }  # position -> field, first occurrence
-    text = "\n".join(kept)
-    del kept
     for suffix in {suffix for _, suffix in layout.units.values()}:
-        text = text.replace(suffix, "")  # so the C parser reads memory columns as numbers, fast
+        text = text.replace(suffix.encode(), b"")  # so the C parser reads memory columns as numbers, fast
     # The line filter leaves clean text for pandas' C parser (QUOTE_NONE: a stray quote cannot swallow the
     # next lines). A column stays strings only where some value is not a number ([N/A], junk).
     table = pd.read_csv(
-        io.StringIO(text),
+        io.BytesIO(text),
         sep=",",
         header=None,
         names=range(len(layout.columns)),
@@ -311,7 +385,7 @@ def parse_chunk(layout: Layout, first: int, lines: list[str], skipped: Skipped) 
         whole, index = gpu_index(table["index"])
         good &= whole  # "[Unknown Error]", "1.5": junk; a number that is no GPU's index: said below
         rows["gpu"] = index.astype(np.int16)
-    skipped.add("junk", numbers[~good], [lines[n - first] for n in numbers[~good][:1]])
+    skipped.add("junk", numbers[~good], [lines.line(n - lines.first) for n in numbers[~good][:1]])
     if "index" not in table and layout.identity_column:
         rows["gpu"] = np.full(len(table), -1, dtype=np.int16)
         rows["gpu"][good] = layout.identity.encode(table[layout.identity_column][good])
@@ -320,7 +394,7 @@ def parse_chunk(layout: Layout, first: int, lines: list[str], skipped: Skipped) 
         skipped.add(
             "index" if "index" in table else "identity",
             numbers[no_gpu],
-            [lines[n - first] for n in numbers[no_gpu][:1]],
+            [lines.line(n - lines.first) for n in numbers[no_gpu][:1]],
         )
         good &= ~no_gpu
     if layout.label_column:
@@ -431,16 +505,17 @@ def read_nvidia_smi_csv(path: Path, fields: list[str] | None = None) -> Timeline
 
 def _read(path: Path, text: TextIO, encoding: str, fields: list[str] | None, notes: list[str]) -> Timeline:
     name, skipped = path.name, Skipped()
-    chunks = line_chunks(text, encoding, name, notes)
+    blocks = line_blocks(text, encoding, name, notes)
     head = None
-    for first, lines in chunks:  # the first chunk with a line that is not blank settles the layout
-        if any(line.strip() for line in lines):
-            head = first, lines
+    for lines in blocks:  # the first block with a line that is not blank settles the layout
+        nonblank_lines = np.flatnonzero(lines.nonblank(np.ones(len(lines), dtype=bool)))
+        if len(nonblank_lines):
+            head = lines
             break
-        skipped.add("blank", range(first, first + len(lines)), [""])
+        skipped.add("blank", range(lines.first, lines.first + len(lines)), [""])
     if head is None:
         return Timeline.empty(notes + [f"{name} is empty: nothing to plot"])
-    nonblank = [line for line in head[1][:100_000] if line.strip()][:50]
+    nonblank = [head.line(i) for i in nonblank_lines[nonblank_lines < 100_000][:50]]
     header = next((line for line in nonblank[:20] if is_header(line)), None)  # junk may come first
     if fields:
         columns = [field_name(f) for entry in fields for f in entry.split(",")]
@@ -460,14 +535,14 @@ def _read(path: Path, text: TextIO, encoding: str, fields: list[str] | None, not
         )
 
     parts, count = [], 0
-    for first, lines in itertools.chain([head], chunks):
-        part = parse_chunk(layout, first, lines, skipped)
+    for lines in itertools.chain([head], blocks):
+        part = parse_chunk(layout, lines, skipped)
         if part is not None and len(part["line"]):
             parts.append(part)
             count += len(part["line"])
         if count >= MAX_SAMPLES:
             notes.append(
-                f"{name} has over {MAX_SAMPLES:,} samples: read up to line {first + len(lines) - 1}, the rest left unread"
+                f"{name} has over {MAX_SAMPLES:,} samples: read up to line {lines.first + len(lines) - 1}, the rest left unread"
             )
             break
     del head, lines

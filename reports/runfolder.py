@@ -15,20 +15,27 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
+import numpy as np
 import pandas as pd
 
-from avatardoctor.files import UnreadableFile, read_regular
+from avatardoctor.files import UnreadableFile, open_regular, read_regular
 from avatardoctor.reports.timeline import MAX_MIB, MAX_SECONDS, Timeline, gpu_id, label
 from avatardoctor.runner.folder import RunFolder
 
 JSON_LIMIT = 64 * 2**20
 MEMORY_CSV_LIMIT = 256 * 2**20  # 5 GPUs at 10 Hz for 2 hours is ~30 MB
+CSV_CHUNK_ROWS = 2**16  # rows parsed at a time: beyond its numbers, a CSV costs the text of one chunk
+CSV_READ_BYTES = 2**20  # read from the file at a time (at most)
 PHASES_CSV_LIMIT = 16 * 2**20  # a run has a few dozen phases
 MAX_PHASES = 1000  # more bands than a plot can show
 TEXT_COLUMNS = ("time", "gpu", "uuid", "phase")  # the others are numbers where readable (not a string per cell)
+# gpu: a handful of different cells, so pandas' categories give each row's code without a string per row
+CELL_DTYPES = {c: "category" if c == "gpu" else str for c in TEXT_COLUMNS}
 READ_COLUMNS = (*TEXT_COLUMNS, "elapsed_s", "memory_used_mib", "memory_total_mib", "start_s", "end_s")
 CONFIG_KEYS = (
     "mode",
@@ -197,36 +204,94 @@ def read_debug(fields: _Fields) -> RunDebug:
     )
 
 
-def _csv(path: Path, root: Path, limit: int, columns: list[str], notes: list[str]) -> pd.DataFrame | None:
-    """The CSV's cells as text (empty where missing), or None with a note."""
+class _WholeLines(io.RawIOBase):
+    """A CSV file as pandas is given it: at most `limit` bytes even if it grows while read, and without
+    a last line that has no line end (the run was killed mid-write: "12" of "12345"); `cut` says so."""
+
+    def __init__(self, f: BinaryIO, limit: int):
+        self.f, self.limit, self.left = f, limit, limit
+        self.ready, self.at, self.held = b"", 0, b""  # bytes to pass on (from `at`); bytes after the last line end
+        self.content, self.cut, self.done = False, False, False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self.at == len(self.ready) and not self.done:
+            self._fill(len(buffer))
+        n = min(len(buffer), len(self.ready) - self.at)
+        buffer[:n] = self.ready[self.at : self.at + n]
+        self.at += n
+        return n
+
+    def _fill(self, size: int) -> None:
+        data = self.f.read(min(size, CSV_READ_BYTES))
+        if len(data) > self.left:
+            raise UnreadableFile(f"grew over the {self.limit / 2**20:g} MiB limit while read")
+        self.left -= len(data)
+        self.at = 0
+        if data:
+            data = self.held + data
+            end = data.rfind(b"\n") + 1
+            self.ready, self.held = data[:end], data[end:]
+            self.content = self.content or bool(self.ready.strip())
+            return
+        # The end: what follows the last line end is a cut line, unless it ends in \r or the file is all blank.
+        self.done = True
+        passed = self.held.endswith(b"\r") or not (self.content or self.held.strip())
+        self.ready, self.cut = (self.held, False) if passed else (b"", bool(self.held))
+
+
+def _csv(
+    path: Path,
+    root: Path,
+    limit: int,
+    columns: list[str],
+    notes: list[str],
+    typed: Callable,
+    read: Collection[str] = READ_COLUMNS,
+    rows: int | None = None,
+) -> list | None:
+    """The CSV's cells in `read` (text cells as text, empty where missing; the first `rows` rows, or all)
+    CSV_CHUNK_ROWS rows at a time, each chunk turned by `typed` into what the caller keeps (numbers, not a
+    string per cell); None with a note when unreadable."""
     if not path.exists() and not path.is_symlink():
         notes.append(f"no {path.as_posix()}: shown without it")
         return None
     try:
-        data = read_regular(path, limit, within=root)
-        if data.strip() and not data.endswith((b"\n", b"\r")):  # the run was killed mid-write: "12" of "12345"
+        f, _ = open_regular(path, limit, within=root)
+        with f, _WholeLines(f, limit) as lines:
+            chunks = pd.read_csv(
+                lines,
+                on_bad_lines="skip",
+                encoding_errors="replace",
+                skipinitialspace=True,
+                usecols=lambda c: c in read,
+                dtype=CELL_DTYPES,
+                keep_default_na=False,
+                chunksize=CSV_CHUNK_ROWS,
+                nrows=rows,
+            )
+            kept, missing = [], []
+            for chunk in chunks:
+                missing = [c for c in columns if c not in chunk.columns]
+                if missing:
+                    while lines.read(CSV_READ_BYTES):  # on to the end: is its last line cut?
+                        pass
+                    break
+                kept.append(typed(chunk))
+        if lines.cut:
             notes.append(f"last line of {path.name} is cut off (no line end): skipped")
-            data = data[: data.rfind(b"\n") + 1]
-        frame = pd.read_csv(
-            io.BytesIO(data),
-            on_bad_lines="skip",
-            encoding_errors="replace",
-            skipinitialspace=True,
-            usecols=lambda c: c in READ_COLUMNS,
-            dtype={c: str for c in TEXT_COLUMNS},
-            keep_default_na=False,
-        )
+        if missing:
+            notes.append(f"{path.name} has no {', '.join(missing)} column: shown without it")
+            return None
     except UnreadableFile as e:
         notes.append(f"{path.name} could not be read ({e})")
         return None
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
         notes.append(f"{path.name} could not be read ({str(e)[:80]})")
         return None
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        notes.append(f"{path.name} has no {', '.join(missing)} column: shown without it")
-        return None
-    return frame
+    return kept
 
 
 def _numbers(column: pd.Series, low: float, high: float) -> pd.Series:
@@ -235,46 +300,109 @@ def _numbers(column: pd.Series, low: float, high: float) -> pd.Series:
     return values.where((values >= low) & (values <= high))
 
 
+class _MemorySamples:
+    """logs/gpu_memory.csv read a chunk at a time: each chunk's readable samples as typed arrays (GPU
+    ids as codes into `ids`), and what the report takes from the text: the first time, each GPU's first
+    uuid (looked for only while some GPU has none), and where the first readable sample is."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []  # GPU ids as reports name them ("0", "cpu": gpu_id)
+        self.codes: dict[str, int] = {}
+        self.uuids: dict[int, str] = {}
+        self.rows = 0
+        self.first_good_row: int | None = None  # its time is read afterwards: a string per row costs 15% of a parse
+        self.unreadable = 0
+
+    def typed(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        gpu = self._gpu_codes(frame["gpu"])
+        total = frame["memory_total_mib"] if "memory_total_mib" in frame else pd.Series("", index=frame.index)
+        columns = {
+            "elapsed_s": _numbers(frame["elapsed_s"], -MAX_SECONDS, MAX_SECONDS).to_numpy(),
+            "gpu": gpu,
+            "used_mib": _numbers(frame["memory_used_mib"], 0, MAX_MIB).to_numpy(),
+            "total_mib": _numbers(total, 0, MAX_MIB).to_numpy(),
+        }
+        good = ~np.isnan(columns["elapsed_s"]) & ~np.isnan(columns["used_mib"]) & (gpu >= 0)
+        self.unreadable += int((~good).sum())
+        if "uuid" in frame.columns and len(self.uuids) < len(self.ids):  # some GPU still without a name
+            for code, uuid in frame["uuid"][good].groupby(gpu[good]).first().items():
+                self.uuids.setdefault(code, uuid)
+        if self.first_good_row is None and good.any():
+            self.first_good_row = self.rows + int(np.argmax(good))
+        self.rows += len(frame)
+        return {name: values[good] for name, values in columns.items()}
+
+    def _gpu_codes(self, cells: pd.Series) -> np.ndarray:
+        """Each cell's code (a categorical column's), -1 where it names no GPU."""
+        known = [self._code(gpu_id(category)) for category in cells.cat.categories]
+        return np.array(known + [-1], dtype=np.int32)[cells.cat.codes.to_numpy()]  # a missing cell's -1: the last
+
+    def _code(self, gpu: str | None) -> int:
+        if gpu is None:
+            return -1
+        if gpu not in self.codes:
+            self.codes[gpu] = len(self.ids)
+            self.ids.append(gpu)
+        return self.codes[gpu]
+
+
 def read_memory_csv(path: Path, root: Path | None = None) -> Timeline:
-    """logs/gpu_memory.csv; links are followed only within root (default: the file's own folder)."""
+    """logs/gpu_memory.csv; links are followed only within root (default: the file's own folder).
+    Read CSV_CHUNK_ROWS rows at a time into typed arrays: memory follows the samples, not the text."""
     notes: list[str] = []
-    frame = _csv(path, root or path.parent, MEMORY_CSV_LIMIT, ["elapsed_s", "gpu", "memory_used_mib"], notes)
-    if frame is None:
+    read = _MemorySamples()
+    required = ["elapsed_s", "gpu", "memory_used_mib"]
+    numbers = set(READ_COLUMNS) - {"time"}
+    chunks = _csv(path, root or path.parent, MEMORY_CSV_LIMIT, required, notes, read.typed, numbers)
+    if chunks is None:
         return Timeline.empty(notes)
-    gpu = frame["gpu"].map(gpu_id)
-    total = frame["memory_total_mib"] if "memory_total_mib" in frame else pd.Series("", index=frame.index)
+    if read.unreadable:
+        notes.append(
+            f"{read.unreadable} unreadable sample(s) in {path.name} skipped (time, GPU index or memory not readable)"
+        )
+    elapsed, gpu, used, total = (  # one column at a time, each chunk's part let go once joined
+        np.concatenate([chunk.pop(column) for chunk in chunks])
+        for column in ("elapsed_s", "gpu", "used_mib", "total_mib")
+    )
+    rank = np.argsort(np.argsort(np.array(read.ids, dtype=str))).astype(np.int32)[gpu]  # "10" before "2", as text
+    order = np.argsort(rank, kind="stable")  # by GPU, then file order
+    same_gpu = rank[order][1:] == rank[order][:-1]
+    backwards = int((same_gpu & (np.diff(elapsed[order]) < 0)).sum())
+    if backwards:
+        notes.append(f"{backwards} sample(s) in {path.name} go back in time: drawn in time order")
+        order = np.lexsort((elapsed, rank))  # by GPU, then time, then file order
     samples = pd.DataFrame(
         {
-            "elapsed_s": _numbers(frame["elapsed_s"], -MAX_SECONDS, MAX_SECONDS),
-            "gpu": gpu,
-            "used_mib": _numbers(frame["memory_used_mib"], 0, MAX_MIB),
-            "total_mib": _numbers(total, 0, MAX_MIB),
+            "elapsed_s": elapsed[order],
+            "gpu": pd.Series(np.array(read.ids, dtype=object)[gpu[order]], dtype="str"),
+            "used_mib": used[order],
+            "total_mib": total[order],
         }
     )
-    bad = samples["elapsed_s"].isna() | samples["used_mib"].isna() | samples["gpu"].isna()
-    if bad.any():
-        notes.append(
-            f"{int(bad.sum())} unreadable sample(s) in {path.name} skipped (time, GPU index or memory not readable)"
-        )
-        samples, frame = samples[~bad], frame[~bad]
-    backwards = (samples.groupby("gpu")["elapsed_s"].diff() < 0).sum()
-    if backwards:
-        notes.append(f"{int(backwards)} sample(s) in {path.name} go back in time: drawn in time order")
-    names = {}
-    if "uuid" in frame.columns:
-        names = {g: label(u) for g, u in frame.assign(gpu=samples["gpu"]).groupby("gpu")["uuid"].first().items()}
-    samples = samples.sort_values(["gpu", "elapsed_s"], kind="stable").reset_index(drop=True)
+    names = dict(sorted((read.ids[code], label(uuid)) for code, uuid in read.uuids.items()))
     start = None
-    if "time" in frame.columns and len(frame):
-        start = pd.to_datetime(frame["time"].iloc[0], errors="coerce", utc=True)
-        start = None if pd.isna(start) else start.to_pydatetime()
+    if read.first_good_row is not None:  # the wall-clock time of the first readable sample, from the file's head
+        last_times = _csv(  # each chunk's last time: the first readable sample's is the last one read
+            path,
+            root or path.parent,
+            MEMORY_CSV_LIMIT,
+            [],
+            [],
+            lambda frame: frame["time"].iloc[-1] if "time" in frame and len(frame) else None,
+            ("time",),
+            read.first_good_row + 1,
+        )
+        if last_times and last_times[-1] is not None:
+            start = pd.to_datetime(last_times[-1], errors="coerce", utc=True)
+    start = None if start is None or pd.isna(start) else start.to_pydatetime()
     return Timeline(samples, names, start, notes)
 
 
 def read_phases(path: Path, root: Path, notes: list[str]) -> pd.DataFrame:
-    phases = _csv(path, root, PHASES_CSV_LIMIT, ["phase", "start_s", "end_s"], notes)
-    if phases is None:
+    chunks = _csv(path, root, PHASES_CSV_LIMIT, ["phase", "start_s", "end_s"], notes, lambda frame: frame)
+    if chunks is None:
         return pd.DataFrame(columns=["phase", "start_s", "end_s"])
+    phases = pd.concat(chunks)
     phases = pd.DataFrame(
         {
             "phase": phases["phase"].map(label),

@@ -12,7 +12,8 @@ How it is fast: one file per thread on a pool as wide as the usable CPUs; each t
 sequentially with readinto into one reused buffer and feeds hashlib memoryviews. Both the read and
 hashlib's update on large buffers release the GIL, so N cores hash about N times one core. Largest
 files go first (longest-processing-time order) so the threads finish together instead of one shard
-hashing alone at the end. Figures: docs/performance.md.
+hashing alone at the end. Whatever else must be learnt from a file's bytes (a .pth archive's CRC-32s)
+is a StreamCheck fed the same buffer: each byte is read once. Figures: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
 from rich.console import Console
 from rich.progress import (
@@ -53,6 +55,20 @@ class HashResult:
 
     digests: dict[Path, str]  # path -> lowercase sha256 hex
     errors: dict[Path, str]  # path -> one-line reason ("No such file or directory", "not a regular file")
+    checked: dict[Path, str | None] = field(default_factory=dict)  # hashed path -> its StreamCheck's finding
+
+
+class StreamCheck(Protocol):
+    """Something learnt from a file's bytes while they are hashed, so that they are read once."""
+
+    def update(self, chunk: memoryview) -> None:
+        """The file's next bytes (valid only during the call)."""
+
+    def finish(self) -> str | None:
+        """After the last byte: what is wrong with the file, None when nothing is."""
+
+
+CheckStarter = Callable[[Path, BinaryIO], StreamCheck | None]  # the StreamCheck for an open file, or None
 
 
 class HashingInterrupted(Exception):
@@ -76,6 +92,7 @@ def sha256_files(
     on_total: Callable[[int], None] | None = None,
     on_bytes: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
+    check: CheckStarter | None = None,
 ) -> HashResult:
     """The sha256 of each file, hashed in parallel (workers defaults to usable_cpus()).
 
@@ -84,7 +101,9 @@ def sha256_files(
     calls add up to that total. A file that cannot be read (vanished, a directory, permission
     denied) lands in HashResult.errors and the others go on. Setting `stop`, or Ctrl-C in the
     calling thread, makes the workers give up at their next chunk; once they have,
-    HashingInterrupted is raised carrying the digests finished so far.
+    HashingInterrupted is raised carrying the digests finished so far. check(path, f), called with
+    each file open before it is read (it may read f, and leaves it at its start), gives the StreamCheck
+    fed the same bytes as the hash; its findings land in HashResult.checked.
     """
     paths = list(dict.fromkeys(paths))
     stop = stop if stop is not None else threading.Event()
@@ -95,13 +114,14 @@ def sha256_files(
     if on_total is not None:
         on_total(sum(sizes.values()))
     futures: dict[Path, Future[str | None]] = {}
+    checked: dict[Path, str | None] = {}  # filled by the workers (one key each: dict assignment is atomic)
     # The stopper sits inside the pool so Ctrl-C sets `stop` before the pool's exit waits for the
     # workers; otherwise that wait would last until every file had been hashed.
     pool = ThreadPoolExecutor(max_workers=workers or usable_cpus(), thread_name_prefix="sha256")
     with pool, _stop_on_ctrl_c(stop):
         # The pool starts tasks in submission order, so submitting largest first is the whole schedule.
         for path in sorted(sizes, key=sizes.__getitem__, reverse=True):
-            futures[path] = pool.submit(_sha256_file, path, on_bytes, stop)
+            futures[path] = pool.submit(_read_file, path, on_bytes, stop, check, checked)
         wait(futures.values())
     digests: dict[Path, str] = {}
     for path, future in futures.items():
@@ -114,7 +134,7 @@ def sha256_files(
             digests[path] = digest
     if len(digests) + len(errors) < len(paths):
         raise HashingInterrupted(digests, len(paths))
-    return HashResult(digests, errors)
+    return HashResult(digests, errors, checked)
 
 
 @contextmanager
@@ -144,17 +164,29 @@ def regular_file_sizes(paths: Iterable[Path]) -> tuple[dict[Path, int], dict[Pat
     return sizes, errors
 
 
-def _sha256_file(path: Path, on_bytes: Callable[[int], None] | None, stop: threading.Event) -> str | None:
-    """The file's sha256 hex, or None if `stop` was set before it was finished."""
+def _read_file(
+    path: Path,
+    on_bytes: Callable[[int], None] | None,
+    stop: threading.Event,
+    check: CheckStarter | None,
+    checked: dict[Path, str | None],
+) -> str | None:
+    """The file's sha256 hex (its check's finding into `checked`), or None if `stop` was set before
+    it was finished."""
     digest = hashlib.sha256()
     buffer = bytearray(CHUNK_BYTES)
     view = memoryview(buffer)
     with open(path, "rb", buffering=0) as f:  # unbuffered: readinto goes straight into our buffer
+        watcher = check(path, f) if check is not None else None
         while not stop.is_set():
             n = f.readinto(buffer)
             if not n:
+                if watcher is not None:
+                    checked[path] = watcher.finish()
                 return digest.hexdigest()
             digest.update(view[:n])
+            if watcher is not None:
+                watcher.update(view[:n])
             if on_bytes is not None:
                 on_bytes(n)
     return None
@@ -168,7 +200,7 @@ class _MiBPerSecond(ProgressColumn):
         return Text("? MiB/s" if speed is None else f"{mib(speed)}/s", style="progress.data.speed")
 
 
-def hash_with_progress(paths: Iterable[Path], console: Console) -> HashResult:
+def hash_with_progress(paths: Iterable[Path], console: Console, check: CheckStarter | None = None) -> HashResult:
     """sha256_files behind one progress bar over the total bytes: done/total, MiB/s, time left.
 
     Pass a stderr console (Console(stderr=True)) so the bar never mixes into data on stdout. Rich
@@ -189,4 +221,5 @@ def hash_with_progress(paths: Iterable[Path], console: Console) -> HashResult:
             paths,
             on_total=lambda n: progress.update(task, total=n),
             on_bytes=lambda n: progress.advance(task, n),  # rich's Progress takes a lock: thread-safe
+            check=check,
         )
