@@ -124,7 +124,7 @@ def open_text(path: Path) -> tuple[TextIO, str]:
         raise InputError(f"{path}: {e.size / 1024**3:.1f} GiB is too big for a GPU memory log (limit 2 GiB)") from None
     except UnreadableFile as e:
         raise InputError(f"cannot read {path}: {e}") from None
-    buffered = io.BufferedReader(raw)
+    buffered = io.BufferedReader(raw)  # type: ignore[type-var]  # typeshed wants a RawIOBase; a binary file reads the same
     start = buffered.peek(4)[:4]
     encoding, name = next(((enc, name) for bom, enc, name in BOMS if start.startswith(bom)), ("utf-8", "UTF-8"))
     return io.TextIOWrapper(buffered, encoding=encoding, errors="replace", newline=None), name
@@ -368,7 +368,10 @@ def parse_chunk(layout: Layout, lines: LineBlock, skipped: Skipped) -> dict[str,
         missing += na
         memory[column] = np.where(readable, number, np.nan)
     used, total, free = (memory.get(c) for c in MEMORY_FIELDS)
-    rows["used_mib"] = used if used is not None else total - free
+    if used is None:
+        assert total is not None and free is not None  # the caller returned early without either way to know it
+        used = total - free
+    rows["used_mib"] = used
     rows["total_mib"] = (
         total
         if total is not None
@@ -497,7 +500,7 @@ def skipped_notes(name: str, skipped: Skipped) -> list[str]:
 def read_nvidia_smi_csv(path: Path, fields: list[str] | None = None) -> Timeline:
     """The memory timeline in an nvidia-smi CSV log. `fields` names the columns of a headerless log
     (the --query-gpu list, e.g. ["timestamp", "memory.used"]); a header in the file is then ignored."""
-    path, notes = Path(path), []
+    path, notes = Path(path), list[str]()
     text, encoding = open_text(path)
     with text:
         return _read(path, text, encoding, fields, notes)
@@ -526,7 +529,9 @@ def _read(path: Path, text: TextIO, encoding: str, fields: list[str] | None, not
         notes.append(note)
     if "memory.used" not in columns and not {"memory.total", "memory.free"} <= set(columns):
         return Timeline.empty(notes + [f"no memory.used column in {name}: nothing to plot"])
-    units = [field_unit(f) for f in header.split(",")] if header and not fields else [None] * len(columns)
+    units: list[str | None] = (
+        [field_unit(f) for f in header.split(",")] if header and not fields else [None] * len(columns)
+    )
     layout = Layout(name, columns, header, *memory_units(columns, units, [line for line in nonblank if line != header]))
     unknown = [f"{c} [{suffix.strip()}]" for c, (scale, suffix) in layout.units.items() if np.isnan(scale)]
     if unknown:

@@ -104,14 +104,16 @@ class _Fields:
     def __init__(self, doc: dict, where: str, notes: list[str]):
         self.doc, self.where, self.notes = doc, where, notes
 
-    def _wrong(self, key: str, value, expected: str) -> None:
+    def _wrong(self, key: str, value: object, expected: str) -> None:
+        """Note a field of the wrong type; the caller reads it as None."""
         self.notes.append(f"{self.where}: {key} is {type(value).__name__}, not {expected}: shown without it")
 
     def text(self, key: str) -> str | None:
         value = self.doc.get(key)
         if value is None or isinstance(value, str):
             return value if value is None or len(value) <= MAX_TEXT_CHARS else value[:MAX_TEXT_CHARS] + "…"
-        return self._wrong(key, value, "text")
+        self._wrong(key, value, "text")
+        return None
 
     def number(self, key: str) -> float | None:
         value = self.doc.get(key)
@@ -123,14 +125,16 @@ class _Fields:
             or not math.isfinite(value)
             or abs(value) > MAX_NUMBER
         ):
-            return self._wrong(key, value, "a number")
+            self._wrong(key, value, "a number")
+            return None
         return float(value)
 
     def count(self, key: str) -> int | None:
         value = self.doc.get(key)
         if value is None or (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 2**31):
             return value
-        return self._wrong(key, value, "a count")
+        self._wrong(key, value, "a count")
+        return None
 
     def object(self, key: str) -> _Fields:
         value = self.doc.get(key)
@@ -200,7 +204,7 @@ def read_debug(fields: _Fields) -> RunDebug:
         failure=failure or None,
         durations={k: v for k, v in seconds.items() if v is not None},
         clips_done=fields.count("clips_done"),
-        gpu_names={gpu_id(g): label(n) for g, n in names.items() if gpu_id(g) is not None and isinstance(n, str)},
+        gpu_names={gid: label(n) for g, n in names.items() if (gid := gpu_id(g)) is not None and isinstance(n, str)},
     )
 
 
