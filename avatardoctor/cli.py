@@ -118,6 +118,9 @@ def _run_options(out_dir, sample_hz, hang_timeout, cwd, entry, status, no_shim=F
     is_flag=True,
     help="Serve the Gradio entry with the plan (port 7860, or a free one) and record until stopped.",
 )
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the result as versioned JSON (avatardoctor.run/1); progress stays on stderr."
+)
 def run_command(
     machine,
     demo,
@@ -132,6 +135,7 @@ def run_command(
     force,
     smoke,
     gradio,
+    as_json,
     **config_flags,
 ):
     """Launch Live Avatar with torchrun, record memory, explain what happened. Exit 0 success, 1 failure, 130 interrupted."""
@@ -175,11 +179,19 @@ def run_command(
             results = auto_run(
                 ctx, options, 0 if gradio else max_retries, smoke, lambda line: console.print(line), gradio
             )
-    from avatardoctor.render import run_result_lines
+    _echo_results(results, as_json)
+    sys.exit(exitcodes.for_run(results[-1].failure.cls if results else "nothing-to-run"))
 
+
+def _echo_results(results, as_json: bool) -> None:
+    """What run and demo print on stdout when the run ends: its lines, or with --json its document."""
+    from avatardoctor.render import run_json, run_result_lines
+
+    if as_json:
+        click.echo(run_json(results))
+        return
     for result in results:
         click.echo("\n".join(run_result_lines(result)))
-    sys.exit(exitcodes.for_run(results[-1].failure.cls if results else "nothing-to-run"))
 
 
 @cli.command("demo")
@@ -196,7 +208,10 @@ def run_command(
     type=click.IntRange(1, 65535),
     help="torchrun --master_port (default: the upstream script's 29102, or the next free one).",
 )
-def demo_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, nproc, master_port):
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the result as versioned JSON (avatardoctor.run/1); progress stays on stderr."
+)
+def demo_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, nproc, master_port, as_json):
     """The whole flow on any machine with torch: a tiny real checkpoint, plan, a small real TPP-like run, report."""
     import importlib.util
 
@@ -236,9 +251,7 @@ def demo_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, npro
             memory_history,
         )
         result = execute_with_port_retry(plan, options, console.print)
-    from avatardoctor.render import run_result_lines
-
-    click.echo("\n".join(run_result_lines(result)))
+    _echo_results([result], as_json)
     sys.exit(exitcodes.for_run(result.failure.cls))
 
 
@@ -292,7 +305,13 @@ def plan_command(machine, demo, output, force, as_json, **config_flags):
 )
 @click.option("--fields", help="For a headerless nvidia-smi CSV: its --query-gpu list, e.g. timestamp,memory.used.")
 @click.option("--force", is_flag=True, help="Write into an output folder that holds other files.")
-def report(path, output, compare, fields, force):
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the summary it wrote (avatardoctor.report/1, or avatardoctor.compare/1 with --compare).",
+)
+def report(path, output, compare, fields, force, as_json):
     """Render a report from a run folder or a plain nvidia-smi CSV log (HTML, Markdown, JSON, PNG)."""
     from avatardoctor.reports.render import render_compare, render_report
 
@@ -306,7 +325,11 @@ def report(path, output, compare, fields, force):
         index = render_report(path, output, force, field_list)
     else:
         raise InputError("report: give a run folder or CSV log as PATH, or --compare RUN_A RUN_B")
-    click.echo(f"report: {index}")
+    if as_json:  # the summary.json written beside index.html, as it is on disk
+        click.echo(f"report: {index}", err=True)
+        click.echo((index.parent / "summary.json").read_text(encoding="utf-8"), nl=False)
+    else:
+        click.echo(f"report: {index}")
 
 
 for command in COMMANDS:

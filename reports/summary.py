@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from avatardoctor import __version__
 from avatardoctor.reports.runfolder import RunDebug, RunPlan, RunRecord
 from avatardoctor.reports.timeline import Timeline
 
 SCHEMA = "avatardoctor.report/1"
+COMPARE_SCHEMA = "avatardoctor.compare/1"  # `report --compare`: two summaries side by side
 
 
 def _round(x, digits=2):
@@ -91,6 +93,7 @@ def build_summary(source: Path, kind: str, timeline: Timeline, run: RunRecord | 
     per_minute = clips / (total_s / 60) if clips is not None and total_s else None
     return {
         "schema": SCHEMA,
+        "avatardoctor_version": __version__,
         "source": {"kind": kind, "path": str(source)},
         "outcome": debug.outcome,
         "failure": debug.failure,
