@@ -118,9 +118,6 @@ def _run_options(out_dir, sample_hz, hang_timeout, cwd, entry, status, no_shim=F
     is_flag=True,
     help="Serve the Gradio entry with the plan (port 7860, or a free one) and record until stopped.",
 )
-@click.option(
-    "--json", "as_json", is_flag=True, help="Print the result as versioned JSON (avatardoctor.run/1); progress stays on stderr."
-)
 def run_command(
     machine,
     demo,
@@ -207,9 +204,6 @@ def _echo_results(results, as_json: bool) -> None:
     "--master-port",
     type=click.IntRange(1, 65535),
     help="torchrun --master_port (default: the upstream script's 29102, or the next free one).",
-)
-@click.option(
-    "--json", "as_json", is_flag=True, help="Print the result as versioned JSON (avatardoctor.run/1); progress stays on stderr."
 )
 def demo_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, nproc, master_port, as_json):
     """The whole flow on any machine with torch: a tiny real checkpoint, plan, a small real TPP-like run, report."""

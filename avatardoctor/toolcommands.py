@@ -147,7 +147,9 @@ def record(output, force):
 
 
 @machine.command("list")
-@click.option("--json", "as_json", is_flag=True, help="Print the catalogue as versioned JSON (avatardoctor.catalogue/1).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the catalogue as versioned JSON (avatardoctor.catalogue/1)."
+)
 def list_machines(as_json):
     """The catalogue: models for --machine COUNTxMODEL."""
     from avatardoctor.machine.catalogue import all_cards, user_catalogue_path
@@ -239,7 +241,9 @@ def verify(directory, liveavatar, lora_path, deep, manifest, write_manifest, for
     is_flag=True,
     help="Small shapes with real random data (a few hundred KB) instead of full-size sparse files.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print what was written as versioned JSON (avatardoctor.skeleton/1).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print what was written as versioned JSON (avatardoctor.skeleton/1)."
+)
 def skeleton(directory, which, tiny, as_json):
     """Write a Wan2.2-S2V-14B checkpoint with real headers and no weights (sparse files: seconds, almost no disk)."""
     from avatardoctor.ckpt.skeleton import write_skeleton

@@ -65,8 +65,9 @@ def prepare_output(out: Path, force: bool, flag: str) -> None:
     try:
         if out.exists() and any(out.iterdir()):
             try:
-                is_ours = (
-                    json.loads(read_regular(out / "summary.json", SUMMARY_LIMIT, within=out)).get("schema") in (SCHEMA, COMPARE_SCHEMA)
+                is_ours = json.loads(read_regular(out / "summary.json", SUMMARY_LIMIT, within=out)).get("schema") in (
+                    SCHEMA,
+                    COMPARE_SCHEMA,
                 )
             except (UnreadableFile, ValueError, AttributeError, RecursionError):
                 is_ours = False
