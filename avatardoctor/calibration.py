@@ -27,6 +27,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from avatardoctor import __version__
 from avatardoctor.errors import InputError
 from avatardoctor.estimates import DEFAULT_TERMS, EstimateTerms
 from avatardoctor.files import FileTooLarge, read_limited
@@ -349,6 +350,7 @@ def calibration_report(env: Mapping[str, str] = os.environ) -> dict:
     terms, lines = fit_terms(measurements)
     return {
         "schema": REPORT_SCHEMA,
+        "avatardoctor_version": __version__,
         "history": str(history_path(env)),
         "runs": len({m.run_id for m in measurements}),
         "measurements": len(measurements),

@@ -132,6 +132,7 @@ def run_command(
     force,
     smoke,
     gradio,
+    as_json,
     **config_flags,
 ):
     """Launch Live Avatar with torchrun, record memory, explain what happened. Exit 0 success, 1 failure, 130 interrupted."""
@@ -175,11 +176,19 @@ def run_command(
             results = auto_run(
                 ctx, options, 0 if gradio else max_retries, smoke, lambda line: console.print(line), gradio
             )
-    from avatardoctor.render import run_result_lines
+    _echo_results(results, as_json)
+    sys.exit(exitcodes.for_run(results[-1].failure.cls if results else "nothing-to-run"))
 
+
+def _echo_results(results, as_json: bool) -> None:
+    """What run and demo print on stdout when the run ends: its lines, or with --json its document."""
+    from avatardoctor.render import run_json, run_result_lines
+
+    if as_json:
+        click.echo(run_json(results))
+        return
     for result in results:
         click.echo("\n".join(run_result_lines(result)))
-    sys.exit(exitcodes.for_run(results[-1].failure.cls if results else "nothing-to-run"))
 
 
 @cli.command("record", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -255,7 +264,7 @@ def record_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, at
     type=click.IntRange(1, 65535),
     help="torchrun --master_port (default: the upstream script's 29102, or the next free one).",
 )
-def demo_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, nproc, master_port):
+def demo_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, nproc, master_port, as_json):
     """The whole flow on any machine with torch: a tiny real checkpoint, plan, a small real TPP-like run, report."""
     import importlib.util
 
@@ -295,9 +304,7 @@ def demo_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, npro
             memory_history,
         )
         result = execute_with_port_retry(plan, options, console.print)
-    from avatardoctor.render import run_result_lines
-
-    click.echo("\n".join(run_result_lines(result)))
+    _echo_results([result], as_json)
     sys.exit(exitcodes.for_run(result.failure.cls))
 
 
@@ -351,7 +358,13 @@ def plan_command(machine, demo, output, force, as_json, **config_flags):
 )
 @click.option("--fields", help="For a headerless nvidia-smi CSV: its --query-gpu list, e.g. timestamp,memory.used.")
 @click.option("--force", is_flag=True, help="Write into an output folder that holds other files.")
-def report(path, output, compare, fields, force):
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the summary it wrote (avatardoctor.report/1, or avatardoctor.compare/1 with --compare).",
+)
+def report(path, output, compare, fields, force, as_json):
     """Render a report from a run folder or a plain nvidia-smi CSV log (HTML, Markdown, JSON, PNG)."""
     from avatardoctor.reports.render import render_compare, render_report
 
@@ -365,7 +378,11 @@ def report(path, output, compare, fields, force):
         index = render_report(path, output, force, field_list)
     else:
         raise InputError("report: give a run folder or CSV log as PATH, or --compare RUN_A RUN_B")
-    click.echo(f"report: {index}")
+    if as_json:  # the summary.json written beside index.html, as it is on disk
+        click.echo(f"report: {index}", err=True)
+        click.echo((index.parent / "summary.json").read_text(encoding="utf-8"), nl=False)
+    else:
+        click.echo(f"report: {index}")
 
 
 for command in COMMANDS:

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from avatardoctor import exitcodes
+from avatardoctor import __version__, exitcodes
 from avatardoctor.files import FileTooLarge, read_limited
 from avatardoctor.machine.model import MachineFormatError, machine_from_dict
 from avatardoctor.units import GIB, MIB, gib
@@ -250,6 +250,7 @@ def fleet_document(fleet: Fleet) -> dict[str, Any]:
     """The `avatardoctor.fleet/1` JSON: sizes in bytes, busbw in GB/s (1e9 bytes/s, as nccl-tests)."""
     return {
         "schema": SCHEMA,
+        "avatardoctor_version": __version__,
         "verdict": "ready" if fleet.ready else "not-ready",
         "nodes": [asdict(n) for n in fleet.nodes],
         "outliers": [asdict(o) for o in fleet.outliers],

@@ -176,6 +176,12 @@ RUN_OPTIONS = [
         show_default=True,
         help="Seconds without output, CPU work or GPU use that make a hang.",
     ),
+    click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="Print the result as versioned JSON (avatardoctor.run/1); progress stays on stderr.",
+    ),
 ]
 
 

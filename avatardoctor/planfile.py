@@ -15,6 +15,7 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from avatardoctor import __version__
 from avatardoctor.errors import InputError
 from avatardoctor.files import FileTooLarge, read_limited
 from avatardoctor.upstream import SIZE_PATTERN
@@ -81,7 +82,7 @@ class PlanFile:
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
-        doc = {"schema": PLAN_SCHEMA, **asdict(self)}
+        doc = {"schema": PLAN_SCHEMA, "avatardoctor_version": __version__, **asdict(self)}
         doc["argv"], doc["reasons"], doc["input_checks"] = list(self.argv), list(self.reasons), list(self.input_checks)
         return doc
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from avatardoctor import __version__
 from avatardoctor.advice import PLANNED_FRAMES, PLANNED_SIZES, fp8_possible, hardware_advice, refused
 from avatardoctor.checks.base import CheckContext
 from avatardoctor.ckpt.components import ComponentSummary
@@ -273,6 +274,7 @@ def plan_document(plan: Plan, ctx: CheckContext) -> dict:
         options = hardware_advice(replace(ctx.config, mode_reason="planner"), ctx.components, ctx.terms)
         doc: dict[str, Any] = {
             "schema": PLAN_SCHEMA,
+            "avatardoctor_version": __version__,
             "reasons": list(plan.reasons),
             "hardware_advice": [o.spec for o in options],
         }

@@ -13,6 +13,7 @@ from rich.segment import Segment, Segments
 from rich.table import Table
 from rich.text import Text
 
+from avatardoctor import __version__
 from avatardoctor.checks import CheckReport
 from avatardoctor.checks.base import Status, worst
 from avatardoctor.units import GIB, plural
@@ -165,6 +166,7 @@ def _verdict_style(report: CheckReport) -> str:
 def prediction_json(prediction, change, advice) -> str:
     doc = {
         "schema": "avatardoctor.predict/1",
+        "avatardoctor_version": __version__,
         "prediction": prediction.to_dict(),
         "smallest_change": {"flags": change.flags, "prediction": change.prediction.to_dict()} if change else None,
         "hardware_advice": [
@@ -352,11 +354,34 @@ def run_result_lines(result) -> list[str]:
     return lines
 
 
+def run_json(results) -> str:
+    """`run --json` and `demo --json` (avatardoctor.run/1): every attempt in order (--auto retries after an
+    out-of-memory), each as run_result_lines says it; the last one's outcome is the exit code's."""
+    attempts = [
+        {
+            "folder": str(r.folder.root),
+            "outcome": r.failure.cls,
+            "failure": None if r.failure.cls == "success" else r.failure.to_dict(),
+            "exit_code": r.exit_code,
+            "report": str(r.report) if r.report else None,
+        }
+        for r in results
+    ]
+    doc = {
+        "schema": "avatardoctor.run/1",
+        "avatardoctor_version": __version__,
+        "outcome": attempts[-1]["outcome"] if attempts else "nothing-to-run",
+        "attempts": attempts,
+    }
+    return json.dumps(doc, indent=2)
+
+
 def ckpt_json(checkpoint, report: CheckReport) -> str:
     """`ckpt verify --json` (avatardoctor.ckpt/1)."""
     summary = checkpoint.summary
     doc = {
         "schema": "avatardoctor.ckpt/1",
+        "avatardoctor_version": __version__,
         "verdict": "sound" if report.ready else "broken",
         "root": str(checkpoint.root),
         "layout": checkpoint.layout,
@@ -379,6 +404,44 @@ def catalogue_lines(cards) -> list[str]:
         cc = f"{c.cc[0]}.{c.cc[1]}"
         lines.append(f"{c.key:<{key_w}} {c.name:<{name_w}} {c.total_mib:>6} MiB  {cc:<5} {box}")
     return lines
+
+
+def catalogue_json(cards, user_catalogue) -> str:
+    """`machine list --json` (avatardoctor.catalogue/1): the models --machine COUNTxMODEL accepts."""
+    doc = {
+        "schema": "avatardoctor.catalogue/1",
+        "avatardoctor_version": __version__,
+        "user_catalogue": str(user_catalogue),
+        "cards": [
+            {
+                "model": c.key,
+                "name": c.name,
+                "total_bytes": c.total_mib * 2**20,
+                "compute_capability": list(c.cc),
+                "pcie_gen": c.pcie_gen,
+                "pcie_p2p": c.pcie_p2p,
+                "nvlinks_per_pair": c.nvlinks_per_pair,
+                "max_count": c.max_count,
+            }
+            for c in cards
+        ],
+    }
+    return json.dumps(doc, indent=2)
+
+
+def skeleton_json(root, layout: str, tiny: bool, files: int, apparent_bytes: int, on_disk_bytes: int) -> str:
+    """`ckpt skeleton --json` (avatardoctor.skeleton/1): what was written."""
+    doc = {
+        "schema": "avatardoctor.skeleton/1",
+        "avatardoctor_version": __version__,
+        "root": str(root),
+        "layout": layout,
+        "tiny": tiny,
+        "files": files,
+        "apparent_bytes": apparent_bytes,
+        "on_disk_bytes": on_disk_bytes,
+    }
+    return json.dumps(doc, indent=2)
 
 
 def check_line(result) -> str:

@@ -147,11 +147,17 @@ def record(output, force):
 
 
 @machine.command("list")
-def list_machines():
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the catalogue as versioned JSON (avatardoctor.catalogue/1)."
+)
+def list_machines(as_json):
     """The catalogue: models for --machine COUNTxMODEL."""
     from avatardoctor.machine.catalogue import all_cards, user_catalogue_path
-    from avatardoctor.render import catalogue_lines
+    from avatardoctor.render import catalogue_json, catalogue_lines
 
+    if as_json:
+        click.echo(catalogue_json(all_cards(), user_catalogue_path(os.environ)))
+        return
     click.echo("\n".join(catalogue_lines(all_cards())))
     click.echo("\nuse as --machine COUNTxMODEL, e.g. --machine 5x4090 or --machine 8xH100")
     click.echo(f"your own cards: {user_catalogue_path(os.environ)} (docs/machines.md)")
@@ -235,7 +241,10 @@ def verify(directory, liveavatar, lora_path, deep, manifest, write_manifest, for
     is_flag=True,
     help="Small shapes with real random data (a few hundred KB) instead of full-size sparse files.",
 )
-def skeleton(directory, which, tiny):
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print what was written as versioned JSON (avatardoctor.skeleton/1)."
+)
+def skeleton(directory, which, tiny, as_json):
     """Write a Wan2.2-S2V-14B checkpoint with real headers and no weights (sparse files: seconds, almost no disk)."""
     from avatardoctor.ckpt.skeleton import write_skeleton
     from avatardoctor.units import gib, mib
@@ -244,6 +253,11 @@ def skeleton(directory, which, tiny):
     files = [p for p in root.rglob("*") if p.is_file()]
     apparent = sum(p.stat().st_size for p in files)
     on_disk = sum(p.stat().st_blocks * 512 for p in files)
+    if as_json:
+        from avatardoctor.render import skeleton_json
+
+        click.echo(skeleton_json(root, which, tiny, len(files), apparent, on_disk))
+        return
     kind = "tiny" if tiny else "full-size"
     click.echo(
         f"wrote a {kind} {which} skeleton to {root}: {len(files)} files, {gib(apparent)} apparent, {mib(on_disk)} on disk"

@@ -22,7 +22,7 @@ from avatardoctor.errors import InputError
 from avatardoctor.files import UnreadableFile, read_regular
 from avatardoctor.reports import plots
 from avatardoctor.reports.runfolder import RunRecord, read_run_folder
-from avatardoctor.reports.summary import SCHEMA, build_summary
+from avatardoctor.reports.summary import COMPARE_SCHEMA, SCHEMA, build_summary
 from avatardoctor.reports.timeline import GPU_ID, Timeline
 
 OUTCOME_CLASS = {"success": "ok", None: "unknown"}
@@ -65,8 +65,9 @@ def prepare_output(out: Path, force: bool, flag: str) -> None:
     try:
         if out.exists() and any(out.iterdir()):
             try:
-                is_ours = (
-                    json.loads(read_regular(out / "summary.json", SUMMARY_LIMIT, within=out)).get("schema") == SCHEMA
+                is_ours = json.loads(read_regular(out / "summary.json", SUMMARY_LIMIT, within=out)).get("schema") in (
+                    SCHEMA,
+                    COMPARE_SCHEMA,
                 )
             except (UnreadableFile, ValueError, AttributeError, RecursionError):
                 is_ours = False
@@ -367,7 +368,8 @@ def render_compare(a: Path, b: Path, out: Path, force: bool = False) -> Path:
         )
         _write_file(out / "index.html", html)
         summary = {
-            "schema": SCHEMA,
+            "schema": COMPARE_SCHEMA,
+            "avatardoctor_version": __version__,
             "compare": [sa, sb],
             "rows": [{"gpu": r["gpu"], "diff_gib": r["diff"]} for r in rows],
             "images": [i["file"] for i in images],

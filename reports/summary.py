@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from avatardoctor import __version__
 from avatardoctor.reports.runfolder import RunDebug, RunPlan, RunRecord
 from avatardoctor.reports.timeline import Timeline
 from avatardoctor.runner.speed import published, speed
 
 SCHEMA = "avatardoctor.report/1"
+COMPARE_SCHEMA = "avatardoctor.compare/1"  # `report --compare`: two summaries side by side
 
 
 def _round(x, digits=2):
@@ -106,6 +108,7 @@ def build_summary(source: Path, kind: str, timeline: Timeline, run: RunRecord | 
     per_minute = clips / (total_s / 60) if clips is not None and total_s else None
     return {
         "schema": SCHEMA,
+        "avatardoctor_version": __version__,
         "source": {"kind": kind, "path": str(source)},
         "outcome": debug.outcome,
         "failure": debug.failure,

@@ -457,7 +457,11 @@ def _write_measurements(folder: RunFolder, plan: PlanFile, peaks, peak_at, phase
         plan, peaks, peak_at, phases, folder.root.name, started_wall.isoformat(timespec="seconds"), allocated
     )
     if found:
-        doc = {"schema": IMPORT_SCHEMA, "measurements": [dataclasses.asdict(m) for m in found]}
+        doc = {
+            "schema": IMPORT_SCHEMA,
+            "avatardoctor_version": __version__,
+            "measurements": [dataclasses.asdict(m) for m in found],
+        }
         with contextlib.suppress(OSError):  # a full disk: the run's own outcome matters more
             folder.measurements_json.write_text(json.dumps(doc, indent=2) + "\n")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES, MACHINES
 from rich.console import Console
+from schemas import assert_valid
 
 from avatardoctor.fleet import (
     MAX_FILE_BYTES,
@@ -208,7 +209,8 @@ def test_any_field_of_any_type_gives_a_row_or_a_reason_never_a_traceback():
 def test_the_json_document_follows_its_schema():
     doc = json.loads(json.dumps(fleet_document(fleet_of(HEALTHY + PLANTED))))
     assert (doc["schema"], doc["verdict"]) == ("avatardoctor.fleet/1", "not-ready")
-    assert set(doc) == {"schema", "verdict", "nodes", "outliers"}
+    assert set(doc) == {"schema", "avatardoctor_version", "verdict", "nodes", "outliers"}
+    assert_valid(doc)  # avatardoctor/schemas/fleet.schema.json
     node = next(n for n in doc["nodes"] if n["hostname"] == "hgx-h800-05")
     assert node == {
         "file": str(FLEET / "planted" / "hgx-h800-05.json"),

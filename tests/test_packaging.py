@@ -106,7 +106,17 @@ def test_a_plain_checkout_imports_runner_and_reports_from_itself(tmp_path):
 
 
 def test_the_json_schemas_ship_as_package_data(wheel):
-    assert "avatardoctor/schemas/check.schema.json" in set(wheel.namelist())
+    """Every schema in the checkout is in the wheel, and each names itself as its file does."""
+    import json
+
+    shipped = {
+        n.removeprefix("avatardoctor/schemas/") for n in wheel.namelist() if n.startswith("avatardoctor/schemas/")
+    }
+    in_checkout = {p.name for p in (REPO / "avatardoctor" / "schemas").glob("*.schema.json")}
+    assert len(in_checkout) >= 14 and shipped == in_checkout
+    for name in shipped:
+        schema = json.loads(wheel.read(f"avatardoctor/schemas/{name}"))
+        assert schema["title"] == f"avatardoctor.{name.removesuffix('.schema.json')}/1"
 
 
 def _third_party_imports() -> set[str]:

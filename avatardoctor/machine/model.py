@@ -11,6 +11,8 @@ import builtins
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, overload
 
+from avatardoctor import __version__
+
 SCHEMA = "avatardoctor.machine/1"
 
 # nvidia-smi topo -m legend, nearest first. NVML's nvmlDeviceGetTopologyCommonAncestor levels map
@@ -142,7 +144,7 @@ class Machine:
             g["nvlink_remote_bus_ids"] = list(g["nvlink_remote_bus_ids"])
         d["gpus"] = list(d["gpus"])
         d["pairs"] = list(d["pairs"])
-        return {"schema": SCHEMA, **d}
+        return {"schema": SCHEMA, "avatardoctor_version": __version__, **d}
 
 
 # ---- reading the JSON form, with every field checked ------------------------------------------

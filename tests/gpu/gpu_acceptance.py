@@ -52,7 +52,6 @@ import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from importlib import resources
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -227,10 +226,12 @@ def step_record(box: Box) -> StepResult:
 
 
 def check_validator():
-    import jsonschema
+    """check/1 with the schemas it names by $id (machine/1, predict/1), loaded as tests/schemas.py loads them
+    (this script also runs alone, with only tests/gpu on its path)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from schemas import validator
 
-    schema = json.loads((resources.files("avatardoctor") / "schemas" / "check.schema.json").read_text())
-    return jsonschema.Draft202012Validator(schema)
+    return validator("avatardoctor.check/1")
 
 
 def schema_errors(validator, doc: dict) -> list[str]:
