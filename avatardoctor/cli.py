@@ -208,7 +208,7 @@ def _echo_results(results, as_json: bool) -> None:
     help="With --attach: the job's output file, followed from its end (phases, clips, outcome).",
 )
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def record_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, attach, log_file, command):
+def record_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, as_json, attach, log_file, command):
     """Record any launch as `run` records its own: `record -- bash infinite_inference_multi_gpu.sh`, or
     `record --attach PID`. Exit 0 success, 1 failure, 130 interrupted."""
     from rich.console import Console
@@ -244,9 +244,7 @@ def record_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, at
     with console.status("starting") as status:
         options = _run_options(out_dir, sample_hz, hang_timeout, cwd, [], status)
         result = execute(plan, options, Watch(tuple(command), tuple(attach), log_file))
-    from avatardoctor.render import run_result_lines
-
-    click.echo("\n".join(run_result_lines(result)))
+    _echo_results([result], as_json)
     sys.exit(exitcodes.for_run(result.failure.cls))
 
 
