@@ -237,6 +237,46 @@ def _speed_lines(speed: dict | None) -> list[str]:
     return lines
 
 
+MAX_REQUEST_ROWS = 40  # the report's table; summary.json has every request
+
+
+def _growth_lines(summary: dict) -> tuple[list[str], list[str]]:
+    """The memory trend across requests in words: (warnings, other lines). A warning says how many more
+    requests reach the limit; upstream's own remedy for OOM after several Gradio runs is a smaller --size."""
+    growth = summary.get("memory_growth")
+    if not growth:
+        return [], []
+    warnings, lines = [], []
+    for g in growth["gpus"]:
+        trend = f"GPU {g['gpu']}: peaks grow {g['gib_per_request']:+.2f} GiB per request over {g['requests_fitted']}"
+        if g["requests_to_limit"] is None:
+            limit = "" if g["limit_gib"] is not None else " (no limit known)"
+            lines.append(f"{trend} requests{limit}")
+            continue
+        reach = f"its {g['limit']} {g['limit_gib']:.2f} GiB in {g['requests_to_limit']} more request(s)"
+        if g["warn"]:
+            warnings.append(
+                f"{trend} requests: at this rate it reaches {reach}; restart the app before then, or serve a "
+                "smaller --size (upstream's README: OOM after multiple runs in the Gradio Web UI)"
+            )
+        else:
+            lines.append(f"{trend} requests: {reach} at this rate")
+    return warnings, lines
+
+
+def _request_table(summary: dict) -> tuple[list[str], list[list[str]], int]:
+    """The per-request peaks as (GPU columns, rows of cells), the last MAX_REQUEST_ROWS requests, and how many
+    earlier ones are left out."""
+    requests = summary.get("requests") or []
+    gpus = [g["gpu"] for g in summary["gpus"]]
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    rows = [
+        [str(r["request"]), r["outcome"], *(fmt(r["peak_gib"].get(gpu)) for gpu in gpus)]
+        for r in requests[-MAX_REQUEST_ROWS:]
+    ]
+    return gpus, rows, max(0, len(requests) - MAX_REQUEST_ROWS)
+
+
 def _markdown(summary: dict, images: list[dict], title: str) -> str:
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     lines = [f"## {title}", "", f"Outcome: **{summary['outcome'] or 'unknown'}**"]
@@ -264,6 +304,15 @@ def _markdown(summary: dict, images: list[dict], title: str) -> str:
         )
     if speed_lines := _speed_lines(summary.get("speed")):
         lines += ["", "Speed:"] + [f"- {line}" for line in speed_lines]
+    if len(summary.get("requests") or []) > 1:
+        warnings, growth = _growth_lines(summary)
+        gpus, rows, left_out = _request_table(summary)
+        lines += ["", "Requests (peak per GPU, GiB):"] + [f"- **Warning:** {w}" for w in warnings]
+        lines += [f"- {line}" for line in growth]
+        lines += ["", "| request | outcome | " + " | ".join(f"GPU {g}" for g in gpus) + " |"]
+        lines += ["|---|---|" + "---:|" * len(gpus)] + ["| " + " | ".join(row) + " |" for row in rows]
+        if left_out:
+            lines.append(f"\n{left_out} earlier request(s) in summary.json")
     if summary["config"]:
         lines += ["", "Configuration: " + ", ".join(f"`{k}={v}`" for k, v in summary["config"].items())]
     lines += [""] + [f"![{img['label']}]({img['file']})" for img in images]
@@ -281,6 +330,8 @@ def _write(out: Path, summary: dict, images: list[dict], title: str) -> Path:
             images=[i for i in images if i["file"] != "speed.png"],
             speed_image=next((i for i in images if i["file"] == "speed.png"), None),
             speed_lines=_speed_lines(summary.get("speed")),
+            growth=_growth_lines(summary),
+            request_table=_request_table(summary) if len(summary.get("requests") or []) > 1 else None,
             title=title,
             outcome_class=OUTCOME_CLASS.get(summary["outcome"], "bad"),
         )

@@ -6,6 +6,7 @@ The folder's layout is the runner's (avatardoctor.runner.folder.RunFolder): one 
     debug_info.json         avatardoctor.debug/1: outcome, failure class, remedy, durations, clips
     logs/gpu_memory.csv     time, elapsed_s, gpu, uuid, memory_used_mib, memory_total_mib, utilization_pct
     logs/phases.csv         phase, start_s, end_s (seconds since the first sample)
+    logs/requests.csv       request, start_s, end_s, outcome (each generation the entry served)
 
 Only regular files inside the folder are read (a link out of it, a FIFO or a device is a note).
 """
@@ -33,7 +34,15 @@ CSV_CHUNK_ROWS = 2**16  # rows parsed at a time: beyond its numbers, a CSV costs
 CSV_READ_BYTES = 2**20  # read from the file at a time (at most)
 PHASES_CSV_LIMIT = 16 * 2**20  # a run has a few dozen phases
 MAX_PHASES = 1000  # more bands than a plot can show
-TEXT_COLUMNS = ("time", "gpu", "uuid", "phase")  # the others are numbers where readable (not a string per cell)
+MAX_REQUESTS = 10000  # a Gradio session of days; past this the trend is no news
+REQUEST_OUTCOMES = ("done", "failed", "open")
+TEXT_COLUMNS = (
+    "time",
+    "gpu",
+    "uuid",
+    "phase",
+    "outcome",
+)  # the others are numbers where readable (not a string per cell)
 # gpu: a handful of different cells, so pandas' categories give each row's code without a string per row
 CELL_DTYPES = {c: "category" if c == "gpu" else str for c in TEXT_COLUMNS}
 READ_COLUMNS = (*TEXT_COLUMNS, "elapsed_s", "memory_used_mib", "memory_total_mib", "start_s", "end_s")
@@ -91,6 +100,7 @@ class RunRecord:
     plan: RunPlan = field(default_factory=RunPlan)
     debug: RunDebug = field(default_factory=RunDebug)
     phases: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["phase", "start_s", "end_s"]))
+    requests: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["start_s", "end_s", "outcome"]))
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -420,6 +430,31 @@ def read_phases(path: Path, root: Path, notes: list[str]) -> pd.DataFrame:
     return phases.reset_index(drop=True)
 
 
+def read_requests(path: Path, root: Path, notes: list[str]) -> pd.DataFrame:
+    """logs/requests.csv in request order; absent (runs before it existed) is no requests, without a note."""
+    if not path.exists() and not path.is_symlink():
+        return pd.DataFrame(columns=["start_s", "end_s", "outcome"])
+    requests = _csv(path, root, PHASES_CSV_LIMIT, ["start_s", "end_s", "outcome"], notes)
+    if requests is None:
+        return pd.DataFrame(columns=["start_s", "end_s", "outcome"])
+    outcome = requests["outcome"].astype(str)
+    requests = pd.DataFrame(
+        {
+            "start_s": _numbers(requests["start_s"], -MAX_SECONDS, MAX_SECONDS),
+            "end_s": _numbers(requests["end_s"], -MAX_SECONDS, MAX_SECONDS),
+            "outcome": outcome.where(outcome.isin(REQUEST_OUTCOMES)),
+        }
+    )
+    bad = requests.isna().any(axis=1)
+    if bad.any():
+        notes.append(f"{int(bad.sum())} unreadable request(s) in {path.name} skipped")
+    requests = requests[~bad].sort_values("start_s", kind="stable")
+    if len(requests) > MAX_REQUESTS:
+        notes.append(f"{len(requests)} requests in {path.name}: the first {MAX_REQUESTS} used")
+        requests = requests.head(MAX_REQUESTS)
+    return requests.reset_index(drop=True)
+
+
 def read_run_folder(path: Path) -> RunRecord:
     notes: list[str] = []
     layout = RunFolder(path)
@@ -427,6 +462,7 @@ def read_run_folder(path: Path) -> RunRecord:
     plan = read_plan(_json(layout.plan_json, path, notes))
     debug = read_debug(_json(layout.debug_json, path, notes))
     phases = read_phases(layout.phases_csv, path, notes)
+    requests = read_requests(layout.requests_csv, path, notes)
     for gpu, name in debug.gpu_names.items():
         timeline.gpu_names.setdefault(gpu, name)
-    return RunRecord(path, timeline, plan, debug, phases, notes + timeline.notes)
+    return RunRecord(path, timeline, plan, debug, phases, requests, notes + timeline.notes)

@@ -6,11 +6,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from avatardoctor import __version__
 from avatardoctor.reports.runfolder import RunDebug, RunPlan, RunRecord
 from avatardoctor.reports.timeline import Timeline
+from avatardoctor.runner.growth import MIN_REQUESTS, WARN_WITHIN, gpu_growth
 from avatardoctor.runner.speed import published, speed
 
 SCHEMA = "avatardoctor.report/1"
@@ -96,6 +98,44 @@ def run_speed(timeline: Timeline, run: RunRecord | None) -> dict | None:
     return {**found, "published": published(names, nproc if isinstance(nproc, int) else len(names))}
 
 
+def request_rows(timeline: Timeline, run: RunRecord | None) -> list[dict]:
+    """Each request the entry served, with each GPU's peak from its start until the next request's start
+    (the last: until the samples end), so what a request leaves held counts against it."""
+    if run is None or run.requests.empty:
+        return []
+    starts = run.requests["start_s"].to_numpy(dtype="float64")
+    peaks: dict[str, list[float | None]] = {}
+    for gpu, samples in timeline.by_gpu().items():  # sorted by time within each GPU (read_memory_csv)
+        at = np.searchsorted(samples["elapsed_s"].to_numpy(), starts, side="left")
+        used = samples["used_mib"].to_numpy()
+        bounds = [*at, len(used)]
+        peaks[gpu] = [_round(used[a:b].max() / 1024) if b > a else None for a, b in zip(bounds, bounds[1:])]
+    return [
+        {
+            "request": n,
+            "start_s": _round(r.start_s, 1),
+            "end_s": _round(r.end_s, 1),
+            "outcome": r.outcome,
+            "peak_gib": {gpu: peaks[gpu][n - 1] for gpu in timeline.gpus if gpu in peaks},
+        }
+        for n, r in enumerate(run.requests.itertuples(), 1)
+    ]
+
+
+def memory_growth(requests: list[dict], gpus: list[dict]) -> dict | None:
+    """Per GPU, the peaks' trend in GiB per request and the requests left before the limit (usable where the
+    plan predicted it, else the card's total); None with fewer than MIN_REQUESTS requests."""
+    if len(requests) < MIN_REQUESTS:
+        return None
+    rows = []
+    for row in gpus:
+        limit, kind = (row["usable_gib"], "usable") if row["usable_gib"] is not None else (row["total_gib"], "total")
+        found = gpu_growth([r["peak_gib"].get(row["gpu"]) for r in requests], limit)
+        if found is not None:
+            rows.append({"gpu": row["gpu"], **found, "limit": None if limit is None else kind})
+    return {"min_requests": MIN_REQUESTS, "warn_within": WARN_WITHIN, "gpus": rows}
+
+
 def build_summary(source: Path, kind: str, timeline: Timeline, run: RunRecord | None = None) -> dict:
     debug, plan = (run.debug, run.plan) if run else (RunDebug(), RunPlan())
     span = (
@@ -106,6 +146,8 @@ def build_summary(source: Path, kind: str, timeline: Timeline, run: RunRecord | 
     total_s = debug.durations.get("total_s", span)
     clips = debug.clips_done
     per_minute = clips / (total_s / 60) if clips is not None and total_s else None
+    gpus = gpu_rows(timeline, run)
+    requests = request_rows(timeline, run)
     return {
         "schema": SCHEMA,
         "avatardoctor_version": __version__,
@@ -119,7 +161,9 @@ def build_summary(source: Path, kind: str, timeline: Timeline, run: RunRecord | 
         "clips_per_minute": _round(per_minute),
         "speed": run_speed(timeline, run),
         "start": timeline.start.isoformat() if timeline.start else None,
-        "gpus": gpu_rows(timeline, run),
+        "gpus": gpus,
+        "requests": requests,
+        "memory_growth": memory_growth(requests, gpus),
         "phases": []
         if run is None
         else [

@@ -56,6 +56,10 @@ class RunFolder:
         return self.logs / "phases.csv"
 
     @property
+    def requests_csv(self) -> Path:
+        return self.logs / "requests.csv"
+
+    @property
     def measurements_json(self) -> Path:
         """Each GPU's measured peak in calibration's import format (NVML runs only)."""
         return self.logs / "measurements.json"

@@ -28,6 +28,14 @@ on one rank: rank 0, or the first rank seen, when the lines carry rank prefixes;
 torchrun mixes every rank's output) all bars count together and are divided by nproc, since every
 rank draws every bar. At "denoising video done" every started clip is done, and clip_total becomes
 that number (upstream caps --num_clip by the audio's length).
+
+Requests: the Gradio entry serves one generation after another in one process (docs/upstream.md, "Gradio
+entry"), and the stages above are its first request only. Each request is timed apart: it starts at
+"] Generating video..." (rank 0, when its INFO lines print) or at "complete prepare conditional inputs" (a
+print, every rank, once per request), and that line from another rank, before any denoising bar of the request
+has ended, is the same request. It ends at "Inference completed, synchronized with all ranks" / "Video saved
+successfully:" (INFO, usually hidden), "Error during generation:" (logging.error: printed; the request
+failed, the process serves on), or where the next one starts. The CLI entry's one generation is one request.
 """
 
 from __future__ import annotations
@@ -49,6 +57,9 @@ GENERATING_MARKERS = ("Generating video ...", "] Generating video...")
 GENERATED_MARKERS = ("denoising video done", "] Denoising video done")
 GRADIO_SAVED_MARKERS = ("Video saved successfully:", "Inference completed, synchronized with all ranks")
 RANK_DONE = re.compile(r"rank (\d+) done")
+REQUEST_START_MARKERS = ("] Generating video...", "complete prepare conditional inputs")
+REQUEST_DONE_MARKERS = ("Inference completed, synchronized with all ranks", "Video saved successfully:")
+REQUEST_FAILED_MARKER = "Error during generation:"
 
 
 def split_rank(text: str) -> tuple[int | None, str]:
@@ -85,6 +96,8 @@ class LogTracker:
         self._stage = -1  # index in STAGES of the furthest stage reached: repeats from other ranks change nothing
         self._bars: dict[int | None, list[int]] = {}  # rank -> [bars started, bars ended]
         self._clip_opened = 0
+        self._requests: list[list] = []  # [start_s, end_s or None while open, outcome]
+        self._request_progressed = False  # a denoising bar of the open request has ended
 
     def feed(self, line: str, elapsed_s: float) -> None:
         self.last_output_s = elapsed_s
@@ -101,6 +114,20 @@ class LogTracker:
         last = self.last_output_s or 0.0
         return [(name, start, max(start, last) if end is None else end) for name, start, end in self._phases]
 
+    def requests(self) -> list[tuple[float, float, str]]:
+        """Every request seen, in order, with its outcome ("done", "failed", or "open" at the log's end)."""
+        last = self.last_output_s or 0.0
+        return [(start, max(start, last) if end is None else end, outcome) for start, end, outcome in self._requests]
+
+    def write_requests_csv(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["request", "start_s", "end_s", "outcome"])
+            writer.writerows(
+                [n, f"{start:.3f}", f"{end:.3f}", outcome] for n, (start, end, outcome) in enumerate(self.requests(), 1)
+            )
+
     def write_phases_csv(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="", encoding="utf-8") as f:
@@ -111,6 +138,7 @@ class LogTracker:
     # ------------------------------------------------------------------------------------- internals
 
     def _on_text(self, text: str, t: float) -> None:
+        self._track_request(text, t)
         if JOB_ARGS in text:
             self._read_job_args(text)
         elif any(marker in text for marker in LOAD_MARKERS):
@@ -128,6 +156,22 @@ class LogTracker:
             self._generation_done(t)
         elif self._video_written(text):
             self._enter("done", t, opens_phase=False)
+
+    def _track_request(self, text: str, t: float) -> None:
+        open_request = self._requests[-1] if self._requests and self._requests[-1][1] is None else None
+        if any(marker in text for marker in REQUEST_START_MARKERS):
+            if open_request is None or self._request_progressed:
+                self._end_request("done", t)
+                self._requests.append([t, None, "open"])
+                self._request_progressed = False
+        elif REQUEST_FAILED_MARKER in text:
+            self._end_request("failed", t)
+        elif any(marker in text for marker in REQUEST_DONE_MARKERS):
+            self._end_request("done", t)
+
+    def _end_request(self, outcome: str, t: float) -> None:
+        if self._requests and self._requests[-1][1] is None:
+            self._requests[-1][1:] = [t, outcome]
 
     def _video_written(self, text: str) -> bool:
         """The saving rank (the last one) says it is done; in a single-GPU run "Finished." says it too."""
@@ -151,6 +195,7 @@ class LogTracker:
             counts[0] += 1
         elif n == total and counts[1] < counts[0]:
             counts[1] += 1
+            self._request_progressed = True
         else:
             return
         started, ended = self._bars_on_one_rank()

@@ -233,6 +233,7 @@ def execute(plan: PlanFile, options: RunOptions, watch: Watch | None = None) -> 
         exit_code = 0  # not our child, so no exit code; its log says the video was written
     with contextlib.suppress(OSError):  # on a full disk, what was written stays; debug_info.json has the reserve
         tracker.write_phases_csv(folder.phases_csv)
+        tracker.write_requests_csv(folder.requests_csv)
     failure = classify(
         list(tail),
         exit_code,

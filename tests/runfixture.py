@@ -95,3 +95,64 @@ def make_run(
     }
     (root / "debug_info.json").write_text(json.dumps(debug))
     return root
+
+
+GRADIO_REQUEST_S = 100.0  # each request of the gradio fixture starts this long after the one before
+GRADIO_USABLE_GIB = 77.26
+
+
+def make_gradio_run(root: Path, peaks_gib: list[list[float]], outcomes: list[str] | None = None) -> Path:
+    """A Gradio session on len(peaks_gib[0]) GPUs: request k (from 1) starts at k * GRADIO_REQUEST_S after a
+    40 s load; GPU g sits at 30 GiB between requests and climbs to peaks_gib[k-1][g] 20 s into request k. The
+    app was stopped with Ctrl-C after the last request (the Gradio entry never exits on its own)."""
+    logs = root / "logs"
+    logs.mkdir(parents=True)
+    end = GRADIO_REQUEST_S * (len(peaks_gib) + 1)
+    t = np.arange(0, end, 0.5)
+    frames = []
+    for g in range(len(peaks_gib[0])):
+        used = np.full(t.shape, 30.0 * 1024)
+        for k, peaks in enumerate(peaks_gib, 1):
+            spike = (t >= k * GRADIO_REQUEST_S + 15) & (t < k * GRADIO_REQUEST_S + 25)
+            used[spike] = peaks[g] * 1024
+        frames.append(
+            pd.DataFrame(
+                {
+                    "time": pd.Timestamp("2026-11-20T09:00:00Z") + pd.to_timedelta(t, unit="s"),
+                    "elapsed_s": t,
+                    "gpu": g,
+                    "uuid": f"GPU-{g:08d}-0000-0000-0000-000000000000",
+                    "memory_used_mib": used.round(0),
+                    "memory_total_mib": 81559,
+                    "utilization_pct": 97,
+                }
+            )
+        )
+    pd.concat(frames).sort_values(["elapsed_s", "gpu"], kind="stable").to_csv(logs / "gpu_memory.csv", index=False)
+    pd.DataFrame([("load", 0, 40)], columns=["phase", "start_s", "end_s"]).to_csv(logs / "phases.csv", index=False)
+    outcomes = outcomes or ["done"] * (len(peaks_gib) - 1) + ["open"]
+    pd.DataFrame(
+        [
+            (k, k * GRADIO_REQUEST_S, k * GRADIO_REQUEST_S + 40, outcome)
+            for k, outcome in zip(range(1, len(peaks_gib) + 1), outcomes)
+        ],
+        columns=["request", "start_s", "end_s", "outcome"],
+    ).to_csv(logs / "requests.csv", index=False)
+    gpus = len(peaks_gib[0])
+    plan = {
+        "schema": "avatardoctor.plan/1",
+        "mode": "tpp" if gpus > 1 else "single",
+        "nproc": gpus,
+        "argv": ["--server_port", "7860"],
+        "config": {"mode": "tpp" if gpus > 1 else "single", "nproc": gpus, "size": "720*400", "infer_frames": 48},
+        "prediction": {
+            "verdict": "fits",
+            "gpus": [
+                {"index": g, "peak_gib": 41.2, "usable_gib": GRADIO_USABLE_GIB, "phase": "denoise"} for g in range(gpus)
+            ],
+        },
+    }
+    (root / "plan.json").write_text(json.dumps(plan))
+    debug = {"schema": "avatardoctor.debug/1", "outcome": "interrupted", "durations": {"total_s": end}, "clips_done": 1}
+    (root / "debug_info.json").write_text(json.dumps(debug))
+    return root

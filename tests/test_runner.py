@@ -383,6 +383,46 @@ def test_gradio_serves_on_a_free_port_and_records_until_stopped(tmp_path):
     assert no_survivors(mark) == []
 
 
+def test_a_gradio_session_reports_each_requests_peak_and_the_growth(tmp_path):
+    """The fake app keeps 128 MiB more after each request (the README's OOM after several runs): through the
+    real runner, sampler and report child, each request is found in the log and its rank's peak grows by that."""
+    mark = token()
+    plan_file = tmp_path / "plan.json"
+    doc = plan(prompt=mark, FAKE_GRADIO_GROW_MIB="128", FAKE_GRADIO_HOLD_S="0.5")
+    plan_file.write_text(json.dumps({**doc, "argv": [*doc["argv"], "--base_seed", mark]}))
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "avatardoctor", "run", "--plan", str(plan_file), "--gradio", "--out-dir", str(out)]
+    proc = subprocess.Popen(
+        [*cmd, "--liveavatar", str(checkout(tmp_path))], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline, log = time.monotonic() + 60, None
+    while log is None and time.monotonic() < deadline:
+        logs = list(out.glob("*/logs/inference.log"))
+        log = logs[0] if logs and "Running on local URL" in logs[0].read_text() else None
+        time.sleep(0.3)
+    assert log is not None, "the app never started"
+    port = int(log.read_text().split("http://0.0.0.0:")[1].split()[0])
+    memory_csv = log.parent / "gpu_memory.csv"
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as client, client.makefile("rwb") as stream:
+            stream.write(b"generate\n")
+            stream.flush()
+            assert stream.readline() == b"done\n"
+        seen, deadline = memory_csv.read_text().count(",cpu0,"), time.monotonic() + 30
+        while memory_csv.read_text().count(",cpu0,") <= seen and time.monotonic() < deadline:
+            time.sleep(0.1)  # until a sample of what this request left held
+    proc.send_signal(signal.SIGINT)
+    proc.wait(60)
+    summary = json.loads((log.parent.parent / "report" / "summary.json").read_text())
+    assert [r["outcome"] for r in summary["requests"]] == ["done", "done", "done"]
+    peaks = [r["peak_gib"]["cpu0"] for r in summary["requests"]]
+    assert peaks[0] < peaks[1] < peaks[2]
+    growth = {g["gpu"]: g for g in summary["memory_growth"]["gpus"]}
+    assert 0.09 <= growth["cpu0"]["gib_per_request"] <= 0.16  # 128 MiB = 0.125 GiB
+    assert "Requests" in (log.parent.parent / "report" / "index.html").read_text()
+    assert no_survivors(mark) == []
+
+
 def test_the_live_view_shows_phase_clips_eta_and_memory_bars():
     from avatardoctor.render import live_line
     from avatardoctor.runner.logparse import LogTracker

@@ -530,3 +530,62 @@ def test_gradio_entry_texts_give_the_phases():
         "save",
     ]
     assert tracker.clips_done == 1 and tracker.current_phase == "done"
+
+
+# ------------------------------------------------------------------------------- gradio requests
+
+
+def test_gradio_requests_are_timed_apart_from_the_prints_alone():
+    """With gradio's INFO lines hidden (docs/upstream.md, "Gradio entry"), each request is its ranks'
+    "complete prepare conditional inputs" and bars; the other ranks' same line, before a bar has ended, is the
+    same request, and the process serving on after the last one leaves that one open."""
+    tracker = LogTracker(2)
+    lines = []
+    for _ in range(3):
+        lines += [
+            "[rank0]:complete prepare conditional inputs",
+            "[rank1]:complete prepare conditional inputs",
+            *[f"[rank{r}]:{BAR_LINE}" for r in (0, 1)] * 4,
+        ]
+    for at, line in enumerate(lines):
+        tracker.feed(line, float(at))
+    per_request = len(lines) // 3
+    assert tracker.requests() == [
+        (0.0, float(per_request), "done"),
+        (float(per_request), float(2 * per_request), "done"),
+        (float(2 * per_request), float(len(lines) - 1), "open"),
+    ]
+
+
+def test_a_gradio_request_that_fails_ends_there_and_the_next_one_is_counted():
+    """gradio_app.py catches a request's error ("Error during generation: ...", logging.error: printed) and
+    serves on: the README's OOM after several runs is such a request."""
+    tracker = LogTracker(1)
+    lines = [
+        "[2026-03-12 10:01:00,000] INFO: [Rank 0] Generating video...",
+        "complete prepare conditional inputs",
+        *[BAR_LINE] * 4,
+        "[2026-03-12 10:01:30,000] INFO: [Rank 0] Inference completed, synchronized with all ranks",
+        "[2026-03-12 10:02:00,000] INFO: [Rank 0] Generating video...",
+        "complete prepare conditional inputs",
+        "ERROR:root:Error during generation: CUDA out of memory. Tried to allocate 2.31 GiB.",
+        "complete prepare conditional inputs",
+        BAR_LINE,
+    ]
+    for at, line in enumerate(lines):
+        tracker.feed(line, float(at))
+    assert tracker.requests() == [(0.0, 6.0, "done"), (7.0, 9.0, "failed"), (10.0, 11.0, "open")]
+
+
+def test_the_cli_entry_is_one_request_and_its_phases_are_unchanged(tmp_path):
+    tracker = LogTracker(1, 2)
+    lines = ["Generating video ...", "complete prepare conditional inputs", *[BAR_LINE] * 8, "denoising video done"]
+    for at, line in enumerate(lines):
+        tracker.feed(line, float(at))
+    assert tracker.requests() == [(1.0, 10.0, "open")]
+    tracker.write_requests_csv(tmp_path / "requests.csv")
+    assert (tmp_path / "requests.csv").read_text().splitlines() == [
+        "request,start_s,end_s,outcome",
+        "1,1.000,10.000,open",
+    ]
+    assert [name for name, _, _ in tracker.phases()][-4:] == ["clip 1 denoise", "clip 2 denoise", "decode", "save"]
