@@ -434,9 +434,10 @@ def read_requests(path: Path, root: Path, notes: list[str]) -> pd.DataFrame:
     """logs/requests.csv in request order; absent (runs before it existed) is no requests, without a note."""
     if not path.exists() and not path.is_symlink():
         return pd.DataFrame(columns=["start_s", "end_s", "outcome"])
-    requests = _csv(path, root, PHASES_CSV_LIMIT, ["start_s", "end_s", "outcome"], notes)
-    if requests is None:
+    chunks = _csv(path, root, PHASES_CSV_LIMIT, ["start_s", "end_s", "outcome"], notes, lambda frame: frame)
+    if chunks is None:
         return pd.DataFrame(columns=["start_s", "end_s", "outcome"])
+    requests = pd.concat(chunks)
     outcome = requests["outcome"].astype(str)
     requests = pd.DataFrame(
         {
