@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import socket
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -115,8 +116,13 @@ def scrubbed(value: Any, home: str | None, hosts: set[str]) -> Any:
 # ---- Markdown ----------------------------------------------------------------------------------------
 
 
-def _cell(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+def _md(text: object) -> str:
+    """Plain text as Markdown shows it: 720*400, snake_case, <host> and pipes in a table stay as written."""
+    return re.sub(r"([\\*_<|\[\]])", r"\\\1", str(text)).replace("\n", " ")
+
+
+def _code(text: str) -> str:
+    return f"`{text}`" if "`" not in text else f"`` {text} ``"
 
 
 def _fenced(text: str, lang: str = "") -> list[str]:
@@ -146,53 +152,58 @@ def env_markdown(doc: dict) -> str:
         driver += f" (supports CUDA {doc['cuda_driver_version']})"
     if la and la["commit"]:
         modified = la["modified_rule_files"]
-        commit = f"`{la['commit'][:12]}`" + (f", modified: {', '.join(modified)}" if modified else "")
+        commit = _code(la["commit"][:12]) + (f", modified: {_md(', '.join(modified))}" if modified else "")
     else:
         commit = "not a git checkout" if la else "not given (--liveavatar DIR)"
+    variables = ", ".join(_code(f"{k}={v}") for k, v in doc["environment"].items())
     rows = [
-        ("GPUs", _gpu_line(doc)),
-        ("driver", driver),
-        ("Python", f"{doc['python']['version'] or 'unknown'} ({doc['python']['executable'] or 'unknown'})"),
-        ("torch", f"{torch['version']} (CUDA {torch['cuda'] or 'none: a CPU build'})" if torch else "not installed"),
-        ("NCCL", doc["nccl"] or "unknown"),
-        ("flash-attn", doc["flash_attn"] or "not installed"),
-        ("FlashAttention 3", doc["flash_attn_3"] or "not installed"),
-        ("cuDNN", doc["cudnn"] or "unknown"),
+        ("GPUs", _md(_gpu_line(doc))),
+        ("driver", _md(driver)),
+        ("Python", _md(f"{doc['python']['version'] or 'unknown'} ({doc['python']['executable'] or 'unknown'})")),
+        (
+            "torch",
+            _md(f"{torch['version']} (CUDA {torch['cuda'] or 'none: a CPU build'})" if torch else "not installed"),
+        ),
+        ("NCCL", _md(doc["nccl"] or "unknown")),
+        ("flash-attn", _md(doc["flash_attn"] or "not installed")),
+        ("FlashAttention 3", _md(doc["flash_attn_3"] or "not installed")),
+        ("cuDNN", _md(doc["cudnn"] or "unknown")),
         ("Live Avatar commit", commit),
-        ("NCCL/CUDA variables", ", ".join(f"`{k}={v}`" for k, v in doc["environment"].items()) or "none set"),
+        ("NCCL/CUDA variables", variables.replace("|", "\\|") or "none set"),
     ]
     lines = [
         f"### Environment (avatardoctor env {doc['avatardoctor_version']})",
         "",
         "| | |",
         "|---|---|",
-        *(f"| {name} | {_cell(value)} |" for name, value in rows),
+        *(f"| {name} | {value} |" for name, value in rows),
     ]
     if doc["packages"]:
         packages = ", ".join(
             f"{name} {entry['version'] or 'missing'}" + (f" (pin {entry['pin']})" if entry["pin"] else "")
             for name, entry in doc["packages"].items()
         )
-        lines += ["", f"**Packages the entry imports:** {packages}"]
+        lines += ["", f"**Packages the entry imports:** {_md(packages)}"]
     run = doc["run"]
     if run:
-        lines += ["", "**Launch command:**", "", *_fenced(" ".join(run["command"]) or "(not recorded)", "sh")]
+        lines += ["", "**Launch command:**", "", *_fenced(shlex.join(run["command"]) or "(not recorded)", "sh")]
         failure = run["failure"]
         if failure:
             where = ", ".join(f"{k} {failure[k]}" for k in ("phase", "gpu") if failure.get(k) is not None)
             lines += [
                 "",
-                f"**Last failure:** {failure.get('class', run['outcome'])}" + (f" ({where})" if where else ""),
+                f"**Last failure:** {_md(failure.get('class', run['outcome']))}"
+                + (f" ({_md(where)})" if where else ""),
             ]
             if failure.get("message"):
                 lines += ["", *_fenced(failure["message"])]
             if failure.get("remedy"):
-                lines += ["", f"avatardoctor's remedy: {failure['remedy']}"]
+                lines += ["", f"avatardoctor's remedy: {_md(failure['remedy'])}"]
         else:
-            lines += ["", f"**Outcome:** {run['outcome'] or 'not recorded'}"]
+            lines += ["", f"**Outcome:** {_md(run['outcome'] or 'not recorded')}"]
     if doc["not_passing"]:
         lines += ["", "**Checks not passing:**", ""]
-        lines += [f"- {c['status']} `{c['id']}`: {c['summary']}" for c in doc["not_passing"]]
+        lines += [f"- {c['status']} `{c['id']}`: {_md(c['summary'])}" for c in doc["not_passing"]]
     return "\n".join(lines) + "\n"
 
 

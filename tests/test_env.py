@@ -52,6 +52,7 @@ def failed_run(home: Path) -> Path:
     debug["failure"]["message"] = (
         f"[rank2]: {socket.gethostname()}:4242 torch.OutOfMemoryError in {home}/LiveAvatar/liveavatar/x.py"
     )
+    debug["failure"]["remedy"] = f"free {home}/x on {socket.gethostname()}, or a smaller --size 480*256"
     (run / "debug_info.json").write_text(json.dumps(debug))
     return run
 
@@ -79,10 +80,10 @@ def test_env_markdown_holds_no_secret_and_names_the_run_and_its_failure(tmp_path
     assert out.startswith("### Environment (avatardoctor env ")
     assert "| NCCL/CUDA variables | `CUDA_VISIBLE_DEVICES=0`, `NCCL_DEBUG=INFO` |" in out
     assert "| Python | " in out and "| torch | " in out and "| flash-attn | " in out
-    assert "--ckpt_dir ~/LiveAvatar/ckpt/Wan2.2-S2V-14B --prompt a | b" in out  # in the fence: not a table cell
+    assert "--ckpt_dir '~/LiveAvatar/ckpt/Wan2.2-S2V-14B' --prompt 'a | b'" in out  # quoted, in a fence
     assert "**Last failure:** oom (phase clip 4 denoise, gpu 2)" in out
     assert "<host>:4242 torch.OutOfMemoryError in ~/LiveAvatar/liveavatar/x.py" in out
-    assert "avatardoctor's remedy: --offload-kv-cache or a smaller --size" in out
+    assert "avatardoctor's remedy: free ~/x on \\<host>, or a smaller --size 480\\*256" in out  # as written, shown
 
 
 def test_env_json_follows_its_schema_and_holds_no_secret(tmp_path, validator):
