@@ -15,7 +15,7 @@ import click
 
 from avatardoctor import __version__, exitcodes
 from avatardoctor.errors import InputError
-from avatardoctor.options import config_options, machine_options, run_options
+from avatardoctor.options import config_options, machine_options, python_option, run_options
 from avatardoctor.toolcommands import COMMANDS
 
 
@@ -33,7 +33,11 @@ def cli():
 @click.option(
     "--deep", is_flag=True, help="Also run the live communication test on this machine (nccl.live: torchrun ranks)."
 )
-def check(machine, demo, as_json, verbose, deep, **config_flags):
+@python_option
+@click.option(
+    "--for-issue", is_flag=True, help="Print the paste-ready bug report instead (as `avatardoctor env`; --json too)."
+)
+def check(machine, demo, as_json, verbose, deep, python, for_issue, **config_flags):
     """Check the machine, the environment and the configuration. Exit 0 ready, 1 not ready, 2 bad input, 3 a crash.
 
     With --machine or --demo the question is whether the named box runs the configuration: this host's
@@ -41,15 +45,42 @@ def check(machine, demo, as_json, verbose, deep, **config_flags):
     from avatardoctor.doctor import build_context, diagnose, with_live_test
     from avatardoctor.render import render_human, report_json
 
-    ctx = build_context(machine, demo, **config_flags)
+    if for_issue and (machine or demo):
+        raise InputError("check --for-issue reports this machine: --machine and --demo are for what-ifs")
+    ctx = build_context(machine, demo, python=python, **config_flags)
     report = diagnose(with_live_test(replace(ctx, deep=True)) if deep else ctx)
-    if as_json:
+    if for_issue:
+        from avatardoctor.bugreport import env_document, env_text
+
+        click.echo(env_text(env_document(report, ctx, None), as_json), nl=False)
+    elif as_json:
         click.echo(report_json(report))
     else:
         from rich.console import Console
 
         render_human(report, Console(highlight=False), verbose=verbose)
     sys.exit(exitcodes.for_checks(report.ready, bool(report.crashed)))
+
+
+@cli.command("env")
+@click.argument("run", required=False, type=click.Path(path_type=Path))
+@click.option("--liveavatar", type=click.Path(path_type=Path), help="The Live Avatar checkout: its commit is reported.")
+@python_option
+@click.option("--json", "as_json", is_flag=True, help="Print the versioned JSON (avatardoctor.env/1).")
+def env_command(run, liveavatar, python, as_json):
+    """A paste-ready bug report for Live Avatar's issues: GPUs, driver, CUDA, torch, flash-attn, the pinned
+    packages, the checkout's commit and, from a run folder RUN, the launch command and its failure. It holds
+    no secret: of the environment only the NCCL and CUDA variables, $HOME as ~, no host name."""
+    from avatardoctor.bugreport import env_document, env_text
+    from avatardoctor.doctor import build_context, diagnose
+    from avatardoctor.reports.runfolder import read_run_folder
+    from avatardoctor.runner.folder import RunFolder
+
+    if run is not None and not RunFolder(run).debug_json.is_file():
+        raise InputError(f"env {run}: not a run folder (no debug_info.json); pass a folder `run` or `record` wrote")
+    ctx = build_context(python=python, liveavatar=liveavatar)
+    doc = env_document(diagnose(ctx), ctx, read_run_folder(run) if run else None)
+    click.echo(env_text(doc, as_json), nl=False)
 
 
 @cli.command("predict")

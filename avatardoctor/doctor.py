@@ -15,6 +15,7 @@ from avatardoctor.config import CKPT_DIR, resolve_config
 from avatardoctor.errors import InputError
 from avatardoctor.estimates import DEFAULT_TERMS, EstimateTerms
 from avatardoctor.machine import backend_for
+from avatardoctor.machine.interpreter import inspect_interpreter
 from avatardoctor.visible import visible_gpus
 
 if TYPE_CHECKING:
@@ -27,11 +28,13 @@ def build_context(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     mode: str | None = None,
+    python: str | None = None,
     **config_flags,
 ) -> CheckContext:
     """Read the machine (live, recorded or catalogue) and the checkpoint's structure, and resolve
-    the configuration for them."""
+    the configuration for them; `python` (--python PATH) is the interpreter the sw.* checks inspect."""
     env = dict(os.environ) if env is None else dict(env)
+    interpreter = inspect_interpreter(python) if python else None  # a bad PATH: one line, before anything else
     gpus = config_flags.pop("gpus", None)
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpus  # --gpus is what the launch will set
@@ -50,7 +53,13 @@ def build_context(
         config_flags["ckpt_dir"] = CKPT_DIR  # what every upstream script passes
     config = resolve_config(len(visible.gpus), mode, **config_flags)
     ctx = CheckContext(
-        machine=facts, visible=visible, config=config, env=env, cwd=cwd or Path.cwd(), terms=estimate_terms(env)
+        machine=facts,
+        visible=visible,
+        config=config,
+        env=env,
+        cwd=cwd or Path.cwd(),
+        terms=estimate_terms(env),
+        python=interpreter,
     )
     if config.ckpt_dir:
         ctx = replace(ctx, checkpoint=scan_checkpoint(config.ckpt_dir, ctx.launch_dir))

@@ -148,6 +148,16 @@ def config_options(fn):
     return fn
 
 
+def python_option(fn):
+    """--python PATH: the interpreter whose environment the software checks (sw.*) inspect."""
+    return click.option(
+        "--python",
+        metavar="PATH",
+        help="Inspect the packages of this Python (Live Avatar's environment) when avatardoctor is installed "
+        "elsewhere (pipx, its own venv); remedies then say PATH -m pip install ...",
+    )(fn)
+
+
 RUN_OPTIONS = [
     click.option("--no-shim", is_flag=True, help="Run the entry without the per-rank memory shim."),
     click.option(

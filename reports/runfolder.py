@@ -64,6 +64,7 @@ CONFIG_KEYS = (
 FAILURE_TEXT = ("class", "phase", "message", "remedy")
 FAILURE_NUMBERS = ("tried_to_allocate_mib", "at_elapsed_s")
 MAX_TEXT_CHARS = 4000  # a failure message or prompt longer than this is cut
+MAX_ARGS = 200  # a launch command's words kept (upstream's scripts pass about 40)
 MAX_PREDICTION_NOTES = 8  # the plan's prediction notes shown in the report
 MAX_NUMBER = 2.0**50  # sizes, seconds and counts in a run's JSON: larger is a damaged value
 
@@ -89,6 +90,7 @@ class RunDebug:
     durations: dict[str, float] = field(default_factory=dict)  # total_s, ... (seconds)
     clips_done: int | None = None
     gpu_names: dict[str, str] = field(default_factory=dict)
+    command: list[str] = field(default_factory=list)  # what was launched, as argv
 
 
 @dataclass
@@ -215,6 +217,7 @@ def read_debug(fields: _Fields) -> RunDebug:
         durations={k: v for k, v in seconds.items() if v is not None},
         clips_done=fields.count("clips_done"),
         gpu_names={gid: label(n) for g, n in names.items() if (gid := gpu_id(g)) is not None and isinstance(n, str)},
+        command=[a[:MAX_TEXT_CHARS] for a in fields.items("command")[:MAX_ARGS] if isinstance(a, str)],
     )
 
 

@@ -109,7 +109,7 @@ def test_torch_other_version_warns_with_the_pin(site):
     result = run(software.check_torch)
     assert result.status is Status.WARN
     assert "upstream pins 2.8.0" in result.summary
-    assert result.remedy == software.TORCH_INSTALL
+    assert result.remedy == "pip " + software.TORCH_INSTALL
 
 
 def test_torch_unreadable_version_file_warns(site):

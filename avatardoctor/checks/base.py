@@ -21,6 +21,7 @@ from avatardoctor.ckpt.components import ComponentSummary, reference_summary
 from avatardoctor.ckpt.scan import CheckpointScan
 from avatardoctor.config import LaunchConfig
 from avatardoctor.estimates import DEFAULT_TERMS, EstimateTerms
+from avatardoctor.machine.interpreter import Interpreter
 from avatardoctor.machine.model import Gpu, GpuPair, Machine, p2p_ok
 from avatardoctor.machine.probes import HostProbes
 from avatardoctor.visible import Visible
@@ -107,6 +108,7 @@ class CheckContext:
     nccl_without_p2p: NcclOutcome | None = None  # the same test with NCCL_P2P_DISABLE=1, where P2P is off
     deep: bool = False  # check --deep: checks may run what they would otherwise only read about
     probes: HostProbes = field(default_factory=HostProbes)  # ports, disk, interfaces: probed once, when asked
+    python: Interpreter | None = None  # --python: the environment the sw.* checks read; None: this interpreter's
 
     @property
     def launch_dir(self) -> Path:

@@ -3,9 +3,11 @@
 Nothing here imports torch, flash_attn or transformers: importing torch takes seconds (and may touch
 CUDA), and the doctor must answer in well under a second. Facts come from distribution metadata
 (importlib.metadata) and from files read as text. The environment inspected is this interpreter's
-(sys.executable, sys.path); lookups are cached per sys.path, so a changed path is read afresh.
+(sys.executable, sys.path), or with `--python PATH` another's: its import path, asked once
+(avatardoctor.machine.interpreter), is read here the same way, and remedies then name `PATH -m pip`.
+Lookups are cached per path, so a changed path is read afresh.
 Upstream's requirements are avatardoctor.upstream's (docs/upstream.md, "Packages imported at start").
-Only `check --deep` runs anything: it imports flash-attn in this interpreter, the way the entry will.
+Only `check --deep` runs anything: it imports flash-attn in the inspected interpreter, the way the entry will.
 """
 
 from __future__ import annotations
@@ -37,13 +39,14 @@ from avatardoctor.checks.base import (
     warned,
 )
 from avatardoctor.files import FileTooLarge, read_limited
+from avatardoctor.machine.interpreter import Interpreter
 from avatardoctor.upstream import REQUIREMENTS
 
 PYTHON_PIN = (3, 10)
 TORCH_PIN = "2.8.0"
-TORCH_INSTALL = "pip install torch==2.8.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_INSTALL = "install torch==2.8.0 --index-url https://download.pytorch.org/whl/cu128"  # pip's arguments
 FLASH_ATTN_PIN = "2.8.3"
-FLASH_ATTN_INSTALL = "pip install flash-attn==2.8.3 --no-build-isolation"
+FLASH_ATTN_INSTALL = "install flash-attn==2.8.3 --no-build-isolation"
 NCCL_DISTS = ("nvidia-nccl-cu12", "nvidia-nccl-cu13")  # what torch's pip wheels depend on
 CUDNN_DISTS = ("nvidia-cudnn-cu12", "nvidia-cudnn-cu13")
 FA3_DISTS = ("flash-attn-3", "flashattn-hopper")  # names normalise, so flash_attn_3 matches too
@@ -64,12 +67,25 @@ DRIVER_BRANCH_FOR_CUDA = {
 MAX_VERSION_PY_BYTES = 64 * 1024
 
 
-# ---- probes: metadata and text only, cached per sys.path ---------------------------------------
+# ---- probes: metadata and text only, cached per import path ------------------------------------
 
 
-def dist_version(*names: str) -> str | None:
-    """The version of the first of these distributions installed on sys.path, or None."""
-    return _dist_version(names, tuple(sys.path))
+def inspected(ctx: CheckContext) -> Interpreter:
+    """The interpreter whose environment the checks read: --python's, or this one (read now: tests set sys.path)."""
+    if ctx.python is not None:
+        return ctx.python
+    major, minor, micro = sys.version_info[:3]
+    return Interpreter(sys.executable, sys.executable, (major, minor, micro), tuple(sys.path))
+
+
+def pip(ctx: CheckContext, arguments: str) -> str:
+    """A pip command for the inspected environment: plain `pip` here, `PATH -m pip` for --python's."""
+    return f"{shlex.quote(ctx.python.given)} -m pip {arguments}" if ctx.python else f"pip {arguments}"
+
+
+def dist_version(path: tuple[str, ...], *names: str) -> str | None:
+    """The version of the first of these distributions installed on this import path, or None."""
+    return _dist_version(names, path)
 
 
 @functools.lru_cache(maxsize=64)
@@ -95,12 +111,12 @@ def _torch_nccl_requirement(path: tuple[str, ...]) -> Requirement | None:
     return None
 
 
-def module_dir(module: str) -> Path | None:
-    """Where a top-level module would be imported from, found without importing it. PathFinder
-    searches sys.path itself: importlib.util.find_spec would answer from sys.modules for a module
-    this process already imported, not from the environment being inspected."""
+def module_dir(module: str, path: tuple[str, ...]) -> Path | None:
+    """Where a top-level module would be imported from on this import path, found without importing it.
+    PathFinder searches the path itself: importlib.util.find_spec would answer from sys.modules for a
+    module this process already imported, not from the environment being inspected."""
     try:
-        spec = importlib.machinery.PathFinder.find_spec(module, sys.path)
+        spec = importlib.machinery.PathFinder.find_spec(module, list(path))
     except (ImportError, ValueError):
         return None
     if spec is None or spec.origin is None:
@@ -115,15 +131,16 @@ class TorchBuild:
     cuda_known: bool  # False when torch/version.py could not be read
 
 
-def torch_build() -> TorchBuild | None:
-    """torch's version and CUDA build, from its metadata and torch/version.py; None when absent."""
-    return _torch_build(tuple(sys.path))
+def torch_build(path: tuple[str, ...] | None = None) -> TorchBuild | None:
+    """torch's version and CUDA build on this import path (default sys.path), from its metadata and
+    torch/version.py; None when absent."""
+    return _torch_build(tuple(sys.path) if path is None else path)
 
 
 @functools.lru_cache(maxsize=8)
 def _torch_build(path: tuple[str, ...]) -> TorchBuild | None:
     version = _dist_version(("torch",), path)
-    package = module_dir("torch")
+    package = module_dir("torch", path)
     fields = _string_assignments(package / "version.py") if package else None
     version = version or (fields or {}).get("__version__")
     if version is None:
@@ -169,8 +186,8 @@ def _matches(version: str | None, spec: str) -> bool:
         return False
 
 
-def _interpreter() -> str:
-    return f"inspected the Python environment of {sys.executable}"
+def _interpreter(python: Interpreter) -> str:
+    return f"inspected the Python environment of {python.executable}"
 
 
 # ---- checks --------------------------------------------------------------------------------------
@@ -178,13 +195,17 @@ def _interpreter() -> str:
 
 @check("sw.python", "Software")
 def check_python(ctx: CheckContext) -> Outcome:
-    version = ".".join(str(n) for n in sys.version_info[:3])
-    data = {"version": version, "executable": sys.executable}
-    if tuple(sys.version_info[:2]) == PYTHON_PIN:
-        return passed(f"Python {version}", details=[_interpreter()], data=data)
+    python = inspected(ctx)
+    version = ".".join(str(n) for n in python.version)
+    data = {"version": version, "executable": python.executable}
+    if python.version[:2] == PYTHON_PIN:
+        return passed(f"Python {version}", details=[_interpreter(python)], data=data)
     return warned(
         f"Python {version}: upstream Live Avatar pins and tests Python 3.10",
-        details=[_interpreter(), "other 3.x versions often work, but wheels such as flash-attn may not exist for them"],
+        details=[
+            _interpreter(python),
+            "other 3.x versions often work, but wheels such as flash-attn may not exist for them",
+        ],
         remedy="conda create -n liveavatar python=3.10",
         data=data,
     )
@@ -192,10 +213,12 @@ def check_python(ctx: CheckContext) -> Outcome:
 
 @check("sw.torch", "Software")
 def check_torch(ctx: CheckContext) -> Outcome:
-    build = torch_build()
-    details = [_interpreter()]
+    python = inspected(ctx)
+    build = torch_build(python.path)
+    details = [_interpreter(python)]
+    install = pip(ctx, TORCH_INSTALL)
     if build is None:
-        return failed("torch is not installed", details=details, remedy=TORCH_INSTALL, data={"installed": False})
+        return failed("torch is not installed", details=details, remedy=install, data={"installed": False})
     driver = ctx.machine.cuda_driver_version  # the newest CUDA the driver supports
     data = {"installed": True, "version": build.version, "cuda": build.cuda, "driver_cuda": driver}
     if not build.cuda_known:
@@ -203,7 +226,7 @@ def check_torch(ctx: CheckContext) -> Outcome:
         return warned(f"torch {build.version}: CUDA build unknown", details=details, data=data)
     if build.cuda is None:
         details.append("Live Avatar always initialises NCCL on CUDA, even for one GPU")
-        return failed(f"torch {build.version} is not a CUDA build", details=details, remedy=TORCH_INSTALL, data=data)
+        return failed(f"torch {build.version} is not a CUDA build", details=details, remedy=install, data=data)
 
     details.append(f"torch {build.version} is built for CUDA {build.cuda}")
     status, summary, remedy = Status.PASS, f"torch {build.version} (CUDA {build.cuda})", None
@@ -223,26 +246,27 @@ def check_torch(ctx: CheckContext) -> Outcome:
     if not _matches(build.version, f"=={TORCH_PIN}"):
         details.append(f"upstream pins torch {TORCH_PIN} (cu128); other versions are untested")
         if status is Status.PASS:
-            status, summary, remedy = Status.WARN, f"torch {build.version}: upstream pins {TORCH_PIN}", TORCH_INSTALL
+            status, summary, remedy = Status.WARN, f"torch {build.version}: upstream pins {TORCH_PIN}", install
     return Outcome(status, summary, tuple(details), remedy, data)
 
 
 @check("sw.nccl", "Software")
 def check_nccl(ctx: CheckContext) -> Outcome:
-    build = torch_build()
+    python = inspected(ctx)
+    build = torch_build(python.path)
     if build is None or build.cuda is None:
         return skipped("torch is missing or not a CUDA build (see sw.torch)")
-    wanted = _torch_nccl_requirement(tuple(sys.path))
-    version = dist_version(wanted.name) if wanted else dist_version(*NCCL_DISTS)
+    wanted = _torch_nccl_requirement(python.path)
+    version = dist_version(python.path, wanted.name) if wanted else dist_version(python.path, *NCCL_DISTS)
     data = {"version": version, "torch_requires": str(wanted) if wanted else None}
-    details = [_interpreter()]
-    fix = f"pip install {shlex.quote(str(wanted.name) + str(wanted.specifier))}" if wanted else None
+    details = [_interpreter(python)]
+    fix = pip(ctx, f"install {shlex.quote(str(wanted.name) + str(wanted.specifier))}") if wanted else None
     if version is None and wanted:
         details.append(f"torch {build.version} requires {wanted}; without it `import torch` fails")
         return failed(f"{wanted.name} is not installed", details=details, remedy=fix, data=data)
     if version is None:
         details.append("no nvidia-nccl-cu12/cu13 distribution: conda and source builds of torch link NCCL themselves")
-        check_cmd = "python -c 'import torch; print(torch.cuda.nccl.version())'"
+        check_cmd = f"{shlex.quote(python.given)} -c 'import torch; print(torch.cuda.nccl.version())'"
         return warned("could not determine the NCCL version", details=details, remedy=check_cmd, data=data)
     if wanted and not _matches(version, str(wanted.specifier)):
         details.append(f"torch {build.version} was built against {wanted}; a mismatched NCCL can fail to load")
@@ -253,13 +277,13 @@ def check_nccl(ctx: CheckContext) -> Outcome:
 FA_IMPORT_TIMEOUT_S = 120.0  # a cold import of a CUDA extension from a network file system takes a while
 
 
-def import_error(module: str) -> str | None:
-    """Import a module in this interpreter, in a child process, as the entry will: None when it imports,
-    else its error's last line (a wheel built for another torch or CUDA fails here, not at install)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+def import_error(module: str, python: Interpreter) -> str | None:
+    """Import a module in the inspected interpreter, in a child process, as the entry will: None when it
+    imports, else its error's last line (a wheel built for another torch or CUDA fails here, not at install)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in python.path if p))
     try:
         done = subprocess.run(
-            [sys.executable, "-c", f"import {module}"],
+            [python.given, "-c", f"import {module}"],
             capture_output=True,
             text=True,
             timeout=FA_IMPORT_TIMEOUT_S,
@@ -268,6 +292,8 @@ def import_error(module: str) -> str | None:
         )
     except subprocess.TimeoutExpired:
         return f"import {module} did not finish in {FA_IMPORT_TIMEOUT_S:.0f} s"
+    except OSError as e:  # --python's program removed since it answered
+        return f"{python.given} could not be run: {e.strerror}"
     if done.returncode == 0:
         return None
     lines = [line for line in done.stderr.splitlines() if line.strip()]
@@ -278,13 +304,17 @@ def import_error(module: str) -> str | None:
 def check_attention(ctx: CheckContext) -> Outcome:
     """The cross-attention calls flash attention directly and asserts FlashAttention 2 is there unless 3
     imports: without either, the first DiT forward fails after the whole load."""
-    fa2 = dist_version("flash-attn")
-    fa3 = dist_version(*FA3_DISTS) or ("unknown version" if module_dir("flash_attn_interface") else None)
-    cudnn = dist_version(*CUDNN_DISTS)
+    python = inspected(ctx)
+    fa2 = dist_version(python.path, "flash-attn")
+    fa3 = dist_version(python.path, *FA3_DISTS) or (
+        "unknown version" if module_dir("flash_attn_interface", python.path) else None
+    )
+    cudnn = dist_version(python.path, *CUDNN_DISTS)
+    install = pip(ctx, FLASH_ATTN_INSTALL)
     gpus = ctx.rank_gpus
     hopper = bool(gpus) and all(g.compute_capability[0] == 9 for g in gpus)
     data: dict = {"flash_attn": fa2, "flash_attn_3": fa3, "cudnn": cudnn, "hopper": hopper}
-    details = [_interpreter()]
+    details = [_interpreter(python)]
     if fa2:
         details.append(
             f"flash-attn {fa2}" + ("" if fa2 == FLASH_ATTN_PIN else f" (upstream's README installs {FLASH_ATTN_PIN})")
@@ -296,7 +326,7 @@ def check_attention(ctx: CheckContext) -> Outcome:
         details.append(
             "Wan's cross-attention calls flash_attention() directly: `assert FLASH_ATTN_2_AVAILABLE` fails at the first forward"
         )
-        remedy = FLASH_ATTN_INSTALL + (" (or FlashAttention 3 on these Hopper GPUs)" if hopper else "")
+        remedy = install + (" (or FlashAttention 3 on these Hopper GPUs)" if hopper else "")
         return failed(
             "no flash-attn: the run would fail at the first DiT forward, after the load", details, remedy, data
         )
@@ -306,19 +336,19 @@ def check_attention(ctx: CheckContext) -> Outcome:
         return failed(
             f"FlashAttention 3 is installed but the GPUs are not Hopper (cc {ccs}): Wan's attention would use it and fail",
             details=details,
-            remedy="pip uninstall flash_attn_3" + ("" if fa2 else f"; {FLASH_ATTN_INSTALL}"),
+            remedy=pip(ctx, "uninstall flash_attn_3") + ("" if fa2 else f"; {install}"),
             data=data,
         )
     module = "flash_attn_interface" if fa3 else "flash_attn"
     name = f"FlashAttention 3 ({fa3})" if fa3 else f"flash-attn {fa2}"
     if ctx.deep:
-        error = import_error(module)
+        error = import_error(module, python)
         data["import_error"] = error
         if error:
             return failed(
                 f"{name} is installed but does not import in this interpreter: {error}",
                 details,
-                f"reinstall it for this torch and CUDA: pip uninstall -y {'flash_attn_3' if fa3 else 'flash-attn'} && {FLASH_ATTN_INSTALL}",
+                f"reinstall it for this torch and CUDA: {pip(ctx, 'uninstall -y ' + ('flash_attn_3' if fa3 else 'flash-attn'))} && {install}",
                 data,
             )
         return passed(f"{name} imports in this interpreter", details, data)
@@ -330,12 +360,13 @@ def check_attention(ctx: CheckContext) -> Outcome:
 def check_pins(ctx: CheckContext) -> Outcome:
     """Every package the entry imports at start: a missing one stops the launch within seconds (after the
     user has spent time on everything else); one off upstream's pin may still run, so it warns."""
-    details, missing, off = [_interpreter()], [], []
+    python = inspected(ctx)
+    details, missing, off = [_interpreter(python)], [], []
     data = {}
     for req in REQUIREMENTS:
         if req.gradio_only and not ctx.config.gradio:
             continue
-        version = dist_version(*req.dists)
+        version = dist_version(python.path, *req.dists)
         data[req.dists[0]] = {"version": version, "pin": req.pin or None}
         if version is None:
             missing.append(req)
@@ -345,7 +376,7 @@ def check_pins(ctx: CheckContext) -> Outcome:
     if not (missing or off):
         return passed(f"the {len(data)} packages the entry imports are installed and on upstream's pins", details, data)
     wanted = [req.dists[0] + req.pin for req in missing] + [req.dists[0] + req.pin for req, _ in off]
-    remedy = "pip install " + " ".join(shlex.quote(w) for w in wanted)
+    remedy = pip(ctx, "install " + " ".join(shlex.quote(w) for w in wanted))
     if missing:
         names = ", ".join(f"{req.dists[0]} (import {req.module})" for req in missing)
         return failed(f"missing what the entry imports: {names}", details, remedy, data)
