@@ -199,7 +199,10 @@ def test_demo_tpp_prints_live_avatars_lines_in_order(tpp_demo, tiny_ckpt):
             "INFO: Finished.",
         ],
     )
-    assert "demo: root parameter unsharded: 43 MiB gathered from 5 rank(s), held 2 s and freed; " in out
+    from avatardoctor.demo.workload import ROOT_UNSHARD_BYTES, UNSHARD_HOLD_S
+
+    unshard = f"{ROOT_UNSHARD_BYTES / 2**20:.0f} MiB gathered from 5 rank(s), held {UNSHARD_HOLD_S:.0f} s and freed; "
+    assert f"demo: root parameter unsharded: {unshard}" in out
     assert "the demo's DiT keeps 98736 values" in out
     assert out.count(BAR) == 5 * 2 * 4  # every rank draws a bar per block: 2 clips of 4 blocks
     assert out.count("LoRA merged successfully.") == 5
@@ -296,7 +299,8 @@ def test_fake_success_prints_live_avatars_lines_and_holds_memory(checkout):
             ],
         ),
         ("nccl-port", ["RuntimeError: The server socket has failed to listen", "address already in use"]),
-        ("assert-world", ["[rank0]: AssertionError: At least 5 GPUs are supported for distributed inference."]),
+        # every rank asserts; torchrun stops the others once one fails, so which rank prints it is not fixed
+        ("assert-world", ["]: AssertionError: At least 5 GPUs are supported for distributed inference."]),
         ("crash", ["[rank0]: AttributeError: 'EasyDict' object has no attribute 'transformer'"]),
     ],
 )
