@@ -275,11 +275,9 @@ def str2bool(value: str) -> bool:
 # writes them: liveavatar/models/wan/wan_2_2/utils/system_prompt.py:6-14 (Chinese) and :35-43 (English).
 # The example prompts mix them with the scene: infinite_inference_multi_gpu.sh:14 ("warm, dynamic lighting
 # from the forge", "Style of Blizzard Entertainment cinematics"), minimal_inference/gradio_app.py:750 (docs/upstream.md §14).
-PROMPT_LIGHTING_OR_STYLE_EN = (
-    "light", "lighting", "lit", "sunlight", "daylight", "moonlight", "firelight", "studio", "soft", "warm", "cool",
-    "cinematic", "cinematics", "realistic", "photo", "photograph", "style", "background", "bokeh", "portrait",
-    "shot", "camera", "close-up", "closeup", "composition", "colors", "colours", "sunny", "overcast",
-)  # fmt: skip
-PROMPT_LIGHTING_OR_STYLE_ZH = (
-    "光", "色调", "镜头", "中景", "近景", "全景", "特写", "拍摄", "构图", "风格", "写实", "电影", "照片", "背景",
-)  # fmt: skip
+PROMPT_LIGHTING_OR_STYLE_EN = tuple(
+    "light lighting lit sunlight daylight moonlight firelight studio soft warm cool cinematic cinematics "
+    "realistic photo photograph style background bokeh portrait shot camera close-up closeup composition "
+    "colors colours sunny overcast".split()
+)
+PROMPT_LIGHTING_OR_STYLE_ZH = tuple("光 色调 镜头 中景 近景 全景 特写 拍摄 构图 风格 写实 电影 照片 背景".split())

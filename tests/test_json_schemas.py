@@ -22,10 +22,8 @@ from avatardoctor import __version__
 from avatardoctor.cli import cli
 
 CHECKOUT = Path(__file__).parent / "fixtures" / "fake_liveavatar"
-DOCUMENTS = {
-    "calibration", "catalogue", "check", "ckpt", "compare", "debug", "fleet", "machine", "measurements", "plan",
-    "predict", "report", "run", "skeleton",
-}  # fmt: skip
+DOCUMENTS = {"calibration", "catalogue", "check", "ckpt", "compare", "debug", "env", "fleet", "machine"}
+DOCUMENTS |= {"measurements", "plan", "predict", "report", "run", "skeleton"}
 
 
 def free_port() -> int:
