@@ -5,10 +5,11 @@ unread, a huge file refused before it is read), which is how every untrusted fil
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from avatardoctor.errors import InputError
 
@@ -98,6 +99,32 @@ def read_limited(path: Path, limit: int) -> bytes:
     if len(data) > limit:
         raise FileTooLarge(limit)
     return data
+
+
+class UnreadableJson(Exception):
+    """Why a JSON file could not be read, in words that follow its name: "not valid JSON (line 3, column 1: ...)"."""
+
+
+def read_json(path: Path, limit: int, what: str) -> Any:
+    """A JSON document read within a bound, for the caller to check field by field. UnreadableJson says why not:
+    cannot be read, a directory, over the limit (then it is not `what`, "a plan"), not UTF-8, not JSON (with the
+    line and column), nested too deeply for the parser."""
+    try:
+        data = read_limited(path, limit)
+    except IsADirectoryError:
+        raise UnreadableJson("a directory where a file should be") from None
+    except FileTooLarge:
+        raise UnreadableJson(f"over {limit / 2**20:g} MiB, not {what}") from None
+    except OSError as err:
+        raise UnreadableJson(f"cannot read ({err.strerror})") from None
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UnreadableJson("not UTF-8 text") from None
+    except json.JSONDecodeError as err:
+        raise UnreadableJson(f"not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+    except RecursionError:
+        raise UnreadableJson("JSON nested too deeply") from None
 
 
 def read_tail(path: Path, limit: int) -> bytes:
