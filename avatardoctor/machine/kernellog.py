@@ -24,7 +24,9 @@ DMESG_TIMEOUT_S = 5.0
 # kmsg: "6,1234,5678901234,-;NVRM: ..." (microseconds since boot); dmesg: "[ 5678.901234] NVRM: ..."
 _KMSG_RECORD = re.compile(r"^\d+,\d+,(\d+),[^;]*;(.*)$")
 _DMESG_LINE = re.compile(r"^\[\s*(\d+\.\d+)\]\s?(.*)$")
-_XID = re.compile(r"NVRM: Xid \((?:PCI:)?([0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}(?:\.\d)?)\): (\d+)(?:,\s*(.*))?")
+_XID = re.compile(
+    r"NVRM: Xid \((?:PCI:)?([0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}(?:\.\d)?)\): (\d+)(?:,\s*(.*))?"
+)
 
 
 def bus_key(bus_id: str) -> str:

@@ -228,7 +228,9 @@ class _CFunctions:
     @staticmethod
     def nvmlEventSetFree(lib: FakeLibrary, event_set) -> int:
         token = ctypes.cast(event_set, ctypes.c_void_p).value
-        return pynvml.NVML_SUCCESS if lib.event_sets.pop(token, None) is not None else pynvml.NVML_ERROR_INVALID_ARGUMENT
+        return (
+            pynvml.NVML_SUCCESS if lib.event_sets.pop(token, None) is not None else pynvml.NVML_ERROR_INVALID_ARGUMENT
+        )
 
     @staticmethod
     @_device_call
