@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
 from pathlib import Path
 
@@ -70,6 +71,16 @@ def test_an_unreadable_kernel_log_is_skipped_with_the_reason(monkeypatch, tmp_pa
     outcome = check_xid.run(xid_ctx(monkeypatch, tmp_path, None))
     assert outcome.status is Status.SKIP and "kernel.log" in outcome.summary
     assert "No such file" in outcome.summary and "NVML reports" in outcome.summary  # r535: Xid events on every GPU
+
+
+def test_a_kernel_log_that_never_ends_is_not_waited_on(monkeypatch, tmp_path):
+    """/dev/kmsg blocks at its end unless read non-blocking; a FIFO without a writer plays that here."""
+    fifo = tmp_path / "kmsg"
+    os.mkfifo(fifo)
+    install(monkeypatch, boxes.r535_ailing_h100())
+    monkeypatch.setenv(ENV_PATH, str(fifo))
+    log = NvmlBackend().snapshot().kernel_xids
+    assert log is not None and log.unreadable is None and log.events == ()
 
 
 def test_recorded_boxes_carry_the_xids_and_check_machine_judges_them(monkeypatch, tmp_path):
