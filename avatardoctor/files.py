@@ -137,6 +137,29 @@ def read_tail(path: Path, limit: int) -> bytes:
         return f.read(limit)
 
 
+def read_buffered(path: Path, limit: int) -> bytes:
+    """What a record device such as /dev/kmsg holds now, without waiting for more: one record per read() until it
+    says there is nothing more (EAGAIN), at most limit bytes; a regular file is read to its end, as far. OSError
+    when it cannot be opened (/dev/kmsg under dmesg_restrict: EPERM)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    chunks, size = [], 0
+    try:
+        while size < limit:
+            try:
+                chunk = os.read(fd, 8192)  # a kmsg record is at most 8 KiB (the kernel's CONSOLE_EXT_LOG_MAX)
+            except BlockingIOError:  # nothing more buffered
+                break
+            except BrokenPipeError:  # kmsg: records were overwritten while read; the next read goes on
+                continue
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)[:limit]
+
+
 SPECIAL_FILES = (
     (stat.S_ISDIR, "a directory"),
     (stat.S_ISFIFO, "a FIFO (named pipe)"),

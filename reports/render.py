@@ -313,6 +313,8 @@ def _markdown(summary: dict, images: list[dict], title: str) -> str:
         lines += ["|---|---|" + "---:|" * len(gpus)] + ["| " + " | ".join(row) + " |" for row in rows]
         if left_out:
             lines.append(f"\n{left_out} earlier request(s) in summary.json")
+    if summary.get("health_events"):
+        lines += ["", "GPU health:"] + [f"- {e['text']}" for e in summary["health_events"]]
     if summary["config"]:
         lines += ["", "Configuration: " + ", ".join(f"`{k}={v}`" for k, v in summary["config"].items())]
     lines += [""] + [f"![{img['label']}]({img['file']})" for img in images]

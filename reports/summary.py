@@ -10,8 +10,10 @@ import numpy as np
 import pandas as pd
 
 from avatardoctor import __version__
+from avatardoctor.reports.health import health_events
 from avatardoctor.reports.runfolder import RunDebug, RunPlan, RunRecord
 from avatardoctor.reports.timeline import Timeline
+from avatardoctor.runner.folder import RunFolder
 from avatardoctor.runner.growth import MIN_REQUESTS, WARN_WITHIN, gpu_growth
 from avatardoctor.runner.speed import published, speed
 
@@ -148,6 +150,8 @@ def build_summary(source: Path, kind: str, timeline: Timeline, run: RunRecord | 
     per_minute = clips / (total_s / 60) if clips is not None and total_s else None
     gpus = gpu_rows(timeline, run)
     requests = request_rows(timeline, run)
+    notes = list(run.notes if run else timeline.notes)
+    health = [] if run is None else health_events(RunFolder(run.path).gpu_health_csv, run.path, notes)
     return {
         "schema": SCHEMA,
         "avatardoctor_version": __version__,
@@ -164,11 +168,12 @@ def build_summary(source: Path, kind: str, timeline: Timeline, run: RunRecord | 
         "gpus": gpus,
         "requests": requests,
         "memory_growth": memory_growth(requests, gpus),
+        "health_events": health,
         "phases": []
         if run is None
         else [
             {"phase": str(r.phase), "start_s": _round(r.start_s, 1), "end_s": _round(r.end_s, 1)}
             for r in run.phases.itertuples()
         ],
-        "notes": list(dict.fromkeys(run.notes if run else timeline.notes)),
+        "notes": list(dict.fromkeys(notes)),
     }

@@ -52,6 +52,11 @@ class RunFolder:
         return self.logs / "gpu_processes.csv"
 
     @property
+    def gpu_health_csv(self) -> Path:
+        """Each GPU's health once a second (NVML runs only)."""
+        return self.logs / "gpu_health.csv"
+
+    @property
     def phases_csv(self) -> Path:
         return self.logs / "phases.csv"
 

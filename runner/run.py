@@ -32,7 +32,7 @@ from avatardoctor.errors import InputError
 from avatardoctor.files import FileTooLarge, read_limited
 from avatardoctor.machine.ports import usable_port
 from avatardoctor.planfile import PlanFile, plan_json
-from avatardoctor.runner.classify import Failure, classify
+from avatardoctor.runner.classify import Failure, classify, read_health_xids
 from avatardoctor.runner.folder import RunFolder, new_run_folder
 from avatardoctor.runner.lines import LINE_CAP, BoundedLines
 from avatardoctor.runner.liveness import Liveness
@@ -242,6 +242,7 @@ def execute(plan: PlanFile, options: RunOptions, watch: Watch | None = None) -> 
         phases=tracker.phases(),
         nproc=plan.nproc,
         visible_gpus=plan.visible_gpus or (),
+        xids=read_health_xids(folder.gpu_health_csv),
     )
     if attached and failure.cls in ("crashed", "interrupted") and exit_code is None:
         failure = _attached_end(failure, watch)

@@ -1,5 +1,7 @@
 """Records memory while a run goes: logs/gpu_memory.csv, one row per GPU per sample, and
-logs/gpu_processes.csv, per-PID memory once a second (docs/run-folder.md).
+logs/gpu_processes.csv, per-PID memory once a second; and on NVML, logs/gpu_health.csv, each GPU's health
+once a second with the process listing (temperature, power, throttling, ECC, pending repairs, Xid events)
+(docs/run-folder.md).
 
 NVML where there are GPUs, read through avatardoctor.machine.nvml (the one module that imports the
 binding; tests/fake_pynvml plays NVML for its tests). Where there are none (the demo on a laptop, CI),
@@ -34,6 +36,18 @@ from avatardoctor.units import MIB
 
 MEMORY_COLUMNS = ["time", "elapsed_s", "gpu", "uuid", "memory_used_mib", "memory_total_mib", "utilization_pct"]
 PROCESS_COLUMNS = ["time", "elapsed_s", "gpu", "pid", "name", "used_mib"]
+HEALTH_COLUMNS = [
+    "time",
+    "elapsed_s",
+    "gpu",
+    "temperature_c",
+    "power_w",
+    "throttle",
+    "ecc_volatile_uncorrected",
+    "repair_pending",
+    "xid_watched",
+    "xid",
+]
 MIN_HZ, MAX_HZ = 0.1, 100.0
 PROCESS_INTERVAL_S = 1.0  # listing processes costs far more than reading memory: at most once a second
 JOIN_TIMEOUT_S = 5.0
@@ -107,6 +121,22 @@ class _NvmlSource:
         if not with_processes:  # listing processes costs far more than reading memory
             return readings, []
         return readings, [(str(p.index), p.pid, p.name, _mib(p.used_bytes)) for p in self._reader.processes()]
+
+    def health(self) -> list[list]:
+        """HEALTH_COLUMNS' cells after time and elapsed_s, one row per GPU; an empty cell: NVML cannot say."""
+        return [
+            [
+                h.index,
+                h.temperature_c,
+                h.power_w,
+                None if h.throttle is None else ";".join(h.throttle) or "none",
+                h.ecc_volatile_uncorrected,
+                None if h.repair_pending is None else int(h.repair_pending),
+                int(h.xid_watched),
+                ";".join(map(str, h.xids)),
+            ]
+            for h in self._reader.health()
+        ]
 
     def close(self) -> None:
         self._reader.close()
@@ -209,6 +239,7 @@ class MemorySampler:
         self._stop_lock = threading.RLock()  # re-entrant: a signal handler may call stop() inside stop()
         self._thread: threading.Thread | None = None
         self._files: list[IO[bytes]] = []
+        self._health_file: IO[bytes] | None = None  # NVML only: the process tree has no GPU health
 
     def _open_source(self, source: str, root_pid: int | list[int] | None, gpu_indices: list[int] | None):
         if source != "psutil":
@@ -258,6 +289,9 @@ class MemorySampler:
                     open(path, "wb", buffering=0)
                 )  # unbuffered: each write() goes straight to the kernel
                 _append_whole(self._files[-1], _csv_bytes([columns]))
+            if isinstance(self._source, _NvmlSource):
+                self._health_file = open(self.folder.gpu_health_csv, "wb", buffering=0)
+                _append_whole(self._health_file, _csv_bytes([HEALTH_COLUMNS]))
         except OSError as err:  # still sampled: the peaks are kept in memory
             self.write_error = err
         self.started_monotonic = time.monotonic()
@@ -273,6 +307,9 @@ class MemorySampler:
                 if self._thread.is_alive():
                     return  # stuck in a driver call: leave its files open rather than close them under it
             files, self._files = self._files, []  # each closed once, however often stop() runs
+            if self._health_file is not None:
+                files.append(self._health_file)
+                self._health_file = None
             for file in files:
                 file.close()
             self._source.close()
@@ -313,6 +350,11 @@ class MemorySampler:
                         _csv_bytes(
                             [stamp, elapsed, gpu, pid, name, _round(used)] for gpu, pid, name, used in processes
                         ),
+                    )
+                if with_processes and self._health_file is not None and isinstance(self._source, _NvmlSource):
+                    # health on the processes' 1 s cadence: a few NVML calls per GPU, not worth 10 a second
+                    _append_whole(
+                        self._health_file, _csv_bytes([stamp, elapsed, *row] for row in self._source.health())
                     )
             except OSError as err:
                 self.write_error = err
