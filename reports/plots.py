@@ -263,11 +263,13 @@ def speed_figure(clip_s: list[float], rank_clip_s: dict[int, list[float]] | None
             )
         if len(clip_s) > 1:
             median = float(np.median(clip_s[1:]))
-            handles += [rest.axhline(median, color="#1d4ed8", ls="--", lw=1, label=f"steady state: {median:.2f} s/clip")]
+            handles += [
+                rest.axhline(median, color="#1d4ed8", ls="--", lw=1, label=f"steady state: {median:.2f} s/clip")
+            ]
         ticks = np.arange(2, max([len(clip_s), *(len(seconds) for _, seconds in ranks)]) + 1)
         rest.set_xticks(ticks if len(ticks) <= 30 else ticks[:: max(1, len(ticks) // 30)])
         _speed_axis(rest, clip_s[1:] + [v for _, seconds in ranks for v in seconds[1:]], "seconds per clip (s)")
-    _legend_below(warm, handles, ncol=min(len(handles), 5))
+    _legend_below(axes[0][-1], handles, ncol=min(len(handles), 5))  # under the widest axes: no gap between them
     return fig
 
 

@@ -138,7 +138,9 @@ class LogTracker:
         return rows
 
     def write_requests_csv(self, path: Path) -> None:
-        rows = [[n, f"{start:.3f}", f"{end:.3f}", outcome] for n, (start, end, outcome) in enumerate(self.requests(), 1)]
+        rows = [
+            [n, f"{start:.3f}", f"{end:.3f}", outcome] for n, (start, end, outcome) in enumerate(self.requests(), 1)
+        ]
         _write_csv(path, ["request", "start_s", "end_s", "outcome"], rows)
 
     def write_phases_csv(self, path: Path) -> None:
