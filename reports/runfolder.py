@@ -36,7 +36,7 @@ CSV_READ_BYTES = 2**20  # read from the file at a time (at most)
 PHASES_CSV_LIMIT = 16 * 2**20  # a run has a few dozen phases
 MAX_PHASES = 1000  # more bands than a plot can show
 MAX_REQUESTS = 10000  # a Gradio session of days; past this the trend is no news
-MAX_RANK_CLIPS = 100_000  # rows: every rank's clips of one generation
+MAX_RANK_CLIP_ROWS = 100_000  # every rank's clips of one generation (logparse.MAX_RANK_CLIPS a rank)
 REQUEST_OUTCOMES = ("done", "failed", "open")
 TEXT_COLUMNS = (
     "time",
@@ -467,14 +467,16 @@ def read_rank_clips(path: Path, root: Path, notes: list[str]) -> pd.DataFrame | 
     if not path.exists() and not path.is_symlink():
         return None
     columns = ["rank", "clip", "start_s", "end_s"]
-    chunks = _csv(path, root, PHASES_CSV_LIMIT, columns, notes, lambda frame: frame, read=columns, rows=MAX_RANK_CLIPS)
+    chunks = _csv(
+        path, root, PHASES_CSV_LIMIT, columns, notes, lambda frame: frame, read=columns, rows=MAX_RANK_CLIP_ROWS
+    )
     if chunks is None:
         return None
     clips = pd.concat(chunks)
     clips = pd.DataFrame(
         {
             "rank": _numbers(clips["rank"], 0, 65535),
-            "clip": _numbers(clips["clip"], 1, MAX_RANK_CLIPS),
+            "clip": _numbers(clips["clip"], 1, MAX_RANK_CLIP_ROWS),
             "start_s": _numbers(clips["start_s"], -MAX_SECONDS, MAX_SECONDS),
             "end_s": _numbers(clips["end_s"], -MAX_SECONDS, MAX_SECONDS),
         }

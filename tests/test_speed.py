@@ -270,3 +270,13 @@ def test_record_of_the_stand_in_under_torchrun_tee_gives_every_ranks_speed(tmp_p
     per_rank = summary["speed"]["per_rank"]
     assert [r["rank"] for r in per_rank] == list(range(RANKS)) and summary["speed"]["per_rank_note"] is None
     assert all(r["steady_clips"] == 2 and r["fps"] > 0 and r["load_s"] > 0 for r in per_rank)
+
+
+def test_damaged_rank_clips_rows_are_skipped_with_a_note(tmp_path):
+    root = run_with_log(tmp_path / "run", prefixed=True)
+    clips = root / "logs" / "rank_clips.csv"
+    clips.write_text(clips.read_text() + "two,1,1.0,2.0\n5,1,inf,2.0\n5,x,1.0,2.0\n")
+    render_report(root)
+    summary = json.loads((root / "report" / "summary.json").read_text())
+    assert [r["rank"] for r in summary["speed"]["per_rank"]] == list(range(RANKS))
+    assert "3 unreadable row(s) in rank_clips.csv skipped" in summary["notes"]
