@@ -15,7 +15,7 @@ from avatardoctor.reports.runfolder import RunDebug, RunPlan, RunRecord
 from avatardoctor.reports.timeline import Timeline
 from avatardoctor.runner.folder import RunFolder
 from avatardoctor.runner.growth import MIN_REQUESTS, WARN_WITHIN, gpu_growth
-from avatardoctor.runner.speed import published, speed
+from avatardoctor.runner.speed import per_rank_note, published, rank_speed, speed
 
 SCHEMA = "avatardoctor.report/1"
 COMPARE_SCHEMA = "avatardoctor.compare/1"  # `report --compare`: two summaries side by side
@@ -87,7 +87,8 @@ def gpu_rows(timeline: Timeline, run: RunRecord | None) -> list[dict]:
 
 
 def run_speed(timeline: Timeline, run: RunRecord | None) -> dict | None:
-    """Load, warm-up and steady-state speed from the phases, beside upstream's published figure for this box."""
+    """Load, warm-up and steady-state speed from the phases, beside upstream's published figure for this box, and
+    each rank's from its clips where the log named ranks."""
     if run is None or run.phases.empty:
         return None
     frames = run.plan.config.get("infer_frames")
@@ -97,7 +98,15 @@ def run_speed(timeline: Timeline, run: RunRecord | None) -> dict | None:
         return None
     nproc = run.plan.config.get("nproc")
     names = list(run.debug.gpu_names.values())  # the models NVML named, not the CSV's uuids
-    return {**found, "published": published(names, nproc if isinstance(nproc, int) else len(names))}
+    clips = run.rank_clips
+    rows = [] if clips is None else clips.itertuples(index=False, name=None)
+    per_rank = rank_speed([(int(r), int(c), float(s), float(e)) for r, c, s, e in rows], frames)
+    return {
+        **found,
+        "published": published(names, nproc if isinstance(nproc, int) else len(names)),
+        "per_rank": per_rank,
+        "per_rank_note": per_rank_note(clips is not None, per_rank),
+    }
 
 
 def request_rows(timeline: Timeline, run: RunRecord | None) -> list[dict]:

@@ -65,6 +65,10 @@ class RunFolder:
         return self.logs / "requests.csv"
 
     @property
+    def rank_clips_csv(self) -> Path:
+        return self.logs / "rank_clips.csv"
+
+    @property
     def measurements_json(self) -> Path:
         """Each GPU's measured peak in calibration's import format (NVML runs only)."""
         return self.logs / "measurements.json"

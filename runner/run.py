@@ -234,6 +234,7 @@ def execute(plan: PlanFile, options: RunOptions, watch: Watch | None = None) -> 
     with contextlib.suppress(OSError):  # on a full disk, what was written stays; debug_info.json has the reserve
         tracker.write_phases_csv(folder.phases_csv)
         tracker.write_requests_csv(folder.requests_csv)
+        tracker.write_rank_clips_csv(folder.rank_clips_csv)
     failure = classify(
         list(tail),
         exit_code,
