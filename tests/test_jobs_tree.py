@@ -86,3 +86,18 @@ def test_an_orphan_keeps_its_place_once_listed():
         assert grandchild in tree.descendants()
     finally:
         end(root, child, grandchild)
+
+
+def test_a_jobs_wait_gives_none_while_it_runs_and_its_code_once_it_exits():
+    """Job.wait(timeout) waits on a pidfd where there is one: the same answers as Popen.wait's."""
+    from avatardoctor.jobs import Job
+
+    job = Job([sys.executable, "-c", "import time; time.sleep(600)"], stdout=None)
+    try:
+        assert job.wait(0.05) is None and job.running()
+        os.kill(job.pid, 9)
+        assert job.wait(60) == -9 and not job.running()
+        assert job.wait(0) == -9  # already reaped: answered again
+    finally:
+        job.close()
+    assert job.reaper.returncode == 0
