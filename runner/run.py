@@ -45,6 +45,7 @@ RANK_RECORD_LIMIT = 16 * MIB  # a rank's shim record: events and peaks, kilobyte
 REPORT_TIMEOUT_S = 300.0  # a report of a week-long run's CSV takes seconds; a stuck one must not hold the run
 TAIL_LINES = 4000  # the classifier sees the last lines; the whole log is on disk
 TAIL_LINE_CHARS = 4096  # of each, its head: errors are short lines, and 4000 capped lines stay under 16 MiB
+LOOP_PERIOD_S = 0.2  # how often the log, the disk and the live view are looked at; the job's exit ends the wait
 LIVENESS_PERIOD_S = 1.0  # how often the job's processes are listed and their CPU and GPU use read (hangs)
 STRAY_SEARCH_PERIOD_S = 2.0  # how often every process on the host is looked at for the job's strays
 FOLLOW_PERIOD_S = 0.2  # how often an attached job's log file is read again once its end is reached
@@ -152,11 +153,11 @@ def execute(plan: PlanFile, options: RunOptions, watch: Watch | None = None) -> 
             f"--out-dir {options.out_dir}: cannot write the run folder ({e.strerror}); "
             "free space or choose another folder"
         ) from None
-    reporter = _ReportChild()
     try:
         if options.not_ready:
             log.write(f"[avatardoctor] LAUNCHED WITH --force although checks failed: {', '.join(options.not_ready)}\n")
         job: jobs.Job | jobs.Attached = attached or jobs.Job(argv, cwd=options.cwd, env=env, grace_s=GRACE_S)
+        reporter = _ReportChild()  # after the launch: the job's start does not wait for its fork
         sampler = MemorySampler(folder, options.sample_hz, root_pid=sorted(job.pids), gpu_indices=plan.visible_gpus)
         sampler.start()
 
@@ -197,7 +198,7 @@ def execute(plan: PlanFile, options: RunOptions, watch: Watch | None = None) -> 
         hang_timeout_s = float("inf") if attached and watch.log is None else options.hang_timeout_s
         try:
             while job.running():
-                time.sleep(0.2)
+                _pause(job)
                 if _disk_full(log, sampler):  # stop rather than run on unrecorded
                     job.stop()
                 if options.on_progress:
@@ -315,6 +316,14 @@ def _attached_end(failure: Failure, watch: Watch) -> Failure:
         phase=failure.phase,
         at_elapsed_s=failure.at_elapsed_s,
     )
+
+
+def _pause(job: jobs.Job | jobs.Attached) -> None:
+    """LOOP_PERIOD_S, or less when our job exits in between (the runner's exit waits on nothing)."""
+    if isinstance(job, jobs.Job):
+        job.wait(LOOP_PERIOD_S)
+    else:
+        time.sleep(LOOP_PERIOD_S)
 
 
 def _disk_full(log: _Log, sampler: MemorySampler) -> bool:

@@ -31,6 +31,7 @@ from typing import IO
 
 import psutil
 
+from avatardoctor.jobs import ProcessTree
 from avatardoctor.runner.folder import RunFolder
 from avatardoctor.units import MIB
 
@@ -58,11 +59,24 @@ Reading = tuple[str, str, float | None, float | None, float | None]  # gpu, uuid
 ProcessReading = tuple[str, int, str | None, float | None]  # gpu, pid, name, used MiB
 
 
-def _process_name(pid: int) -> str | None:
+def _process_name(proc: psutil.Process) -> str | None:
     try:
-        return psutil.Process(pid).name()
+        return proc.name()
     except (psutil.Error, OSError):  # gone, or a host PID not visible inside this container
         return None
+
+
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss(pid: int) -> int:
+    """Resident bytes from /proc/PID/statm (its 2nd field, in pages): psutil's memory_info() reads the same
+    file through a Python file object and builds a tuple, 3x the cost of a sample's one number. OSError: ended."""
+    fd = os.open(f"/proc/{pid}/statm", os.O_RDONLY)
+    try:
+        return int(os.read(fd, 256).split(None, 2)[1]) * PAGE_BYTES
+    finally:
+        os.close(fd)
 
 
 def _cpu_percent(proc: psutil.Process) -> float:
@@ -76,6 +90,11 @@ def _csv_bytes(rows) -> bytes:
     text = io.StringIO()
     csv.writer(text, lineterminator="\n").writerows(rows)
     return text.getvalue().encode()
+
+
+def _number(value: float | None) -> str:
+    """A number as csv.writer writes it (repr; None as an empty field)."""
+    return "" if value is None else repr(value)
 
 
 def _mib(value: int | None) -> float | None:
@@ -148,7 +167,8 @@ class _PsutilSource:
     name = "psutil"
 
     def __init__(self, root_pids: list[int]):
-        self._roots = [psutil.Process(pid) for pid in root_pids]
+        self._roots = list(dict.fromkeys(root_pids))
+        self._descendants = ProcessTree(self._roots)
         self._total_mib = psutil.virtual_memory().total / MIB
         self._cores = psutil.cpu_count() or 1
         self._tree: list[psutil.Process] = []
@@ -156,17 +176,21 @@ class _PsutilSource:
         self._utilisation = 0.0
 
     def _relist(self) -> None:
-        # children() walks all of /proc (~1 ms here, more on a busy server), so the tree is re-listed
-        # once a second and the known members' RSS read every sample. The same Process objects are
-        # kept, because cpu_percent() compares with that object's previous call.
-        found = []
-        for root in self._roots:
-            try:
-                found += [root, *root.children(recursive=True)]
-            except psutil.Error:  # this root has exited: nothing left of it to measure
-                continue
+        # The tree is re-listed once a second (jobs.ProcessTree reads /proc's listing and each new PID's
+        # parent) and the known members' RSS read every sample. The same Process objects are kept,
+        # because cpu_percent() compares with that object's previous call.
+        found = [*self._roots, *self._descendants.descendants()]
         known = {p.pid: p for p in self._tree}
-        self._tree = [known[p.pid] if known.get(p.pid) == p else p for p in found]
+        tree = []
+        for pid in found:
+            if pid in known:
+                tree.append(known[pid])
+                continue
+            try:
+                tree.append(psutil.Process(pid))
+            except psutil.Error:  # ended since the listing
+                continue
+        self._tree = tree
 
     def _rank_of(self, proc: psutil.Process) -> int | None:
         """The torchrun rank a process serves (its RANK, which its own children inherit), read once per process."""
@@ -182,11 +206,17 @@ class _PsutilSource:
         if with_processes:  # true for the first sample, then once a second
             self._relist()
         rss: dict[psutil.Process, int] = {}
+        names: dict[psutil.Process, str | None] = {}
+        cpu = 0.0
         for proc in self._tree:
             try:
-                rss[proc] = proc.memory_info().rss
-            except psutil.Error:  # exited since the last listing
+                rss[proc] = _rss(proc.pid)
+            except OSError:  # exited since the last listing
                 continue
+            if with_processes:
+                with proc.oneshot():  # one read of /proc/PID/stat for the name and the CPU time
+                    names[proc] = _process_name(proc)
+                    cpu += _cpu_percent(proc)
         per_rank: dict[int, int] = {}
         for proc, used in rss.items():
             rank = self._rank_of(proc)
@@ -197,8 +227,8 @@ class _PsutilSource:
             # /proc counts CPU time in 10 ms ticks, so at 100 Hz a per-sample reading would be 0 or
             # 100%: utilisation is measured over each second and repeated in between, as a share of
             # all the host's cores (0-100 like a GPU's). An object's first cpu_percent() primes it: 0.0.
-            self._utilisation = sum(_cpu_percent(proc) for proc in rss) / self._cores
-            processes = [("cpu", proc.pid, _process_name(proc.pid), used / MIB) for proc, used in rss.items()]
+            self._utilisation = cpu / self._cores
+            processes = [("cpu", proc.pid, names.get(proc), used / MIB) for proc, used in rss.items()]
         ranks: list[Reading] = [
             (f"cpu{rank}", f"rank {rank} RSS", used / MIB, self._total_mib, None)
             for rank, used in sorted(per_rank.items())
@@ -240,6 +270,7 @@ class MemorySampler:
         self._thread: threading.Thread | None = None
         self._files: list[IO[bytes]] = []
         self._health_file: IO[bytes] | None = None  # NVML only: the process tree has no GPU health
+        self._row_heads: dict[tuple[str, str], str] = {}  # (gpu, uuid) -> "gpu,uuid," as the csv module quotes them
 
     def _open_source(self, source: str, root_pid: int | list[int] | None, gpu_indices: list[int] | None):
         if source != "psutil":
@@ -332,6 +363,17 @@ class MemorySampler:
             slot = next_slot(slot, time.monotonic() - started, self.hz)
             self._stopping.wait(started + slot / self.hz - time.monotonic())
 
+    def _memory_lines(self, stamp: str, elapsed: float, rows) -> bytes:
+        """The sample's gpu_memory.csv rows, as csv.writer writes them; the text fields (gpu, uuid), the only
+        ones it might quote, formatted once per device: a csv.writer per sample was a tenth of its cost."""
+        lines = []
+        for gpu, uuid, used, total, utilisation in rows:
+            head = self._row_heads.get((gpu, uuid))
+            if head is None:
+                head = self._row_heads[gpu, uuid] = _csv_bytes([[gpu, uuid, ""]]).decode()[:-1]
+            lines.append(f"{stamp},{elapsed!r},{head}{_number(used)},{_number(total)},{_number(utilisation)}\n")
+        return "".join(lines).encode()
+
     def _sample(self, elapsed: float, with_processes: bool) -> None:
         readings, processes = self._source.read(with_processes)
         stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
@@ -343,7 +385,7 @@ class MemorySampler:
         if self.write_error is None:
             memory_file, process_file = self._files
             try:
-                _append_whole(memory_file, _csv_bytes([stamp, elapsed, *row] for row in rows))
+                _append_whole(memory_file, self._memory_lines(stamp, elapsed, rows))
                 if processes:
                     _append_whole(
                         process_file,
