@@ -32,13 +32,13 @@ from avatardoctor.files import FileTooBig, UnreadableFile, open_regular
 from .timeline import MAX_GPU_INDEX, MAX_MIB, STREAM_SAMPLES, Envelope, Timeline
 from .timeline import label as display_label
 
-# A 2-hour, 8-GPU log at 10 Hz is ~30 MB; 2 GiB is no single run's log. Reading one at the cap takes
-# ~1.6x its size in memory (docs/performance.md); the cap bounds the time to read junk as much as memory.
-MAX_BYTES = 2 * 1024**3
+# A 2-hour, 8-GPU log at 10 Hz is ~30 MB. Memory no longer grows with the log past STREAM_SAMPLES (~80 MiB
+# added at any size, docs/performance.md), so the cap bounds the time spent reading: 16 GiB is minutes.
+MAX_BYTES = 16 * 1024**3
 CHUNK_CHARS = 2 * 2**20  # text parsed at a time: 8 MiB parsed no faster and held 4x the working memory
 NEWLINE = ord("\n")
 MAX_LINE_CHARS = 64 * 2**10  # a sample line is ~60 characters; a longer one is cut to this while read (it is junk)
-MAX_SAMPLES = 50_000_000  # rows kept (~40 bytes each while read): 24 h of 8 GPUs at 10 Hz is 7 M
+MAX_SAMPLES = 400_000_000  # rows read (24 h of 8 GPUs at 10 Hz is 7 M); past this the rest is left unread
 MAX_GPUS = MAX_GPU_INDEX + 1  # different uuids (or rows per sample) read as different GPUs
 MAX_LABELS = 4096  # different GPU names kept; past it a GPU is shown without one
 TIMESTAMP_FORMAT = "%Y/%m/%d %H:%M:%S.%f"  # nvidia-smi's, e.g. 2026/11/20 09:14:02.123
@@ -121,7 +121,9 @@ def open_text(path: Path) -> tuple[TextIO, str]:
     try:
         raw, _ = open_regular(path, MAX_BYTES)
     except FileTooBig as e:
-        raise InputError(f"{path}: {e.size / 1024**3:.1f} GiB is too big for a GPU memory log (limit 2 GiB)") from None
+        raise InputError(
+            f"{path}: {e.size / 1024**3:.1f} GiB is too big for a GPU memory log (limit {MAX_BYTES / 1024**3:g} GiB)"
+        ) from None
     except UnreadableFile as e:
         raise InputError(f"cannot read {path}: {e}") from None
     buffered = io.BufferedReader(raw)  # type: ignore[type-var]  # typeshed wants a RawIOBase; a binary file reads the same
@@ -296,7 +298,7 @@ def split_lines(layout: Layout, lines: LineBlock, skipped: Skipped) -> tuple[byt
         if short.any():
             explained = (lines.per_line(lines.positions(b"[")) > 0) | (lines.per_line(lines.positions(b"N/A")) > 0)
             keep &= ~(short & ~explained)
-    numbers = lines.first + np.arange(len(lines), dtype=np.uint32)  # a 2 GiB log has under 2**32 lines
+    numbers = lines.first + np.arange(len(lines), dtype=np.uint64)  # a 16 GiB log may have over 2**32 lines
 
     def add(kind: str, which: np.ndarray) -> None:
         if which.any():
@@ -421,14 +423,15 @@ class Placement:
     below STREAM_SAMPLES, else its first STREAM_SAMPLES samples), then applied batch by batch; what it had
     to assume becomes notes at the end, in the order a reader needs them."""
 
-    def __init__(self, layout: Layout, first: dict[str, np.ndarray]):
+    def __init__(self, layout: Layout, ns: np.ndarray | None, gpu_column: bool):
+        """ns: the first rows' timestamps (None without a timestamp column); gpu_column: whether rows carry
+        their GPU (an index or identity column)."""
         self.layout = layout
-        ns = first.get("ns")
         self.ns0 = None if ns is None else int(ns[0])
         times_s = None if ns is None else (ns - ns[0]) / 1e9
         self.interval = ASSUMED_INTERVAL_S if times_s is None else sampling_interval(times_s)
         self.gpus = 0  # rows per sample, when GPUs are told apart by their row's place in a sample
-        if "gpu" not in first and times_s is not None:
+        if not gpu_column and times_s is not None:
             sizes = np.bincount(self._samples(times_s, -np.inf)[0])
             self.gpus = int(np.bincount(sizes).argmax())  # the usual number of rows per sample
         self.last_s = -np.inf  # the previous batch's last time, as logged (not shifted)
@@ -619,8 +622,8 @@ def _read(path: Path, text: TextIO, encoding: str, fields: list[str] | None, not
             elif count <= STREAM_SAMPLES:
                 parts.append(part)
             else:
-                streamed = Streamed(layout, joined([*parts, part]))
-                parts = []
+                parts.append(part)
+                streamed = Streamed(layout, parts)  # empties parts
         if count >= MAX_SAMPLES:
             notes.append(
                 f"{name} has over {MAX_SAMPLES:,} samples: read up to line {lines.first + len(lines) - 1}, the rest left unread"
@@ -636,7 +639,7 @@ def _read(path: Path, text: TextIO, encoding: str, fields: list[str] | None, not
         notes.append(f"no memory.used column in {name}: used = memory.total - memory.free")
     if streamed is None:
         rows = joined(parts)
-        placement = Placement(layout, rows)
+        placement = Placement(layout, rows.get("ns"), "gpu" in rows)
         rows, elapsed, gpu, keep = placement.place(rows, last=True)
         kept = np.flatnonzero(keep)
         order = kept[np.argsort(gpu[kept], kind="stable")]  # by GPU, then time: elapsed never goes back in file order
@@ -689,11 +692,15 @@ class Streamed:
     """A log past STREAM_SAMPLES samples: its placement settled by the samples before, each batch placed
     and folded into an Envelope as read, so memory stays what it was at STREAM_SAMPLES."""
 
-    def __init__(self, layout: Layout, first: dict[str, np.ndarray]):
-        self.placement = Placement(layout, first)
+    def __init__(self, layout: Layout, parts: list[dict[str, np.ndarray]]):
+        """parts: the samples read so far, each let go once added (never joined: that would double them)."""
+        ns = np.concatenate([p["ns"] for p in parts]) if "ns" in parts[0] else None
+        self.placement = Placement(layout, ns, "gpu" in parts[0])
+        del ns
         self.envelope = Envelope()
         self.labels: dict[int, int] = {}
-        self.add(first)
+        while parts:
+            self.add(parts.pop(0))
 
     def add(self, rows: dict[str, np.ndarray], last: bool = False) -> None:
         rows, elapsed, gpu, keep = self.placement.place(rows, last)

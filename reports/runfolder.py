@@ -29,7 +29,7 @@ from avatardoctor.reports.timeline import MAX_MIB, MAX_SECONDS, STREAM_SAMPLES, 
 from avatardoctor.runner.folder import RunFolder
 
 JSON_LIMIT = 64 * 2**20
-MEMORY_CSV_LIMIT = 256 * 2**20  # 5 GPUs at 10 Hz for 2 hours is ~30 MB
+MEMORY_CSV_LIMIT = 16 * 2**30  # 5 GPUs at 10 Hz for 2 hours is ~30 MB; memory stops growing past STREAM_SAMPLES
 CSV_CHUNK_ROWS = 2**16  # rows parsed at a time: beyond its numbers, a CSV costs the text of one chunk
 CSV_READ_BYTES = 2**20  # read from the file at a time (at most)
 PHASES_CSV_LIMIT = 16 * 2**20  # a run has a few dozen phases
