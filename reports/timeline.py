@@ -152,7 +152,11 @@ class Envelope:
         group = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(gpu))))
         highest = np.maximum.reduceat(np.where(readable, used, -np.inf), starts)
         lowest = np.minimum.reduceat(np.where(readable, used, np.inf), starts)
-        first_of = lambda mask: (at := np.flatnonzero(mask))[np.searchsorted(at, starts)]  # noqa: E731
+
+        def first_of(mask: np.ndarray) -> np.ndarray:  # each group's first row where mask holds (every group has one)
+            at = np.flatnonzero(mask)
+            return at[np.searchsorted(at, starts)]
+
         readable_at = np.flatnonzero(readable)
         last_readable = readable_at[np.maximum(np.searchsorted(readable_at, ends, side="right") - 1, 0)]
         keep = np.unique(
