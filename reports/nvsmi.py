@@ -29,16 +29,16 @@ import pandas as pd
 from avatardoctor.errors import InputError
 from avatardoctor.files import FileTooBig, UnreadableFile, open_regular
 
-from .timeline import MAX_GPU_INDEX, MAX_MIB, Timeline
+from .timeline import MAX_GPU_INDEX, MAX_MIB, STREAM_SAMPLES, Envelope, Timeline
 from .timeline import label as display_label
 
-# A 2-hour, 8-GPU log at 10 Hz is ~30 MB; 2 GiB is no single run's log. Reading one at the cap takes
-# ~1.6x its size in memory (docs/performance.md); the cap bounds the time to read junk as much as memory.
-MAX_BYTES = 2 * 1024**3
+# A 2-hour, 8-GPU log at 10 Hz is ~30 MB. Memory no longer grows with the log past STREAM_SAMPLES (~80 MiB
+# added at any size, docs/performance.md), so the cap bounds the time spent reading: 16 GiB is minutes.
+MAX_BYTES = 16 * 1024**3
 CHUNK_CHARS = 2 * 2**20  # text parsed at a time: 8 MiB parsed no faster and held 4x the working memory
 NEWLINE = ord("\n")
 MAX_LINE_CHARS = 64 * 2**10  # a sample line is ~60 characters; a longer one is cut to this while read (it is junk)
-MAX_SAMPLES = 50_000_000  # rows kept (~40 bytes each while read): 24 h of 8 GPUs at 10 Hz is 7 M
+MAX_SAMPLES = 400_000_000  # rows read (24 h of 8 GPUs at 10 Hz is 7 M); past this the rest is left unread
 MAX_GPUS = MAX_GPU_INDEX + 1  # different uuids (or rows per sample) read as different GPUs
 MAX_LABELS = 4096  # different GPU names kept; past it a GPU is shown without one
 TIMESTAMP_FORMAT = "%Y/%m/%d %H:%M:%S.%f"  # nvidia-smi's, e.g. 2026/11/20 09:14:02.123
@@ -121,7 +121,9 @@ def open_text(path: Path) -> tuple[TextIO, str]:
     try:
         raw, _ = open_regular(path, MAX_BYTES)
     except FileTooBig as e:
-        raise InputError(f"{path}: {e.size / 1024**3:.1f} GiB is too big for a GPU memory log (limit 2 GiB)") from None
+        raise InputError(
+            f"{path}: {e.size / 1024**3:.1f} GiB is too big for a GPU memory log (limit {MAX_BYTES / 1024**3:g} GiB)"
+        ) from None
     except UnreadableFile as e:
         raise InputError(f"cannot read {path}: {e}") from None
     buffered = io.BufferedReader(raw)  # type: ignore[type-var]  # typeshed wants a RawIOBase; a binary file reads the same
@@ -296,7 +298,7 @@ def split_lines(layout: Layout, lines: LineBlock, skipped: Skipped) -> tuple[byt
         if short.any():
             explained = (lines.per_line(lines.positions(b"[")) > 0) | (lines.per_line(lines.positions(b"N/A")) > 0)
             keep &= ~(short & ~explained)
-    numbers = lines.first + np.arange(len(lines), dtype=np.uint32)  # a 2 GiB log has under 2**32 lines
+    numbers = lines.first + np.arange(len(lines), dtype=np.uint64)  # a 16 GiB log may have over 2**32 lines
 
     def add(kind: str, which: np.ndarray) -> None:
         if which.any():
@@ -415,60 +417,129 @@ def sampling_interval(times_s: np.ndarray) -> float:
     return float(np.quantile(steps, 0.97)) if steps.size else ASSUMED_INTERVAL_S
 
 
-def gpu_numbers(layout: Layout, rows: dict[str, np.ndarray], times_s: np.ndarray | None, notes: list[str]):
-    """Each row's GPU number, and which rows to keep (not the rows of a sample missing a GPU's row)."""
-    name, count = layout.name, len(rows["line"])
-    every_row = np.ones(count, dtype=bool)
-    if "gpu" in rows:
+class Placement:
+    """Where each sample goes: its GPU number, its seconds since the first sample, and whether it is kept (not
+    a row of a sample missing a GPU's row). Settled by the first batch of rows it is given (the whole log
+    below STREAM_SAMPLES, else its first STREAM_SAMPLES samples), then applied batch by batch; what it had
+    to assume becomes notes at the end, in the order a reader needs them."""
+
+    def __init__(self, layout: Layout, ns: np.ndarray | None, gpu_column: bool):
+        """ns: the first rows' timestamps (None without a timestamp column); gpu_column: whether rows carry
+        their GPU (an index or identity column)."""
+        self.layout = layout
+        self.ns0 = None if ns is None else int(ns[0])
+        times_s = None if ns is None else (ns - ns[0]) / 1e9
+        self.interval = ASSUMED_INTERVAL_S if times_s is None else sampling_interval(times_s)
+        self.gpus = 0  # rows per sample, when GPUs are told apart by their row's place in a sample
+        if not gpu_column and times_s is not None:
+            sizes = np.bincount(self._samples(times_s, -np.inf)[0])
+            self.gpus = int(np.bincount(sizes).argmax())  # the usual number of rows per sample
+        self.last_s = -np.inf  # the previous batch's last time, as logged (not shifted)
+        self.shift = 0.0  # seconds added since the clock first went back
+        self.back, self.first_back = 0, 0
+        self.missed, self.first_missed = 0, 0  # samples without exactly `gpus` rows
+        self.per_gpu = np.zeros(MAX_GPUS, dtype=np.int64)  # rows so far per GPU, without timestamps
+        self.held: dict[str, np.ndarray] | None = None  # a sample that may go on in the next batch
+
+    def _samples(self, times_s: np.ndarray, before: float) -> tuple[np.ndarray, np.ndarray]:
+        """nvidia-smi writes a sample as consecutive rows, one per GPU in index order, ms apart; a new
+        sample starts after a gap of over half the sampling interval, or where the clock went back.
+        Each row's sample number from 0, and where each sample starts."""
+        steps = np.diff(times_s, prepend=before)
+        starts = (steps > self.interval / 2) | (steps < 0)
+        starts[0] = True
+        return np.cumsum(starts) - 1, np.flatnonzero(starts)
+
+    @property
+    def by_position(self) -> bool:
+        return 0 < self.gpus <= MAX_GPUS
+
+    def place(self, rows: dict[str, np.ndarray], last: bool):
+        """(the rows placed, their elapsed seconds, GPU numbers, which to keep), in file order. Unless `last`,
+        the rows of the batch's last sample are held for the next batch when GPUs are told apart by position."""
+        if self.held is not None:
+            rows = {k: np.concatenate((self.held[k], v)) for k, v in rows.items()}
+            self.held = None
+        ns = rows.get("ns")
+        times_s = None if ns is None else (ns - self.ns0) / 1e9
+        count = len(rows["line"])
+        if "gpu" in rows:
+            gpu, keep = rows["gpu"], np.ones(count, dtype=bool)
+        elif not self.by_position:
+            gpu, keep = np.zeros(count, dtype=np.int16), np.ones(count, dtype=bool)
+        else:
+            assert times_s is not None
+            sample, starts = self._samples(times_s, self.last_s)
+            if not last and len(starts):  # the last sample may go on in the next batch
+                self.held = {k: v[starts[-1] :] for k, v in rows.items()}
+                rows = {k: v[: starts[-1]] for k, v in rows.items()}
+                times_s, sample, count = times_s[: starts[-1]], sample[: starts[-1]], starts[-1]
+                starts = starts[:-1]
+            position = np.arange(count) - starts[sample]
+            sizes = np.bincount(sample, minlength=len(starts))
+            keep = sizes[sample] == self.gpus
+            if not keep.all():
+                self.first_missed = self.first_missed or int(rows["line"][~keep][0])
+                self.missed += int((sizes != self.gpus).sum())
+            gpu = position.astype(np.int16)
+        if times_s is None:  # sample k of a GPU is its k-th row
+            before = self.per_gpu[gpu]
+            self.per_gpu += np.bincount(gpu, minlength=MAX_GPUS)
+            elapsed = (before + pd.Series(gpu).groupby(gpu).cumcount().to_numpy()) * ASSUMED_INTERVAL_S
+        else:
+            elapsed = self._monotonic(times_s, rows["line"])
+        return rows, elapsed, gpu, keep
+
+    def _monotonic(self, times_s: np.ndarray, numbers: np.ndarray) -> np.ndarray:
+        """Seconds since the first row, in file order; where the clock goes back (a clock change, two logs
+        appended), the later rows are shifted to follow one sampling interval after the earlier ones."""
+        if not len(times_s):
+            return times_s
+        steps = np.diff(times_s, prepend=times_s[0] if self.last_s == -np.inf else self.last_s)
+        self.last_s = float(times_s[-1])
+        back = steps < 0
+        if not back.any():
+            return times_s + self.shift if self.shift else times_s
+        self.first_back = self.first_back or int(numbers[back][0])
+        self.back += int(back.sum())
+        shifted = times_s + self.shift + np.cumsum(np.where(back, self.interval - steps, 0.0))
+        self.shift = float(shifted[-1] - times_s[-1])
+        return shifted
+
+    def notes(self) -> list[str]:
+        name, layout, notes = self.layout.name, self.layout, []
         if layout.identity_column:
             notes.append(
                 f"no index column in {name}: GPUs numbered 0, 1, ... by first appearance of their {layout.identity_column}"
             )
-        return rows["gpu"], every_row
-    if times_s is None:
-        notes.append(f"no index or timestamp column in {name}: read as one GPU (log index to tell GPUs apart)")
-        return np.zeros(count, dtype=np.int16), every_row
-    # nvidia-smi writes a sample as consecutive rows, one per GPU in index order, ms apart; a new sample
-    # starts after a gap of over half the sampling interval, or where the clock went back.
-    steps = np.diff(times_s, prepend=-np.inf)
-    starts = (steps > sampling_interval(times_s) / 2) | (steps < 0)
-    sample = np.cumsum(starts) - 1
-    position = np.arange(count) - np.flatnonzero(starts)[sample]
-    sizes = np.bincount(sample)
-    gpus = int(np.bincount(sizes).argmax())  # the usual number of rows per sample
-    keep = sizes[sample] == gpus
-    if gpus > MAX_GPUS:  # not one sample of many GPUs: rows too close in time to tell samples apart
-        notes.append(
-            f"no index column in {name}: samples of {gpus} rows cannot be told apart, read as one GPU (log index)"
-        )
-        return np.zeros(count, dtype=np.int16), every_row
-    layout_note = (
-        "one row per sample, read as one GPU"
-        if gpus == 1
-        else f"GPU = position of the row within each sample ({gpus} GPUs)"
-    )
-    notes.append(f"no index column in {name}: {layout_note}")
-    if not keep.all():
-        missed = (
-            f"{(sizes != gpus).sum()} sample(s) in {name} without exactly {gpus} rows skipped (a GPU's row missing?)"
-        )
-        notes.append(f"{missed}, first at line {rows['line'][~keep][0]}")
-    return position.astype(np.int16), keep
-
-
-def monotonic_elapsed(name: str, times_s: np.ndarray, numbers: np.ndarray, notes: list[str]) -> np.ndarray:
-    """Seconds since the first row, in file order; where the clock goes back (a clock change, two logs
-    appended), the later rows are shifted to follow one sampling interval after the earlier ones."""
-    steps = np.diff(times_s, prepend=times_s[0])
-    back = steps < 0
-    if not back.any():
-        return times_s
-    interval = sampling_interval(times_s)
-    notes.append(
-        f"timestamps in {name} go back {back.sum()} time(s), first at line {numbers[back][0]} (clock change or "
-        f"logs appended?): later samples placed {interval:g} s after the ones before"
-    )
-    return times_s + np.cumsum(np.where(back, interval - steps, 0.0))
+        elif "index" not in layout.columns and self.ns0 is None:
+            notes.append(f"no index or timestamp column in {name}: read as one GPU (log index to tell GPUs apart)")
+        elif "index" not in layout.columns and not self.by_position:  # rows too close in time to tell samples apart
+            notes.append(
+                f"no index column in {name}: samples of {self.gpus} rows cannot be told apart, read as one GPU (log index)"
+            )
+        elif "index" not in layout.columns:
+            layout_note = (
+                "one row per sample, read as one GPU"
+                if self.gpus == 1
+                else f"GPU = position of the row within each sample ({self.gpus} GPUs)"
+            )
+            notes.append(f"no index column in {name}: {layout_note}")
+            if self.missed:
+                missed = (
+                    f"{self.missed} sample(s) in {name} without exactly {self.gpus} rows skipped (a GPU's row missing?)"
+                )
+                notes.append(f"{missed}, first at line {self.first_missed}")
+        if self.ns0 is None:
+            notes.append(
+                f"no timestamp column in {name}: samples assumed {ASSUMED_INTERVAL_S:g} s apart (nvidia-smi -l 1)"
+            )
+        elif self.back:
+            notes.append(
+                f"timestamps in {name} go back {self.back} time(s), first at line {self.first_back} (clock change or "
+                f"logs appended?): later samples placed {self.interval:g} s after the ones before"
+            )
+        return notes
 
 
 def skipped_notes(name: str, skipped: Skipped) -> list[str]:
@@ -539,12 +610,20 @@ def _read(path: Path, text: TextIO, encoding: str, fields: list[str] | None, not
             notes + [f"{', '.join(unknown)} in {name}: not a unit of memory (KiB, MiB, GiB, TiB): nothing to plot"]
         )
 
-    parts, count = [], 0
+    parts, count, missing = [], 0, 0
+    streamed: Streamed | None = None  # past STREAM_SAMPLES samples
     for lines in itertools.chain([head], blocks):
         part = parse_chunk(layout, lines, skipped)
         if part is not None and len(part["line"]):
-            parts.append(part)
             count += len(part["line"])
+            missing += int(part.pop("missing").sum())
+            if streamed is not None:
+                streamed.add(part)
+            elif count <= STREAM_SAMPLES:
+                parts.append(part)
+            else:
+                parts.append(part)
+                streamed = Streamed(layout, parts)  # empties parts
         if count >= MAX_SAMPLES:
             notes.append(
                 f"{name} has over {MAX_SAMPLES:,} samples: read up to line {lines.first + len(lines) - 1}, the rest left unread"
@@ -552,46 +631,85 @@ def _read(path: Path, text: TextIO, encoding: str, fields: list[str] | None, not
             break
     del head, lines
     notes += skipped_notes(name, skipped)
-    if not parts:
+    if not count:
         return Timeline.empty(notes + [f"no samples in {name}: nothing to plot"])
-    rows = {k: np.concatenate([p.pop(k) for p in parts]) for k in list(parts[0])}  # one column at a time
-    missing = int(rows.pop("missing").sum())
     if missing:
         notes.append(f"{missing} memory value(s) in {name} not available ([N/A] or similar): left as gaps")
     if "memory.used" not in columns:
         notes.append(f"no memory.used column in {name}: used = memory.total - memory.free")
-    ns = rows.pop("ns", None)
-    start = None if ns is None else pd.Timestamp(ns[0]).to_pydatetime(warn=False)  # ns -> µs
-    times_s = None if ns is None else (ns - ns[0]) / 1e9
-    del ns
-    gpu, keep = gpu_numbers(layout, rows, times_s, notes)
-    if times_s is None:  # sample k of a GPU is its k-th row
-        elapsed = pd.Series(gpu).groupby(gpu).cumcount().to_numpy() * ASSUMED_INTERVAL_S
-        notes.append(f"no timestamp column in {name}: samples assumed {ASSUMED_INTERVAL_S:g} s apart (nvidia-smi -l 1)")
+    if streamed is None:
+        rows = joined(parts)
+        placement = Placement(layout, rows.get("ns"), "gpu" in rows)
+        rows, elapsed, gpu, keep = placement.place(rows, last=True)
+        kept = np.flatnonzero(keep)
+        order = kept[np.argsort(gpu[kept], kind="stable")]  # by GPU, then time: elapsed never goes back in file order
+        labels = first_labels(gpu[kept], rows.get("label", np.zeros(0))[kept] if "label" in rows else None, {})
+        columns_kept = (elapsed[order], gpu[order], rows.pop("used_mib")[order], rows.pop("total_mib")[order])
+        counts = {}
     else:
-        elapsed = monotonic_elapsed(name, times_s, rows["line"], notes)
-    del times_s
+        placement, labels = streamed.placement, streamed.finish()
+        columns_kept = tuple(streamed.envelope.samples().values())  # type: ignore[assignment]
+        counts = {str(g): int(n) for g, n in enumerate(streamed.envelope.counts) if n}
+    notes += placement.notes()
+    if streamed is not None:
+        notes.append(streamed.envelope.note(name))
+    start = None if placement.ns0 is None else pd.Timestamp(placement.ns0).to_pydatetime(warn=False)  # ns -> µs
+    gpu_names = {str(g): display_label(layout.labels.values[c]) for g, c in sorted(labels.items()) if c >= 0}
+    return Timeline(samples_frame(*columns_kept), gpu_names=gpu_names, start=start, notes=notes, counts=counts)
 
-    kept = np.flatnonzero(keep)
-    numbers = np.flatnonzero(np.bincount(gpu[kept], minlength=1))  # the GPU numbers that have samples
+
+def joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The parts' rows as one set of columns, one column at a time, each part's let go once joined."""
+    return {k: np.concatenate([p.pop(k) for p in parts]) for k in list(parts[0])}
+
+
+def first_labels(gpu: np.ndarray, label: np.ndarray | None, known: dict[int, int]) -> dict[int, int]:
+    """`known` with each GPU first seen in these rows and the label code on its first row."""
+    if label is not None:
+        numbers, firsts = np.unique(gpu, return_index=True)
+        for g, first in zip(numbers.tolist(), firsts.tolist()):
+            known.setdefault(g, int(label[first]))
+    return known
+
+
+def samples_frame(elapsed: np.ndarray, gpu: np.ndarray, used: np.ndarray, total: np.ndarray) -> pd.DataFrame:
+    """Timeline.samples from rows already in order by GPU number, then time."""
+    numbers = np.flatnonzero(np.bincount(gpu, minlength=1))  # the GPU numbers that have samples
     codes = np.zeros(numbers[-1] + 1, dtype=np.int16)
     codes[numbers] = np.arange(len(numbers))
-    gpu_names = {}
-    if "label" in rows:  # each GPU's label on its first row
-        _, firsts = np.unique(gpu[kept], return_index=True)
-        gpu_names = {
-            str(g): display_label(layout.labels.values[c])
-            for g, c in zip(numbers, rows["label"][kept[firsts]])
-            if c >= 0
-        }
-    order = kept[np.argsort(gpu[kept], kind="stable")]  # by GPU, then time: elapsed never goes back in file order
-    samples = pd.DataFrame(
+    return pd.DataFrame(
         {
-            "elapsed_s": elapsed[order].astype("float64"),
-            "gpu": pd.Categorical.from_codes(codes[gpu[order]], categories=[str(g) for g in numbers]),
-            "used_mib": rows.pop("used_mib")[order],
-            "total_mib": rows.pop("total_mib")[order],
+            "elapsed_s": elapsed.astype("float64"),
+            "gpu": pd.Categorical.from_codes(codes[gpu], categories=[str(g) for g in numbers]),
+            "used_mib": used,
+            "total_mib": total,
         },
         copy=False,
     )
-    return Timeline(samples, gpu_names=gpu_names, start=start, notes=notes)
+
+
+class Streamed:
+    """A log past STREAM_SAMPLES samples: its placement settled by the samples before, each batch placed
+    and folded into an Envelope as read, so memory stays what it was at STREAM_SAMPLES."""
+
+    def __init__(self, layout: Layout, parts: list[dict[str, np.ndarray]]):
+        """parts: the samples read so far, each let go once added (never joined: that would double them)."""
+        ns = np.concatenate([p["ns"] for p in parts]) if "ns" in parts[0] else None
+        self.placement = Placement(layout, ns, "gpu" in parts[0])
+        del ns
+        self.envelope = Envelope()
+        self.labels: dict[int, int] = {}
+        while parts:
+            self.add(parts.pop(0))
+
+    def add(self, rows: dict[str, np.ndarray], last: bool = False) -> None:
+        rows, elapsed, gpu, keep = self.placement.place(rows, last)
+        gpu = gpu[keep]
+        first_labels(gpu, rows["label"][keep] if "label" in rows else None, self.labels)
+        self.envelope.add(elapsed[keep], gpu, rows["used_mib"][keep], rows["total_mib"][keep])
+
+    def finish(self) -> dict[int, int]:
+        """The labels' codes by GPU number, once the sample held back (if any) is placed."""
+        if self.placement.held is not None:
+            self.add({k: v[:0] for k, v in self.placement.held.items()}, last=True)
+        return self.labels

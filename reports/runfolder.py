@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -26,11 +26,11 @@ import numpy as np
 import pandas as pd
 
 from avatardoctor.files import UnreadableFile, open_regular, read_regular
-from avatardoctor.reports.timeline import MAX_MIB, MAX_SECONDS, Timeline, gpu_id, label
+from avatardoctor.reports.timeline import MAX_MIB, MAX_SECONDS, STREAM_SAMPLES, Envelope, Timeline, gpu_id, label
 from avatardoctor.runner.folder import RunFolder
 
 JSON_LIMIT = 64 * 2**20
-MEMORY_CSV_LIMIT = 256 * 2**20  # 5 GPUs at 10 Hz for 2 hours is ~30 MB
+MEMORY_CSV_LIMIT = 16 * 2**30  # 5 GPUs at 10 Hz for 2 hours is ~30 MB; memory stops growing past STREAM_SAMPLES
 CSV_CHUNK_ROWS = 2**16  # rows parsed at a time: beyond its numbers, a CSV costs the text of one chunk
 CSV_READ_BYTES = 2**20  # read from the file at a time (at most)
 PHASES_CSV_LIMIT = 16 * 2**20  # a run has a few dozen phases
@@ -323,17 +323,24 @@ def _numbers(column: pd.Series, low: float, high: float) -> pd.Series:
 class _MemorySamples:
     """logs/gpu_memory.csv read a chunk at a time: each chunk's readable samples as typed arrays (GPU
     ids as codes into `ids`), and what the report takes from the text: the first time, each GPU's first
-    uuid (looked for only while some GPU has none), and where the first readable sample is."""
+    uuid (looked for only while some GPU has none), and where the first readable sample is. Past
+    STREAM_SAMPLES samples they are folded into an Envelope (cut at `cuts`: Envelope's arguments)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cuts: dict[str, Iterable[float]]) -> None:
         self.ids: list[str] = []  # GPU ids as reports name them ("0", "cpu": gpu_id)
         self.codes: dict[str, int] = {}
         self.uuids: dict[int, str] = {}
         self.rows = 0
         self.first_good_row: int | None = None  # its time is read afterwards: a string per row costs 15% of a parse
         self.unreadable = 0
+        self.backwards = 0  # samples earlier than their GPU's sample before
+        self.last_s = np.zeros(0)  # each GPU's last elapsed_s so far, by code
+        self.parts: list[dict[str, np.ndarray]] = []
+        self.kept = 0
+        self.cuts = cuts
+        self.envelope: Envelope | None = None
 
-    def typed(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    def typed(self, frame: pd.DataFrame) -> None:
         gpu = self._gpu_codes(frame["gpu"])
         total = frame["memory_total_mib"] if "memory_total_mib" in frame else pd.Series("", index=frame.index)
         columns = {
@@ -350,7 +357,31 @@ class _MemorySamples:
         if self.first_good_row is None and good.any():
             self.first_good_row = self.rows + int(np.argmax(good))
         self.rows += len(frame)
-        return {name: values[good] for name, values in columns.items()}
+        part = {name: values[good] for name, values in columns.items()}
+        self._count_backwards(part["gpu"], part["elapsed_s"])
+        if self.envelope is None:
+            self.parts.append(part)
+            self.kept += len(part["gpu"])
+            if self.kept > STREAM_SAMPLES:
+                self.envelope = Envelope(**self.cuts)
+                for held in self.parts:
+                    self.envelope.add(**held)
+                self.parts = []
+        else:
+            self.envelope.add(**part)
+
+    def _count_backwards(self, gpu: np.ndarray, elapsed: np.ndarray) -> None:
+        """Samples earlier than the one before them of the same GPU, in file order, across chunks."""
+        if len(self.last_s) < len(self.ids):
+            self.last_s = np.pad(self.last_s, (0, len(self.ids) - len(self.last_s)), constant_values=np.nan)
+        order = np.argsort(gpu, kind="stable")
+        gpu, elapsed = gpu[order], elapsed[order]
+        first = np.concatenate(([True], gpu[1:] != gpu[:-1])) if len(gpu) else np.zeros(0, dtype=bool)
+        before = np.concatenate(([np.nan], elapsed[:-1])) if len(gpu) else elapsed
+        before[first] = self.last_s[gpu[first]]
+        self.backwards += int((elapsed < before).sum())
+        last = np.append(first[1:], True) if len(gpu) else first
+        self.last_s[gpu[last]] = elapsed[last]
 
     def _gpu_codes(self, cells: pd.Series) -> np.ndarray:
         """Each cell's code (a categorical column's), -1 where it names no GPU."""
@@ -366,11 +397,12 @@ class _MemorySamples:
         return self.codes[gpu]
 
 
-def read_memory_csv(path: Path, root: Path | None = None) -> Timeline:
+def read_memory_csv(path: Path, root: Path | None = None, **cuts: Iterable[float]) -> Timeline:
     """logs/gpu_memory.csv; links are followed only within root (default: the file's own folder).
-    Read CSV_CHUNK_ROWS rows at a time into typed arrays: memory follows the samples, not the text."""
+    Read CSV_CHUNK_ROWS rows at a time into typed arrays: memory follows the samples, not the text, up to
+    STREAM_SAMPLES; past that, an Envelope's (cuts: its at_or_before and from_ times) whatever the length."""
     notes: list[str] = []
-    read = _MemorySamples()
+    read = _MemorySamples(cuts)
     required = ["elapsed_s", "gpu", "memory_used_mib"]
     numbers = set(READ_COLUMNS) - {"time"}
     chunks = _csv(path, root or path.parent, MEMORY_CSV_LIMIT, required, notes, read.typed, numbers)
@@ -380,17 +412,20 @@ def read_memory_csv(path: Path, root: Path | None = None) -> Timeline:
         notes.append(
             f"{read.unreadable} unreadable sample(s) in {path.name} skipped (time, GPU index or memory not readable)"
         )
-    elapsed, gpu, used, total = (  # one column at a time, each chunk's part let go once joined
-        np.concatenate([chunk.pop(column) for chunk in chunks])
+    kept = read.parts if read.envelope is None else [read.envelope.samples()]
+    elapsed, gpu, used, total = (  # one column at a time, each part let go once joined
+        np.concatenate([part.pop(column) for part in kept]) if kept else np.zeros(0)
         for column in ("elapsed_s", "gpu", "used_mib", "total_mib")
     )
+    gpu = gpu.astype(np.int64)
     rank = np.argsort(np.argsort(np.array(read.ids, dtype=str))).astype(np.int32)[gpu]  # "10" before "2", as text
-    order = np.argsort(rank, kind="stable")  # by GPU, then file order
-    same_gpu = rank[order][1:] == rank[order][:-1]
-    backwards = int((same_gpu & (np.diff(elapsed[order]) < 0)).sum())
-    if backwards:
-        notes.append(f"{backwards} sample(s) in {path.name} go back in time: drawn in time order")
-        order = np.lexsort((elapsed, rank))  # by GPU, then time, then file order
+    order = np.argsort(rank, kind="stable")  # by GPU, then file order (an Envelope's: time order)
+    if read.backwards:
+        notes.append(f"{read.backwards} sample(s) in {path.name} go back in time: drawn in time order")
+        if read.envelope is None:
+            order = np.lexsort((elapsed, rank))  # by GPU, then time, then file order
+    if read.envelope is not None:
+        notes.append(read.envelope.note(path.name))
     samples = pd.DataFrame(
         {
             "elapsed_s": elapsed[order],
@@ -400,6 +435,7 @@ def read_memory_csv(path: Path, root: Path | None = None) -> Timeline:
         }
     )
     names = dict(sorted((read.ids[code], label(uuid)) for code, uuid in read.uuids.items()))
+    counts = {} if read.envelope is None else {read.ids[c]: int(n) for c, n in enumerate(read.envelope.counts) if n}
     start = None
     if read.first_good_row is not None:  # the wall-clock time of the first readable sample, from the file's head
         last_times = _csv(  # each chunk's last time: the first readable sample's is the last one read
@@ -415,7 +451,7 @@ def read_memory_csv(path: Path, root: Path | None = None) -> Timeline:
         if last_times and last_times[-1] is not None:
             start = pd.to_datetime(last_times[-1], errors="coerce", utc=True)
     start = None if start is None or pd.isna(start) else start.to_pydatetime()
-    return Timeline(samples, names, start, notes)
+    return Timeline(samples, names, start, notes, counts)
 
 
 def read_phases(path: Path, root: Path, notes: list[str]) -> pd.DataFrame:
@@ -491,12 +527,18 @@ def read_rank_clips(path: Path, root: Path, notes: list[str]) -> pd.DataFrame | 
 def read_run_folder(path: Path) -> RunRecord:
     notes: list[str] = []
     layout = RunFolder(path)
-    timeline = read_memory_csv(layout.gpu_memory_csv, path)
     plan = read_plan(_json(layout.plan_json, path, notes))
     debug = read_debug(_json(layout.debug_json, path, notes))
     phases = read_phases(layout.phases_csv, path, notes)
     requests = read_requests(layout.requests_csv, path, notes)
     rank_clips = read_rank_clips(layout.rank_clips_csv, path, notes)
+    failed_at = (debug.failure or {}).get("at_elapsed_s")
+    timeline = read_memory_csv(  # a long log's envelope keeps what the summary takes at these times exact
+        layout.gpu_memory_csv,
+        path,
+        at_or_before=[] if failed_at is None else [failed_at],
+        from_=requests["start_s"].to_numpy(dtype="float64"),
+    )
     for gpu, name in debug.gpu_names.items():
         timeline.gpu_names.setdefault(gpu, name)
     return RunRecord(path, timeline, plan, debug, phases, requests, rank_clips, notes + timeline.notes)

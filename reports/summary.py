@@ -64,7 +64,7 @@ def gpu_rows(timeline: Timeline, run: RunRecord | None) -> list[dict]:
             {
                 "gpu": gpu,
                 "name": timeline.gpu_names.get(gpu),
-                "samples": int(len(s)),
+                "samples": timeline.counts.get(gpu, int(len(s))),
                 "measured_peak_gib": _round(measured),
                 "peak_at_s": None if peak is None else _round(peak.elapsed_s, 1),
                 "peak_phase": None if peak is None else phase_at(phases, peak.elapsed_s),
