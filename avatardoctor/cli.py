@@ -235,7 +235,7 @@ def _echo_results(results, as_json: bool) -> None:
 @click.option(
     "--attach-gpus",
     "attach_gpus",
-    callback=lambda _ctx, _param, value: None if value is None else _gpu_indices(value),
+    callback=lambda _ctx, _param, value: _gpu_indices(value),
     metavar="0,1,...|all",
     help="Watch the job whose compute processes use these GPUs (NVML; its torchrun where visible) until it exits.",
 )
@@ -286,11 +286,11 @@ def record_command(
     sys.exit(exitcodes.for_run(result.failure.cls))
 
 
-def _gpu_indices(value: str) -> tuple[int, ...] | str:
-    """--attach-gpus: `all`, or NVML indices as nvidia-smi shows them."""
+def _gpu_indices(value: str | None) -> tuple[int, ...] | str | None:
+    """--attach-gpus: `all`, or NVML indices as nvidia-smi shows them (each once, in the order given)."""
+    if value is None or value.strip() == "all":
+        return None if value is None else "all"
     words = [w.strip() for w in value.split(",")]
-    if value.strip() == "all":
-        return "all"
     if not all(w.isdigit() for w in words):
         raise InputError(f"--attach-gpus {value}: give GPU indices as nvidia-smi shows them (0,1,2) or all")
     return tuple(dict.fromkeys(int(w) for w in words))

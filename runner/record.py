@@ -3,7 +3,9 @@ torchrun line typed by hand, a running job's command line) is recorded as `run` 
 
 Where the command is Live Avatar's entry (directly, under torchrun, or in one of upstream's
 `infinite_inference_*.sh` scripts, whose torchrun line is read), the configuration is read from its flags;
-anything else is recorded without one (mode `record`, one process: memory, log and outcome still are).
+anything else is recorded without one (mode `record`, one process: memory, log and outcome still are). A running
+job's plan is read the same way from its launcher's command line (`--attach`), found through NVML when only its GPUs
+are named (`--attach-gpus`, gpu_job).
 """
 
 from __future__ import annotations
