@@ -12,7 +12,6 @@ to fit, so `avatardoctor check` starts fast.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sqlite3
@@ -30,7 +29,7 @@ from rich.table import Table
 from avatardoctor import __version__
 from avatardoctor.errors import InputError
 from avatardoctor.estimates import DEFAULT_TERMS, EstimateTerms
-from avatardoctor.files import FileTooLarge, read_limited
+from avatardoctor.files import UnreadableJson, read_json
 from avatardoctor.predict import PHASES
 from avatardoctor.units import GIB, MIB, gib
 
@@ -304,17 +303,9 @@ def import_measurements(path: Path, named: str = IMPORT_FLAG) -> list[Measuremen
     field; errors name the file as the user gave it (`named`: the flag, or "" for a positional argument)."""
     where = f"{named} {path}".strip()
     try:
-        data = read_limited(path, MAX_IMPORT_BYTES)
-    except OSError as err:
-        raise InputError(f"{where}: cannot read ({err.strerror})") from None
-    except FileTooLarge:
-        raise InputError(f"{where}: over 16 MiB, not a measurements file (is it the right file?)") from None
-    try:
-        doc = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise InputError(f"{where}: not UTF-8 text (is it the right file?)") from None
-    except json.JSONDecodeError as err:
-        raise InputError(f"{where}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+        doc = read_json(path, MAX_IMPORT_BYTES, "a measurements file")
+    except UnreadableJson as err:
+        raise InputError(f"{where}: {err}") from None
     if not isinstance(doc, dict) or doc.get("schema") != IMPORT_SCHEMA:
         found = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
         raise InputError(f"{where}: schema must be {IMPORT_SCHEMA!r}, found {found!r:.60}")

@@ -5,10 +5,11 @@ unread, a huge file refused before it is read), which is how every untrusted fil
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from avatardoctor.errors import InputError
 
@@ -100,6 +101,32 @@ def read_limited(path: Path, limit: int) -> bytes:
     return data
 
 
+class UnreadableJson(Exception):
+    """Why a JSON file could not be read, in words that follow its name: "not valid JSON (line 3, column 1: ...)"."""
+
+
+def read_json(path: Path, limit: int, what: str) -> Any:
+    """A JSON document read within a bound, for the caller to check field by field. UnreadableJson says why not:
+    cannot be read, a directory, over the limit (then it is not `what`, "a plan"), not UTF-8, not JSON (with the
+    line and column), nested too deeply for the parser."""
+    try:
+        data = read_limited(path, limit)
+    except IsADirectoryError:
+        raise UnreadableJson("a directory where a file should be") from None
+    except FileTooLarge:
+        raise UnreadableJson(f"over {limit / 2**20:g} MiB, not {what}") from None
+    except OSError as err:
+        raise UnreadableJson(f"cannot read ({err.strerror})") from None
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UnreadableJson("not UTF-8 text") from None
+    except json.JSONDecodeError as err:
+        raise UnreadableJson(f"not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+    except RecursionError:
+        raise UnreadableJson("JSON nested too deeply") from None
+
+
 def read_tail(path: Path, limit: int) -> bytes:
     """The last `limit` bytes of a regular file (a log that may have grown to gigabytes); OSError otherwise."""
     fd, info = _open_regular_fd(path)
@@ -108,6 +135,29 @@ def read_tail(path: Path, limit: int) -> bytes:
     with os.fdopen(fd, "rb") as f:
         f.seek(max(0, info.st_size - limit))
         return f.read(limit)
+
+
+def read_buffered(path: Path, limit: int) -> bytes:
+    """What a record device such as /dev/kmsg holds now, without waiting for more: one record per read() until it
+    says there is nothing more (EAGAIN), at most limit bytes; a regular file is read to its end, as far. OSError
+    when it cannot be opened (/dev/kmsg under dmesg_restrict: EPERM)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    chunks, size = [], 0
+    try:
+        while size < limit:
+            try:
+                chunk = os.read(fd, 8192)  # a kmsg record is at most 8 KiB (the kernel's CONSOLE_EXT_LOG_MAX)
+            except BlockingIOError:  # nothing more buffered
+                break
+            except BrokenPipeError:  # kmsg: records were overwritten while read; the next read goes on
+                continue
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)[:limit]
 
 
 SPECIAL_FILES = (

@@ -6,7 +6,6 @@ A file that cannot be read becomes an "unreadable" row, so one truncated report 
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections import Counter
@@ -21,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from avatardoctor import __version__, exitcodes
-from avatardoctor.files import FileTooLarge, read_limited
+from avatardoctor.files import UnreadableJson, read_json
 from avatardoctor.machine.model import MachineFormatError, machine_from_dict
 from avatardoctor.units import GIB, MIB, gib
 
@@ -91,19 +90,9 @@ class Fleet:
 def read_report(path: Path) -> Any:
     """The parsed JSON of one file, read with a size bound; raises UnreadableReport."""
     try:
-        data = read_limited(path, MAX_FILE_BYTES)
-    except OSError as err:
-        raise UnreadableReport(f"cannot read ({err.strerror})") from None
-    except FileTooLarge:
-        raise UnreadableReport(f"over {MAX_FILE_BYTES // MIB} MiB, not a `check --json` report") from None
-    try:
-        return json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise UnreadableReport("not UTF-8 text") from None
-    except json.JSONDecodeError as err:
-        raise UnreadableReport(f"not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
-    except RecursionError:
-        raise UnreadableReport("JSON nested too deeply") from None
+        return read_json(path, MAX_FILE_BYTES, "a `check --json` report")
+    except UnreadableJson as err:
+        raise UnreadableReport(str(err)) from None
 
 
 def _busbw(live: dict | None) -> float | None:

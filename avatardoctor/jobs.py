@@ -12,12 +12,13 @@ the tree). This module does not import torch; the ranks do.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -26,12 +27,15 @@ import psutil
 from avatardoctor.errors import InputError
 
 JOB_COOKIE = "AVATARDOCTOR_JOB"  # in every job process's environment, so that one that left the tree is still the job's
+REAPER_DONE = "done"  # the supervisor's last line once it has stopped the job itself: nothing is left to kill
 # Kills the job when its supervisor dies (the reaper's stdin closes): torchrun's group, every PID it was
 # told about, and every process carrying the job's cookie, which covers a rank started after the last report.
 REAPER = (
     "import os, signal, sys\n"
     "pgid, mark, pids = int(sys.argv[1]), sys.argv[2].encode(), set()\n"
-    "for line in sys.stdin:\n    pids.update(int(p) for p in line.split())\n"
+    "for line in sys.stdin:\n"
+    f"    if line.strip() == {REAPER_DONE!r}:\n        sys.exit(0)\n"
+    "    pids.update(int(p) for p in line.split())\n"
     "for entry in os.listdir('/proc'):\n"
     "    try:\n"
     "        with open(f'/proc/{entry}/environ', 'rb') as f:\n"
@@ -61,6 +65,70 @@ def torchrun_argv(
         str(master_port),
         *args,
     ]
+
+
+def _parent_pid(pid: int) -> int | None:
+    """The parent in /proc/PID/stat (its 4th field, after the name in parentheses, which may hold spaces and ')')."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+        try:
+            stat = os.read(fd, 4096)
+        finally:
+            os.close(fd)
+        return int(stat[stat.rindex(b")") + 2 :].split(b" ", 2)[1])
+    except (OSError, ValueError):  # ended, or not readable
+        return None
+
+
+class ProcessTree:
+    """Some root processes and all their descendants, found by listing /proc and reading the parent of each
+    PID only when it first appears. psutil's children() reads every process's stat each time (~1.3 ms for
+    100 processes here, more on a busy server); this reads the listing and the new PIDs (~0.1 ms). A process
+    keeps its place in the tree from its first listing until it ends, as its parent at birth is what
+    places it (a rank whose torchrun died is still the job's). A PID ended and reused between two listings
+    would keep its predecessor's place; with PIDs handed out in turn up to pid_max that takes a full cycle."""
+
+    def __init__(self, roots: Iterable[int]):
+        self.roots = list(dict.fromkeys(roots))
+        self._parents: dict[int, int | None] = {}  # every PID listed, and its parent when it first appeared
+        self._members: set[int] = set()  # the roots' descendants among them
+
+    def descendants(self) -> list[int]:
+        """The roots' living descendants (not the roots), by PID."""
+        try:
+            listed = {int(entry) for entry in os.listdir("/proc") if entry.isdigit()}
+        except OSError:  # no /proc: psutil's way, which has its own
+            return [c.pid for root in self.roots for c in _children(root)]
+        for pid in self._parents.keys() - listed:  # ended: its PID may be handed out again
+            del self._parents[pid]
+        self._members &= listed
+        new = listed - self._parents.keys()
+        for pid in new:
+            self._parents[pid] = _parent_pid(pid)
+        inside = self._members | set(self.roots)
+        found = True
+        while found:  # a new child of a new child: until no more join
+            joined = {pid for pid in new if self._parents[pid] in inside and pid not in inside}
+            found = bool(joined)
+            inside |= joined
+            self._members |= joined
+        self._members -= set(self.roots)
+        return sorted(self._members)
+
+
+def _children(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _exit_fd(pid: int) -> int | None:
+    """A pidfd of our child, readable once it has exited; None where the kernel has none (before Linux 5.3)."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def _session(pid: int) -> int | None:
@@ -106,10 +174,13 @@ class Job:
             start_new_session=True,
         )
         self.descendants: set[int] = set()
+        self._tree = ProcessTree([self.proc.pid])
         self._not_job: set[int] = set()  # PIDs whose environment was read and lacks the cookie: read each once
         self._sessions: set[int] = set()
         self._looked_at: set[int] = set()  # job PIDs whose session was read
         self._lock, self._stopped = threading.Lock(), False
+        self._stop_done = threading.Event()  # stop() ran to its end: every job process seen was killed
+        self._exit_fd = _exit_fd(self.proc.pid)
 
     @property
     def pid(self) -> int:
@@ -129,10 +200,7 @@ class Job:
     def track(self, everywhere: bool = True) -> set[int]:
         """Note the job's processes and tell the reaper; returns the ones not seen before. The tree is
         cheap to list; `everywhere` also looks at every other process on the host (sessions, cookies)."""
-        try:
-            found = {c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)}
-        except psutil.Error:
-            found = set()
+        found = set(self._tree.descendants())
         if everywhere:
             found |= self._strays(found)
         new = found - self.descendants
@@ -177,17 +245,18 @@ class Job:
                 pass
 
     def wait(self, timeout: float | None = None) -> int | None:
-        """The exit code, or None when the job is still running after `timeout` seconds."""
+        """The exit code, or None when the job is still running after `timeout` seconds. With a pidfd it
+        returns the moment the job exits (Popen.wait(timeout) polls, up to 50 ms late each time)."""
+        if timeout is not None and self._exit_fd is not None:
+            if not select.select([self._exit_fd], [], [], max(timeout, 0.0))[0]:
+                return None
+            timeout = None  # it has exited: reap it
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             return None
 
-    def stop(self) -> None:
-        with self._lock:
-            if self._stopped:
-                return
-            self._stopped = True
+    def _stop_all(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
             self.track()  # again each round: a process may fork while the job winds down
             self._signal(sig)
@@ -198,14 +267,28 @@ class Job:
         self.track()
         self._signal(signal.SIGKILL)
 
+    def stop(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        self._stop_all()
+        self._stop_done.set()
+
     def close(self) -> None:
-        """Stop the job if it still runs, then let the reaper go."""
+        """Stop the job if it still runs, then let the reaper go: at once when the stop has finished (its own
+        search of every process would repeat ours), else after one more kill of everything the job's."""
         self.stop()
         if self.reaper.stdin:
             try:
+                if self._stop_done.is_set():
+                    self.reaper.stdin.write(f"{REAPER_DONE}\n".encode())
                 self.reaper.stdin.close()
             except OSError:
                 pass
+        if self._exit_fd is not None and self._stop_done.is_set():  # else a stop still waits on it: left open
+            os.close(self._exit_fd)
+            self._exit_fd = None
         try:
             self.reaper.wait(5)
         except subprocess.TimeoutExpired:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from avatardoctor import __version__
 from avatardoctor.errors import InputError
-from avatardoctor.files import FileTooLarge, read_limited
+from avatardoctor.files import UnreadableJson, read_json
 from avatardoctor.upstream import SIZE_PATTERN
 
 PLAN_SCHEMA = "avatardoctor.plan/1"
@@ -151,13 +151,9 @@ def read_plan_file(path: Path) -> PlanFile:
     """A saved plan, validated before anything is created."""
     where = f"--plan {path}"
     try:
-        doc = json.loads(read_limited(path, PLAN_LIMIT).decode("utf-8"))
-    except OSError as e:
-        raise InputError(f"{where}: cannot read ({e.strerror})") from None
-    except FileTooLarge:
-        raise InputError(f"{where}: over 16 MiB, not a plan (write one with `avatardoctor plan -o FILE`)") from None
-    except (ValueError, RecursionError) as e:
-        raise InputError(f"{where}: not valid JSON ({str(e)[:80]})") from None
+        doc = read_json(path, PLAN_LIMIT, "a plan (write one with `avatardoctor plan -o FILE`)")
+    except UnreadableJson as err:
+        raise InputError(f"{where}: {err}") from None
     return PlanFile.from_dict(doc, where)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 
 UPSTREAM_REPO = "https://github.com/Alibaba-Quark/LiveAvatar"
 UPSTREAM_COMMIT = "9c2c38de1715e553127b42c82cb959f756b02595"  # the rules below were verified at this commit
@@ -234,6 +235,10 @@ def fp8_converted(name: str, shape: tuple[int, ...]) -> bool:
 AUDIO_FEATURE_LAYERS, AUDIO_FEATURE_DIM = 25, 1024  # wav2vec2-large: 24 layers + the embedding output
 VIDEO_FPS = 25  # cfg.sample_fps: the saved video's rate, and the audio features' rate
 WAV2VEC2_FRAMES_PER_SECOND = 50  # wav2vec2's frame rate over 16 kHz audio
+AUDIO_LOAD_RATE = 16_000  # librosa.load(audio_path, sr=16000)
+AUDIO_FEATURE_RATE = 30  # AudioEncoder.video_rate: wav2vec2's frames are interpolated to 30 per second
+# wav2vec2's feature encoder, (kernel, stride) per convolution: 400 samples in, one frame per 320
+WAV2VEC2_CONVOLUTIONS = ((10, 5), (3, 2), (3, 2), (3, 2), (3, 2), (2, 2), (2, 2))
 
 # Speed upstream publishes, for the same class of box (GPU name, processes): generated frames per second of wall
 # time, steady state. Each with its source (docs/upstream.md, "Published speed"); nothing unverified is listed.
@@ -248,9 +253,17 @@ def audio_feature_bytes(seconds: float) -> float:
     return AUDIO_FEATURE_LAYERS * AUDIO_FEATURE_DIM * VIDEO_FPS * 2 * seconds
 
 
-def clips_for_audio(seconds: float, infer_frames: int) -> int:
-    """Clips upstream makes for this much audio: int(seconds * 25 / frames) + 1 caps --num_clip."""
-    return int(seconds * VIDEO_FPS / infer_frames) + 1
+def clips_for_audio(seconds: float | Fraction, infer_frames: int) -> int:
+    """Clips upstream makes for this much audio (its cap on --num_clip), step by step as its code computes it:
+    librosa's resampled length, wav2vec2's frames, those interpolated to 30 per second, then
+    int(frames / (infer_frames * 30/25)) + 1 in floats as upstream writes it. Pass a Fraction (samples / rate)
+    where the exact length is known: 71.04 s makes 37 clips, a float product would make 38."""
+    exact = seconds if isinstance(seconds, Fraction) else Fraction(seconds).limit_denominator(10**6)
+    frames = math.ceil(exact * AUDIO_LOAD_RATE)
+    for kernel, stride in WAV2VEC2_CONVOLUTIONS:
+        frames = max(0, (frames - kernel) // stride + 1)
+    features = int(frames / float(WAV2VEC2_FRAMES_PER_SECOND) * AUDIO_FEATURE_RATE)
+    return int(features / (infer_frames * (AUDIO_FEATURE_RATE / VIDEO_FPS))) + 1
 
 
 # ---- start-up rules -------------------------------------------------------------------------------

@@ -234,19 +234,55 @@ def overlay_png(path: Path, title: str, runs: list[tuple[str, pd.DataFrame]]) ->
     _save(fig, path)
 
 
-def speed_png(path: Path, clip_s: list[float]) -> None:
-    """Seconds per clip, the first (compile and warm-up) apart from the steady state."""
-    fig, ax = _axes("seconds per clip: clip 1 is the warm-up", "denoising time (s)")
+def speed_figure(clip_s: list[float], rank_clip_s: dict[int, list[float]] | None = None) -> Figure:
+    """Seconds per clip: the pipeline's as bars, each rank's as dots (joined by a line from clip 2). Clip 1
+    (compile and warm-up) has axes of its own, so its minutes do not flatten the steady state's seconds."""
+    ranks = sorted((rank_clip_s or {}).items())
+    steady = len(clip_s) > 1 or any(len(seconds) > 1 for _, seconds in ranks)
+    fig, axes = plt.subplots(
+        1, 2 if steady else 1, figsize=(10, 3.0), dpi=100, squeeze=False, width_ratios=[1, 5] if steady else None
+    )
+    warm = axes[0][0]
+    spread = 0.6 / max(len(ranks), 1)  # each rank's dots side by side across the clip's bar
+    offsets = [(i - (len(ranks) - 1) / 2) * spread for i in range(len(ranks))]
+    colours = [GPU_COLOURS[i % len(GPU_COLOURS)] for i in range(len(ranks))]
+    warm.set_title("clip 1: warm-up", loc="left", fontsize=10)
+    handles = [warm.bar([1], clip_s[:1], color="#fdba74", width=0.8, label="pipeline, warm-up")]
+    for (rank, seconds), dx, colour in zip(ranks, offsets, colours):
+        dots = warm.plot([1 + dx], seconds[:1], "o", color=colour, ms=5, label=f"rank {rank}")
+        handles += [] if steady else dots
+    warm.set_xticks([1])
+    _speed_axis(warm, clip_s[:1] + [seconds[0] for _, seconds in ranks if seconds], "denoising time (s)")
+    if steady:
+        rest = axes[0][1]
+        rest.set_title("clips 2 to N: steady state", loc="left", fontsize=10)
+        handles += [rest.bar(np.arange(2, len(clip_s) + 1), clip_s[1:], color="#93c5fd", width=0.8, label="pipeline")]
+        for (rank, seconds), dx, colour in zip(ranks, offsets, colours):
+            handles += rest.plot(
+                np.arange(2, len(seconds) + 1) + dx, seconds[1:], "o-", color=colour, ms=3, lw=1, label=f"rank {rank}"
+            )
+        if len(clip_s) > 1:
+            median = float(np.median(clip_s[1:]))
+            handles += [
+                rest.axhline(median, color="#1d4ed8", ls="--", lw=1, label=f"steady state: {median:.2f} s/clip")
+            ]
+        ticks = np.arange(2, max([len(clip_s), *(len(seconds) for _, seconds in ranks)]) + 1)
+        rest.set_xticks(ticks if len(ticks) <= 30 else ticks[:: max(1, len(ticks) // 30)])
+        _speed_axis(rest, clip_s[1:] + [v for _, seconds in ranks for v in seconds[1:]], "seconds per clip (s)")
+    _legend_below(axes[0][-1], handles, ncol=min(len(handles), 5))  # under the widest axes: no gap between them
+    return fig
+
+
+def _speed_axis(ax, seconds: list[float], ylabel: str) -> None:
     ax.set_xlabel("clip")
-    x = np.arange(1, len(clip_s) + 1)
-    ax.bar(x, clip_s, color=["#ea580c"] + ["#1d4ed8"] * (len(clip_s) - 1))
-    if len(clip_s) > 1:
-        steady = float(np.median(clip_s[1:]))
-        ax.axhline(steady, color="#1d4ed8", ls="--", lw=1, label=f"steady state: {steady:.2f} s per clip")
-        ax.legend(loc="upper right", fontsize=8)
-    ax.set_xticks(x if len(x) <= 30 else x[:: max(1, len(x) // 30)])
-    fig.set_size_inches(10, 2.6)
-    _save(fig, path)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, max(seconds, default=1.0) * HEADROOM or 1.0)
+    ax.grid(True, axis="y", alpha=0.3)
+
+
+def speed_png(path: Path, clip_s: list[float], rank_clip_s: dict[int, list[float]] | None = None) -> None:
+    """speed_figure, saved."""
+    _save(speed_figure(clip_s, rank_clip_s), path)
 
 
 def peaks_png(

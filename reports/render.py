@@ -217,7 +217,8 @@ def _speed_image(summary: dict, out: Path) -> dict | None:
     speed = summary.get("speed")
     if not speed:
         return None
-    return _image(out, "speed.png", "seconds per clip", lambda path: plots.speed_png(path, speed["clip_s"]))
+    ranks = {r["rank"]: r["clip_s"] for r in speed.get("per_rank") or []}
+    return _image(out, "speed.png", "seconds per clip", lambda path: plots.speed_png(path, speed["clip_s"], ranks))
 
 
 def _speed_lines(speed: dict | None) -> list[str]:
@@ -234,7 +235,28 @@ def _speed_lines(speed: dict | None) -> list[str]:
     else:
         lines.append("Steady state: needs a second clip")
     lines += [f"Published for this class of box: {p['fps']:g} FPS ({p['source']})" for p in speed["published"]]
+    if speed.get("per_rank_note"):
+        lines.append(f"Per rank: {speed['per_rank_note']}")
     return lines
+
+
+RANK_SPEED_HEADER = ["rank", "load (s)", "first clip (s)", "steady (s per clip)", "FPS", "steady clips"]
+
+
+def _rank_speed_rows(speed: dict | None) -> list[list[str]]:
+    """Each rank's speed as table cells (summary.json's speed.per_rank)."""
+    fmt = lambda v, digits: "-" if v is None else f"{v:.{digits}f}"  # noqa: E731
+    return [
+        [
+            str(r["rank"]),
+            fmt(r["load_s"], 1),
+            fmt(r["first_clip_s"], 1),
+            fmt(r["steady_s_per_clip"], 2),
+            fmt(r["fps"], 2),
+            str(r["steady_clips"]),
+        ]
+        for r in (speed or {}).get("per_rank") or []
+    ]
 
 
 MAX_REQUEST_ROWS = 40  # the report's table; summary.json has every request
@@ -304,6 +326,9 @@ def _markdown(summary: dict, images: list[dict], title: str) -> str:
         )
     if speed_lines := _speed_lines(summary.get("speed")):
         lines += ["", "Speed:"] + [f"- {line}" for line in speed_lines]
+    if rank_rows := _rank_speed_rows(summary.get("speed")):
+        lines += ["", "| " + " | ".join(RANK_SPEED_HEADER) + " |", "|---|" + "---:|" * (len(RANK_SPEED_HEADER) - 1)]
+        lines += ["| " + " | ".join(row) + " |" for row in rank_rows]
     if len(summary.get("requests") or []) > 1:
         warnings, growth = _growth_lines(summary)
         gpus, rows, left_out = _request_table(summary)
@@ -313,6 +338,8 @@ def _markdown(summary: dict, images: list[dict], title: str) -> str:
         lines += ["|---|---|" + "---:|" * len(gpus)] + ["| " + " | ".join(row) + " |" for row in rows]
         if left_out:
             lines.append(f"\n{left_out} earlier request(s) in summary.json")
+    if summary.get("health_events"):
+        lines += ["", "GPU health:"] + [f"- {e['text']}" for e in summary["health_events"]]
     if summary["config"]:
         lines += ["", "Configuration: " + ", ".join(f"`{k}={v}`" for k, v in summary["config"].items())]
     lines += [""] + [f"![{img['label']}]({img['file']})" for img in images]
@@ -330,6 +357,7 @@ def _write(out: Path, summary: dict, images: list[dict], title: str) -> Path:
             images=[i for i in images if i["file"] != "speed.png"],
             speed_image=next((i for i in images if i["file"] == "speed.png"), None),
             speed_lines=_speed_lines(summary.get("speed")),
+            rank_speed=(RANK_SPEED_HEADER, _rank_speed_rows(summary.get("speed"))),
             growth=_growth_lines(summary),
             request_table=_request_table(summary) if len(summary.get("requests") or []) > 1 else None,
             title=title,

@@ -7,6 +7,7 @@ The folder's layout is the runner's (avatardoctor.runner.folder.RunFolder): one 
     logs/gpu_memory.csv     time, elapsed_s, gpu, uuid, memory_used_mib, memory_total_mib, utilization_pct
     logs/phases.csv         phase, start_s, end_s (seconds since the first sample)
     logs/requests.csv       request, start_s, end_s, outcome (each generation the entry served)
+    logs/rank_clips.csv     rank, clip, start_s, end_s (each rank's clips, where the log's lines name ranks)
 
 Only regular files inside the folder are read (a link out of it, a FIFO or a device is a note).
 """
@@ -35,6 +36,7 @@ CSV_READ_BYTES = 2**20  # read from the file at a time (at most)
 PHASES_CSV_LIMIT = 16 * 2**20  # a run has a few dozen phases
 MAX_PHASES = 1000  # more bands than a plot can show
 MAX_REQUESTS = 10000  # a Gradio session of days; past this the trend is no news
+MAX_RANK_CLIP_ROWS = 100_000  # every rank's clips of one generation (logparse.MAX_RANK_CLIPS a rank)
 REQUEST_OUTCOMES = ("done", "failed", "open")
 TEXT_COLUMNS = (
     "time",
@@ -103,6 +105,7 @@ class RunRecord:
     debug: RunDebug = field(default_factory=RunDebug)
     phases: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["phase", "start_s", "end_s"]))
     requests: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["start_s", "end_s", "outcome"]))
+    rank_clips: pd.DataFrame | None = None  # None: the run folder has no logs/rank_clips.csv (older runs)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -459,6 +462,32 @@ def read_requests(path: Path, root: Path, notes: list[str]) -> pd.DataFrame:
     return requests.reset_index(drop=True)
 
 
+def read_rank_clips(path: Path, root: Path, notes: list[str]) -> pd.DataFrame | None:
+    """logs/rank_clips.csv by rank and clip; None when absent (runs before it existed) or unreadable (noted)."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    columns = ["rank", "clip", "start_s", "end_s"]
+    chunks = _csv(
+        path, root, PHASES_CSV_LIMIT, columns, notes, lambda frame: frame, read=columns, rows=MAX_RANK_CLIP_ROWS
+    )
+    if chunks is None:
+        return None
+    clips = pd.concat(chunks)
+    clips = pd.DataFrame(
+        {
+            "rank": _numbers(clips["rank"], 0, 65535),
+            "clip": _numbers(clips["clip"], 1, MAX_RANK_CLIP_ROWS),
+            "start_s": _numbers(clips["start_s"], -MAX_SECONDS, MAX_SECONDS),
+            "end_s": _numbers(clips["end_s"], -MAX_SECONDS, MAX_SECONDS),
+        }
+    )
+    bad = clips.isna().any(axis=1) | (clips["rank"] % 1 != 0) | (clips["clip"] % 1 != 0)
+    if bad.any():
+        notes.append(f"{int(bad.sum())} unreadable row(s) in {path.name} skipped")
+    clips = clips[~bad].astype({"rank": "int64", "clip": "int64"})
+    return clips.sort_values(["rank", "clip"], kind="stable").reset_index(drop=True)
+
+
 def read_run_folder(path: Path) -> RunRecord:
     notes: list[str] = []
     layout = RunFolder(path)
@@ -467,6 +496,7 @@ def read_run_folder(path: Path) -> RunRecord:
     debug = read_debug(_json(layout.debug_json, path, notes))
     phases = read_phases(layout.phases_csv, path, notes)
     requests = read_requests(layout.requests_csv, path, notes)
+    rank_clips = read_rank_clips(layout.rank_clips_csv, path, notes)
     for gpu, name in debug.gpu_names.items():
         timeline.gpu_names.setdefault(gpu, name)
-    return RunRecord(path, timeline, plan, debug, phases, requests, notes + timeline.notes)
+    return RunRecord(path, timeline, plan, debug, phases, requests, rank_clips, notes + timeline.notes)

@@ -10,10 +10,12 @@ import numpy as np
 import pandas as pd
 
 from avatardoctor import __version__
+from avatardoctor.reports.health import health_events
 from avatardoctor.reports.runfolder import RunDebug, RunPlan, RunRecord
 from avatardoctor.reports.timeline import Timeline
+from avatardoctor.runner.folder import RunFolder
 from avatardoctor.runner.growth import MIN_REQUESTS, WARN_WITHIN, gpu_growth
-from avatardoctor.runner.speed import published, speed
+from avatardoctor.runner.speed import per_rank_note, published, rank_speed, speed
 
 SCHEMA = "avatardoctor.report/1"
 COMPARE_SCHEMA = "avatardoctor.compare/1"  # `report --compare`: two summaries side by side
@@ -85,7 +87,8 @@ def gpu_rows(timeline: Timeline, run: RunRecord | None) -> list[dict]:
 
 
 def run_speed(timeline: Timeline, run: RunRecord | None) -> dict | None:
-    """Load, warm-up and steady-state speed from the phases, beside upstream's published figure for this box."""
+    """Load, warm-up and steady-state speed from the phases, beside upstream's published figure for this box, and
+    each rank's from its clips where the log named ranks."""
     if run is None or run.phases.empty:
         return None
     frames = run.plan.config.get("infer_frames")
@@ -95,7 +98,15 @@ def run_speed(timeline: Timeline, run: RunRecord | None) -> dict | None:
         return None
     nproc = run.plan.config.get("nproc")
     names = list(run.debug.gpu_names.values())  # the models NVML named, not the CSV's uuids
-    return {**found, "published": published(names, nproc if isinstance(nproc, int) else len(names))}
+    clips = run.rank_clips
+    rows = [] if clips is None else clips.itertuples(index=False, name=None)
+    per_rank = rank_speed([(int(r), int(c), float(s), float(e)) for r, c, s, e in rows], frames)
+    return {
+        **found,
+        "published": published(names, nproc if isinstance(nproc, int) else len(names)),
+        "per_rank": per_rank,
+        "per_rank_note": per_rank_note(clips is not None, per_rank),
+    }
 
 
 def request_rows(timeline: Timeline, run: RunRecord | None) -> list[dict]:
@@ -148,6 +159,8 @@ def build_summary(source: Path, kind: str, timeline: Timeline, run: RunRecord | 
     per_minute = clips / (total_s / 60) if clips is not None and total_s else None
     gpus = gpu_rows(timeline, run)
     requests = request_rows(timeline, run)
+    notes = list(run.notes if run else timeline.notes)
+    health = [] if run is None else health_events(RunFolder(run.path).gpu_health_csv, run.path, notes)
     return {
         "schema": SCHEMA,
         "avatardoctor_version": __version__,
@@ -164,11 +177,12 @@ def build_summary(source: Path, kind: str, timeline: Timeline, run: RunRecord | 
         "gpus": gpus,
         "requests": requests,
         "memory_growth": memory_growth(requests, gpus),
+        "health_events": health,
         "phases": []
         if run is None
         else [
             {"phase": str(r.phase), "start_s": _round(r.start_s, 1), "end_s": _round(r.end_s, 1)}
             for r in run.phases.itertuples()
         ],
-        "notes": list(dict.fromkeys(run.notes if run else timeline.notes)),
+        "notes": list(dict.fromkeys(notes)),
     }

@@ -20,12 +20,16 @@ Traceback frames (indented code) are never read as errors: they quote the raisin
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from avatardoctor.config import resolve_config
+from avatardoctor.files import UnreadableFile, open_regular
+from avatardoctor.machine.model import XID_HARDWARE, xid_meaning
 from avatardoctor.rules import RULES, SEED_REMEDY, Launch, Rule
 from avatardoctor.runner.logparse import BAR, segments
 from avatardoctor.upstream import LORA_DOWNLOAD, LORA_FILE, LORA_LOCAL
@@ -70,20 +74,47 @@ FLASH_ATTN_REMEDY = (
     "FlashAttention 3 on Hopper; the cross-attention calls it directly (`avatardoctor check --deep` imports it)"
 )
 
-# A GPU that failed, not the program: CUDA's sticky errors, and the driver's Xid codes where the log quotes them
-# (79 fallen off the bus, 48 double-bit ECC, 63/64 page retirement or row remapping, 94/95 contained/uncontained ECC).
+# A GPU that failed, not the program: CUDA's sticky errors, and the driver's hardware Xid codes where the log quotes
+# them (NVIDIA's Xid catalogue, avatardoctor.machine.model.XID_HARDWARE: 79 fallen off the bus, 48 double-bit ECC...).
 GPU_FAULT = re.compile(
     r"an illegal memory access was encountered|uncorrectable ECC error|fallen off the bus"
-    r"|\bXid\b(?:\s*\([^)]*\))?:?\s*(79|48|63|64|94|95)\b"  # "Xid (PCI:0000:3b:00): 79, pid=...", "Xid 79"
+    r"|\bXid\b(?:\s*\([^)]*\))?:?\s*(" + "|".join(map(str, XID_HARDWARE)) + r")\b"  # "Xid (PCI:...): 79, ", "Xid 79"
 )
-XID_MEANING = {
-    "79": "the GPU fell off the bus (Xid 79): check its power, cooling and seating; the host needs a reboot",
-    "48": "a double-bit ECC error (Xid 48): reset the GPU (nvidia-smi -r -i N); if it returns, the card needs service",
-    "63": "a page retirement or row remapping is pending (Xid 63): reset the GPU to apply it (nvidia-smi -r -i N)",
-    "64": "a page retirement or row remapping failed (Xid 64): the card needs service",
-    "94": "a contained ECC error (Xid 94): the process was ended; reset the GPU when idle",
-    "95": "an uncontained ECC error (Xid 95): reset the GPU (nvidia-smi -r -i N) before the next run",
-}
+
+
+@dataclass(frozen=True)
+class SeenXid:
+    """An Xid NVML reported during the run (logs/gpu_health.csv)."""
+
+    at_s: float  # elapsed_s of the health row that carried it
+    gpu: int  # NVML index
+    xid: int
+
+
+MAX_HEALTH_CSV = 256 * 2**20
+
+
+def read_health_xids(path: Path) -> list[SeenXid]:
+    """The Xids in a run's logs/gpu_health.csv, in time order; none where the file is missing or unreadable (a CPU
+    run, an older run folder), and a damaged row is passed over: the log's own evidence still classifies."""
+    try:
+        f, _ = open_regular(path, MAX_HEALTH_CSV)
+    except UnreadableFile:
+        return []
+    seen = []
+    with io.TextIOWrapper(f, errors="replace", newline="") as text:
+        for row in csv.DictReader(text):
+            for code in (row.get("xid") or "").split(";"):
+                try:
+                    seen.append(SeenXid(float(row["elapsed_s"]), int(row["gpu"]), int(code)))
+                except (TypeError, ValueError, KeyError):
+                    continue
+    return sorted(seen, key=lambda x: x.at_s)
+
+
+def xid_remedy(xid: int, gpu: int | None) -> str:
+    return xid_meaning(xid).replace("-i N", f"-i {gpu if gpu is not None else 'N'}")
+
 
 # Tried in order; the first that matches names the line's kind.
 _KINDS = (
@@ -133,9 +164,12 @@ def classify(
     phases: list | None = None,
     nproc: int = 1,
     visible_gpus: Sequence[int] = (),
+    xids: Sequence[SeenXid] = (),
 ) -> Failure:
     """What ended the job, from its log's last lines. `visible_gpus` is the job's CUDA_VISIBLE_DEVICES: the
-    job's GPU n is visible_gpus[n], and the failure and its remedy name that one."""
+    job's GPU n is visible_gpus[n], and the failure and its remedy name that one. `xids`: what NVML reported during
+    the run (read_health_xids); a hardware Xid explains a run that did not succeed even where the log is silent
+    or blames what followed it (NCCL errors, a hang, a generic crash), unless the log names the GPU fault itself."""
     phases = phases or []
     starts = sorted(start for _, start, _ in phases)
     went_on_after = starts[-2] if len(starts) > 1 else float("-inf")
@@ -152,6 +186,17 @@ def classify(
                 at_elapsed_s=merge.at,
             )
         return Failure("success", "the run finished (exit code 0)", None)
+    hardware = next((x for x in xids if x.xid in XID_HARDWARE), None)
+    if hardware is not None and not (roots and roots[0].kind == "gpu-fault"):
+        return Failure(
+            "gpu-fault",
+            f"Xid {hardware.xid} on GPU {hardware.gpu} at {hardware.at_s:.1f} s, reported by NVML during the run"
+            f"{'' if roots else ' (the log does not say)'}",
+            xid_remedy(hardware.xid, hardware.gpu),
+            hardware.gpu,
+            _phase_at(phases, hardware.at_s),
+            at_elapsed_s=hardware.at_s,
+        )
     if roots:
         return _explain(roots[0], phases, nproc, visible_gpus)
     if interrupted:
@@ -300,13 +345,12 @@ def _hang_remedy(nproc: int) -> str:
 
 
 def _gpu_fault_remedy(text: str, nproc: int) -> str:
-    if xid := GPU_FAULT.search(text):
-        if xid[1]:
-            return XID_MEANING[xid[1]]
+    if (xid := GPU_FAULT.search(text)) and xid[1]:
+        return xid_meaning(int(xid[1]))
     if "ECC" in text:
-        return XID_MEANING["48"]
+        return xid_meaning(48)
     if "fallen off the bus" in text:
-        return XID_MEANING["79"]
+        return xid_meaning(79)
     return (
         "an illegal memory access: a kernel built for another torch or CUDA (flash-attn), or a failing GPU; rerun with "
         "CUDA_LAUNCH_BLOCKING=1 to name the kernel, and `avatardoctor check` (gpu.ecc, gpu.retired_pages, gpu.xid); "

@@ -52,12 +52,21 @@ class RunFolder:
         return self.logs / "gpu_processes.csv"
 
     @property
+    def gpu_health_csv(self) -> Path:
+        """Each GPU's health once a second (NVML runs only)."""
+        return self.logs / "gpu_health.csv"
+
+    @property
     def phases_csv(self) -> Path:
         return self.logs / "phases.csv"
 
     @property
     def requests_csv(self) -> Path:
         return self.logs / "requests.csv"
+
+    @property
+    def rank_clips_csv(self) -> Path:
+        return self.logs / "rank_clips.csv"
 
     @property
     def measurements_json(self) -> Path:

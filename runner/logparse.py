@@ -56,10 +56,12 @@ LORA_MARKERS = ("Use LoRA:", "Downloading from HF Hub", "Loading LoRA: path=")
 GENERATING_MARKERS = ("Generating video ...", "] Generating video...")
 GENERATED_MARKERS = ("denoising video done", "] Denoising video done")
 GRADIO_SAVED_MARKERS = ("Video saved successfully:", "Inference completed, synchronized with all ranks")
+CONDITIONS_READY = "complete prepare conditional inputs"  # every rank, once per generation
 RANK_DONE = re.compile(r"rank (\d+) done")
-REQUEST_START_MARKERS = ("] Generating video...", "complete prepare conditional inputs")
+REQUEST_START_MARKERS = ("] Generating video...", CONDITIONS_READY)
 REQUEST_DONE_MARKERS = ("Inference completed, synchronized with all ranks", "Video saved successfully:")
 REQUEST_FAILED_MARKER = "Error during generation:"
+MAX_RANK_CLIPS = 10_000  # per rank (80 KB): 5 hours of video at 48 frames a clip
 
 
 def split_rank(text: str) -> tuple[int | None, str]:
@@ -98,6 +100,8 @@ class LogTracker:
         self._clip_opened = 0
         self._requests: list[list] = []  # [start_s, end_s or None while open, outcome]
         self._request_progressed = False  # a denoising bar of the open request has ended
+        self._rank_clip_ends: dict[int, list[float]] = {}  # rank -> each clip's end (s), the first generation's
+        self._rank_clips_start: dict[int, float] = {}  # rank -> when it said CONDITIONS_READY first
 
     def feed(self, line: str, elapsed_s: float) -> None:
         self.last_output_s = elapsed_s
@@ -107,6 +111,8 @@ class LogTracker:
             if bar := BAR.match(text):
                 self._on_bar(rank, int(bar[2]), int(bar[3]), elapsed_s)
             else:
+                if rank is not None and CONDITIONS_READY in text:
+                    self._rank_clips_start.setdefault(rank, elapsed_s)
                 self._on_text(text, elapsed_s)
 
     def phases(self) -> list[tuple[str, float, float]]:
@@ -119,21 +125,30 @@ class LogTracker:
         last = self.last_output_s or 0.0
         return [(start, max(start, last) if end is None else end, outcome) for start, end, outcome in self._requests]
 
+    def rank_clips(self) -> list[tuple[int, int, float, float]]:
+        """(rank, clip, start_s, end_s) of every clip a rank-prefixed bar ended, rank by rank in clip order;
+        empty when the bars carry no rank prefix."""
+        pipeline_start = next((start for name, start, _ in self.phases() if name.startswith("clip ")), 0.0)
+        rows = []
+        for rank in sorted(self._rank_clip_ends):
+            start = self._rank_clips_start.get(rank, pipeline_start)
+            for clip, end in enumerate(self._rank_clip_ends[rank], 1):
+                rows.append((rank, clip, min(start, end), end))
+                start = end
+        return rows
+
     def write_requests_csv(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["request", "start_s", "end_s", "outcome"])
-            writer.writerows(
-                [n, f"{start:.3f}", f"{end:.3f}", outcome] for n, (start, end, outcome) in enumerate(self.requests(), 1)
-            )
+        rows = [
+            [n, f"{start:.3f}", f"{end:.3f}", outcome] for n, (start, end, outcome) in enumerate(self.requests(), 1)
+        ]
+        _write_csv(path, ["request", "start_s", "end_s", "outcome"], rows)
 
     def write_phases_csv(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["phase", "start_s", "end_s"])
-            writer.writerows([name, f"{start:.3f}", f"{end:.3f}"] for name, start, end in self.phases())
+        _write_csv(path, ["phase", "start_s", "end_s"], [[n, f"{s:.3f}", f"{e:.3f}"] for n, s, e in self.phases()])
+
+    def write_rank_clips_csv(self, path: Path) -> None:
+        rows = [[rank, clip, f"{start:.3f}", f"{end:.3f}"] for rank, clip, start, end in self.rank_clips()]
+        _write_csv(path, ["rank", "clip", "start_s", "end_s"], rows)
 
     # ------------------------------------------------------------------------------------- internals
 
@@ -149,7 +164,7 @@ class LogTracker:
             self._enter("fp8", t, opens_phase=self.fp8)
         elif any(marker in text for marker in GENERATING_MARKERS):
             self._enter("text encoding", t)
-        elif "complete prepare conditional inputs" in text:
+        elif CONDITIONS_READY in text:
             if self._enter("denoise", t, "clip 1 denoise"):
                 self._clip_opened = 1
         elif any(marker in text for marker in GENERATED_MARKERS):
@@ -196,6 +211,8 @@ class LogTracker:
         elif n == total and counts[1] < counts[0]:
             counts[1] += 1
             self._request_progressed = True
+            if rank is not None and counts[1] % self.bars_per_clip == 0:
+                self._rank_clip_ended(rank, t)
         else:
             return
         started, ended = self._bars_on_one_rank()
@@ -211,6 +228,12 @@ class LogTracker:
                 self._close(t)
             if self.clip_total is not None and done >= self.clip_total:
                 self._enter("decode", t)
+
+    def _rank_clip_ended(self, rank: int, t: float) -> None:
+        """One more clip done on this rank, timed while the first generation runs (the phases' span)."""
+        ends = self._rank_clip_ends.setdefault(rank, [])
+        if self._stage < STAGES.index("save") and len(ends) < MAX_RANK_CLIPS:
+            ends.append(t)
 
     def _bars_on_one_rank(self) -> tuple[int, int]:
         ranks = [r for r in self._bars if r is not None]
@@ -253,3 +276,11 @@ class LogTracker:
     def _close(self, t: float) -> None:
         if self._phases and self._phases[-1][2] is None:
             self._phases[-1][2] = t
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)

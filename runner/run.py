@@ -32,7 +32,7 @@ from avatardoctor.errors import InputError
 from avatardoctor.files import FileTooLarge, read_limited
 from avatardoctor.machine.ports import usable_port
 from avatardoctor.planfile import PlanFile, plan_json
-from avatardoctor.runner.classify import Failure, classify
+from avatardoctor.runner.classify import Failure, classify, read_health_xids
 from avatardoctor.runner.folder import RunFolder, new_run_folder
 from avatardoctor.runner.lines import LINE_CAP, BoundedLines
 from avatardoctor.runner.liveness import Liveness
@@ -45,6 +45,7 @@ RANK_RECORD_LIMIT = 16 * MIB  # a rank's shim record: events and peaks, kilobyte
 REPORT_TIMEOUT_S = 300.0  # a report of a week-long run's CSV takes seconds; a stuck one must not hold the run
 TAIL_LINES = 4000  # the classifier sees the last lines; the whole log is on disk
 TAIL_LINE_CHARS = 4096  # of each, its head: errors are short lines, and 4000 capped lines stay under 16 MiB
+LOOP_PERIOD_S = 0.2  # how often the log, the disk and the live view are looked at; the job's exit ends the wait
 LIVENESS_PERIOD_S = 1.0  # how often the job's processes are listed and their CPU and GPU use read (hangs)
 STRAY_SEARCH_PERIOD_S = 2.0  # how often every process on the host is looked at for the job's strays
 FOLLOW_PERIOD_S = 0.2  # how often an attached job's log file is read again once its end is reached
@@ -153,11 +154,11 @@ def execute(plan: PlanFile, options: RunOptions, watch: Watch | None = None) -> 
             f"--out-dir {options.out_dir}: cannot write the run folder ({e.strerror}); "
             "free space or choose another folder"
         ) from None
-    reporter = _ReportChild()
     try:
         if options.not_ready:
             log.write(f"[avatardoctor] LAUNCHED WITH --force although checks failed: {', '.join(options.not_ready)}\n")
         job: jobs.Job | jobs.Attached = attached or jobs.Job(argv, cwd=options.cwd, env=env, grace_s=GRACE_S)
+        reporter = _ReportChild()  # after the launch: the job's start does not wait for its fork
         sampler = MemorySampler(folder, options.sample_hz, root_pid=sorted(job.pids), gpu_indices=plan.visible_gpus)
         sampler.start()
 
@@ -198,7 +199,7 @@ def execute(plan: PlanFile, options: RunOptions, watch: Watch | None = None) -> 
         hang_timeout_s = float("inf") if attached and watch.log is None else options.hang_timeout_s
         try:
             while job.running():
-                time.sleep(0.2)
+                _pause(job)
                 if _disk_full(log, sampler):  # stop rather than run on unrecorded
                     job.stop()
                 if options.on_progress:
@@ -235,6 +236,7 @@ def execute(plan: PlanFile, options: RunOptions, watch: Watch | None = None) -> 
     with contextlib.suppress(OSError):  # on a full disk, what was written stays; debug_info.json has the reserve
         tracker.write_phases_csv(folder.phases_csv)
         tracker.write_requests_csv(folder.requests_csv)
+        tracker.write_rank_clips_csv(folder.rank_clips_csv)
     failure = classify(
         list(tail),
         exit_code,
@@ -243,6 +245,7 @@ def execute(plan: PlanFile, options: RunOptions, watch: Watch | None = None) -> 
         phases=tracker.phases(),
         nproc=plan.nproc,
         visible_gpus=plan.visible_gpus or (),
+        xids=read_health_xids(folder.gpu_health_csv),
     )
     if attached and failure.cls in ("crashed", "interrupted") and exit_code is None:
         failure = _attached_end(failure, watch)
@@ -319,6 +322,14 @@ def _attached_end(failure: Failure, watch: Watch) -> Failure:
         phase=failure.phase,
         at_elapsed_s=failure.at_elapsed_s,
     )
+
+
+def _pause(job: jobs.Job | jobs.Attached) -> None:
+    """LOOP_PERIOD_S, or less when our job exits in between (the runner's exit waits on nothing)."""
+    if isinstance(job, jobs.Job):
+        job.wait(LOOP_PERIOD_S)
+    else:
+        time.sleep(LOOP_PERIOD_S)
 
 
 def _disk_full(log: _Log, sampler: MemorySampler) -> bool:

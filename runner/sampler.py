@@ -1,5 +1,7 @@
 """Records memory while a run goes: logs/gpu_memory.csv, one row per GPU per sample, and
-logs/gpu_processes.csv, per-PID memory once a second (docs/run-folder.md).
+logs/gpu_processes.csv, per-PID memory once a second; and on NVML, logs/gpu_health.csv, each GPU's health
+once a second with the process listing (temperature, power, throttling, ECC, pending repairs, Xid events)
+(docs/run-folder.md).
 
 NVML where there are GPUs, read through avatardoctor.machine.nvml (the one module that imports the
 binding; tests/fake_pynvml plays NVML for its tests). Where there are none (the demo on a laptop, CI),
@@ -29,11 +31,24 @@ from typing import IO
 
 import psutil
 
+from avatardoctor.jobs import ProcessTree
 from avatardoctor.runner.folder import RunFolder
 from avatardoctor.units import MIB
 
 MEMORY_COLUMNS = ["time", "elapsed_s", "gpu", "uuid", "memory_used_mib", "memory_total_mib", "utilization_pct"]
 PROCESS_COLUMNS = ["time", "elapsed_s", "gpu", "pid", "name", "used_mib"]
+HEALTH_COLUMNS = [
+    "time",
+    "elapsed_s",
+    "gpu",
+    "temperature_c",
+    "power_w",
+    "throttle",
+    "ecc_volatile_uncorrected",
+    "repair_pending",
+    "xid_watched",
+    "xid",
+]
 MIN_HZ, MAX_HZ = 0.1, 100.0
 PROCESS_INTERVAL_S = 1.0  # listing processes costs far more than reading memory: at most once a second
 JOIN_TIMEOUT_S = 5.0
@@ -44,11 +59,24 @@ Reading = tuple[str, str, float | None, float | None, float | None]  # gpu, uuid
 ProcessReading = tuple[str, int, str | None, float | None]  # gpu, pid, name, used MiB
 
 
-def _process_name(pid: int) -> str | None:
+def _process_name(proc: psutil.Process) -> str | None:
     try:
-        return psutil.Process(pid).name()
+        return proc.name()
     except (psutil.Error, OSError):  # gone, or a host PID not visible inside this container
         return None
+
+
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss(pid: int) -> int:
+    """Resident bytes from /proc/PID/statm (its 2nd field, in pages): psutil's memory_info() reads the same
+    file through a Python file object and builds a tuple, 3x the cost of a sample's one number. OSError: ended."""
+    fd = os.open(f"/proc/{pid}/statm", os.O_RDONLY)
+    try:
+        return int(os.read(fd, 256).split(None, 2)[1]) * PAGE_BYTES
+    finally:
+        os.close(fd)
 
 
 def _cpu_percent(proc: psutil.Process) -> float:
@@ -62,6 +90,11 @@ def _csv_bytes(rows) -> bytes:
     text = io.StringIO()
     csv.writer(text, lineterminator="\n").writerows(rows)
     return text.getvalue().encode()
+
+
+def _number(value: float | None) -> str:
+    """A number as csv.writer writes it (repr; None as an empty field)."""
+    return "" if value is None else repr(value)
 
 
 def _mib(value: int | None) -> float | None:
@@ -108,6 +141,22 @@ class _NvmlSource:
             return readings, []
         return readings, [(str(p.index), p.pid, p.name, _mib(p.used_bytes)) for p in self._reader.processes()]
 
+    def health(self) -> list[list]:
+        """HEALTH_COLUMNS' cells after time and elapsed_s, one row per GPU; an empty cell: NVML cannot say."""
+        return [
+            [
+                h.index,
+                h.temperature_c,
+                h.power_w,
+                None if h.throttle is None else ";".join(h.throttle) or "none",
+                h.ecc_volatile_uncorrected,
+                None if h.repair_pending is None else int(h.repair_pending),
+                int(h.xid_watched),
+                ";".join(map(str, h.xids)),
+            ]
+            for h in self._reader.health()
+        ]
+
     def close(self) -> None:
         self._reader.close()
 
@@ -118,7 +167,8 @@ class _PsutilSource:
     name = "psutil"
 
     def __init__(self, root_pids: list[int]):
-        self._roots = [psutil.Process(pid) for pid in root_pids]
+        self._roots = list(dict.fromkeys(root_pids))
+        self._descendants = ProcessTree(self._roots)
         self._total_mib = psutil.virtual_memory().total / MIB
         self._cores = psutil.cpu_count() or 1
         self._tree: list[psutil.Process] = []
@@ -126,17 +176,21 @@ class _PsutilSource:
         self._utilisation = 0.0
 
     def _relist(self) -> None:
-        # children() walks all of /proc (~1 ms here, more on a busy server), so the tree is re-listed
-        # once a second and the known members' RSS read every sample. The same Process objects are
-        # kept, because cpu_percent() compares with that object's previous call.
-        found = []
-        for root in self._roots:
-            try:
-                found += [root, *root.children(recursive=True)]
-            except psutil.Error:  # this root has exited: nothing left of it to measure
-                continue
+        # The tree is re-listed once a second (jobs.ProcessTree reads /proc's listing and each new PID's
+        # parent) and the known members' RSS read every sample. The same Process objects are kept,
+        # because cpu_percent() compares with that object's previous call.
+        found = [*self._roots, *self._descendants.descendants()]
         known = {p.pid: p for p in self._tree}
-        self._tree = [known[p.pid] if known.get(p.pid) == p else p for p in found]
+        tree = []
+        for pid in found:
+            if pid in known:
+                tree.append(known[pid])
+                continue
+            try:
+                tree.append(psutil.Process(pid))
+            except psutil.Error:  # ended since the listing
+                continue
+        self._tree = tree
 
     def _rank_of(self, proc: psutil.Process) -> int | None:
         """The torchrun rank a process serves (its RANK, which its own children inherit), read once per process."""
@@ -152,11 +206,17 @@ class _PsutilSource:
         if with_processes:  # true for the first sample, then once a second
             self._relist()
         rss: dict[psutil.Process, int] = {}
+        names: dict[psutil.Process, str | None] = {}
+        cpu = 0.0
         for proc in self._tree:
             try:
-                rss[proc] = proc.memory_info().rss
-            except psutil.Error:  # exited since the last listing
+                rss[proc] = _rss(proc.pid)
+            except OSError:  # exited since the last listing
                 continue
+            if with_processes:
+                with proc.oneshot():  # one read of /proc/PID/stat for the name and the CPU time
+                    names[proc] = _process_name(proc)
+                    cpu += _cpu_percent(proc)
         per_rank: dict[int, int] = {}
         for proc, used in rss.items():
             rank = self._rank_of(proc)
@@ -167,8 +227,8 @@ class _PsutilSource:
             # /proc counts CPU time in 10 ms ticks, so at 100 Hz a per-sample reading would be 0 or
             # 100%: utilisation is measured over each second and repeated in between, as a share of
             # all the host's cores (0-100 like a GPU's). An object's first cpu_percent() primes it: 0.0.
-            self._utilisation = sum(_cpu_percent(proc) for proc in rss) / self._cores
-            processes = [("cpu", proc.pid, _process_name(proc.pid), used / MIB) for proc, used in rss.items()]
+            self._utilisation = cpu / self._cores
+            processes = [("cpu", proc.pid, names.get(proc), used / MIB) for proc, used in rss.items()]
         ranks: list[Reading] = [
             (f"cpu{rank}", f"rank {rank} RSS", used / MIB, self._total_mib, None)
             for rank, used in sorted(per_rank.items())
@@ -209,6 +269,8 @@ class MemorySampler:
         self._stop_lock = threading.RLock()  # re-entrant: a signal handler may call stop() inside stop()
         self._thread: threading.Thread | None = None
         self._files: list[IO[bytes]] = []
+        self._health_file: IO[bytes] | None = None  # NVML only: the process tree has no GPU health
+        self._row_heads: dict[tuple[str, str], str] = {}  # (gpu, uuid) -> "gpu,uuid," as the csv module quotes them
 
     def _open_source(self, source: str, root_pid: int | list[int] | None, gpu_indices: list[int] | None):
         if source != "psutil":
@@ -258,6 +320,9 @@ class MemorySampler:
                     open(path, "wb", buffering=0)
                 )  # unbuffered: each write() goes straight to the kernel
                 _append_whole(self._files[-1], _csv_bytes([columns]))
+            if isinstance(self._source, _NvmlSource):
+                self._health_file = open(self.folder.gpu_health_csv, "wb", buffering=0)
+                _append_whole(self._health_file, _csv_bytes([HEALTH_COLUMNS]))
         except OSError as err:  # still sampled: the peaks are kept in memory
             self.write_error = err
         self.started_monotonic = time.monotonic()
@@ -273,6 +338,9 @@ class MemorySampler:
                 if self._thread.is_alive():
                     return  # stuck in a driver call: leave its files open rather than close them under it
             files, self._files = self._files, []  # each closed once, however often stop() runs
+            if self._health_file is not None:
+                files.append(self._health_file)
+                self._health_file = None
             for file in files:
                 file.close()
             self._source.close()
@@ -295,6 +363,17 @@ class MemorySampler:
             slot = next_slot(slot, time.monotonic() - started, self.hz)
             self._stopping.wait(started + slot / self.hz - time.monotonic())
 
+    def _memory_lines(self, stamp: str, elapsed: float, rows) -> bytes:
+        """The sample's gpu_memory.csv rows, as csv.writer writes them; the text fields (gpu, uuid), the only
+        ones it might quote, formatted once per device: a csv.writer per sample was a tenth of its cost."""
+        lines = []
+        for gpu, uuid, used, total, utilisation in rows:
+            head = self._row_heads.get((gpu, uuid))
+            if head is None:
+                head = self._row_heads[gpu, uuid] = _csv_bytes([[gpu, uuid, ""]]).decode()[:-1]
+            lines.append(f"{stamp},{elapsed!r},{head}{_number(used)},{_number(total)},{_number(utilisation)}\n")
+        return "".join(lines).encode()
+
     def _sample(self, elapsed: float, with_processes: bool) -> None:
         readings, processes = self._source.read(with_processes)
         stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
@@ -306,13 +385,18 @@ class MemorySampler:
         if self.write_error is None:
             memory_file, process_file = self._files
             try:
-                _append_whole(memory_file, _csv_bytes([stamp, elapsed, *row] for row in rows))
+                _append_whole(memory_file, self._memory_lines(stamp, elapsed, rows))
                 if processes:
                     _append_whole(
                         process_file,
                         _csv_bytes(
                             [stamp, elapsed, gpu, pid, name, _round(used)] for gpu, pid, name, used in processes
                         ),
+                    )
+                if with_processes and self._health_file is not None and isinstance(self._source, _NvmlSource):
+                    # health on the processes' 1 s cadence: a few NVML calls per GPU, not worth 10 a second
+                    _append_whole(
+                        self._health_file, _csv_bytes([stamp, elapsed, *row] for row in self._source.health())
                     )
             except OSError as err:
                 self.write_error = err

@@ -12,6 +12,7 @@ import os
 import struct
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from conftest import make_ctx
 
 from avatardoctor.checks import audio
 from avatardoctor.checks.base import Status
+from avatardoctor.upstream import clips_for_audio
 
 TONE_AMPLITUDE = 0.3  # about -13 dBFS RMS: speech-like loudness
 
@@ -254,7 +256,8 @@ def test_a_file_over_an_hour_is_read_at_its_ends_only(tmp_path):
         (12.3, 48, 10000, 7, 13.44),
         (1.92, 48, 10000, 1, 1.92),  # exactly one clip
         (71.04, 48, 10000, 37, 71.04),  # exactly 37 clips, where float arithmetic makes 38
-        (1.93, 48, 10000, 2, 3.84),
+        (1.93, 48, 10000, 1, 1.92),  # 96 wav2vec2 frames -> 57 features, under one clip's 57.6: upstream makes one
+        (1.96, 48, 10000, 2, 3.84),  # 97 frames -> 58 features: the second clip
         (10.0, 80, 10000, 4, 12.8),
         (60.0, 48, 5, 5, 9.6),  # --num_clip cuts the audio
     ],
@@ -264,7 +267,7 @@ def test_clip_arithmetic(tmp_path, seconds, infer_frames, num_clip, clips, video
     result = run(audio.check_clips, tmp_path, "speech.wav", infer_frames=infer_frames, num_clip=num_clip)
     assert result.status is Status.PASS
     assert (result.data["clips"], result.data["video_s"]) == (clips, pytest.approx(video_s))
-    assert any("not verified" in d for d in result.details)
+    assert any("as upstream computes it" in d for d in result.details)
     assert ("cuts the audio" in result.summary) == (num_clip < result.data["audio_clips"])
 
 
@@ -326,6 +329,7 @@ def test_an_absurd_rate_is_refused_and_nothing_decodes_beyond_the_bounds(tmp_pat
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
 sys.path.insert(0, {str(Path(__file__).parent)!r})
+from fractions import Fraction
 from pathlib import Path
 from conftest import make_ctx
 from avatardoctor.checks import audio
@@ -343,3 +347,24 @@ for name in ("absurd.wav", "plausible.wav"):
     )
     assert lines[3].startswith("plausible.wav | input.audio | pass"), lines
     assert lines[4].startswith("plausible.wav | input.audio.silence | warn") and lines[4].endswith("| True"), lines
+
+
+@pytest.mark.parametrize(
+    "seconds, infer_frames, clips",
+    [
+        (Fraction(1776, 25), 48, 37),  # 71.04 s exactly: 3551 wav2vec2 frames -> 2130 features -> 36.98 -> 37
+        (71.04, 48, 37),  # the same length given as a float (--audio-seconds)
+        (Fraction(30720, 16000), 48, 1),  # 1.92 s: 57 features, one clip holds 57.6
+        (Fraction(31360, 16000), 48, 2),  # 1.96 s: 58 features
+        (Fraction(0), 48, 1),  # upstream's + 1: never zero clips
+    ],
+)
+def test_clips_for_audio_follows_upstreams_arithmetic(seconds, infer_frames, clips):
+    assert clips_for_audio(seconds, infer_frames) == clips
+
+
+def test_predict_and_the_check_count_the_same_clips(tmp_path):
+    """--audio-seconds (predict, the planner) and --audio (this check) reach one count through one function."""
+    write(tmp_path / "speech.wav", 16000, tone(71.04, 16000))
+    result = run(audio.check_clips, tmp_path, "speech.wav")
+    assert result.data["audio_clips"] == clips_for_audio(71.04, 48) == 37

@@ -26,6 +26,7 @@ CHECK_IDS = [
     "gpu.ecc",
     "gpu.retired_pages",
     "gpu.throttle",
+    "gpu.xid",
     "topo.p2p",
     "topo.pcie",
     "nccl.env",

@@ -160,7 +160,7 @@ def _bad_files(tmp_path: Path) -> dict[Path, str]:
         edited(
             tmp_path, HEALTHY[1], "free.json", bad_free
         ): "machine.gpus[0].free_bytes must be an integer >= 0, not 'lots'",
-        tmp_path / "a-folder.json": "cannot read (Is a directory)",
+        tmp_path / "a-folder.json": "a directory where a file should be",
         tmp_path / "missing.json": "cannot read (No such file or directory)",
     }
 

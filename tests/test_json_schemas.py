@@ -289,7 +289,9 @@ def test_broken_run_folder_documents_are_refused(tmp_path):
         broken = copy.deepcopy(summary)
         mutate(broken)
         assert problems("avatardoctor.report/1", broken)
-    assert problems("avatardoctor.report/1", {**summary, "speed": {"added": "by a later /1"}}) == []  # open to fields
+    assert problems("avatardoctor.report/1", {**summary, "throughput": {"added": "by a later /1"}}) == []  # open
+    speed = summary["speed"]
+    assert problems("avatardoctor.report/1", {**summary, "speed": {**speed, "per_rank": [{"rank": "0"}]}})
     debug = {"schema": "avatardoctor.debug/1", "avatardoctor_version": "0.1.0", "outcome": "oom", "exit_code": 1}
     assert problems("avatardoctor.debug/1", {**debug, "failure": None}) == []
     assert problems("avatardoctor.debug/1", debug)  # no failure field

@@ -166,7 +166,7 @@ def test_oversized_recorded_file_is_refused_before_reading(tmp_path):
     path = tmp_path / "huge.json"
     with open(path, "wb") as f:
         f.truncate(17 * 2**20)  # sparse: no 17 MiB written
-    with pytest.raises(InputError, match="too large"):
+    with pytest.raises(InputError, match="over 16 MiB, not a machine description"):
         read_machine_file(path)
 
 

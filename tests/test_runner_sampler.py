@@ -398,3 +398,26 @@ def test_each_ranks_processes_are_a_device_of_their_own(new_sampler):
             member.kill()
         root.kill()
         root.wait()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.text(max_size=8),
+            st.text(max_size=12),
+            st.none() | st.floats(allow_nan=False),
+            st.none() | st.floats(allow_nan=False),
+            st.none() | st.integers(0, 100) | st.floats(0, 100),
+        ),
+        max_size=4,
+    ),
+    elapsed=st.floats(0, 1e6),
+)
+def test_the_preformatted_memory_rows_are_what_the_csv_module_writes(tmp_path_factory, rows, elapsed):
+    """A sample's rows are formatted without a csv.writer (its cost per sample), quoting included."""
+    sampler = MemorySampler(RunFolder(tmp_path_factory.mktemp("run")), source="psutil")
+    stamp = "2026-12-02T15:00:00.123+00:00"
+    expected = io.StringIO()
+    csv.writer(expected, lineterminator="\n").writerows([stamp, elapsed, *row] for row in rows)
+    assert sampler._memory_lines(stamp, elapsed, rows) == expected.getvalue().encode()

@@ -13,6 +13,7 @@ import math
 import os
 import shlex
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from pathlib import Path
 
 from avatardoctor.checks.base import (
@@ -26,11 +27,10 @@ from avatardoctor.checks.base import (
     warned,
 )
 from avatardoctor.files import not_regular_file
+from avatardoctor.upstream import AUDIO_FEATURE_RATE, AUDIO_LOAD_RATE, VIDEO_FPS, clips_for_audio
 
 GROUP = "Inputs"
 NO_AUDIO = "no --audio given"
-LOADER_RATE = 16_000  # librosa.load(sr=16000): the rate wav2vec2 was trained on
-FPS = 25  # Live Avatar's output video
 FRAME_S = 0.02  # loudness is judged per 20 ms frame
 SILENCE_DBFS = -50.0  # a frame quieter than this is silence
 EDGE_SILENCE_S = 0.5  # the seeds' advice: trim more than 500 ms of silence at either end
@@ -165,13 +165,13 @@ def check_audio(ctx: CheckContext) -> Outcome:
     ]
     if audio.channels > 1:
         details.append("converted to mono by the loader (librosa.load mixes the channels)")
-    if audio.samplerate != LOADER_RATE:
+    if audio.samplerate != AUDIO_LOAD_RATE:
         details.append(f"resampled from {audio.samplerate} Hz to 16 kHz by the loader (librosa.load(sr=16000))")
     data = asdict(audio) | {"given": audio.name, "path": shown(audio.path), "duration_s": audio.duration_s}
     with open(audio.path, "rb") as file:
         id3_tagged = audio.format == "MP3" and file.read(3) == b"ID3"
     problems, remedies = [], []
-    if audio.samplerate < LOADER_RATE:
+    if audio.samplerate < AUDIO_LOAD_RATE:
         # Not a crash: the loader upsamples. But the band above samplerate/2 is gone for good.
         problems.append(f"{audio.samplerate} Hz is below the 16 kHz wav2vec2 was trained on")
         details.append(f"nothing above {audio.samplerate / 2000:g} kHz survives; the seeds ask for 16 kHz or more")
@@ -296,10 +296,9 @@ def check_clips(ctx: CheckContext) -> Outcome:
     frames_per_clip, num_clip = ctx.config.infer_frames, ctx.config.num_clip
     if frames_per_clip < 1:
         return skipped(f"--infer-frames {frames_per_clip} makes no clips")
-    # ceil(frames * FPS / (rate * infer_frames)) in integers: floats make 71.04 s x 25 / 48 = 37 come out as 38
-    audio_clips = max(1, -(-audio.frames * FPS // (audio.samplerate * frames_per_clip)))
+    audio_clips = clips_for_audio(Fraction(audio.frames, audio.samplerate), frames_per_clip)
     clips = min(num_clip, audio_clips)
-    clip_s, video_s = frames_per_clip / FPS, clips * frames_per_clip / FPS
+    clip_s, video_s = frames_per_clip / VIDEO_FPS, clips * frames_per_clip / VIDEO_FPS
     data = {
         "clips": clips,
         "video_s": video_s,
@@ -309,9 +308,10 @@ def check_clips(ctx: CheckContext) -> Outcome:
         "num_clip": num_clip,
     }
     details = [
-        f"clips = min(--num_clip {num_clip}, max(1, ceil({audio.duration_s:.2f} s x {FPS} fps / {frames_per_clip} frames))) = {clips}",
-        "that is upstream's cap as avatardoctor models it (the exact rounding, with the motion-frame overlap, is not verified)",
-        f"each clip is {frames_per_clip} frames = {clip_s:.2f} s of {FPS} fps video",
+        f"clips = min(--num_clip {num_clip}, {audio_clips}) = {clips}: {audio.duration_s:.2f} s of audio as wav2vec2 frames at"
+        f" {AUDIO_FEATURE_RATE} per second, int(frames / ({frames_per_clip} x {AUDIO_FEATURE_RATE}/{VIDEO_FPS})) + 1,"
+        " as upstream computes it (audio_encoder.py)",
+        f"each clip is {frames_per_clip} frames = {clip_s:.2f} s of {VIDEO_FPS} fps video",
     ]
     summary = f"{audio.duration_s:.1f} s of audio -> {clips} clip{'s' if clips > 1 else ''} of {frames_per_clip} frames, about {video_s:.1f} s of video"
     if audio.duration_s < clip_s:

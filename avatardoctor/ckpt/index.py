@@ -6,12 +6,11 @@ holds fails at load time, minutes in; here it fails in milliseconds.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from avatardoctor.ckpt.safetensors_file import LONE_SURROGATE, CkptFileError, SafetensorsFile
-from avatardoctor.files import FileTooLarge, read_limited
+from avatardoctor.files import UnreadableJson, read_json
 
 INDEX_LIMIT = 64 * 2**20  # a 1,260-tensor index is 110 KB
 
@@ -37,17 +36,9 @@ def read_index(path: Path) -> ShardIndex:
         return CkptFileError(path, problem)
 
     try:
-        doc = json.loads(read_limited(path, INDEX_LIMIT).decode("utf-8"))
-    except FileTooLarge:
-        raise fail(f"{path.stat().st_size:,} bytes is too large for an index (limit 64 MiB)") from None
-    except IsADirectoryError:
-        raise fail("a directory where a file should be") from None
-    except OSError as e:
-        raise fail(f"cannot read ({e.strerror})") from None
-    except RecursionError:
-        raise fail("index JSON is nested too deeply") from None
-    except (UnicodeDecodeError, ValueError) as e:
-        raise fail(f"not valid JSON ({str(e)[:80]})") from None
+        doc = read_json(path, INDEX_LIMIT, "a safetensors index")
+    except UnreadableJson as err:
+        raise fail(str(err)) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("weight_map"), dict):
         raise fail("no weight_map object: not a safetensors index")
     weight_map = doc["weight_map"]

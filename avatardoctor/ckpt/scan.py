@@ -4,7 +4,6 @@ facts the ckpt.* checks judge. Every problem names its file."""
 from __future__ import annotations
 
 import errno
-import json
 import os
 import stat
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from avatardoctor.ckpt.safetensors_file import (
     SafetensorsFile,
     read_header,
 )
-from avatardoctor.files import FileTooLarge, read_limited
+from avatardoctor.files import UnreadableJson, read_json
 
 if TYPE_CHECKING:  # a type only: deep.py imports this module to hash a scan's files
     from avatardoctor.ckpt.deep import DeepFacts
@@ -157,13 +156,9 @@ def _scan_config(scan: ComponentScan, root: Path) -> None:
     if _present(scan, root, layout.CONFIG):
         path = root / layout.CONFIG
         try:
-            json.loads(read_limited(path, CONFIG_LIMIT).decode("utf-8"))
-        except FileTooLarge:
-            scan.problems.append(f"{layout.CONFIG}: not valid JSON (over 1 MiB)")
-        except OSError as e:
-            scan.problems.append(f"{layout.CONFIG}: cannot read ({e.strerror})")
-        except (ValueError, RecursionError, UnicodeDecodeError) as e:
-            scan.problems.append(f"{layout.CONFIG}: not valid JSON ({str(e)[:60]})")
+            read_json(path, CONFIG_LIMIT, "a model config")
+        except UnreadableJson as err:
+            scan.problems.append(f"{layout.CONFIG}: {err}")
 
 
 def _scan_dit(ckpt: CheckpointScan, scan: ComponentScan, index_name: str) -> None:

@@ -62,10 +62,64 @@ class Health:
     remapped_rows_pending: bool | None = None  # a row remapping that waits for a GPU reset
     remapped_rows_failed: bool | None = None  # a remapping that could not be made: the card needs service
     throttle: tuple[str, ...] | None = None  # slowdowns active now (THROTTLE_REASONS' names)
+    xid_events: bool | None = None  # NVML can report this GPU's Xids as events (nvmlEventTypeXidCriticalError)
 
 
 # The clock slowdowns that say something is wrong (idle, application clocks and sync boost do not).
 THROTTLE_REASONS = ("power cap", "HW slowdown", "SW thermal", "HW thermal", "HW power brake")
+
+# NVIDIA's Xid catalogue (https://docs.nvidia.com/deploy/xid-errors/index.html): what the driver's Xid codes mean.
+# XID_APPLICATION: raised by a program's own fault (a bad kernel, a killed context); the GPU is fine.
+XID_APPLICATION = {
+    13: "graphics engine exception (a program's kernel faulted)",
+    31: "GPU memory page fault (a program's illegal address)",
+    43: "GPU stopped processing a channel (the program was stopped)",
+    45: "preemptive cleanup after a program ended",
+}
+# XID_HARDWARE: the GPU, its memory or its link failed; each with what to do, as the catalogue's resolution says.
+XID_HARDWARE = {
+    48: "a double-bit ECC error: reset the GPU (`nvidia-smi -r -i N`); if it returns, the card needs service",
+    61: "an internal micro-controller breakpoint: reset the GPU (`nvidia-smi -r -i N`) or reboot",
+    62: "an internal micro-controller halt: reset the GPU (`nvidia-smi -r -i N`) or reboot",
+    63: "a page retirement or row remapping is pending: reset the GPU to apply it (`nvidia-smi -r -i N`)",
+    64: "a page retirement or row remapping failed: the card needs service",
+    74: "an NVLink error: check the links (`nvidia-smi nvlink -e`), reset the GPUs; if it returns, service",
+    79: "the GPU fell off the bus: check its power, cooling and seating; the host needs a reboot",
+    92: "a high single-bit ECC error rate: the card needs service",
+    94: "a contained ECC error: the process was ended; reset the GPU when idle",
+    95: "an uncontained ECC error: reset the GPU (`nvidia-smi -r -i N`) before the next run",
+    119: "the GPU's system processor (GSP) timed out: reset the GPU or reboot",
+    120: "the GPU's system processor (GSP) failed: reset the GPU or reboot",
+}
+
+
+def xid_meaning(xid: int) -> str:
+    """What one Xid code says, in words (the catalogue's meaning; codes outside both tables are looked up there)."""
+    known = XID_HARDWARE.get(xid) or XID_APPLICATION.get(xid)
+    return f"Xid {xid}: {known}" if known else f"Xid {xid} (see https://docs.nvidia.com/deploy/xid-errors/)"
+
+
+@dataclass(frozen=True)
+class XidEvent:
+    """One Xid the kernel log recorded."""
+
+    xid: int
+    pci_bus_id: str  # as the driver wrote it ("0000:18:00")
+    gpu: int | None  # the NVML index with that bus id; None where no GPU of this snapshot has it
+    since_boot_s: float | None  # the kernel's timestamp; None where the line carries none
+    message: str  # the rest of the line, cut to MAX_XID_MESSAGE characters
+
+
+MAX_XID_MESSAGE = 200
+
+
+@dataclass(frozen=True)
+class KernelXids:
+    """The Xids since boot, from the kernel log; `unreadable` says why there are none to read (dmesg refused)."""
+
+    source: str  # where they were read: /dev/kmsg, dmesg, or the file AVATARDOCTOR_KERNEL_LOG names
+    events: tuple[XidEvent, ...] = ()
+    unreadable: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +182,7 @@ class Machine:
     hostname: str | None = None
     recorded_at: str | None = None
     nvml_error: str | None = None  # why there are no GPU facts (no driver, no device, ...)
+    kernel_xids: KernelXids | None = None  # None: the kernel log was not looked at (catalogue, older recordings)
 
     def pair(self, a: int, b: int) -> GpuPair | None:
         lo, hi = min(a, b), max(a, b)
@@ -144,6 +199,8 @@ class Machine:
             g["nvlink_remote_bus_ids"] = list(g["nvlink_remote_bus_ids"])
         d["gpus"] = list(d["gpus"])
         d["pairs"] = list(d["pairs"])
+        if d["kernel_xids"] is not None:
+            d["kernel_xids"]["events"] = list(d["kernel_xids"]["events"])
         return {"schema": SCHEMA, "avatardoctor_version": __version__, **d}
 
 
@@ -279,11 +336,37 @@ def _gpu_from(obj: Any, where: str) -> Gpu:
             remapped_rows_pending=health.bool("remapped_rows_pending", optional=True),
             remapped_rows_failed=health.bool("remapped_rows_failed", optional=True),
             throttle=None if throttle is None else tuple(throttle),
+            xid_events=health.bool("xid_events", optional=True),
         ),
     )
     if gpu.free_bytes > gpu.total_bytes or gpu.used_bytes > gpu.total_bytes:
         raise MachineFormatError(f"{where}: used and free memory cannot exceed total_bytes")
     return gpu
+
+
+def _kernel_xids_from(top: _Fields, indices: set[int]) -> KernelXids | None:
+    if top.obj.get("kernel_xids") is None:
+        return None
+    k = top.object("kernel_xids")
+    events = []
+    for i, e in enumerate(k.list("events")):
+        ef = _Fields(e, f"kernel_xids.events[{i}]")
+        gpu = ef.int("gpu", optional=True)
+        if gpu is not None and gpu not in indices:
+            raise MachineFormatError(f"kernel_xids.events[{i}].gpu must be a GPU index of this machine")
+        at = ef.obj.get("since_boot_s")
+        if at is not None and (isinstance(at, bool) or not isinstance(at, (int, float)) or not 0 <= at < 1e10):
+            raise MachineFormatError(f"kernel_xids.events[{i}].since_boot_s must be seconds since boot")
+        events.append(
+            XidEvent(
+                ef.int("xid"),
+                ef.str("pci_bus_id"),
+                gpu,
+                None if at is None else float(at),
+                ef.str("message", optional=True) or "",
+            )
+        )
+    return KernelXids(k.str("source"), tuple(events), k.str("unreadable", optional=True))
 
 
 def machine_from_dict(obj: Any, source: str) -> Machine:
@@ -314,6 +397,7 @@ def machine_from_dict(obj: Any, source: str) -> Machine:
         )
     h = top.object("host")
     return Machine(
+        kernel_xids=_kernel_xids_from(top, indices),
         source=source,
         gpus=gpus,
         pairs=tuple(pairs),

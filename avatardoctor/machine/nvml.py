@@ -14,6 +14,7 @@ tests/fake_pynvml plays each driver generation under the real binding.
 
 from __future__ import annotations
 
+import ctypes
 import socket
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -22,6 +23,7 @@ import psutil
 import pynvml
 
 from avatardoctor.machine.host import local_host
+from avatardoctor.machine.kernellog import bus_key, read_kernel_xids
 from avatardoctor.machine.model import Gpu, GpuPair, GpuProcess, Health, Machine, Pcie
 
 _LEVELS = {
@@ -79,11 +81,6 @@ def _newest(names: tuple[str, ...], *args):
     return None
 
 
-def _bus_key(bus_id: str) -> str:
-    # NVML writes the PCI domain with 4 or 8 digits depending on the call; compare bus:device.function.
-    return ":".join(_text(bus_id).lower().split(":")[-2:])
-
-
 def _memory(handle, v2: bool = True):
     """(memory info, 2 or 1): v2 where the driver has it (R510+), else v1, which counts driver-reserved
     memory as used; (None, 1) where NVML refuses both (a MIG-mode GPU without the privileges)."""
@@ -121,15 +118,31 @@ def _health(handle) -> Health:
     ]
     pending = _try(pynvml.nvmlDeviceGetRetiredPagesPendingStatus, handle)
     remapped = _try(pynvml.nvmlDeviceGetRemappedRows, handle)  # (corrected, uncorrected, pending, failed)
-    reasons = _newest(("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"), handle)
+    reasons = _throttle(handle)
+    events = _try(pynvml.nvmlDeviceGetSupportedEventTypes, handle)
     return Health(
         ecc_volatile_uncorrected=None if ecc[0] is None else int(ecc[0]),
         ecc_aggregate_uncorrected=None if ecc[1] is None else int(ecc[1]),
         retired_pages_pending=None if pending is None else bool(pending),
         remapped_rows_pending=None if remapped is None else bool(remapped[2]),
         remapped_rows_failed=None if remapped is None else bool(remapped[3]),
-        throttle=None if reasons is None else tuple(name for bit, name in _THROTTLE_BITS if int(reasons) & bit),
+        throttle=reasons,
+        xid_events=None if events is None else bool(events & pynvml.nvmlEventTypeXidCriticalError),
     )
+
+
+def _throttle(handle) -> tuple[str, ...] | None:
+    reasons = _newest(("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"), handle)
+    return None if reasons is None else tuple(name for bit, name in _THROTTLE_BITS if int(reasons) & bit)
+
+
+def _repair_pending(handle) -> bool | None:
+    """A retired page or remapped row waiting for a reset (whichever this GPU's generation has)."""
+    remapped = _try(pynvml.nvmlDeviceGetRemappedRows, handle)
+    if remapped is not None:
+        return bool(remapped[2])
+    pending = _try(pynvml.nvmlDeviceGetRetiredPagesPendingStatus, handle)
+    return None if pending is None else bool(pending)
 
 
 def _mig_enabled(handle) -> bool:
@@ -191,6 +204,7 @@ class NvmlBackend:
         cuda = _try(pynvml.nvmlSystemGetCudaDriverVersion_v2)
         return replace(
             base,
+            kernel_xids=read_kernel_xids(gpus),
             gpus=tuple(gpus),
             pairs=tuple(pairs),
             driver_version=driver,
@@ -257,8 +271,8 @@ class NvmlBackend:
         level = _LEVELS.get(_try(pynvml.nvmlDeviceGetTopologyCommonAncestor, ha, hb))  # None: unknown
         read = _P2P.get(_try(pynvml.nvmlDeviceGetP2PStatus, ha, hb, _P2P_READ), "unknown")
         write = _P2P.get(_try(pynvml.nvmlDeviceGetP2PStatus, ha, hb, _P2P_WRITE), "unknown")
-        target = _bus_key(gpus[b].pci_bus_id)
-        nvlinks = sum(1 for bus, _ in links[a] if _bus_key(bus) == target)
+        target = bus_key(gpus[b].pci_bus_id)
+        nvlinks = sum(1 for bus, _ in links[a] if bus_key(bus) == target)
         if not nvlinks:
             # Through NVSwitch every link ends at a switch; nvidia-smi then shows NV<links> for any
             # pair that NVML says can talk over NVLink.
@@ -289,8 +303,25 @@ class ProcessMemory:
     used_bytes: int | None
 
 
+@dataclass(frozen=True)
+class HealthReading:
+    index: int  # the GPU's NVML index
+    temperature_c: int | None
+    power_w: float | None
+    throttle: tuple[str, ...] | None  # slowdowns active now (model.THROTTLE_REASONS' names)
+    ecc_volatile_uncorrected: int | None
+    repair_pending: bool | None  # a retired page or remapped row waiting for a reset
+    xid_watched: bool  # NVML reports this GPU's Xids as events (not every GPU or driver can)
+    xids: tuple[int, ...]  # the Xids NVML reported for this GPU since the previous reading
+
+
+MAX_EVENTS_PER_READING = 64  # a GPU in an Xid storm must not hold up the sampler
+
+
 class NvmlMemoryReader:
-    """Memory, utilisation and processes of chosen GPUs, read again and again (runner/sampler.py's NVML path).
+    """Memory, utilisation and processes of chosen GPUs, read again and again (runner/sampler.py's NVML path),
+    and their health once a second: temperature, power, throttling, ECC, pending repairs and the Xids NVML reports
+    as events (an event set registered for nvmlEventTypeXidCriticalError where the GPU supports it).
 
     One nvmlInit for the reader's life and one nvmlShutdown at close(), however often close() is called.
     """
@@ -301,6 +332,7 @@ class NvmlMemoryReader:
         except pynvml.NVMLError as err:
             raise NvmlUnavailable(describe_nvml_error(err)) from err
         self._open = True
+        self._events = None
         count = _try(pynvml.nvmlDeviceGetCount)
         if not count:
             self.close()
@@ -313,6 +345,65 @@ class NvmlMemoryReader:
             self.close()
             raise ValueError(f"NVML cannot open GPUs {indices} (it sees {count}): {err}") from err
         self._on_v1: set[int] = set()  # GPUs whose memory is read with v1
+        self._events, self._watched = self._watch_xids()
+
+    def _watch_xids(self):
+        """(the event set, {handle value: index} of the GPUs registered), or (None, {}) where NVML has no events."""
+        wanted = [
+            (index, handle)
+            for index, handle, _ in self._gpus
+            if (_try(pynvml.nvmlDeviceGetSupportedEventTypes, handle) or 0) & pynvml.nvmlEventTypeXidCriticalError
+        ]
+        events = _try(pynvml.nvmlEventSetCreate) if wanted else None
+        if events is None:
+            return None, {}
+        watched = {}
+        for index, handle in wanted:
+            try:
+                pynvml.nvmlDeviceRegisterEvents(handle, pynvml.nvmlEventTypeXidCriticalError, events)
+            except pynvml.NVMLError:  # refused for this GPU (a vGPU, a container without the privilege)
+                continue
+            watched[_handle_value(handle)] = index
+        return events, watched
+
+    def _xids(self) -> dict[int, list[int]]:
+        """{GPU index: the Xids reported since the last call}, without waiting (a 0 ms wait)."""
+        found: dict[int, list[int]] = {}
+        for _ in range(MAX_EVENTS_PER_READING * max(1, len(self._watched)) if self._events is not None else 0):
+            data = _try(pynvml.nvmlEventSetWait_v2, self._events, 0)  # NVMLError_Timeout: nothing more now
+            if data is None:
+                break
+            index = self._watched.get(_handle_value(data.device))
+            if index is not None and data.eventType & pynvml.nvmlEventTypeXidCriticalError:
+                found.setdefault(index, []).append(int(data.eventData))
+        return found
+
+    def health(self) -> list[HealthReading]:
+        xids = self._xids()
+        watched = set(self._watched.values())
+        readings = []
+        for index, handle, _ in self._gpus:
+            ecc = _try(
+                pynvml.nvmlDeviceGetTotalEccErrors,
+                handle,
+                pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+                pynvml.NVML_VOLATILE_ECC,
+            )
+            temperature = _try(pynvml.nvmlDeviceGetTemperature, handle, pynvml.NVML_TEMPERATURE_GPU)
+            milliwatts = _try(pynvml.nvmlDeviceGetPowerUsage, handle)
+            readings.append(
+                HealthReading(
+                    index,
+                    None if temperature is None else int(temperature),
+                    None if milliwatts is None else milliwatts / 1000,
+                    _throttle(handle),
+                    None if ecc is None else int(ecc),
+                    _repair_pending(handle),
+                    index in watched,
+                    tuple(xids.get(index, ())),
+                )
+            )
+        return readings
 
     def memory(self) -> list[MemoryReading]:
         readings = []
@@ -343,7 +434,14 @@ class NvmlMemoryReader:
     def close(self) -> None:
         if self._open:  # nvmlInit counts references: shut down exactly once
             self._open = False
+            if self._events is not None:
+                _try(pynvml.nvmlEventSetFree, self._events)
             _try(pynvml.nvmlShutdown)
+
+
+def _handle_value(handle) -> int:
+    """A device handle's address: the event data's handle is another ctypes object for the same device."""
+    return ctypes.cast(handle, ctypes.c_void_p).value or 0
 
 
 def _process_name(pid: int) -> str | None:

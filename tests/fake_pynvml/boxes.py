@@ -190,6 +190,19 @@ def r535_ailing_h100() -> FakeBox:
     return box
 
 
+def r535_xid_during_run() -> FakeBox:
+    """R535: two H100s, healthy when the run starts; GPU 1 falls off the bus during it (Xid 79, an NVML event) and
+    warms past 85 C under the power cap. GPU 0 cannot report Xid events (its driver refuses the event type)."""
+    box = r535_ailing_h100()
+    for gpu in box.gpus:
+        gpu.ecc_uncorrected, gpu.remapped_rows, gpu.throttle_reasons = (0, 0), (0, 0, 0, 0), 0
+    box.gpus[0].event_types = 0
+    box.gpus[1].xids = [79]
+    box.gpus[1].temperature_c, box.gpus[1].power_mw = 87, 700_000
+    box.gpus[1].throttle_reasons = pynvml.nvmlClocksThrottleReasonSwPowerCap
+    return box
+
+
 def driver_not_loaded() -> FakeBox:
     """The library is there (a container image with the user-space driver) but the kernel module is not."""
     return FakeBox("", 0, [], init_error=pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
@@ -202,4 +215,5 @@ GENERATIONS = {
     "r550-container-a100": r550_container_a100,
     "r570-one-h200": r570_one_h200,
     "r535-ailing-h100": r535_ailing_h100,
+    "r535-xid-during-run": r535_xid_during_run,
 }

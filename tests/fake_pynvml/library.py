@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import pynvml
 
 HANDLE_BASE = 0x1000  # device handles are opaque pointers; the fake's are HANDLE_BASE + index
+EVENT_SET_BASE = 0x9000  # event sets too: EVENT_SET_BASE + the set's number
 
 
 @dataclass
@@ -57,6 +58,12 @@ class FakeGpu:
     retired_pages_pending: int | None = None  # pre-Ampere page retirement: 1 pending a reset
     remapped_rows: tuple[int, int, int, int] | None = None  # Ampere+: corrected, uncorrected, pending, failed
     throttle_reasons: int = 0  # nvmlClocksThrottleReason* bits active now
+    temperature_c: int = 40
+    power_mw: int = 90_000
+    # Xid events (nvmlEventTypeXidCriticalError): whether the GPU can report them, and the Xids it reports to an
+    # event set once one is registered, each delivered once.
+    event_types: int = pynvml.nvmlEventTypeXidCriticalError
+    xids: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -83,6 +90,7 @@ class FakeLibrary:
         self.box = box
         self.calls: collections.Counter[str] = collections.Counter()
         self.initialised = 0
+        self.event_sets: dict[int, set[int]] = {}  # set token -> the GPU indices registered to it
 
     def __getattr__(self, symbol: str):
         implementation = getattr(_CFunctions, symbol, None) if symbol.startswith("nvml") else None
@@ -124,6 +132,12 @@ def _device_call(fn):
 
     call.__name__ = fn.__name__
     return call
+
+
+def _set_pointer(target, value: int) -> None:
+    """Write an opaque handle (a pointer the binding never dereferences) into a ctypes pointer object."""
+    token = ctypes.c_void_p(value)
+    ctypes.memmove(ctypes.addressof(target), ctypes.addressof(token), ctypes.sizeof(token))
 
 
 def _write_text(buffer, size, text: str) -> int:
@@ -199,10 +213,57 @@ class _CFunctions:
             return pynvml.NVML_ERROR_UNINITIALIZED
         if not 0 <= index.value < len(lib.box.gpus):
             return pynvml.NVML_ERROR_INVALID_ARGUMENT
-        handle = _out(device_ref)
-        token = ctypes.c_void_p(HANDLE_BASE + index.value)
-        ctypes.memmove(ctypes.addressof(handle), ctypes.addressof(token), ctypes.sizeof(token))
+        _set_pointer(_out(device_ref), HANDLE_BASE + index.value)
         return pynvml.NVML_SUCCESS
+
+    @staticmethod
+    def nvmlEventSetCreate(lib: FakeLibrary, set_ref) -> int:
+        if not lib.initialised:
+            return pynvml.NVML_ERROR_UNINITIALIZED
+        token = EVENT_SET_BASE + len(lib.event_sets)
+        lib.event_sets[token] = set()
+        _set_pointer(_out(set_ref), token)
+        return pynvml.NVML_SUCCESS
+
+    @staticmethod
+    def nvmlEventSetFree(lib: FakeLibrary, event_set) -> int:
+        token = ctypes.cast(event_set, ctypes.c_void_p).value
+        return (
+            pynvml.NVML_SUCCESS if lib.event_sets.pop(token, None) is not None else pynvml.NVML_ERROR_INVALID_ARGUMENT
+        )
+
+    @staticmethod
+    @_device_call
+    def nvmlDeviceGetSupportedEventTypes(lib, index, gpu, types_ref) -> int:
+        _out(types_ref).value = gpu.event_types
+        return pynvml.NVML_SUCCESS
+
+    @staticmethod
+    @_device_call
+    def nvmlDeviceRegisterEvents(lib, index, gpu, types, event_set) -> int:
+        registered = lib.event_sets.get(ctypes.cast(event_set, ctypes.c_void_p).value)
+        if registered is None:
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        if types.value & ~gpu.event_types:
+            return pynvml.NVML_ERROR_NOT_SUPPORTED
+        registered.add(index)
+        return pynvml.NVML_SUCCESS
+
+    @staticmethod
+    def nvmlEventSetWait_v2(lib: FakeLibrary, event_set, data_ref, timeout_ms) -> int:
+        """The next Xid of a registered GPU; none pending is a timeout (the fake never waits)."""
+        registered = lib.event_sets.get(ctypes.cast(event_set, ctypes.c_void_p).value)
+        if registered is None:
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        for index in sorted(registered):
+            gpu = lib.box.gpus[index]
+            if gpu.xids:
+                data = _out(data_ref)
+                _set_pointer(data.device, HANDLE_BASE + index)
+                data.eventType = pynvml.nvmlEventTypeXidCriticalError
+                data.eventData = gpu.xids.pop(0)
+                return pynvml.NVML_SUCCESS
+        return pynvml.NVML_ERROR_TIMEOUT
 
     @staticmethod
     @_device_call
@@ -312,6 +373,20 @@ class _CFunctions:
     @_device_call
     def nvmlDeviceGetCurrentClocksThrottleReasons(lib, index, gpu, reasons_ref) -> int:
         _out(reasons_ref).value = gpu.throttle_reasons
+        return pynvml.NVML_SUCCESS
+
+    @staticmethod
+    @_device_call
+    def nvmlDeviceGetTemperature(lib, index, gpu, sensor, temperature_ref) -> int:
+        if sensor.value != pynvml.NVML_TEMPERATURE_GPU:
+            return pynvml.NVML_ERROR_INVALID_ARGUMENT
+        _out(temperature_ref).value = gpu.temperature_c
+        return pynvml.NVML_SUCCESS
+
+    @staticmethod
+    @_device_call
+    def nvmlDeviceGetPowerUsage(lib, index, gpu, milliwatts_ref) -> int:
+        _out(milliwatts_ref).value = gpu.power_mw
         return pynvml.NVML_SUCCESS
 
     @staticmethod
