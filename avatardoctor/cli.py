@@ -233,50 +233,67 @@ def _echo_results(results, as_json: bool) -> None:
     help="Watch a running job's process (repeatable) until it exits or Ctrl-C; it is never stopped.",
 )
 @click.option(
+    "--attach-gpus",
+    "attach_gpus",
+    callback=lambda _ctx, _param, value: _gpu_indices(value),
+    metavar="0,1,...|all",
+    help="Watch the job whose compute processes use these GPUs (NVML; its torchrun where visible) until it exits.",
+)
+@click.option(
     "--log",
     "log_file",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="With --attach: the job's output file, followed from its end (phases, clips, outcome).",
+    help="With --attach or --attach-gpus: the job's output file, followed from its end (phases, clips, outcome).",
 )
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def record_command(no_shim, memory_history, out_dir, sample_hz, hang_timeout, as_json, attach, log_file, command):
-    """Record any launch as `run` records its own: `record -- bash infinite_inference_multi_gpu.sh`, or
-    `record --attach PID`. Exit 0 success, 1 failure, 130 interrupted."""
+def record_command(
+    no_shim, memory_history, out_dir, sample_hz, hang_timeout, as_json, attach, attach_gpus, log_file, command
+):
+    """Record any launch as `run` records its own: `record -- bash infinite_inference_multi_gpu.sh`,
+    `record --attach PID` or `record --attach-gpus 0,1`. Exit 0 success, 1 failure, 130 interrupted."""
     from rich.console import Console
 
-    from avatardoctor.runner.record import plan_for_command
-    from avatardoctor.runner.run import Watch, attached_command, execute
+    from avatardoctor.runner.record import attached_plan, gpu_job, plan_for_command
+    from avatardoctor.runner.run import Watch, execute
 
-    if bool(command) == bool(attach):
+    if sum(map(bool, (command, attach, attach_gpus))) != 1:
         raise InputError(
-            "record: give a command after -- (record -- bash infinite_inference_multi_gpu.sh) or --attach PID"
+            "record: give one of a command after -- (record -- bash infinite_inference_multi_gpu.sh), "
+            "--attach PID or --attach-gpus 0,1"
         )
-    if log_file and not attach:
+    if log_file and command:
         raise InputError("record: --log follows an attached job's output; a recorded command's output is captured")
     if log_file and not log_file.is_file():
         raise InputError(f"--log {log_file}: no such file; pass the file the job's output goes to")
     if no_shim or memory_history:
         raise InputError("record: --no-shim and --memory-history are for `run`: record runs the command as given")
     cwd = Path.cwd()
+    gpus: tuple[int, ...] = ()
+    if attach_gpus:
+        found = gpu_job(None if attach_gpus == "all" else attach_gpus)  # nothing there: one line, before any folder
+        attach, gpus = found.roots, tuple(i for i, pids in found.on_gpus.items() if pids)
     if attach:
-        import psutil
-
         from avatardoctor.jobs import attach as attached
 
-        job = attached(attach)  # a PID not running: one line, before any folder
-        try:  # its command line names files relative to its own folder, and its environment names its GPUs
-            where, env = Path(job.roots[0].cwd()), job.roots[0].environ()
-        except psutil.Error:
-            where, env = cwd, dict(os.environ)
-        plan = plan_for_command(attached_command(job), where, env)
+        plan = attached_plan(attached(attach))  # a PID not running: one line, before any folder
     else:
         plan = plan_for_command(command, cwd, dict(os.environ))
     console = Console(stderr=True, highlight=False)
     with console.status("starting") as status:
         options = _run_options(out_dir, sample_hz, hang_timeout, cwd, [], status)
-        result = execute(plan, options, Watch(tuple(command), tuple(attach), log_file))
+        result = execute(plan, options, Watch(tuple(command), tuple(attach), log_file, gpus))
     _echo_results([result], as_json)
     sys.exit(exitcodes.for_run(result.failure.cls))
+
+
+def _gpu_indices(value: str | None) -> tuple[int, ...] | str | None:
+    """--attach-gpus: `all`, or NVML indices as nvidia-smi shows them (each once, in the order given)."""
+    if value is None or value.strip() == "all":
+        return None if value is None else "all"
+    words = [w.strip() for w in value.split(",")]
+    if not all(w.isdigit() for w in words):
+        raise InputError(f"--attach-gpus {value}: give GPU indices as nvidia-smi shows them (0,1,2) or all")
+    return tuple(dict.fromkeys(int(w) for w in words))
 
 
 @cli.command("demo")

@@ -75,6 +75,7 @@ class Watch:
     command: tuple[str, ...] = ()
     attach: tuple[int, ...] = ()
     log: Path | None = None
+    gpus: tuple[int, ...] = ()  # --attach-gpus: the GPUs the attached processes were found on
 
 
 @dataclass
@@ -174,7 +175,7 @@ def execute(plan: PlanFile, options: RunOptions, watch: Watch | None = None) -> 
             else {}
         )
         if attached:  # after the handlers: from this line on, Ctrl-C is recorded
-            log.write(f"[avatardoctor] attached to PID {', '.join(map(str, watch.attach))}: {' '.join(argv)}\n")
+            log.write(f"[avatardoctor] attached to {_attached_to(watch)}: {' '.join(argv)}\n")
 
         def read_output() -> None:
             """Lines capped at LINE_CAP bytes as they come (a rank may print a gigabyte without a newline)."""
@@ -304,6 +305,11 @@ def _output(job: jobs.Job | jobs.Attached, log: Path | None) -> Iterator[bytes]:
                 time.sleep(FOLLOW_PERIOD_S)
             else:
                 return
+
+
+def _attached_to(watch: Watch) -> str:
+    on = f" (on GPU {','.join(map(str, watch.gpus))})" if watch.gpus else ""
+    return f"PID {', '.join(map(str, watch.attach))}{on}"
 
 
 def _attached_end(failure: Failure, watch: Watch) -> Failure:

@@ -34,7 +34,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from avatardoctor.ckpt import layout
-from avatardoctor.demo.memory import ROOT_UNSHARD_BYTES
+from avatardoctor.demo.memory import ROOT_UNSHARD_BYTES, cuda_device_count, cuda_ordinal
 from avatardoctor.upstream import LORA_RANK, SIZES, Size, str2bool
 
 LATENT_CHANNELS = 16
@@ -417,9 +417,10 @@ def placement(local_rank: int, local_world: int, cuda_devices: int) -> Placement
     the CPU with gloo. Never NCCL with fewer GPUs than ranks: NCCL refuses two ranks on one GPU
     ("Duplicate GPU detected"), and gloo's send/recv cannot carry a CUDA tensor to a CPU rank."""
     ranks = f"{local_world} rank{'s' if local_world > 1 else ''}"
-    if cuda_devices and cuda_devices >= local_world:
+    ordinal = cuda_ordinal(local_rank, local_world, cuda_devices)  # the plan's prediction is keyed by the same choice
+    if ordinal is not None:
         gpus = "GPU 0" if local_world == 1 else f"GPUs 0-{local_world - 1}"
-        return Placement(torch.device(f"cuda:{local_rank}"), "nccl", f"{ranks} on {gpus} with nccl")
+        return Placement(torch.device(f"cuda:{ordinal}"), "nccl", f"{ranks} on {gpus} with nccl")
     why = f"{cuda_devices} GPU{'s' if cuda_devices != 1 else ''} for {ranks}" if cuda_devices else "no CUDA"
     return Placement(torch.device("cpu"), "gloo", f"{ranks} on the CPU with gloo ({why})")
 
@@ -432,7 +433,7 @@ def main(argv: list[str] | None = None) -> None:
     world = int(os.environ.get("WORLD_SIZE", 1))
     say(f"world_size: {world}")  # upstream entry:354
     local_rank, local_world = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
-    where = placement(local_rank, local_world, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    where = placement(local_rank, local_world, cuda_device_count())
     device = where.device
     if device.type == "cuda":
         torch.cuda.set_device(device)
