@@ -69,11 +69,6 @@ class RunFolder:
         return self.logs / "rank_clips.csv"
 
     @property
-    def rank_logs(self) -> Path:
-        """torchrun's own copy of each rank's output (`--log-dir`): <run id>/attempt_0/<rank>/stdout.log, stderr.log."""
-        return self.logs / "torchrun"
-
-    @property
     def measurements_json(self) -> Path:
         """Each GPU's measured peak in calibration's import format (NVML runs only)."""
         return self.logs / "measurements.json"

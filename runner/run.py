@@ -90,12 +90,9 @@ class RunResult:
 SHIM = ["-m", "avatardoctor.runner.shim"]
 
 
-def torchrun_argv(plan: PlanFile, port: int, entry: list[str], rank_logs: Path, shim: bool = False) -> list[str]:
-    """The launch, as a list (never a shell string): a prompt full of $(...), quotes and ; is one item. `--tee 3`
-    prefixes each line with its rank (`[default0]:`), which is what gives each rank its own speed; torchrun also
-    keeps each rank's output apart under rank_logs."""
-    tee = ["--tee", "3", "--log-dir", str(rank_logs)]
-    return jobs.torchrun_argv(plan.nproc, port, *tee, *(SHIM if shim else []), *entry, *plan.argv)
+def torchrun_argv(plan: PlanFile, port: int, entry: list[str], shim: bool = False) -> list[str]:
+    """The launch, as a list (never a shell string): a prompt full of $(...), quotes and ; is one item."""
+    return jobs.torchrun_argv(plan.nproc, port, *(SHIM if shim else []), *entry, *plan.argv)
 
 
 class _Log:
@@ -136,7 +133,7 @@ def execute(plan: PlanFile, options: RunOptions, watch: Watch | None = None) -> 
         port, argv = plan.master_port, list(watch.command)
     else:
         port = usable_port(plan.master_port) or plan.master_port
-        argv = torchrun_argv(plan, port, options.entry, folder.rank_logs, options.shim)
+        argv = torchrun_argv(plan, port, options.entry, options.shim)
     env = {
         **os.environ,
         **({} if watch.command else plan.env),  # a command sets its own

@@ -34,11 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from avatardoctor import jobs
 from avatardoctor.demo.checkpoints import tiny_demo_checkpoint
 from avatardoctor.machine.ports import usable_port
 from avatardoctor.runner.auto import demo_plan
-from avatardoctor.runner.run import RunOptions, Watch, execute
+from avatardoctor.runner.run import RunOptions, Watch, execute, torchrun_argv
 
 DEMO_ENTRY = ["-m", "avatardoctor.demo.workload"]
 WORKLOAD = "import sys, time; print('first', time.time(), flush=True); time.sleep(float(sys.argv[1])); print('last', time.time())"
@@ -107,7 +106,7 @@ def demo_pairs(runs: int, sample_hz: float) -> None:
         for _ in range(runs):
             port = usable_port(29650) or 29650
             start = time.perf_counter()
-            argv = jobs.torchrun_argv(plan.nproc, port, *DEMO_ENTRY, *plan.argv)  # as a user types it
+            argv = torchrun_argv(plan, port, DEMO_ENTRY)
             subprocess.run(argv, cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
             plain.append(time.perf_counter() - start)
             cpu = time.process_time()

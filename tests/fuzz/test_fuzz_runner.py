@@ -122,7 +122,7 @@ def refused_or_launchable(folder: Path, path: Path, doc) -> None:
         assert not out.exists() and not (folder / "escaped").exists()
         return
     plan = PlanFile.from_dict(doc, str(path))  # the reader run --plan uses: a plan it accepts is whole
-    argv = torchrun_argv(plan, plan.master_port, ["entry.py"], out / "torchrun")
+    argv = torchrun_argv(plan, plan.master_port, ["entry.py"])
     env = {**os.environ, **plan.env}
     subprocess.run(["/bin/true", *argv[1:]], env=env, check=True)  # E2BIG, a NUL or an unencodable string would raise
     run_folder = new_run_folder(out, plan.mode)
