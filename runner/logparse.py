@@ -45,7 +45,9 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-RANK_PREFIX = re.compile(r"\[(rank|default)(\d+)\]:[ ]?")  # torch's own, and torchrun --tee's
+# torch's own "[rank2]: " (its space is part of it), and torchrun --tee's "[default2]:" (TailLog's header, no
+# space: what follows is the rank's own text, a traceback frame's indentation included)
+RANK_PREFIX = re.compile(r"\[(?:rank(\d+)\]: ?|default(\d+)\]:)")
 BAR = re.compile(r"\s*(\d{1,3})%\|[^|]*\|\s*(\d+)/(\d+)\b")
 JOB_ARGS = "Generation job args:"
 STAGES = ("load", "lora merge", "fp8", "text encoding", "denoise", "decode", "save", "done")
@@ -68,8 +70,8 @@ def split_rank(text: str) -> tuple[int | None, str]:
     """Strip leading rank prefixes ("[default2]:[rank2]: ..." is rank 2) and say which rank spoke."""
     rank = None
     while text.startswith("[") and (match := RANK_PREFIX.match(text)):
-        if rank is None or match[1] == "rank":  # the global rank wins over torchrun's local one
-            rank = int(match[2])
+        if rank is None or match[1] is not None:  # the global rank wins over torchrun's local one
+            rank = int(match[1] or match[2])
         text = text[match.end() :]
     return rank, text
 

@@ -22,7 +22,7 @@ def test_check_prints_the_fit_first_then_one_line_per_group_and_details_only_whe
     r = avatardoctor("check", "--machine", "5xH800", env=cli_env(NO_COLOR="1"))
     lines = r.stdout.splitlines()
     assert lines[1].startswith("[✓] fit.peak") and "FITS" in lines[1]  # the verdict on the fit, on top
-    assert "[✓] GPUs (9 checks)" in lines and "[✓] Topology (2 checks)" in lines and "[✓] Network (1 check)" in lines
+    assert "[✓] GPUs (10 checks)" in lines and "[✓] Topology (2 checks)" in lines and "[✓] Network (1 check)" in lines
     assert "gpu.inventory" not in r.stdout  # a passing check is counted, not shown
     assert "[✗] sw.torch" in r.stdout  # a failing one shows, with its remedy
     verbose = avatardoctor("check", "--machine", "5xH800", "-v", env=cli_env(NO_COLOR="1"))

@@ -589,3 +589,20 @@ def test_the_cli_entry_is_one_request_and_its_phases_are_unchanged(tmp_path):
         "1,1.000,10.000,open",
     ]
     assert [name for name, _, _ in tracker.phases()][-4:] == ["clip 1 denoise", "clip 2 denoise", "decode", "save"]
+
+
+def test_a_tee_prefixed_traceback_keeps_its_indentation_and_the_oom_line_is_the_signal():
+    """torchrun --tee's "[default0]:" has no space after it (TailLog's header): a frame's code line keeps its four
+    spaces, so `raise torch.OutOfMemoryError(` reads as quoted code, not as the error."""
+    assert split_rank("[default0]:    raise torch.OutOfMemoryError(") == (0, "    raise torch.OutOfMemoryError(")
+    assert split_rank("[rank0]: Traceback (most recent call last):") == (0, "Traceback (most recent call last):")
+    lines = [
+        "[default0]:Traceback (most recent call last):",
+        '[default0]:  File "/x/oom_entry.py", line 9, in <module>',
+        "[default0]:    raise torch.OutOfMemoryError(",
+        "[default0]:torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 150.00 GiB. GPU 0 has a total "
+        "capacity of 79.19 GiB of which 1.00 GiB is free.",
+    ]
+    failure = classify([(1.0 + i / 10, line) for i, line in enumerate(lines)], 1, nproc=1)
+    assert failure.cls == "oom" and failure.message.startswith("torch.OutOfMemoryError: CUDA out of memory")
+    assert failure.tried_to_allocate_mib == 150 * 1024
