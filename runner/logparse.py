@@ -148,9 +148,9 @@ class LogTracker:
     def write_phases_csv(self, path: Path) -> None:
         _write_csv(path, ["phase", "start_s", "end_s"], [[n, f"{s:.3f}", f"{e:.3f}"] for n, s, e in self.phases()])
 
-    def write_rank_clips_csv(self, path: Path) -> None:
-        rows = [[rank, clip, f"{start:.3f}", f"{end:.3f}"] for rank, clip, start, end in self.rank_clips()]
-        _write_csv(path, ["rank", "clip", "start_s", "end_s"], rows)
+    def clip_spans(self) -> list[tuple[float, float]]:
+        """(start_s, end_s) of each clip's denoising, in clip order."""
+        return [(start, end) for name, start, end in self.phases() if is_clip(name)]
 
     # ------------------------------------------------------------------------------------- internals
 
@@ -278,6 +278,17 @@ class LogTracker:
     def _close(self, t: float) -> None:
         if self._phases and self._phases[-1][2] is None:
             self._phases[-1][2] = t
+
+
+def is_clip(phase: str) -> bool:
+    return phase.startswith("clip ") and phase.endswith(" denoise")
+
+
+def write_rank_clips_csv(path: Path, rank_clips: list[tuple[int, int, float, float]]) -> None:
+    """logs/rank_clips.csv from (rank, clip, start_s, end_s) rows: the log's rank-prefixed bars
+    (LogTracker.rank_clips), else each rank's own record of its clips (the shim)."""
+    rows = [[rank, clip, f"{start:.3f}", f"{end:.3f}"] for rank, clip, start, end in rank_clips]
+    _write_csv(path, ["rank", "clip", "start_s", "end_s"], rows)
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:

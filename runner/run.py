@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import math
 import os
 import shutil
 import signal
@@ -29,14 +30,14 @@ import psutil
 from avatardoctor import __version__, jobs
 from avatardoctor.calibration import IMPORT_SCHEMA, Measurement
 from avatardoctor.errors import InputError
-from avatardoctor.files import FileTooLarge, read_limited
+from avatardoctor.files import UnreadableJson, read_json
 from avatardoctor.machine.ports import usable_port
-from avatardoctor.planfile import PlanFile, plan_json
+from avatardoctor.planfile import MAX_NPROC, PlanFile, plan_json
 from avatardoctor.runner.classify import Failure, classify, read_health_xids
 from avatardoctor.runner.folder import RunFolder, new_run_folder
 from avatardoctor.runner.lines import LINE_CAP, BoundedLines
 from avatardoctor.runner.liveness import Liveness
-from avatardoctor.runner.logparse import LogTracker
+from avatardoctor.runner.logparse import MAX_RANK_CLIPS, LogTracker, write_rank_clips_csv
 from avatardoctor.runner.sampler import MemorySampler
 from avatardoctor.units import MIB
 
@@ -236,7 +237,7 @@ def execute(plan: PlanFile, options: RunOptions, watch: Watch | None = None) -> 
     with contextlib.suppress(OSError):  # on a full disk, what was written stays; debug_info.json has the reserve
         tracker.write_phases_csv(folder.phases_csv)
         tracker.write_requests_csv(folder.requests_csv)
-        tracker.write_rank_clips_csv(folder.rank_clips_csv)
+        write_rank_clips_csv(folder.rank_clips_csv, tracker.rank_clips() or shim_rank_clips(folder, started))
     failure = classify(
         list(tail),
         exit_code,
@@ -489,14 +490,44 @@ def _gpu_names(plan: PlanFile) -> dict[str, str]:
     return {str(g.index): g.name for g in plan.machine.gpus} if plan.machine else {}
 
 
+def _rank_records(folder: RunFolder) -> Iterator[dict]:
+    """Each rank's shim record (runner/shim.py) that reads as a JSON object; a damaged one is passed over."""
+    for path in sorted(folder.ranks.glob("rank*.json")):
+        try:
+            doc = read_json(path, RANK_RECORD_LIMIT, "a rank record")
+        except UnreadableJson:
+            continue
+        if isinstance(doc, dict):
+            yield doc
+
+
+def _number(value: object) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(cast(float, value)) if ok else None
+
+
+def shim_rank_clips(folder: RunFolder, launched_monotonic: float) -> list[tuple[int, int, float, float]]:
+    """(rank, clip, start_s, end_s) from each rank's own record of its clips, on the run's clock (the ranks'
+    time.monotonic() is the runner's: one system-wide clock); rows that do not read are passed over."""
+    rows = []
+    for doc in _rank_records(folder):
+        rank, started = doc.get("rank"), _number(doc.get("started_monotonic"))
+        clips = doc.get("clips")
+        if not (isinstance(rank, int) and 0 <= rank < MAX_NPROC and started is not None and isinstance(clips, list)):
+            continue
+        offset = started - launched_monotonic
+        for clip, span in enumerate(clips[:MAX_RANK_CLIPS], 1):
+            start, end = (_number(x) for x in span) if isinstance(span, list) and len(span) == 2 else (None, None)
+            if start is None or end is None or not 0 <= start <= end:
+                break
+            rows.append((rank, clip, round(offset + start, 3), round(offset + end, 3)))
+    return rows
+
+
 def _rank_summaries(folder: RunFolder) -> list[dict]:
     """What the shim saw in each rank: torch's peaks, the process's peak RSS, an OOM, how it ended."""
     ranks = []
-    for path in sorted(folder.ranks.glob("rank*.json")):
-        try:
-            doc = json.loads(read_limited(path, RANK_RECORD_LIMIT))
-        except (OSError, ValueError, FileTooLarge):
-            continue
+    for doc in _rank_records(folder):
         events = doc.get("events") or []
         peak = lambda key: max((e[key] for e in events if isinstance(e.get(key), (int, float))), default=None)  # noqa: E731
         ranks.append(

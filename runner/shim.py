@@ -6,7 +6,8 @@ At every phase change (read from the rank's own log lines) and at exit it notes 
 max_memory_allocated / max_memory_reserved on CUDA and the process's peak RSS; on a CUDA
 out-of-memory it records what the allocator held (the OOM observer); with --memory-history it
 also saves a PyTorch memory snapshot that pytorch.org/memory_viz opens. It writes
-$AVATARDOCTOR_RANK_DIR/rank<N>.json in a `finally`, so the file exists even when the entry raises.
+$AVATARDOCTOR_RANK_DIR/rank<N>.json in a `finally`, so the file exists even when the entry raises, with
+the rank's own clip times (its own output's progress bars: each rank's speed, docs/running.md "Speed").
 torch is only touched once the entry has imported it (no start-up cost), unless the history is asked for.
 """
 
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 from avatardoctor.runner.lines import BoundedLines
-from avatardoctor.runner.logparse import LogTracker
+from avatardoctor.runner.logparse import MAX_RANK_CLIPS, LogTracker
 from avatardoctor.units import MIB
 
 
@@ -152,6 +153,10 @@ def main() -> None:
         raise
     finally:
         recorder.snapshot("exit")
+        # this rank's own clips (its output alone, whatever torchrun mixes), on the system-wide monotonic
+        # clock the runner reads too: each rank's speed without rank prefixes in the log
+        recorder.doc["started_monotonic"] = recorder.started
+        recorder.doc["clips"] = [[round(s, 3), round(e, 3)] for s, e in phases.tracker.clip_spans()[:MAX_RANK_CLIPS]]
         torch = recorder._torch()
         if history and torch is not None:
             torch.cuda.memory._dump_snapshot(str(out / f"rank{recorder.rank}-memory.pickle"))

@@ -16,12 +16,13 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
+from avatardoctor.runner.logparse import is_clip
 from avatardoctor.upstream import PUBLISHED_SPEEDS, VIDEO_FPS
 
 
 def clip_seconds(phases: Sequence[tuple[str, float, float]]) -> list[float]:
     """Each clip's denoising time, in clip order."""
-    return [end - start for name, start, end in phases if name.startswith("clip ") and name.endswith(" denoise")]
+    return [end - start for name, start, end in phases if is_clip(name)]
 
 
 def _clips(first_clip_at: float, clips: list[float], infer_frames: int) -> dict:
@@ -72,8 +73,9 @@ def per_rank_note(rank_clips_recorded: bool, per_rank: list[dict]) -> str | None
         return "no logs/rank_clips.csv (recorded before per-rank timing): the figures are the pipeline's only"
     if not per_rank:
         return (
-            "the log's progress bars carry no rank prefix (torchrun without --tee mixes the ranks' output), so no "
-            "bar can be given to a rank: the figures are the pipeline's only; torchrun --tee 3 prefixes each line"
+            "the log's progress bars carry no rank prefix (torchrun without --tee mixes the ranks' output) and no "
+            "rank recorded its own clips (run and demo do, through their shim; not with --no-shim), so no bar can "
+            "be given to a rank: the figures are the pipeline's only; torchrun --tee 3 prefixes each line"
         )
     return None
 

@@ -288,6 +288,12 @@ def test_the_demo_end_to_end(tmp_path):
     assert any("in place of the CUDA context" in note for note in summary["notes"])  # says what the model lacks
     phases = {p["phase"]: p for p in summary["phases"]}
     assert {"load", "clip 1 denoise", "clip 2 denoise"} <= set(phases)
+    # plain torchrun mixes the ranks' unprefixed output: each rank's speed is its shim's record of its own clips
+    per_rank = {r["rank"]: r for r in summary["speed"]["per_rank"]}
+    assert sorted(per_rank) == list(range(5)) and summary["speed"]["per_rank_note"] is None
+    first_clip = float(phases["clip 1 denoise"]["start_s"]), float(phases["clip 2 denoise"]["end_s"])
+    for rank in per_rank.values():  # on the run's clock: inside the pipeline's clips, give or take a line's delay
+        assert len(rank["clip_s"]) == 2 and first_clip[0] - 1 <= rank["load_s"] <= first_clip[1], rank
     samples = list(csv.DictReader((report.parent.parent / "logs" / "gpu_memory.csv").open()))
     load = float(phases["load"]["start_s"]), float(phases["load"]["end_s"])
     half = ROOT_UNSHARD_BYTES / 2**20 / 2
@@ -324,6 +330,7 @@ def test_the_shim_writes_each_ranks_record_even_when_the_entry_raises(tmp_path):
 def test_no_shim_runs_the_entry_directly(tmp_path):
     result = execute(plan(prompt=token()), options(tmp_path, shim=False))
     assert result.failure.cls == "success" and json.loads(result.folder.debug_json.read_text())["ranks"] == []
+    assert result.folder.rank_clips_csv.read_text() == "rank,clip,start_s,end_s\n"  # nothing to time each rank by
     assert "avatardoctor.runner.shim" not in " ".join(json.loads(result.folder.debug_json.read_text())["command"])
 
 

@@ -21,7 +21,9 @@ from test_reports import CHROMIUM, CHROMIUM_FLAGS
 
 from avatardoctor.reports import plots
 from avatardoctor.reports.render import render_report
-from avatardoctor.runner.logparse import LogTracker
+from avatardoctor.runner.folder import RunFolder
+from avatardoctor.runner.logparse import LogTracker, write_rank_clips_csv
+from avatardoctor.runner.run import shim_rank_clips
 from avatardoctor.runner.speed import speed
 
 WARM_UP = [("load", 0.0, 50.0), ("text encoding", 50.0, 55.0), ("clip 1 denoise", 55.0, 85.0)]
@@ -114,7 +116,7 @@ def run_with_log(root: Path, prefixed: bool) -> Path:
     for at, line in tpp_log(prefixed):
         tracker.feed(line, at)
     tracker.write_phases_csv(root / "logs" / "phases.csv")
-    tracker.write_rank_clips_csv(root / "logs" / "rank_clips.csv")
+    write_rank_clips_csv(root / "logs" / "rank_clips.csv", tracker.rank_clips())
     return root
 
 
@@ -280,3 +282,27 @@ def test_damaged_rank_clips_rows_are_skipped_with_a_note(tmp_path):
     summary = json.loads((root / "report" / "summary.json").read_text())
     assert [r["rank"] for r in summary["speed"]["per_rank"]] == list(range(RANKS))
     assert "3 unreadable row(s) in rank_clips.csv skipped" in summary["notes"]
+
+
+def test_each_ranks_own_record_of_its_clips_is_put_on_the_runs_clock_and_damage_is_passed_over(tmp_path):
+    """The shim's rank<N>.json: clips relative to the rank's start, which started_monotonic places on the
+    runner's clock; a record or a clip that does not read gives no row, never an error."""
+    folder = RunFolder(tmp_path)
+    folder.ranks.mkdir(parents=True)
+
+    def record(name: str, doc) -> None:
+        (folder.ranks / name).write_text(doc if isinstance(doc, str) else json.dumps(doc))
+
+    record("rank0.json", {"rank": 0, "started_monotonic": 105.0, "clips": [[2.0, 4.5], [4.5, 7.0]]})
+    record("rank1.json", {"rank": 1, "started_monotonic": 106.0, "clips": [[1.0, 2.0], [3.0, "x"], [4.0, 5.0]]})
+    record("rank2.json", {"rank": "2", "started_monotonic": 105.0, "clips": [[1.0, 2.0]]})
+    record("rank3.json", {"rank": 3, "clips": [[1.0, 2.0]]})  # from before started_monotonic
+    record("rank4.json", {"rank": 4, "started_monotonic": 105.0, "clips": [[3.0, 2.0]]})  # ends before it starts
+    record("rank5.json", {"rank": 99, "started_monotonic": 105.0, "clips": [[1.0, 2.0]]})
+    record("rank6.json", "{not json")
+    record("rank7.json", [1, 2])
+    assert shim_rank_clips(folder, launched_monotonic=100.0) == [
+        (0, 1, 7.0, 9.5),
+        (0, 2, 9.5, 12.0),
+        (1, 1, 7.0, 8.0),  # its second clip does not read: the clips after it cannot be numbered
+    ]
