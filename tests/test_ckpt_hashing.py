@@ -270,7 +270,9 @@ def test_ctrl_c_stops_promptly_with_one_line_and_code_130(tmp_path):
     try:
         assert proc.stdout.readline() == "hashing\n"
         time.sleep(0.3)
-        (child,) = psutil.Process(proc.pid).children()  # the hashing process
+        while not (children := psutil.Process(proc.pid).children()):  # the hashing process, once it started
+            time.sleep(0.05)
+        (child,) = children
         proc.send_signal(signal.SIGINT)
         sent = time.monotonic()
         stdout, stderr = proc.communicate(timeout=5)

@@ -42,7 +42,8 @@ from pathlib import Path
 from rich.console import Console
 
 from avatardoctor.ckpt.deep import hash_and_check_crc
-from avatardoctor.ckpt.hashing import CHUNK_BYTES, HashingInterrupted, sha256_files, usable_cpus
+from avatardoctor.ckpt.hashchild import CHUNK_BYTES
+from avatardoctor.ckpt.hashing import HashingInterrupted, sha256_files, usable_cpus
 from avatardoctor.ckpt.skeleton import write_skeleton
 from avatardoctor.units import GIB, MIB, gib
 
