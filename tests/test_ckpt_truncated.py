@@ -55,8 +55,9 @@ def test_a_file_truncated_while_it_is_verified_is_one_line_naming_it(tmp_path):
     sha = {c["id"]: c for c in json.loads(stdout)["checks"]}["ckpt.sha256"]
     assert sha["status"] == "fail"
     assert sha["summary"] == "1 file could not be read to the end"
-    assert f"extra-shard.safetensors: changed while it was verified: it shrank from {SPARSE_BYTES:,} to 0 bytes" in (
-        sha["details"]
+    assert (
+        f"extra-shard.safetensors: changed while it was verified: it shrank from {SPARSE_BYTES:,} to 0 bytes"
+        in (sha["details"])
     )
     assert len(sha["data"]["sha256"]) == sum(1 for p in root.rglob("*") if p.is_file()) - 1  # the rest hashed
     assert not list(tmp_path.rglob("core*"))  # the SIGBUS left no core file
