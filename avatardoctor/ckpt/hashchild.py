@@ -42,8 +42,10 @@ PROTOCOL_VERSION = 1
 # each other. It also bounds how long a worker takes to notice a stop (one chunk: ~0.5 ms).
 CHUNK_BYTES = 1 * MIB
 # How far ahead of the hash the kernel is asked to read a mapped file (MADV_WILLNEED), renewed every
-# half window, so that a cold file's reads overlap its hashing. MADV_SEQUENTIAL is not used: it made
-# the kernel fill the cache in small folios, costing 1.0-1.1 CPU s/GiB against 0.64-0.72 without it.
+# half window, so that a cold file's reads overlap its hashing. Measured cold on one 768 MiB file: the
+# 64 MiB window kept the kernel filling the cache in large folios (cheap to fill and to map) and cost
+# 0.66-0.72 CPU s/GiB in 4 of 5 rounds; an 8 MiB window gave small folios and 1.08-1.11, no advice at all
+# 1.07-1.55, MADV_SEQUENTIAL 0.67-1.03 (so it is not used), readinto 1.68-1.84.
 READ_AHEAD_BYTES = 64 * MIB
 PROGRESS_SECONDS = 0.1  # the bar redraws at 10 Hz; more lines would only cost the parent CPU
 

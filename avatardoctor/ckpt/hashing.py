@@ -310,7 +310,7 @@ def hash_with_progress(paths: Iterable[Path], console: Console, crc: Collection[
 
     Pass a stderr console (Console(stderr=True)) so the bar never mixes into data on stdout. Rich
     draws nothing live when the console is not a terminal (one final line instead) and drops colour
-    under NO_COLOR. Ctrl-C raises HashingInterrupted once the workers have stopped; the CLI prints
+    under NO_COLOR. Ctrl-C raises HashingInterrupted once the hashing process has ended; the CLI prints
     it and exits 130.
     """
     columns = (

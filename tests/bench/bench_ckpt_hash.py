@@ -218,9 +218,9 @@ def measure(paths: list[Path], runs: int, cold: bool) -> None:
     print(
         f"limit = min(cat, hashlib x cores), per run: {spread([v / GIB for v in limits], '.2f')} GiB/s ({bound}-bound)"
     )
-    print(f"ours / limit          {spread(ratio, '.2f')}   (target >= {TARGET_RATIO})")
+    print(f"ours / limit              {spread(ratio, '.2f')}   (target >= {TARGET_RATIO})")
     for name, values in ratios.items():
-        print(f"{name + ' / limit':<22}{spread(values, '.2f')}")
+        print(f"{name + ' / limit':<26}{spread(values, '.2f')}")
     ours_seconds = total / statistics.median(rates["ours"])
     print(
         f"child start-up (median of 5, 1-byte file): {startup:.3f} s = {startup / ours_seconds:.1%} of ours' median time"
