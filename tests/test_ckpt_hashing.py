@@ -14,15 +14,12 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import pytest
 from rich.console import Console
 
-from avatardoctor.ckpt.hashing import (
-    CHUNK_BYTES,
-    HashingInterrupted,
-    hash_with_progress,
-    sha256_files,
-)
+from avatardoctor.ckpt.hashchild import CHUNK_BYTES, FileJob, hash_files
+from avatardoctor.ckpt.hashing import HashingInterrupted, hash_with_progress, sha256_files
 from avatardoctor.ckpt.manifest import (
     MAX_BYTES,
     MAX_ENTRIES,
@@ -87,30 +84,39 @@ def test_a_symlink_is_hashed_as_its_target(tmp_path):
     assert sha256_files([link]).digests == {link: whole_file_sha256(target)}
 
 
+def jobs_for(paths: list[Path]) -> list[FileJob]:
+    return [FileJob(p, p.stat().st_size, crc=False) for p in paths]
+
+
 def test_largest_file_is_hashed_first(tmp_path):
     paths = make_files(tmp_path, {"small": 10, "big": 3 * CHUNK_BYTES, "medium": 100_000})
-    chunks: list[int] = []
-    sha256_files(paths, workers=1, on_bytes=chunks.append)
-    assert chunks == [CHUNK_BYTES] * 3 + [100_000, 10]
+    chunks: list[tuple[int, int]] = []
+    hash_files(jobs_for(paths), 1, threading.Event(), lambda i, n: chunks.append((i, n)), lambda i, r: None)
+    assert chunks == [(1, CHUNK_BYTES)] * 3 + [(2, 100_000), (0, 10)]
 
 
-def test_progress_adds_up_to_the_total_and_comes_from_several_threads(tmp_path):
+def test_progress_adds_up_to_the_total(tmp_path):
     paths = make_files(tmp_path, {f"shard-{i}": (i + 2) * CHUNK_BYTES + i for i in range(4)} | {"config.json": 300})
     totals: list[int] = []
     seen: list[int] = []
-    threads: set[str] = set()
-    lock = threading.Lock()
-
-    def on_bytes(n: int) -> None:
-        with lock:
-            seen.append(n)
-            threads.add(threading.current_thread().name)
-
-    sha256_files(paths, workers=2, on_total=totals.append, on_bytes=on_bytes)
-
+    sha256_files(paths, workers=2, on_total=totals.append, on_bytes=seen.append)
     assert totals == [sum(p.stat().st_size for p in paths)]
     assert sum(seen) == totals[0]
+
+
+def test_files_are_hashed_on_as_many_threads_as_workers(tmp_path):
+    paths = make_files(tmp_path, {f"shard-{i}": (i + 2) * CHUNK_BYTES for i in range(4)})
+    threads: set[str] = set()
+    results: dict[int, object] = {}
+    lock = threading.Lock()
+
+    def on_bytes(index: int, n: int) -> None:
+        with lock:
+            threads.add(threading.current_thread().name)
+
+    hash_files(jobs_for(paths), 2, threading.Event(), on_bytes, results.__setitem__)
     assert len(threads) == 2
+    assert {i: r.digest for i, r in results.items()} == {i: whole_file_sha256(p) for i, p in enumerate(paths)}
 
 
 @contextmanager
@@ -125,43 +131,97 @@ def writer_releasing_any_reader(fifo: Path):
 
 
 def test_unreadable_paths_are_reported_and_the_others_hashed(tmp_path):
-    big, doomed, fine = make_files(tmp_path, {"big": 2 * CHUNK_BYTES, "doomed": 100, "fine": 50})
+    big, fine = make_files(tmp_path, {"big": 2 * CHUNK_BYTES, "fine": 50})
     folder = tmp_path / "a-folder"
     folder.mkdir()
     fifo = tmp_path / "a-fifo"  # opening it would block until a writer comes: it must be refused unopened
     os.mkfifo(fifo)
     missing = tmp_path / "never-there"
 
-    # One worker hashes the big file first; it deletes `doomed` after that was sized, before it is opened.
-    paths = [big, doomed, fine, folder, fifo, missing]
     with writer_releasing_any_reader(fifo):
-        result = sha256_files(paths, workers=1, on_bytes=lambda n: doomed.unlink(missing_ok=True))
+        result = sha256_files([big, fine, folder, fifo, missing])
 
     assert result.digests == {big: whole_file_sha256(big), fine: whole_file_sha256(fine)}
     assert result.errors == {
-        doomed: "No such file or directory",
         folder: "not a regular file",
         fifo: "not a regular file",
         missing: "No such file or directory",
     }
 
 
-def test_the_stop_event_stops_hashing_within_a_chunk(tmp_path):
-    paths = make_files(tmp_path, {f"shard-{i}": 4 * CHUNK_BYTES for i in range(3)})
+def test_a_file_gone_between_sizing_and_reading_is_an_error_and_the_others_are_hashed(tmp_path):
+    doomed, fine = make_files(tmp_path, {"doomed": 100, "fine": 50})
+    jobs = jobs_for([doomed, fine])
+    doomed.unlink()
+    results: dict[int, object] = {}
+    hash_files(jobs, 1, threading.Event(), lambda i, n: None, results.__setitem__)
+    assert isinstance(results[0], FileNotFoundError)
+    assert results[1].digest == whole_file_sha256(fine)
+
+
+def test_a_file_that_cannot_be_mapped_is_read(tmp_path):
+    # /proc files say they hold 0 bytes and refuse mmap; their content comes through read().
+    version = Path("/proc/version")
+    result = sha256_files([version])
+    assert result.digests == {version: hashlib.sha256(version.read_bytes()).hexdigest()}
+    assert result.mapped_bytes == 0 and result.read_bytes >= len(version.read_bytes())
+
+
+def sparse_file(path: Path, size: int) -> Path:
+    """Created at once, read back as zeros at page-cache speed: hashing it takes seconds."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return path
+
+
+def hashing_children() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children() if "avatardoctor.ckpt.hashchild" in " ".join(p.cmdline())]
+
+
+def test_a_file_truncated_while_it_is_hashed_is_named_and_the_others_hashed(tmp_path):
+    # The child maps the 16 GiB file; truncated under it, its next page faults with SIGBUS and kills
+    # it. The parent names the file that shrank and hashes the rest in a new child.
+    shrinking = sparse_file(tmp_path / "shrinking.safetensors", 16 * 2**30)
+    (fine,) = make_files(tmp_path, {"fine.json": 5000})
+    seen: list[int] = []
+
+    def truncate_once(n: int) -> None:
+        if not seen:
+            os.truncate(shrinking, CHUNK_BYTES)
+        seen.append(n)
+
+    result = sha256_files([shrinking, fine], workers=1, on_bytes=truncate_once)
+
+    assert result.errors == {
+        shrinking: f"changed while it was verified: it shrank from {16 * 2**30:,} to {CHUNK_BYTES:,} bytes"
+    }
+    assert result.digests == {fine: whole_file_sha256(fine)}
+    assert sum(seen) <= 16 * 2**30 + 5000
+    assert hashing_children() == []
+    assert not list(tmp_path.glob("core*"))  # the SIGBUS left no core file
+
+
+def test_the_stop_event_stops_the_child(tmp_path):
+    shards = [sparse_file(tmp_path / f"shard-{i}", 16 * 2**30) for i in range(2)]
     stop = threading.Event()
+    children: list[list[psutil.Process]] = []
     hashed: list[int] = []
 
     def on_bytes(n: int) -> None:
+        if not stop.is_set():
+            children.append(hashing_children())
         hashed.append(n)
         stop.set()
 
     with pytest.raises(HashingInterrupted) as caught:
-        sha256_files(paths, workers=1, on_bytes=on_bytes, stop=stop)
+        sha256_files(shards, workers=1, on_bytes=on_bytes, stop=stop)
 
-    assert hashed == [CHUNK_BYTES]  # it read nothing more once stop was set
+    assert len(hashed) == 1  # no progress once stop was set
+    assert len(children[0]) == 1  # the child was running...
+    assert not children[0][0].is_running()  # ...and is gone
     assert caught.value.done == {}
-    assert caught.value.total_files == 3
-    assert str(caught.value) == "interrupted: hashed 0 of 3 files"
+    assert caught.value.total_files == 2
+    assert str(caught.value) == "interrupted: hashed 0 of 2 files"
 
 
 def test_progress_front_end_writes_no_terminal_codes_when_not_a_terminal(tmp_path):
@@ -210,6 +270,9 @@ def test_ctrl_c_stops_promptly_with_one_line_and_code_130(tmp_path):
     try:
         assert proc.stdout.readline() == "hashing\n"
         time.sleep(0.3)
+        while not (children := psutil.Process(proc.pid).children()):  # the hashing process, once it started
+            time.sleep(0.05)
+        (child,) = children
         proc.send_signal(signal.SIGINT)
         sent = time.monotonic()
         stdout, stderr = proc.communicate(timeout=5)
@@ -220,6 +283,7 @@ def test_ctrl_c_stops_promptly_with_one_line_and_code_130(tmp_path):
     assert "finished" not in stdout
     assert "interrupted: hashed 0 of 2 files" in stderr
     assert "Traceback" not in stderr
+    assert not child.is_running()  # nothing left running
 
 
 # Manifests

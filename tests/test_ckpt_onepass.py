@@ -1,7 +1,10 @@
 """`ckpt verify --deep` reads each byte once: the sha256 and the .pth CRC-32 checks share one read.
 
-The read count is the kernel's (/proc/self/io rchar: every byte any thread of this process read), and
-the streamed CRC check is held to zipfile's own verdict on randomly damaged archives.
+The hashing process reads files two ways, and reports both counts: what it read with read() by the
+kernel's count (its /proc/self/io rchar, every byte any of its threads read) and what it hashed from
+memory maps, which no read() call carries (its own count of the bytes it fed the hash from each map,
+each map walked once). The streamed CRC check is held to zipfile's own verdict on randomly damaged
+archives.
 """
 
 from __future__ import annotations
@@ -10,24 +13,21 @@ import hashlib
 import io
 import random
 import struct
+import threading
 import zipfile
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
 from avatardoctor.ckpt import layout
 from avatardoctor.ckpt.deep import gather_deep
-from avatardoctor.ckpt.hashing import CHUNK_BYTES, sha256_files
+from avatardoctor.ckpt.hashchild import CHUNK_BYTES, read_file
 from avatardoctor.ckpt.pth import CrcCheck, _entry_problem, first_damaged_entry
 from avatardoctor.ckpt.scan import scan_checkpoint
 from avatardoctor.ckpt.skeleton import write_skeleton
-
-
-def bytes_read_by_this_process() -> int:
-    text = Path("/proc/self/io").read_text()
-    return int(text.split("rchar:")[1].split()[0])
 
 
 def stored_archive(path: Path, sizes: list[int], seed: int = 0, method: int = zipfile.ZIP_STORED) -> Path:
@@ -77,16 +77,14 @@ def test_deep_verify_reads_each_byte_once(tmp_path):
     stored_archive(root / layout.T5_FILE, sizes)
     archives = [root / layout.T5_FILE, root / layout.VAE_FILE]
     scan = scan_checkpoint(root, tmp_path)
-    gather_deep(scan, None, Console(file=io.StringIO()))  # imports and first-use set-up: not what is measured
-
-    before = bytes_read_by_this_process()
     facts = gather_deep(scan, None, Console(file=io.StringIO()))
-    read = bytes_read_by_this_process() - before
+    read = facts.hashed.read_bytes + facts.hashed.mapped_bytes
 
     data = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     assert facts.crc == {layout.T5_FILE: None, layout.VAE_FILE: None}
     assert len(facts.hashed.digests) == sum(1 for p in root.rglob("*") if p.is_file())
     assert data <= read <= data + sum(map(directory_bytes, archives))
+    assert facts.hashed.mapped_bytes >= (root / layout.T5_FILE).stat().st_size  # the big archive came from its map
     assert (root / layout.T5_FILE).stat().st_size > sum(map(directory_bytes, archives))  # a re-read would show
 
 
@@ -106,25 +104,29 @@ def test_a_damaged_entry_is_found_in_the_one_read(tmp_path):
     assert facts.hashed.digests[t5] == hashlib.sha256(t5.read_bytes()).hexdigest()
 
 
-def test_the_check_sees_exactly_the_hashed_bytes(tmp_path):
-    paths = []
-    for i, size in enumerate([0, 1, CHUNK_BYTES, 3 * CHUNK_BYTES + 11]):
-        paths.append(tmp_path / f"f{i}")
-        paths[-1].write_bytes(random.Random(i).randbytes(size))
-
+@pytest.mark.parametrize("mapped", [True, False], ids=["from-a-map", "with-read"])
+def test_the_check_sees_exactly_the_hashed_bytes(tmp_path, mapped):
     class Collect:
-        def __init__(self, path: Path):
-            self.path, self.seen = path, bytearray()
+        def __init__(self) -> None:
+            self.seen = bytearray()
 
         def update(self, chunk: memoryview) -> None:
             self.seen += chunk
 
         def finish(self) -> str | None:
-            return None if self.seen == self.path.read_bytes() else f"saw {len(self.seen)} bytes"
+            return f"saw {len(self.seen)} bytes"
 
-    result = sha256_files(paths, workers=2, check=lambda path, f: Collect(path) if path != paths[1] else None)
-    assert result.checked == {paths[0]: None, paths[2]: None, paths[3]: None}  # paths[1] had no check
-    assert result.digests == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+    for i, size in enumerate([0, 1, CHUNK_BYTES, 3 * CHUNK_BYTES + 11]):
+        path = tmp_path / f"f{i}"
+        path.write_bytes(random.Random(i).randbytes(size))
+        check = Collect()
+        chunks: list[int] = []
+        read = read_file(path, mapped, threading.Event(), chunks.append, lambda f: check)
+        assert check.seen == path.read_bytes()
+        assert read.finding == f"saw {size} bytes"
+        assert read.digest == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert read.mapped == (size if mapped else 0)
+        assert sum(chunks) == size and all(n <= CHUNK_BYTES for n in chunks)
 
 
 def flip(raw: bytearray, offset: int, mask: int) -> None:

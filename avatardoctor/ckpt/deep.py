@@ -4,14 +4,14 @@ CRC-32 of every .pth entry, from one read of each byte. Reads all 45 GB: run on 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
 
 from avatardoctor.ckpt.hashing import HashResult, hash_with_progress
 from avatardoctor.ckpt.manifest import read_manifest
-from avatardoctor.ckpt.pth import CrcCheck, first_damaged_entry
+from avatardoctor.ckpt.pth import first_damaged_entry
 from avatardoctor.ckpt.scan import CheckpointScan
 
 
@@ -37,15 +37,13 @@ def gather_deep(scan: CheckpointScan, manifest_path: Path | None, console: Conso
             crc[name] = f"unreadable as a zip archive ({hashed.errors[path]})"
         else:  # not reached by the walk (inside a symlinked folder): read here, its only read
             crc[name] = first_damaged_entry(path)
-    return DeepFacts(
-        HashResult(hashed.digests, hashed.errors | unlistable, hashed.checked), manifest, manifest_path, crc
-    )
+    return DeepFacts(replace(hashed, errors=hashed.errors | unlistable), manifest, manifest_path, crc)
 
 
 def hash_and_check_crc(files: list[Path], archives: set[Path], console: Console) -> HashResult:
     """The sha256 of every file and the CRC-32 check of the archives among them (HashResult.checked),
     from one read of each byte, behind one progress bar."""
-    return hash_with_progress(files, console, check=lambda path, f: CrcCheck(path, f) if path in archives else None)
+    return hash_with_progress(files, console, crc=archives)
 
 
 def _every_file(root: Path) -> tuple[list[Path], dict[Path, str]]:

@@ -8,26 +8,30 @@ Hugging Face cache (`blobs/<sha256>`). `sha256sum FILE` prints the same hex. Sma
 keeps in plain git (config.json) only have a git blob id, which is a sha1 of a header plus the
 content, not their sha256.
 
-How it is fast: one file per thread on a pool as wide as the usable CPUs; each thread reads its file
-sequentially with readinto into one reused buffer and feeds hashlib memoryviews. Both the read and
-hashlib's update on large buffers release the GIL, so N cores hash about N times one core. Largest
-files go first (longest-processing-time order) so the threads finish together instead of one shard
-hashing alone at the end. Whatever else must be learnt from a file's bytes (a .pth archive's CRC-32s)
-is a StreamCheck fed the same buffer: each byte is read once. Figures: docs/performance.md.
+How it is fast: a child process (hashchild) maps each file and hashes it without copying it, one
+thread per usable CPU, largest file first; both hashlib and zlib-ng's crc32 release the GIL, so N cores
+hash about N times one core. Whatever else must be learnt from a file's bytes (a .pth archive's
+CRC-32s) is computed from the same bytes: each byte is read once. A file truncated while it is mapped
+kills only the child (SIGBUS); this side then names the file that shrank, and hashes the rest in a new
+child. Figures: docs/performance.md.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 import os
+import re
+import signal
 import stat
+import subprocess
+import sys
+import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import IO
 
 from rich.console import Console
 from rich.progress import (
@@ -41,12 +45,12 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from avatardoctor.units import MIB, mib
+from avatardoctor.ckpt.hashchild import PROTOCOL_VERSION, FileJob
+from avatardoctor.units import mib
 
-# Measured on the project machine with the page cache warm: 512 KiB to 8 MiB reads hash within 2%
-# of each other, 1 MiB marginally fastest. It also bounds how long a worker takes to notice the stop
-# event (one chunk: ~0.5 ms at 1.8 GiB/s).
-CHUNK_BYTES = 1 * MIB
+MAX_LINE_BYTES = 64 * 1024  # the child's longest line is a progress line for every file at once
+STOP_GRACE_SECONDS = 10  # a stopped child ends within a chunk (ms); past this it is killed
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -55,20 +59,9 @@ class HashResult:
 
     digests: dict[Path, str]  # path -> lowercase sha256 hex
     errors: dict[Path, str]  # path -> one-line reason ("No such file or directory", "not a regular file")
-    checked: dict[Path, str | None] = field(default_factory=dict)  # hashed path -> its StreamCheck's finding
-
-
-class StreamCheck(Protocol):
-    """Something learnt from a file's bytes while they are hashed, so that they are read once."""
-
-    def update(self, chunk: memoryview) -> None:
-        """The file's next bytes (valid only during the call)."""
-
-    def finish(self) -> str | None:
-        """After the last byte: what is wrong with the file, None when nothing is."""
-
-
-CheckStarter = Callable[[Path, BinaryIO], StreamCheck | None]  # the StreamCheck for an open file, or None
+    checked: dict[Path, str | None] = field(default_factory=dict)  # crc path -> its CRC check's finding
+    read_bytes: int = 0  # what the hashing processes read with read(), by the kernel's count (rchar)
+    mapped_bytes: int = 0  # what they hashed straight from memory maps (no read() call: not in rchar)
 
 
 class HashingInterrupted(Exception):
@@ -78,6 +71,10 @@ class HashingInterrupted(Exception):
         super().__init__(f"interrupted: hashed {len(done)} of {total_files} files")
         self.done = done
         self.total_files = total_files
+
+
+class _ChildFailed(Exception):
+    """The hashing process broke the protocol; str() says how, for the files it left unhashed."""
 
 
 def usable_cpus() -> int:
@@ -92,18 +89,18 @@ def sha256_files(
     on_total: Callable[[int], None] | None = None,
     on_bytes: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
-    check: CheckStarter | None = None,
+    crc: Collection[Path] = (),
 ) -> HashResult:
-    """The sha256 of each file, hashed in parallel (workers defaults to usable_cpus()).
+    """The sha256 of each file, hashed in parallel by a child process (workers defaults to usable_cpus()).
 
     on_total(n) is called once, before hashing starts, with the total size of the readable files.
-    on_bytes(n) is called from the worker threads after each chunk with the bytes just hashed; the
-    calls add up to that total. A file that cannot be read (vanished, a directory, permission
-    denied) lands in HashResult.errors and the others go on. Setting `stop`, or Ctrl-C in the
-    calling thread, makes the workers give up at their next chunk; once they have,
-    HashingInterrupted is raised carrying the digests finished so far. check(path, f), called with
-    each file open before it is read (it may read f, and leaves it at its start), gives the StreamCheck
-    fed the same bytes as the hash; its findings land in HashResult.checked.
+    on_bytes(n) is called in this thread as the child reports progress (about 10 times a second);
+    the calls add up to at most that total (to it when every file is hashed). A file that cannot be
+    read (vanished, a directory, permission denied, truncated while it was read) lands in
+    HashResult.errors and the others go on. Setting `stop`, or Ctrl-C in the calling thread, stops
+    the child at its next chunk; once it is gone, HashingInterrupted is raised carrying the digests
+    finished so far. The files in `crc` are zip archives whose entries' CRC-32s are checked from the
+    same bytes as the hash (pth.CrcCheck); the findings land in HashResult.checked.
     """
     paths = list(dict.fromkeys(paths))
     stop = stop if stop is not None else threading.Event()
@@ -113,28 +110,164 @@ def sha256_files(
         raise HashingInterrupted({}, len(paths)) from None
     if on_total is not None:
         on_total(sum(sizes.values()))
-    futures: dict[Path, Future[str | None]] = {}
-    checked: dict[Path, str | None] = {}  # filled by the workers (one key each: dict assignment is atomic)
-    # The stopper sits inside the pool so Ctrl-C sets `stop` before the pool's exit waits for the
-    # workers; otherwise that wait would last until every file had been hashed.
-    pool = ThreadPoolExecutor(max_workers=workers or usable_cpus(), thread_name_prefix="sha256")
-    with pool, _stop_on_ctrl_c(stop):
-        # The pool starts tasks in submission order, so submitting largest first is the whole schedule.
-        for path in sorted(sizes, key=sizes.__getitem__, reverse=True):
-            futures[path] = pool.submit(_read_file, path, on_bytes, stop, check, checked)
-        wait(futures.values())
+    crc = set(crc)
+    jobs = [FileJob(path, size, path in crc) for path, size in sizes.items()]
+    reported = [0] * len(jobs)  # bytes of each job passed to on_bytes: a re-read after a SIGBUS adds none
+
+    def advance(index: int, done: int) -> None:
+        done = min(done, jobs[index].size)
+        if done > reported[index] and not stop.is_set():
+            if on_bytes is not None:
+                on_bytes(done - reported[index])
+            reported[index] = done
+
     digests: dict[Path, str] = {}
-    for path, future in futures.items():
-        try:
-            digest = future.result()
-        except OSError as err:
-            errors[path] = err.strerror or str(err)
-            continue
-        if digest is not None:
-            digests[path] = digest
-    if len(digests) + len(errors) < len(paths):
+    checked: dict[Path, str | None] = {}
+    read_bytes = mapped_bytes = 0
+    waiting = list(range(len(jobs)))
+    while waiting and not stop.is_set():
+        run = _ChildRun([jobs[i] for i in waiting], workers or usable_cpus(), stop, lambda k, n: advance(waiting[k], n))
+        for k, outcome in run.results.items():
+            path = jobs[waiting[k]].path
+            if isinstance(outcome, str):
+                errors[path] = outcome
+                continue
+            digests[path], finding = outcome
+            advance(waiting[k], jobs[waiting[k]].size)
+            if jobs[waiting[k]].crc:
+                checked[path] = finding
+        read_bytes += run.read_bytes
+        mapped_bytes += run.mapped_bytes
+        waiting = [i for k, i in enumerate(waiting) if k not in run.results]
+        if not waiting or stop.is_set():
+            break
+        if run.returncode != -signal.SIGBUS:
+            why = run.failure or f"ended with code {run.returncode} before it had hashed them"
+            errors |= {jobs[i].path: f"not hashed: the hashing process {why}" for i in waiting}
+            break
+        # A mapped file was truncated (or its disk failed): the files that shrank are named, the rest
+        # hashed again. If none shrank, they are read plainly, which reports a disk error as EIO.
+        shrunk = {i: now for i in waiting if (now := _size_now(jobs[i].path)) is not None and now < jobs[i].size}
+        for i, now in shrunk.items():
+            errors[jobs[i].path] = f"changed while it was verified: it shrank from {jobs[i].size:,} to {now:,} bytes"
+        waiting = [i for i in waiting if i not in shrunk]
+        if not shrunk:
+            for i in waiting:
+                jobs[i] = replace(jobs[i], map=False)
+    if stop.is_set() and len(digests) + len(errors) < len(paths):
         raise HashingInterrupted(digests, len(paths))
-    return HashResult(digests, errors, checked)
+    return HashResult(digests, errors, checked, read_bytes, mapped_bytes)
+
+
+class _ChildRun:
+    """One run of the hashing process (hashchild) over `jobs`, to its end, a stop, or its death.
+
+    results: job index -> (sha256, CRC finding) or an error line; returncode: the child's (-SIGBUS
+    when a mapped file was truncated under it); failure: how it broke the protocol, if it did."""
+
+    def __init__(
+        self, jobs: list[FileJob], workers: int, stop: threading.Event, advance: Callable[[int, int], None]
+    ) -> None:
+        self.jobs, self.advance = jobs, advance
+        self.results: dict[int, tuple[str, str | None] | str] = {}
+        self.read_bytes = self.mapped_bytes = 0
+        self.failure: str | None = None
+        request = {
+            "version": PROTOCOL_VERSION,
+            "workers": workers,
+            "files": [{"path": str(j.path), "size": j.size, "crc": j.crc, "map": j.map} for j in jobs],
+        }
+        with tempfile.TemporaryFile() as stderr:
+            # Its own session: a terminal's Ctrl-C reaches only us, and we stop the child in order.
+            child = subprocess.Popen(
+                [sys.executable, "-m", "avatardoctor.ckpt.hashchild"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                start_new_session=True,
+            )
+            assert child.stdin is not None and child.stdout is not None
+            try:
+                with _stop_on_ctrl_c(stop):
+                    child.stdin.write(json.dumps(request).encode() + b"\n")
+                    child.stdin.flush()
+                    self._follow(child.stdout, stop)
+            except (_ChildFailed, BrokenPipeError) as err:
+                self.failure = str(err) or "ended before it read the list of files"
+                child.kill()
+            finally:
+                self.returncode = _stop(child)
+            if self.returncode not in (0, -signal.SIGBUS) and self.failure is None:
+                stderr.seek(0)
+                lines = stderr.read()[-4096:].decode(errors="replace").strip().splitlines()
+                if lines:
+                    self.failure = f"failed ({lines[-1][:200]})"
+
+    def _follow(self, out: IO[bytes], stop: threading.Event) -> None:
+        """Read the child's lines until it ends or `stop` is set."""
+        while not stop.is_set():
+            line = out.readline(MAX_LINE_BYTES)
+            if not line:
+                return
+            if not line.endswith(b"\n"):
+                raise _ChildFailed(f"sent a line over {MAX_LINE_BYTES:,} bytes")
+            try:
+                message = json.loads(line)
+            except ValueError:
+                raise _ChildFailed(f"sent a line that is not JSON: {line[:80]!r}") from None
+            self._take(message)
+
+    def _take(self, message: object) -> None:
+        """Validate one line of the protocol and act on it."""
+        if not isinstance(message, dict):
+            raise _ChildFailed(f"sent {str(message)[:80]}, not an object")
+        if isinstance(message.get("done"), dict):
+            for key, done in message["done"].items():
+                if not (isinstance(done, int) and done >= 0):
+                    raise _ChildFailed(f"sent a progress count that is not a byte count: {done!r}")
+                self.advance(self._index(key), done)
+        elif "file" in message:
+            index = self._index(message["file"])
+            digest, finding, error = message.get("sha256"), message.get("check"), message.get("error")
+            if isinstance(error, str):
+                self.results[index] = " ".join(error.split())[:200] or "unreadable"
+            elif isinstance(digest, str) and SHA256_HEX.fullmatch(digest) and isinstance(finding, (str, type(None))):
+                self.results[index] = (digest, finding)
+            else:
+                raise _ChildFailed(f"sent a malformed result: {str(message)[:120]}")
+        elif isinstance(message.get("io"), dict):
+            counts = message["io"]
+            if not all(isinstance(counts.get(k), int) for k in ("read", "mapped")):
+                raise _ChildFailed(f"sent malformed read counts: {str(counts)[:120]}")
+            self.read_bytes, self.mapped_bytes = counts["read"], counts["mapped"]
+        else:
+            raise _ChildFailed(f"sent an unknown message: {str(message)[:120]}")
+
+    def _index(self, key: object) -> int:
+        """A job index from the child ("3" in progress lines, 3 in results), checked."""
+        index = int(key) if isinstance(key, str) and key.isdigit() else key
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(self.jobs):
+            raise _ChildFailed(f"named file {key!r}, which it was not given")
+        return index
+
+
+def _stop(child: subprocess.Popen[bytes]) -> int:
+    """Close the child's stdin (its signal to stop at the next chunk) and wait for it to end, reading
+    what it still writes so that it cannot block; kill it if it does not end within
+    STOP_GRACE_SECONDS or on a second Ctrl-C. Its exit status."""
+    try:
+        child.communicate(timeout=STOP_GRACE_SECONDS)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        child.kill()
+        child.wait()
+    return child.returncode
+
+
+def _size_now(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 @contextmanager
@@ -164,34 +297,6 @@ def regular_file_sizes(paths: Iterable[Path]) -> tuple[dict[Path, int], dict[Pat
     return sizes, errors
 
 
-def _read_file(
-    path: Path,
-    on_bytes: Callable[[int], None] | None,
-    stop: threading.Event,
-    check: CheckStarter | None,
-    checked: dict[Path, str | None],
-) -> str | None:
-    """The file's sha256 hex (its check's finding into `checked`), or None if `stop` was set before
-    it was finished."""
-    digest = hashlib.sha256()
-    buffer = bytearray(CHUNK_BYTES)
-    view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as f:  # unbuffered: readinto goes straight into our buffer
-        watcher = check(path, f) if check is not None else None
-        while not stop.is_set():
-            n = f.readinto(buffer)
-            if not n:
-                if watcher is not None:
-                    checked[path] = watcher.finish()
-                return digest.hexdigest()
-            digest.update(view[:n])
-            if watcher is not None:
-                watcher.update(view[:n])
-            if on_bytes is not None:
-                on_bytes(n)
-    return None
-
-
 class _MiBPerSecond(ProgressColumn):
     """Speed in MiB/s (rich's TransferSpeedColumn speaks decimal MB/s; we label binary units)."""
 
@@ -200,12 +305,12 @@ class _MiBPerSecond(ProgressColumn):
         return Text("? MiB/s" if speed is None else f"{mib(speed)}/s", style="progress.data.speed")
 
 
-def hash_with_progress(paths: Iterable[Path], console: Console, check: CheckStarter | None = None) -> HashResult:
+def hash_with_progress(paths: Iterable[Path], console: Console, crc: Collection[Path] = ()) -> HashResult:
     """sha256_files behind one progress bar over the total bytes: done/total, MiB/s, time left.
 
     Pass a stderr console (Console(stderr=True)) so the bar never mixes into data on stdout. Rich
     draws nothing live when the console is not a terminal (one final line instead) and drops colour
-    under NO_COLOR. Ctrl-C raises HashingInterrupted once the workers have stopped; the CLI prints
+    under NO_COLOR. Ctrl-C raises HashingInterrupted once the hashing process has ended; the CLI prints
     it and exits 130.
     """
     columns = (
@@ -220,6 +325,6 @@ def hash_with_progress(paths: Iterable[Path], console: Console, check: CheckStar
         return sha256_files(
             paths,
             on_total=lambda n: progress.update(task, total=n),
-            on_bytes=lambda n: progress.advance(task, n),  # rich's Progress takes a lock: thread-safe
-            check=check,
+            on_bytes=lambda n: progress.advance(task, n),
+            crc=crc,
         )
