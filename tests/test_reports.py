@@ -33,6 +33,27 @@ CHROMIUM_FLAGS = [
 ]
 
 
+def _window(tmp_path: Path, width: int, height: int) -> list[str]:
+    return [*CHROMIUM_FLAGS, "--user-data-dir=" + str(tmp_path / "profile"), f"--window-size={width},{height}"]
+
+
+def dump_dom(page: Path, tmp_path: Path, width: int, height: int) -> str:
+    """The page's DOM once loaded (its probes' measurements in data- attributes), at that window size."""
+    argv = [CHROMIUM, *_window(tmp_path, width, height), "--virtual-time-budget=5000", "--dump-dom", page.as_uri()]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120).stdout
+
+
+def screenshot(page: Path, tmp_path: Path, width: int, height: int) -> np.ndarray:
+    """The page as a person sees it at that window size, as RGB pixels."""
+    from PIL import Image
+
+    shot = tmp_path / "shot.png"
+    argv = [CHROMIUM, *_window(tmp_path, width, height), f"--screenshot={shot}", page.as_uri()]
+    subprocess.run(argv, capture_output=True, timeout=120)
+    with Image.open(shot) as img:
+        return np.asarray(img.convert("RGB"))
+
+
 @pytest.fixture
 def oom_run(tmp_path) -> Path:
     return make_run(tmp_path / "20261120-090000-tpp")
@@ -242,13 +263,7 @@ def test_a_person_sees_the_plots_and_the_table_on_a_desktop_and_a_phone(oom_run,
     index = render_report(oom_run)
     probe = index.with_name("probe.html")
     probe.write_text(index.read_text().replace("</body>", LAYOUT_PROBE + "</body>"))
-    profile = ["--user-data-dir=" + str(tmp_path / "profile"), f"--window-size={width},2400"]
-    dom = subprocess.run(
-        [CHROMIUM, *CHROMIUM_FLAGS, *profile, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
+    dom = dump_dom(probe, tmp_path, width, 2400)
     assert dom.count("<img") == 7 and "<table>" in dom and "measured peak (GiB)" in dom
     assert "started 2026-11-20 09:00:00 UTC" in dom and "-0.24 at the failure" in dom
     found = re.search(r'data-layout="([^"]*)"', dom)
@@ -257,14 +272,7 @@ def test_a_person_sees_the_plots_and_the_table_on_a_desktop_and_a_phone(oom_run,
     assert layout["page"] <= layout["width"]  # nothing makes the page scroll sideways: wide tables scroll inside
     assert layout["overlaps"] == 0 and layout["thinnest"] > 40  # no cell over another, none a letter wide
     assert layout["images"] == 7 and layout["widest"] <= layout["width"] and layout["narrowest"] > 0.8 * (width - 80)
-    shot = tmp_path / "shot.png"
-    subprocess.run(
-        [CHROMIUM, *CHROMIUM_FLAGS, *profile, f"--screenshot={shot}", index.as_uri()], capture_output=True, timeout=120
-    )
-    from PIL import Image
-
-    with Image.open(shot) as img:
-        pixels = np.asarray(img.convert("RGB"))
+    pixels = screenshot(index, tmp_path, width, 2400)
     assert pixels.shape[:2] == (2400, width)
     plots_only = pixels[1200:]  # below the table and the failure box, at either width: only the figures
     rgb = plots_only.astype(int)  # thin lines scaled down to a phone are blended with white: loose colour bounds

@@ -12,12 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 from runfixture import make_run
 from schemas import assert_valid
-from test_reports import CHROMIUM, CHROMIUM_FLAGS
+from test_reports import CHROMIUM, dump_dom, screenshot
 
 from avatardoctor.reports import plots
 from avatardoctor.reports.render import render_report
@@ -206,13 +204,7 @@ def test_a_person_sees_the_speed_chart_and_the_ranks_on_a_desktop_and_a_phone(tm
     probe = index.with_name("probe.html")
     probe.write_text(index.read_text().replace("</body>", SPEED_PROBE + "</body>"))
     height = 4000  # the whole report at either width: the speed section comes after the GPU table
-    profile = ["--user-data-dir=" + str(tmp_path / "profile"), f"--window-size={width},{height}"]
-    dom = subprocess.run(
-        [CHROMIUM, *CHROMIUM_FLAGS, *profile, "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    ).stdout
+    dom = dump_dom(probe, tmp_path, width, height)
     found = re.search(r'data-speed="([^"]*)"', dom)
     assert found, "the speed probe did not run"
     at = json.loads(found.group(1).replace("&quot;", '"'))
@@ -220,12 +212,7 @@ def test_a_person_sees_the_speed_chart_and_the_ranks_on_a_desktop_and_a_phone(tm
     assert at["page"] <= at["width"] and at["right"] <= at["width"] and at["tableRight"] <= at["width"]
     assert at["right"] - at["left"] > 0.8 * (width - 80) and at["rows"] == 1 + RANKS  # the header and each rank
     assert 0 < at["top"] < at["bottom"] <= height
-    shot = tmp_path / "shot.png"
-    subprocess.run(
-        [CHROMIUM, *CHROMIUM_FLAGS, *profile, f"--screenshot={shot}", index.as_uri()], capture_output=True, timeout=120
-    )
-    with Image.open(shot) as img:
-        pixels = np.asarray(img.convert("RGB")).astype(int)
+    pixels = screenshot(index, tmp_path, width, height).astype(int)
     chart = pixels[int(at["top"]) : int(at["bottom"]), int(at["left"]) : int(at["right"])]
     orange = (
         (abs(chart[..., 0] - 0xFD) < 20) & (abs(chart[..., 1] - 0xBA) < 25) & (abs(chart[..., 2] - 0x74) < 30)
