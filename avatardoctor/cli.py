@@ -115,6 +115,9 @@ def _run_options(out_dir, sample_hz, hang_timeout, cwd, entry, status, no_shim=F
     def progress(tracker, sampler, plan):
         status.update(live_line(tracker, sampler, plan))
 
+    def outcome(failure):
+        status.update(f"outcome: {failure.cls} · drawing the report")
+
     return RunOptions(
         out_dir=out_dir,
         sample_hz=sample_hz,
@@ -122,6 +125,7 @@ def _run_options(out_dir, sample_hz, hang_timeout, cwd, entry, status, no_shim=F
         cwd=cwd,
         entry=entry,
         on_progress=progress,
+        on_outcome=outcome,
         shim=not no_shim,
         memory_history=memory_history,
     )

@@ -65,6 +65,8 @@ class RunOptions:
     on_progress: Callable[[LogTracker, MemorySampler, PlanFile], None] | None = None
     shim: bool = True  # run each rank through avatardoctor.runner.shim (torch's own memory view per rank)
     memory_history: bool = False  # also a PyTorch memory snapshot per rank (CUDA only)
+    # called once the outcome is on disk, before the report is drawn (a second or two): say it at once
+    on_outcome: Callable[[Failure], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -272,6 +274,8 @@ def execute(plan: PlanFile, options: RunOptions, watch: Watch | None = None) -> 
     )
     if sampler.source_used == "nvml" and not disk_full:
         _write_measurements(folder, plan, peaks, sampler.peak_times(), tracker.phases(), started_wall)
+    if options.on_outcome:
+        options.on_outcome(failure)
     report = reporter.render(None if disk_full else folder)
     return RunResult(folder, failure, exit_code, peaks, report)
 

@@ -327,6 +327,18 @@ def test_the_shim_writes_each_ranks_record_even_when_the_entry_raises(tmp_path):
     assert ranks[1]["exit"] == "exit 1"  # written in the shim's finally, after the entry raised
 
 
+def test_the_outcome_is_told_before_the_report_is_drawn(tmp_path):
+    """The CLI says the outcome the moment it is on disk; the report (a second or two of drawing) follows."""
+    told = []
+
+    def on_outcome(failure):
+        folder = next((tmp_path / "runs").iterdir())
+        told.append((failure.cls, (folder / "debug_info.json").is_file(), (folder / "report").exists()))
+
+    result = execute(plan(prompt=token()), options(tmp_path, on_outcome=on_outcome))
+    assert told == [("success", True, False)] and result.report is not None and result.report.is_file()
+
+
 def test_no_shim_runs_the_entry_directly(tmp_path):
     result = execute(plan(prompt=token()), options(tmp_path, shim=False))
     assert result.failure.cls == "success" and json.loads(result.folder.debug_json.read_text())["ranks"] == []
