@@ -13,6 +13,8 @@ from avatardoctor.files import UnreadableFile, open_regular
 from avatardoctor.machine.model import xid_meaning
 from avatardoctor.runner.classify import MAX_HEALTH_CSV
 
+MAX_REASONS = 120  # the five throttle reasons NVML names, with room; a longer field is cut
+MAX_DIGITS = 12  # a count or an Xid code; a longer run of digits is damage, not a number
 MAX_EVENTS = 200  # a GPU throttling on and off for hours is many episodes: the first ones say enough
 
 
@@ -55,54 +57,58 @@ def health_events(path: Path, root: Path, notes: list[str]) -> list[dict]:
             state.throttle = None
 
     with io.TextIOWrapper(f, errors="replace", newline="") as text:
-        for row in csv.DictReader(text):
-            try:
-                gpu, at = str(int(row["gpu"])), float(row["elapsed_s"])
-                if not math.isfinite(at):
-                    raise ValueError(at)
-            except (TypeError, ValueError, KeyError):
-                bad += 1
-                continue
-            state = gpus.setdefault(gpu, _Gpu())
-            reasons = row.get("throttle") or ""
-            if reasons and reasons != "none":
-                start = state.throttle[0] if state.throttle else at
-                state.throttle = (start, at, reasons.replace(";", ", "))
-            else:
-                episode_ended(gpu, state)
-            ecc = row.get("ecc_volatile_uncorrected") or ""
-            if ecc.isdigit():
-                if state.ecc is not None and int(ecc) > state.ecc:
+        rows = csv.DictReader(text)
+        try:
+            for row in rows:
+                try:
+                    gpu, at = str(int(row["gpu"])), float(row["elapsed_s"])
+                    if not math.isfinite(at):
+                        raise ValueError(at)
+                except (TypeError, ValueError, KeyError):
+                    bad += 1
+                    continue
+                state = gpus.setdefault(gpu, _Gpu())
+                reasons = row.get("throttle") or ""
+                if reasons and reasons != "none":
+                    start = state.throttle[0] if state.throttle else at
+                    state.throttle = (start, at, reasons[:MAX_REASONS].replace(";", ", "))
+                else:
+                    episode_ended(gpu, state)
+                ecc = row.get("ecc_volatile_uncorrected") or ""
+                if ecc.isdigit() and len(ecc) <= MAX_DIGITS:
+                    if state.ecc is not None and int(ecc) > state.ecc:
+                        events.append(
+                            {
+                                "gpu": gpu,
+                                "at_s": round(at, 1),
+                                "kind": "ecc",
+                                "text": f"GPU {gpu}: uncorrected ECC errors rose from {state.ecc} to {ecc} at {_clock(at)}",
+                            }
+                        )
+                    state.ecc = int(ecc)
+                pending = row.get("repair_pending") == "1"
+                if pending and not state.pending:
                     events.append(
                         {
                             "gpu": gpu,
                             "at_s": round(at, 1),
-                            "kind": "ecc",
-                            "text": f"GPU {gpu}: uncorrected ECC errors rose from {state.ecc} to {ecc} at {_clock(at)}",
+                            "kind": "repair",
+                            "text": f"GPU {gpu}: a memory repair became pending at {_clock(at)} (it needs a GPU reset)",
                         }
                     )
-                state.ecc = int(ecc)
-            pending = row.get("repair_pending") == "1"
-            if pending and not state.pending:
-                events.append(
-                    {
-                        "gpu": gpu,
-                        "at_s": round(at, 1),
-                        "kind": "repair",
-                        "text": f"GPU {gpu}: a memory repair became pending at {_clock(at)} (it needs a GPU reset)",
-                    }
-                )
-            state.pending = pending
-            for code in filter(None, (row.get("xid") or "").split(";")):
-                if code.isdigit():
-                    events.append(
-                        {
-                            "gpu": gpu,
-                            "at_s": round(at, 1),
-                            "kind": "xid",
-                            "text": f"GPU {gpu}: {xid_meaning(int(code)).replace('-i N', f'-i {gpu}')} at {_clock(at)}",
-                        }
-                    )
+                state.pending = pending
+                for code in filter(None, (row.get("xid") or "").split(";")):
+                    if code.isdigit() and len(code) <= MAX_DIGITS:
+                        events.append(
+                            {
+                                "gpu": gpu,
+                                "at_s": round(at, 1),
+                                "kind": "xid",
+                                "text": f"GPU {gpu}: {xid_meaning(int(code)).replace('-i N', f'-i {gpu}')} at {_clock(at)}",
+                            }
+                        )
+        except csv.Error as err:  # a field over the csv module's limit: what came before it still counts
+            notes.append(f"{path.name}: stopped reading at line {rows.line_num} ({err})")
     for gpu, state in gpus.items():
         episode_ended(gpu, state)
     if bad:

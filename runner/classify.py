@@ -20,6 +20,7 @@ Traceback frames (indented code) are never read as errors: they quote the raisin
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import re
@@ -102,8 +103,8 @@ def read_health_xids(path: Path) -> list[SeenXid]:
     except UnreadableFile:
         return []
     seen = []
-    with io.TextIOWrapper(f, errors="replace", newline="") as text:
-        for row in csv.DictReader(text):
+    with io.TextIOWrapper(f, errors="replace", newline="") as text, contextlib.suppress(csv.Error):
+        for row in csv.DictReader(text):  # csv.Error (a field over its limit) ends it with what came before
             for code in (row.get("xid") or "").split(";"):
                 try:
                     seen.append(SeenXid(float(row["elapsed_s"]), int(row["gpu"]), int(code)))

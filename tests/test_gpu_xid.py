@@ -211,3 +211,30 @@ def test_the_process_tree_backend_writes_no_health_file(tmp_path):
         sampler.stop()
     assert folder.gpu_memory_csv.is_file() and not folder.gpu_health_csv.exists()
     assert read_health_xids(folder.gpu_health_csv) == []
+
+
+HEALTH_HEADER = (
+    "time,elapsed_s,gpu,temperature_c,power_w,throttle,ecc_volatile_uncorrected,repair_pending,xid_watched,xid\n"
+)
+
+
+@pytest.mark.parametrize(
+    "damage, note",
+    [
+        ("t,2.0,0,50,100," + "x" * 200_000 + ",0,0,1,\n", "stopped reading at line"),  # over csv's field limit
+        ("t,2.0,0,50,100,none,0,0,1," + "9" * 5000 + "\n", None),  # an "Xid" longer than int() will parse
+        ("t,2.0,0,50,100,none," + "9" * 5000 + ",0,1,\n", None),  # an ECC count as long
+    ],
+)
+def test_a_damaged_health_csv_keeps_what_reads_and_never_crashes_the_report(tmp_path, damage, note):
+    """A run folder is untrusted input: the report and the classifier keep the rows before the damage."""
+    from runfixture import make_run
+
+    root = make_run(tmp_path / "run", gpus=1, oom_gpu=None)
+    health = root / "logs" / "gpu_health.csv"
+    health.write_text(HEALTH_HEADER + "t,1.0,0,50,100,none,0,0,1,79\n" + damage)
+    render_report(root)
+    summary = json.loads((root / "report" / "summary.json").read_text())
+    assert [e["kind"] for e in summary["health_events"]] == ["xid"]  # the Xid 79 before the damage
+    assert (note is None) or any(note in n for n in summary["notes"])
+    assert [(x.gpu, x.xid) for x in read_health_xids(health)] == [(0, 79)]
