@@ -55,6 +55,15 @@ def test_a_gpu_that_fell_off_the_bus_since_boot_fails_with_its_remedy(monkeypatc
     assert "reboot" in (outcome.remedy or "") and "812 s since boot" in outcome.details[0]
 
 
+def test_a_kernel_log_with_digit_runs_no_number_has_still_gives_its_real_xids(monkeypatch, tmp_path):
+    """The kernel log is read as text: a run of digits longer than any Xid or timestamp is not one (int() would
+    refuse it past 4,300 digits, a crash in check), and the lines after it still count."""
+    damaged = f"[ 1.0] NVRM: Xid (PCI:{GPU1_BUS}): {'9' * 5000}, pid=1\n" + f"{'7' * 5000},1,2,-;x\n" + KMSG_79
+    ctx = xid_ctx(monkeypatch, tmp_path, damaged)
+    assert [(e.xid, e.gpu) for e in ctx.machine.kernel_xids.events] == [(79, 1)]
+    assert check_xid.run(ctx).status is Status.FAIL
+
+
 def test_an_application_xid_warns_without_blaming_the_gpu(monkeypatch, tmp_path):
     outcome = check_xid.run(xid_ctx(monkeypatch, tmp_path, DMESG_13))
     assert (

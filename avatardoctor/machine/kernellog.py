@@ -22,10 +22,10 @@ ENV_PATH = "AVATARDOCTOR_KERNEL_LOG"
 MAX_BYTES = 16 * 2**20  # the kernel's ring buffer is at most a few MiB
 DMESG_TIMEOUT_S = 5.0
 # kmsg: "6,1234,5678901234,-;NVRM: ..." (microseconds since boot); dmesg: "[ 5678.901234] NVRM: ..."
-_KMSG_RECORD = re.compile(r"^\d+,\d+,(\d+),[^;]*;(.*)$")
-_DMESG_LINE = re.compile(r"^\[\s*(\d+\.\d+)\]\s?(.*)$")
+_KMSG_RECORD = re.compile(r"^\d+,\d+,(\d{1,20}),[^;]*;(.*)$")  # bounded digit runs: int() refuses 4,300+
+_DMESG_LINE = re.compile(r"^\[\s*(\d{1,12}\.\d{1,9})\]\s?(.*)$")
 _XID = re.compile(
-    r"NVRM: Xid \((?:PCI:)?([0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}(?:\.\d)?)\): (\d+)(?:,\s*(.*))?"
+    r"NVRM: Xid \((?:PCI:)?([0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}(?:\.\d)?)\): (\d{1,6})(?!\d)(?:,\s*(.*))?"
 )
 
 
