@@ -245,7 +245,7 @@ class _ChildRun:
 
     def _index(self, key: object) -> int:
         """A job index from the child ("3" in progress lines, 3 in results), checked."""
-        index = int(key) if isinstance(key, str) and key.isdigit() else key
+        index = int(key) if isinstance(key, str) and key.isdigit() and len(key) < 10 else key
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(self.jobs):
             raise _ChildFailed(f"named file {key!r}, which it was not given")
         return index
