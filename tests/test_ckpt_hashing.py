@@ -427,3 +427,61 @@ def test_missing_and_unlisted_files(tmp_path):
     findings = compare({"a": DIGEST, "b": DIGEST}, {"b": DIGEST, "c": other})
     assert findings == [Finding("a", "missing", DIGEST, None), Finding("c", "unlisted", None, other)]
     assert [f.is_warning for f in findings] == [False, True]
+
+
+# A stand-in for the hashing child: reads the request, says one line of the protocol's, then ends. Each
+# case is something a broken or mismatched child could send; none may crash the parent or be believed.
+BROKEN_CHILD = """
+import json, sys
+request = json.loads(sys.stdin.readline())
+sys.stdout.write({line!r})
+sys.stdout.flush()
+sys.stderr.write("child: {why}\\n")
+sys.exit({code})
+"""
+GOOD_DIGEST = hashlib.sha256(b"a").hexdigest()
+
+
+@pytest.mark.parametrize(
+    "line, code, reason",
+    [
+        ("not json\n", 0, "sent a line that is not JSON"),
+        ('{"hello": 1}\n', 0, "sent an unknown message"),
+        ("[1, 2]\n", 0, "not an object"),
+        (f'{{"file": 99, "sha256": "{GOOD_DIGEST}", "check": null}}\n', 0, "named file 99, which it was not given"),
+        ('{"done": {"' + "9" * 5000 + '": 1}}\n', 0, "which it was not given"),
+        ('{"done": {"0": -5}}\n', 0, "not a byte count"),
+        ('{"file": 0, "sha256": "xyz", "check": null}\n', 0, "sent a malformed result"),
+        ('{"io": {"read": "lots"}}\n', 0, "malformed read counts"),
+        ("x" * (70 * 1024), 0, "sent a line over"),
+        ("", 3, "failed (child: gave up)"),
+    ],
+)
+def test_a_broken_hashing_child_is_one_reason_per_file_never_a_crash(tmp_path, monkeypatch, line, code, reason):
+    from avatardoctor.ckpt import hashing
+
+    script = tmp_path / "child.py"
+    script.write_text(BROKEN_CHILD.format(line=line, why="gave up", code=code))
+    monkeypatch.setattr(hashing, "CHILD_COMMAND", (sys.executable, str(script)))
+    files = [tmp_path / "a.bin", tmp_path / "b.bin"]
+    for f in files:
+        f.write_bytes(b"a")
+    result = sha256_files(files)
+    assert result.digests == {} and set(result.errors) == set(files)
+    assert all(e.startswith("not hashed: the hashing process ") and reason in e for e in result.errors.values()), (
+        result.errors
+    )
+
+
+def test_what_a_child_hashed_before_it_broke_is_kept(tmp_path, monkeypatch):
+    from avatardoctor.ckpt import hashing
+
+    script = tmp_path / "child.py"
+    line = f'{{"file": 0, "sha256": "{GOOD_DIGEST}", "check": null}}\nnot json\n'
+    script.write_text(BROKEN_CHILD.format(line=line, why="", code=0))
+    monkeypatch.setattr(hashing, "CHILD_COMMAND", (sys.executable, str(script)))
+    files = [tmp_path / "a.bin", tmp_path / "b.bin"]
+    for f in files:
+        f.write_bytes(b"a")
+    result = sha256_files(files)
+    assert result.digests == {files[0]: GOOD_DIGEST} and list(result.errors) == [files[1]]

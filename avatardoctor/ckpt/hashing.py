@@ -159,6 +159,9 @@ def sha256_files(
     return HashResult(digests, errors, checked, read_bytes, mapped_bytes)
 
 
+CHILD_COMMAND = (sys.executable, "-m", "avatardoctor.ckpt.hashchild")
+
+
 class _ChildRun:
     """One run of the hashing process (hashchild) over `jobs`, to its end, a stop, or its death.
 
@@ -180,7 +183,7 @@ class _ChildRun:
         with tempfile.TemporaryFile() as stderr:
             # Its own session: a terminal's Ctrl-C reaches only us, and we stop the child in order.
             child = subprocess.Popen(
-                [sys.executable, "-m", "avatardoctor.ckpt.hashchild"],
+                list(CHILD_COMMAND),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=stderr,
