@@ -5,13 +5,13 @@ so that small real files cross it; memory is measured with tracemalloc, never a 
 
 from __future__ import annotations
 
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from runfixture import make_gradio_run, make_run
+from test_reports_streaming import traced_peak
 
 from avatardoctor.reports import nvsmi, plots, runfolder, timeline
 from avatardoctor.reports.nvsmi import read_nvidia_smi_csv
@@ -50,15 +50,6 @@ def nvsmi_log(path: Path, samples: int, gpus: int = 2, index: bool = True, spike
             lines.append(f"{stamp}, {g}, {used} MiB, 81559 MiB" if index else f"{stamp}, {used} MiB, 81559 MiB")
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def traced_peak(read):
-    tracemalloc.start()
-    try:
-        result = read()
-        return tracemalloc.get_traced_memory()[1], result
-    finally:
-        tracemalloc.stop()
 
 
 def summary_rows(source: Path, kind: str, timeline_read, run=None) -> list[dict]:

@@ -291,9 +291,9 @@ def test_the_demo_end_to_end(tmp_path):
     # plain torchrun mixes the ranks' unprefixed output: each rank's speed is its shim's record of its own clips
     per_rank = {r["rank"]: r for r in summary["speed"]["per_rank"]}
     assert sorted(per_rank) == list(range(5)) and summary["speed"]["per_rank_note"] is None
-    first_clip = float(phases["clip 1 denoise"]["start_s"]), float(phases["clip 2 denoise"]["end_s"])
-    for rank in per_rank.values():  # on the run's clock: inside the pipeline's clips, give or take a line's delay
-        assert len(rank["clip_s"]) == 2 and first_clip[0] - 1 <= rank["load_s"] <= first_clip[1], rank
+    last_clip_end = float(phases["clip 2 denoise"]["end_s"])
+    for rank in per_rank.values():  # on the run's clock: after the launch, before the runner saw the last clip end
+        assert len(rank["clip_s"]) == 2 and 0 < rank["load_s"] <= last_clip_end, rank
     samples = list(csv.DictReader((report.parent.parent / "logs" / "gpu_memory.csv").open()))
     load = float(phases["load"]["start_s"]), float(phases["load"]["end_s"])
     half = ROOT_UNSHARD_BYTES / 2**20 / 2

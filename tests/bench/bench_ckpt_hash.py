@@ -41,6 +41,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from benchstats import spread
 from rich.console import Console
 
 from avatardoctor.ckpt.deep import hash_and_check_crc
@@ -156,10 +157,6 @@ def timed(run: Callable[[], object], cold: bool) -> tuple[float, float]:
 
 def cat_to_null(files: list[str]) -> None:
     subprocess.run(["cat", *files], stdout=subprocess.DEVNULL, check=True)
-
-
-def spread(values: list[float], fmt: str) -> str:
-    return " / ".join(format(v, fmt) for v in (min(values), statistics.median(values), max(values)))
 
 
 def measure(paths: list[Path], runs: int, cold: bool) -> None:

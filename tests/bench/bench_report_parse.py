@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from benchstats import spread
 
 from avatardoctor.reports.nvsmi import read_nvidia_smi_csv
 from avatardoctor.reports.runfolder import read_memory_csv
@@ -81,10 +82,6 @@ def timed(run) -> tuple[float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
     run()
     return time.perf_counter() - wall, time.process_time() - cpu
-
-
-def spread(values: list[float], fmt: str) -> str:
-    return " / ".join(format(v, fmt) for v in (min(values), statistics.median(values), max(values)))
 
 
 def main() -> None:

@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchstats import spread
+
 from avatardoctor.demo.checkpoints import tiny_demo_checkpoint
 from avatardoctor.machine.ports import usable_port
 from avatardoctor.runner.auto import demo_plan
@@ -42,10 +44,6 @@ from avatardoctor.runner.run import RunOptions, Watch, execute, torchrun_argv
 DEMO_ENTRY = ["-m", "avatardoctor.demo.workload"]
 WORKLOAD = "import sys, time; print('first', time.time(), flush=True); time.sleep(float(sys.argv[1])); print('last', time.time())"
 TARGET_FIXED_S = 0.2
-
-
-def spread(values: list[float], fmt: str) -> str:
-    return " / ".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
 
 
 def clock_lines(text: str) -> tuple[float, float]:
@@ -90,7 +88,7 @@ def cheap_pairs(runs: int, seconds: float, sample_hz: float) -> None:
     )
     print("the runner minus the bare launch, per pair, seconds (min / median / max):")
     for name, values in parts.items():
-        print(f"  {name:<17} {spread(values, '{:+.3f}')}")
+        print(f"  {name:<17} {spread(values, '+.3f')}")
     median = statistics.median(parts["fixed"])
     print(
         f"fixed overhead, median {median:+.3f} s: {'MET' if median < TARGET_FIXED_S else 'NOT MET'} (< {TARGET_FIXED_S} s)"
@@ -118,10 +116,10 @@ def demo_pairs(runs: int, sample_hz: float) -> None:
             through.append(wall)
             cpu_share.append((time.process_time() - cpu) / wall)
     print(f"demo (5 CPU ranks, 2 clips), sampling at {sample_hz:g} Hz, {runs} pairs, min / median / max:")
-    print(f"  bare torchrun      {spread(plain, '{:.2f}')} s")
-    print(f"  through the runner {spread(through, '{:.2f}')} s (the report included)")
-    print(f"  difference         {spread([t - p for t, p in zip(through, plain)], '{:+.2f}')} s")
-    print(f"  runner CPU         {spread(cpu_share, '{:.2%}')} of one core over the job's wall time")
+    print(f"  bare torchrun      {spread(plain, '.2f')} s")
+    print(f"  through the runner {spread(through, '.2f')} s (the report included)")
+    print(f"  difference         {spread([t - p for t, p in zip(through, plain)], '+.2f')} s")
+    print(f"  runner CPU         {spread(cpu_share, '.2%')} of one core over the job's wall time")
     print(f"  load average       {load_start[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end")
 
 

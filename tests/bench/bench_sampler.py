@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import psutil
+from benchstats import spread
 
 from avatardoctor.runner.folder import RunFolder
 from avatardoctor.runner.sampler import MemorySampler
@@ -84,10 +85,6 @@ def idle_loop(hz: float, seconds: float) -> float:
     thread.start()
     thread.join()
     return cpu[0] / seconds * 100
-
-
-def spread(values: list[float], fmt: str) -> str:
-    return " / ".join(format(v, fmt) for v in (min(values), statistics.median(values), max(values)))
 
 
 def main() -> None:
