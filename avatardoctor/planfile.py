@@ -133,7 +133,7 @@ class PlanFile:
                 if name in INT_FIELDS
                 else isinstance(value, bool)
                 if name in BOOL_FIELDS
-                else _is_number(value) and 0 <= value <= 7 * 24 * 3600
+                else is_number(value) and 0 <= value <= 7 * 24 * 3600
                 if name == "audio_seconds"
                 else isinstance(value, str)
                 and not _launch_string_problem(name, value)
@@ -198,7 +198,7 @@ def plan_problem(doc: dict) -> str | None:
     for i, gpu in enumerate(gpus or []):
         if not isinstance(gpu, dict) or not (_is_int(gpu.get("index"), 0, 1023) or _is_cpu_rank(gpu.get("index"))):
             return f"prediction.gpus[{i}] must be an object with an integer index (or cpu<rank>, the demo's)"
-        if any(gpu.get(key) is not None and not _is_number(gpu[key]) for key in ("peak_gib", "usable_gib")):
+        if any(gpu.get(key) is not None and not is_number(gpu[key]) for key in ("peak_gib", "usable_gib")):
             return f"prediction.gpus[{i}]: peak_gib and usable_gib must be numbers"
     return None
 
@@ -230,7 +230,8 @@ def _is_int(value, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
+    """A finite int or float, not a bool: what a JSON number field may hold."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

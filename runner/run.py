@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import io
 import json
-import math
 import os
 import shutil
 import signal
@@ -32,7 +31,7 @@ from avatardoctor.calibration import IMPORT_SCHEMA, Measurement
 from avatardoctor.errors import InputError
 from avatardoctor.files import UnreadableJson, read_json
 from avatardoctor.machine.ports import usable_port
-from avatardoctor.planfile import MAX_NPROC, PlanFile, plan_json
+from avatardoctor.planfile import MAX_NPROC, PlanFile, is_number, plan_json
 from avatardoctor.runner.classify import Failure, classify, read_health_xids
 from avatardoctor.runner.folder import RunFolder, new_run_folder
 from avatardoctor.runner.lines import LINE_CAP, BoundedLines
@@ -506,8 +505,7 @@ def _rank_records(folder: RunFolder) -> Iterator[dict]:
 
 
 def _number(value: object) -> float | None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return float(cast(float, value)) if ok else None
+    return float(cast(float, value)) if is_number(value) else None
 
 
 def shim_rank_clips(folder: RunFolder, launched_monotonic: float) -> list[tuple[int, int, float, float]]:
